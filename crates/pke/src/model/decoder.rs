@@ -1,0 +1,464 @@
+//! Provides the one generic decoder that serves every supported architecture. Differences between
+//! architectures come from [`ArchSpec`](super::arch::ArchSpec) data; weights live in one map under HF
+//! names, in HF orientation, so editing and exporting a tensor means touching one map entry.
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Tensor, D};
+
+use super::arch::Act;
+use super::config::ModelSpec;
+use super::ops::{linear, rms_norm, rope, rope_tables, softmax_last};
+use crate::io::names;
+use crate::trace::{Recorder, Site};
+use crate::{Error, Result};
+
+/// What a query row whose keys are all masked (a left-pad position) gets from attention.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MaskedRows {
+    /// Zero output, as torch's SDPA (transformers' default) gives.
+    Zero,
+    /// Uniform weights over all keys, as eager attention with an additive `finfo.min` mask gives.
+    Uniform,
+}
+
+/// Inputs of one forward pass: `ids` rows of equal length, optional attention mask (1 = real token)
+/// and positions (default: 0..s, or continuing after the cache).
+#[derive(Clone, Debug, Default)]
+pub struct Input {
+    pub ids: Vec<Vec<u32>>,
+    pub mask: Option<Vec<Vec<u8>>>,
+    pub positions: Option<Vec<Vec<u32>>>,
+}
+
+impl Input {
+    /// One unpadded sequence.
+    pub fn single(ids: &[u32]) -> Self {
+        Input { ids: vec![ids.to_vec()], mask: None, positions: None }
+    }
+}
+
+/// Key/value cache for incremental decoding: per layer (k, v) after RoPE, shape (b, kv_heads, t, hd),
+/// and the key padding mask (b, t).
+#[derive(Clone, Debug, Default)]
+pub struct KvCache {
+    pub kv: Vec<Option<(Tensor, Tensor)>>,
+    pub key_mask: Vec<Vec<u8>>,
+}
+
+impl KvCache {
+    /// Number of cached positions.
+    pub fn len(&self) -> usize {
+        self.key_mask.first().map(|r| r.len()).unwrap_or(0)
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// HF tensor names of one block, formatted once.
+#[derive(Clone, Debug)]
+struct LayerNames {
+    input_layernorm: String,
+    q_proj: String,
+    k_proj: String,
+    v_proj: String,
+    o_proj: String,
+    q_bias: String,
+    k_bias: String,
+    v_bias: String,
+    q_norm: String,
+    k_norm: String,
+    post_attention_layernorm: String,
+    pre_feedforward_layernorm: String,
+    post_feedforward_layernorm: String,
+    gate_proj: String,
+    up_proj: String,
+    down_proj: String,
+}
+
+impl LayerNames {
+    fn new(i: usize) -> Self {
+        let p = |s: &str| format!("model.layers.{i}.{s}");
+        LayerNames {
+            input_layernorm: p("input_layernorm.weight"),
+            q_proj: p("self_attn.q_proj.weight"),
+            k_proj: p("self_attn.k_proj.weight"),
+            v_proj: p("self_attn.v_proj.weight"),
+            o_proj: p("self_attn.o_proj.weight"),
+            q_bias: p("self_attn.q_proj.bias"),
+            k_bias: p("self_attn.k_proj.bias"),
+            v_bias: p("self_attn.v_proj.bias"),
+            q_norm: p("self_attn.q_norm.weight"),
+            k_norm: p("self_attn.k_norm.weight"),
+            post_attention_layernorm: p("post_attention_layernorm.weight"),
+            pre_feedforward_layernorm: p("pre_feedforward_layernorm.weight"),
+            post_feedforward_layernorm: p("post_feedforward_layernorm.weight"),
+            gate_proj: p("mlp.gate_proj.weight"),
+            up_proj: p("mlp.up_proj.weight"),
+            down_proj: p("mlp.down_proj.weight"),
+        }
+    }
+}
+
+/// The name of block `layer`'s `down_proj` weight.
+pub fn down_proj_name(layer: usize) -> String {
+    format!("model.layers.{layer}.mlp.down_proj.weight")
+}
+
+/// A decoder-only transformer.
+#[derive(Clone)]
+pub struct Decoder {
+    pub spec: ModelSpec,
+    weights: HashMap<String, Tensor>,
+    names: Vec<LayerNames>,
+    /// Convention for fully masked query rows (default: `Zero`, as transformers' SDPA).
+    pub masked_rows: MaskedRows,
+    device: Device,
+}
+
+impl std::fmt::Debug for Decoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Decoder").field("spec", &self.spec).finish()
+    }
+}
+
+/// Expected shape of every HF tensor for `spec`.
+pub fn expected_shapes(spec: &ModelSpec) -> Vec<(String, Vec<usize>)> {
+    let (d, f, v, hd) = (spec.hidden_size, spec.intermediate_size, spec.vocab_size, spec.head_dim);
+    let (qd, kd) = (spec.n_heads * hd, spec.n_kv_heads * hd);
+    names::hf_tensor_names(spec.arch, spec.n_layers, spec.tie_word_embeddings)
+        .into_iter()
+        .map(|n| {
+            let s = match n.rsplit_once("model.layers.").map(|(_, r)| r.split_once('.').map(|x| x.1).unwrap_or("")).unwrap_or(&n) {
+                "model.embed_tokens.weight" | "lm_head.weight" => vec![v, d],
+                "model.norm.weight" => vec![d],
+                "self_attn.q_proj.weight" => vec![qd, d],
+                "self_attn.k_proj.weight" | "self_attn.v_proj.weight" => vec![kd, d],
+                "self_attn.o_proj.weight" => vec![d, qd],
+                "self_attn.q_proj.bias" => vec![qd],
+                "self_attn.k_proj.bias" | "self_attn.v_proj.bias" => vec![kd],
+                "self_attn.q_norm.weight" | "self_attn.k_norm.weight" => vec![hd],
+                "mlp.gate_proj.weight" | "mlp.up_proj.weight" => vec![f, d],
+                "mlp.down_proj.weight" => vec![d, f],
+                _ => vec![d], // layer norms
+            };
+            (n, s)
+        })
+        .collect()
+}
+
+impl Decoder {
+    /// Build from HF-named f32 weights; checks that every tensor is present with the right shape.
+    pub fn new(spec: ModelSpec, mut weights: HashMap<String, Tensor>, origin: &std::path::Path) -> Result<Self> {
+        for (name, shape) in expected_shapes(&spec) {
+            let t = weights.get(&name).ok_or_else(|| Error::MissingTensor { name: name.clone(), path: origin.into() })?;
+            if t.dims() != shape.as_slice() {
+                return Err(Error::TensorShape { name, path: origin.into(), got: t.dims().to_vec(), expected: shape });
+            }
+        }
+        if spec.tie_word_embeddings {
+            weights.remove("lm_head.weight");
+        }
+        let device = weights["model.embed_tokens.weight"].device().clone();
+        let names = (0..spec.n_layers).map(LayerNames::new).collect();
+        Ok(Decoder { spec, weights, names, masked_rows: MaskedRows::Zero, device })
+    }
+
+    /// A small random model (fixed seed) for tests: weights ~ N(0, 0.02·scale), norms = 1.
+    pub fn random(spec: ModelSpec, seed: u64) -> Result<Self> {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut w = HashMap::new();
+        for (name, shape) in expected_shapes(&spec) {
+            let n: usize = shape.iter().product();
+            let vals: Vec<f32> = if name.contains("norm") {
+                vec![1.0 - spec.arch.spec().norm_weight_offset; n]
+            } else {
+                // Box-Muller from uniforms, scaled for unit-ish activations.
+                (0..n)
+                    .map(|_| {
+                        let (u1, u2): (f32, f32) = (rng.random::<f32>().max(1e-7), rng.random());
+                        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f32::consts::PI * u2).cos() * 0.2
+                    })
+                    .collect()
+            };
+            w.insert(name, Tensor::from_vec(vals, shape, &Device::Cpu)?);
+        }
+        Decoder::new(spec, w, std::path::Path::new("<random>"))
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// A weight by HF name (`lm_head.weight` resolves to the embedding when tied).
+    pub fn get(&self, name: &str) -> Result<&Tensor> {
+        let name = if name == "lm_head.weight" && self.spec.tie_word_embeddings { "model.embed_tokens.weight" } else { name };
+        self.weights.get(name).ok_or_else(|| Error::Input(format!("model has no tensor `{name}`")))
+    }
+
+    fn opt(&self, name: &str) -> Option<&Tensor> {
+        self.weights.get(name)
+    }
+
+    /// Replace a weight (same shape), e.g. with a `Var` to make it trainable or with an edited value.
+    pub fn set(&mut self, name: &str, t: Tensor) -> Result<()> {
+        let old = self.get(name)?;
+        if old.dims() != t.dims() {
+            return Err(Error::Input(format!("tensor `{name}` has shape {:?}; got {:?}", old.dims(), t.dims())));
+        }
+        let key = if name == "lm_head.weight" && self.spec.tie_word_embeddings { "model.embed_tokens.weight" } else { name };
+        self.weights.insert(key.to_string(), t);
+        Ok(())
+    }
+
+    /// All weights, by HF name (tied lm_head not repeated).
+    pub fn weights(&self) -> &HashMap<String, Tensor> {
+        &self.weights
+    }
+
+    /// Move all weights to `device`.
+    pub fn to_device(&mut self, device: &Device) -> Result<()> {
+        for t in self.weights.values_mut() {
+            *t = t.to_device(device)?;
+        }
+        self.device = device.clone();
+        Ok(())
+    }
+
+    /// Number of parameters (tied head counted once).
+    pub fn n_params(&self) -> usize {
+        self.weights.values().map(|t| t.elem_count()).sum()
+    }
+
+    fn build_mask(&self, input: &Input, cache_len: usize, key_mask: &[Vec<u8>], window: Option<usize>) -> Result<(Tensor, Option<Tensor>)> {
+        let b = input.ids.len();
+        let s = input.ids[0].len();
+        let t = cache_len + s;
+        let mut m = vec![0f32; b * s * t];
+        let mut valid = vec![1f32; b * s];
+        let mut any_invalid = false;
+        for bi in 0..b {
+            for i in 0..s {
+                let qi = cache_len + i;
+                let mut any = false;
+                for j in 0..t {
+                    let ok = j <= qi && key_mask[bi][j] != 0 && window.is_none_or(|w| qi - j < w);
+                    if ok {
+                        any = true;
+                    } else {
+                        m[(bi * s + i) * t + j] = -1e30;
+                    }
+                }
+                if !any {
+                    valid[bi * s + i] = 0.0;
+                    any_invalid = true;
+                }
+            }
+        }
+        let mask = Tensor::from_vec(m, (b, 1, s, t), &self.device)?;
+        let rows = if any_invalid && self.masked_rows == MaskedRows::Zero {
+            Some(Tensor::from_vec(valid, (b, 1, s, 1), &self.device)?)
+        } else {
+            None
+        };
+        Ok((mask, rows))
+    }
+
+    /// Run the decoder. Returns the final-normed hidden states (b, s, d), or the residual stream after
+    /// block `rec.stop_after()` if the recorder stops early. With a cache, keys/values are appended.
+    pub fn forward_with(&self, input: &Input, rec: &mut dyn Recorder, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let spec = &self.spec;
+        let arch = spec.arch.spec();
+        let off = arch.norm_weight_offset;
+        let eps = spec.rms_norm_eps;
+        let b = input.ids.len();
+        if b == 0 || input.ids[0].is_empty() {
+            return Err(Error::Input("empty input: no tokens to run".into()));
+        }
+        let s = input.ids[0].len();
+        if input.ids.iter().any(|r| r.len() != s) {
+            return Err(Error::Input("batch rows must have equal length (pad them)".into()));
+        }
+        let cache_len = cache.as_ref().map(|c| c.len()).unwrap_or(0);
+        let total = cache_len + s;
+        if total > spec.max_position_embeddings {
+            return Err(Error::ContextOverflow { len: total, ctx: spec.max_position_embeddings, extra: String::new() });
+        }
+        for row in &input.ids {
+            if let Some(&bad) = row.iter().find(|&&id| id as usize >= spec.vocab_size) {
+                return Err(Error::Input(format!("token id {bad} is outside the vocabulary of {}", spec.vocab_size)));
+            }
+        }
+        let new_mask: Vec<Vec<u8>> = input.mask.clone().unwrap_or_else(|| vec![vec![1u8; s]; b]);
+        let key_mask: Vec<Vec<u8>> = match cache.as_ref() {
+            Some(c) if !c.key_mask.is_empty() => c.key_mask.iter().zip(&new_mask).map(|(a, n)| a.iter().chain(n).copied().collect()).collect(),
+            _ => new_mask.clone(),
+        };
+        let positions: Vec<Vec<u32>> =
+            input.positions.clone().unwrap_or_else(|| vec![(cache_len as u32..total as u32).collect(); b]);
+
+        let (mask_full, rows_full) = self.build_mask(input, cache_len, &key_mask, None)?;
+        let sliding = (0..spec.n_layers).any(|l| spec.window_of(l).is_some_and(|w| w < total));
+        let (mask_slide, rows_slide) =
+            if sliding { self.build_mask(input, cache_len, &key_mask, spec.sliding_window)? } else { (mask_full.clone(), rows_full.clone()) };
+        let mut tables: HashMap<u64, (Tensor, Tensor)> = HashMap::new();
+
+        // Embedding: (b, s, d)
+        let flat: Vec<u32> = input.ids.iter().flatten().copied().collect();
+        let ids = Tensor::from_vec(flat, b * s, &self.device)?;
+        let mut h = self.get("model.embed_tokens.weight")?.index_select(&ids, 0)?.reshape((b, s, spec.hidden_size))?;
+        if arch.embed_scale {
+            let scale = (spec.hidden_size as f64).sqrt() as f32;
+            h = (h * scale as f64)?;
+        }
+        if rec.wants(Site::Embed) {
+            h = rec.on(Site::Embed, h)?;
+        }
+        let (nh, nkv, hd) = (spec.n_heads, spec.n_kv_heads, spec.head_dim);
+        let stop = rec.stop_after();
+        for (l, nm) in self.names.iter().enumerate() {
+            let theta = spec.rope_theta_of(l);
+            if !tables.contains_key(&theta.to_bits()) {
+                tables.insert(theta.to_bits(), rope_tables(&positions, hd, theta, &self.device)?);
+            }
+            let (cos, sin) = &tables[&theta.to_bits()];
+            let (mask, rows) = if spec.window_of(l).is_some() { (&mask_slide, &rows_slide) } else { (&mask_full, &rows_full) };
+
+            // --- attention ---
+            let x = rms_norm(&h, self.get(&nm.input_layernorm)?, off, eps)?;
+            let q = linear(&x, self.get(&nm.q_proj)?, self.opt(&nm.q_bias))?.reshape((b, s, nh, hd))?;
+            let k = linear(&x, self.get(&nm.k_proj)?, self.opt(&nm.k_bias))?.reshape((b, s, nkv, hd))?;
+            let v = linear(&x, self.get(&nm.v_proj)?, self.opt(&nm.v_bias))?.reshape((b, s, nkv, hd))?;
+            let (q, k) = if arch.qk_norm {
+                (rms_norm(&q, self.get(&nm.q_norm)?, off, eps)?, rms_norm(&k, self.get(&nm.k_norm)?, off, eps)?)
+            } else {
+                (q, k)
+            };
+            let q = rope(&q.transpose(1, 2)?.contiguous()?, cos, sin)?; // (b, nh, s, hd)
+            let k = rope(&k.transpose(1, 2)?.contiguous()?, cos, sin)?; // (b, nkv, s, hd)
+            let v = v.transpose(1, 2)?.contiguous()?; // (b, nkv, s, hd)
+            let (k, v) = match cache.as_deref_mut() {
+                Some(c) => {
+                    if c.kv.len() < spec.n_layers {
+                        c.kv.resize(spec.n_layers, None);
+                    }
+                    let kv = match &c.kv[l] {
+                        Some((pk, pv)) => (Tensor::cat(&[pk, &k], 2)?, Tensor::cat(&[pv, &v], 2)?),
+                        None => (k, v),
+                    };
+                    c.kv[l] = Some((kv.0.detach(), kv.1.detach()));
+                    kv
+                }
+                None => (k, v),
+            };
+            let rep = nh / nkv;
+            // (b, nkv, t, hd) -> (b, nh, t, hd)
+            let repeat = |t: &Tensor| -> Result<Tensor> {
+                if rep == 1 {
+                    return Ok(t.clone());
+                }
+                let (b_, g, tt, d_) = t.dims4()?;
+                Ok(t.unsqueeze(2)?.expand((b_, g, rep, tt, d_))?.reshape((b_, g * rep, tt, d_))?)
+            };
+            let (k, v) = (repeat(&k)?, repeat(&v)?);
+            let scores = (q.matmul(&k.t()?.contiguous()?)? * spec.attn_scale)?; // (b, nh, s, t)
+            let scores = scores.broadcast_add(mask)?;
+            let probs = softmax_last(&scores)?;
+            let mut att = probs.matmul(&v)?; // (b, nh, s, hd)
+            if let Some(r) = rows {
+                att = att.broadcast_mul(r)?;
+            }
+            let att = att.transpose(1, 2)?.reshape((b, s, nh * hd))?;
+            let mut att = linear(&att, self.get(&nm.o_proj)?, None)?;
+            if arch.sandwich_norms {
+                att = rms_norm(&att, self.get(&nm.post_attention_layernorm)?, off, eps)?;
+            }
+            if rec.wants(Site::AttnOut(l)) {
+                att = rec.on(Site::AttnOut(l), att)?;
+            }
+            h = (h + att)?;
+
+            // --- MLP ---
+            let pre = if arch.sandwich_norms { &nm.pre_feedforward_layernorm } else { &nm.post_attention_layernorm };
+            let x = rms_norm(&h, self.get(pre)?, off, eps)?;
+            let gate = linear(&x, self.get(&nm.gate_proj)?, None)?;
+            let gate = match spec.act {
+                Act::Silu => gate.silu()?,
+                Act::GeluTanh => gate.gelu()?,
+            };
+            let mut act = (gate * linear(&x, self.get(&nm.up_proj)?, None)?)?; // (b, s, d_ff)
+            if rec.wants(Site::MlpAct(l)) {
+                act = rec.on(Site::MlpAct(l), act)?;
+            }
+            let mut mlp = linear(&act, self.get(&nm.down_proj)?, None)?;
+            if arch.sandwich_norms {
+                mlp = rms_norm(&mlp, self.get(&nm.post_feedforward_layernorm)?, off, eps)?;
+            }
+            if rec.wants(Site::MlpOut(l)) {
+                mlp = rec.on(Site::MlpOut(l), mlp)?;
+            }
+            h = (h + mlp)?;
+            if rec.wants(Site::ResidPost(l)) {
+                h = rec.on(Site::ResidPost(l), h)?;
+            }
+            if stop == Some(l) {
+                if let Some(c) = cache {
+                    c.key_mask = key_mask;
+                }
+                return Ok(h);
+            }
+        }
+        if let Some(c) = cache {
+            c.key_mask = key_mask;
+        }
+        let mut h = rms_norm(&h, self.get("model.norm.weight")?, off, eps)?;
+        if rec.wants(Site::FinalNorm) {
+            h = rec.on(Site::FinalNorm, h)?;
+        }
+        Ok(h)
+    }
+
+    /// Run without recording.
+    pub fn forward(&self, input: &Input) -> Result<Tensor> {
+        self.forward_with(input, &mut crate::trace::Noop, None)
+    }
+
+    /// Logits for hidden states `h` (.., d) -> (.., vocab). Compute them only for the positions a loss
+    /// or a decision reads: over a 150k-262k vocabulary they dominate the cost.
+    pub fn logits(&self, h: &Tensor) -> Result<Tensor> {
+        linear(h, self.get("lm_head.weight")?, None)
+    }
+
+    /// Logits at the last position of each row: (b, vocab).
+    pub fn last_logits(&self, h: &Tensor) -> Result<Tensor> {
+        let s = h.dim(1)?;
+        self.logits(&h.narrow(1, s - 1, 1)?.squeeze(1)?)
+    }
+}
+
+/// Gather rows `idx` of a (n, ..) tensor.
+pub fn gather_rows(t: &Tensor, idx: &[u32]) -> Result<Tensor> {
+    let i = Tensor::from_vec(idx.to_vec(), idx.len(), t.device())?;
+    Ok(t.index_select(&i, 0)?)
+}
+
+/// Make `names` trainable: each becomes a fresh `Var` holding the same values. Returns the Vars.
+pub fn make_trainable(model: &mut Decoder, names: &[String]) -> Result<Vec<(String, candle_core::Var)>> {
+    let mut out = Vec::new();
+    for n in names {
+        let v = candle_core::Var::from_tensor(&model.get(n)?.detach().to_dtype(DType::F32)?)?;
+        model.set(n, v.as_tensor().clone())?;
+        out.push((n.clone(), v));
+    }
+    Ok(out)
+}
+
+/// Per-token log-probabilities of `targets` given logits (n, V): -NLL terms, computed stably.
+pub fn token_logprobs(logits: &Tensor, targets: &[u32]) -> Result<Tensor> {
+    let lsm = super::ops::log_softmax_last(logits)?;
+    let idx = Tensor::from_vec(targets.to_vec(), (targets.len(), 1), logits.device())?;
+    Ok(lsm.gather(&idx, D::Minus1)?.squeeze(D::Minus1)?)
+}

@@ -1,0 +1,169 @@
+//! Provides the decoder's numeric building blocks. On any path that carries gradients they are composed
+//! from primitive candle ops, because candle's fused `rms_norm`, `softmax_last_dim` and `rope` silently
+//! cut or corrupt gradients (see docs/architecture.md). When no gradient flows through an input the fused
+//! kernels are used, which is decided per call from `Tensor::track_op`.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor, D};
+
+use crate::Result;
+
+/// `x @ w^T` for a weight that gets no gradient: the backward pass returns only the input gradient
+/// (candle's matmul backward would also compute the frozen weight's gradient, e.g. for a 262144 x 640
+/// tied lm_head, and throw it away).
+struct FrozenLinear;
+
+impl CustomOp2 for FrozenLinear {
+    fn name(&self) -> &'static str {
+        "frozen-linear"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (m, k) = l1.shape().dims2()?;
+        let (n, k2) = l2.shape().dims2()?;
+        if k != k2 {
+            candle_core::bail!("frozen-linear: input has {k} features, weight expects {k2}");
+        }
+        let rhs = l2.transpose(0, 1)?; // (k, n) view of the (n, k) weight
+        let out = s1.matmul(s2, (1, m, n, k), l1, &rhs)?;
+        Ok((out, Shape::from((m, n))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let (m, k) = l1.shape().dims2()?;
+        let (n, _) = l2.shape().dims2()?;
+        let rhs = l2.transpose(0, 1)?;
+        let out = s1.matmul(s2, (1, m, n, k), l1, &rhs)?;
+        Ok((out, Shape::from((m, n))))
+    }
+
+    fn bwd(&self, _x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(grad.matmul(w)?), None))
+    }
+}
+
+/// `x @ w^T (+ b)` over the last dimension of `x` (any leading dims). `w` is `(out, in)` as in HF.
+pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let k = *dims.last().expect("linear input has a feature dimension");
+    let m: usize = dims[..dims.len() - 1].iter().product();
+    let x2 = x.reshape((m, k))?; // (tokens, in)
+    let y = if w.track_op() {
+        x2.matmul(&w.t()?)?
+    } else if x2.track_op() {
+        x2.contiguous()?.apply_op2_arc(&w.contiguous()?, std::sync::Arc::new(Box::new(FrozenLinear)))?
+    } else {
+        x2.matmul(&w.t()?)?
+    };
+    let mut out_dims = dims;
+    *out_dims.last_mut().expect("non-empty") = w.dim(0)?;
+    let y = y.reshape(out_dims)?; // (.., out)
+    Ok(match b {
+        Some(b) => y.broadcast_add(b)?,
+        None => y,
+    })
+}
+
+/// RMSNorm over the last dim: `x / sqrt(mean(x^2) + eps) * (offset + w)`.
+pub fn rms_norm(x: &Tensor, w: &Tensor, offset: f32, eps: f64) -> Result<Tensor> {
+    let w = if offset != 0.0 { (w + offset as f64)? } else { w.clone() };
+    if !x.track_op() && !w.track_op() && x.is_contiguous() {
+        return Ok(candle_nn::ops::rms_norm(x, &w, eps as f32)?);
+    }
+    let r = (x.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?.recip()?;
+    Ok(x.broadcast_mul(&r)?.broadcast_mul(&w)?)
+}
+
+/// Softmax over the last dim.
+pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
+    if !x.track_op() {
+        return Ok(candle_nn::ops::softmax_last_dim(&x.contiguous()?)?);
+    }
+    Ok(candle_nn::ops::softmax(x, D::Minus1)?)
+}
+
+/// Log-softmax over the last dim (composed; stable).
+pub fn log_softmax_last(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let shifted = x.broadcast_sub(&max)?;
+    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    Ok(shifted.broadcast_sub(&lse)?)
+}
+
+/// RoPE with half-split pairs (i, i + hd/2), as transformers' `rotate_half`.
+/// `x`: (b, heads, s, hd); `cos`, `sin`: (b, 1, s, hd).
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let hd = x.dim(D::Minus1)?;
+    let x1 = x.narrow(D::Minus1, 0, hd / 2)?;
+    let x2 = x.narrow(D::Minus1, hd / 2, hd / 2)?;
+    let rot = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+    Ok((x.broadcast_mul(cos)? + rot.broadcast_mul(sin)?)?)
+}
+
+/// cos/sin tables for `positions` (b, s) as f32: (b, 1, s, hd), with `inv_freq = 1/theta^(2i/hd)`
+/// computed in f32 as transformers does.
+pub fn rope_tables(positions: &[Vec<u32>], head_dim: usize, theta: f64, dev: &candle_core::Device) -> Result<(Tensor, Tensor)> {
+    let half = head_dim / 2;
+    let inv: Vec<f32> = (0..half).map(|i| 1.0f32 / (theta as f32).powf((2 * i) as f32 / head_dim as f32)).collect();
+    let b = positions.len();
+    let s = positions.first().map(|p| p.len()).unwrap_or(0);
+    let mut cos = Vec::with_capacity(b * s * head_dim);
+    let mut sin = Vec::with_capacity(b * s * head_dim);
+    for row in positions {
+        for &p in row {
+            let f: Vec<f32> = inv.iter().map(|&w| p as f32 * w).collect();
+            for _ in 0..2 {
+                cos.extend(f.iter().map(|a| a.cos()));
+                sin.extend(f.iter().map(|a| a.sin()));
+            }
+        }
+    }
+    let cos = Tensor::from_vec(cos, (b, 1, s, head_dim), dev)?;
+    let sin = Tensor::from_vec(sin, (b, 1, s, head_dim), dev)?;
+    Ok((cos, sin))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn rel(a: &Tensor, b: &Tensor) -> f32 {
+        let d = (a - b).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap().sqrt();
+        let n = b.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap().sqrt();
+        d / n.max(1e-12)
+    }
+
+    #[test]
+    fn frozen_linear_matches_matmul_and_its_input_gradient() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1., (2, 3, 5), &dev)?)?;
+        let w = Tensor::randn(0f32, 1., (4, 5), &dev)?;
+        let y = linear(x.as_tensor(), &w, None)?;
+        let y_ref = x.as_tensor().broadcast_matmul(&w.t()?)?;
+        assert!(rel(&y, &y_ref) < 1e-6);
+        let g = y.sqr()?.sum_all()?.backward()?;
+        let g_ref = y_ref.sqr()?.sum_all()?.backward()?;
+        assert!(rel(g.get(x.as_tensor()).unwrap(), g_ref.get(x.as_tensor()).unwrap()) < 1e-6);
+        Ok(())
+    }
+
+    #[test]
+    fn fused_and_composed_paths_agree() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1., (2, 3, 8), &dev)?;
+        let w = Tensor::randn(0f32, 1., 8, &dev)?;
+        let xv = Var::from_tensor(&x)?;
+        assert!(rel(&rms_norm(&x, &w, 1.0, 1e-6)?, &rms_norm(xv.as_tensor(), &w, 1.0, 1e-6)?) < 1e-5);
+        assert!(rel(&softmax_last(&x)?, &softmax_last(xv.as_tensor())?) < 1e-6);
+        assert!(rel(&log_softmax_last(&x)?.exp()?, &softmax_last(&x)?) < 1e-6);
+        Ok(())
+    }
+}
