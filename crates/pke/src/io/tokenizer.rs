@@ -36,12 +36,18 @@ pub struct Tok {
 
 impl std::fmt::Debug for Tok {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tok").field("source", &self.source).field("vocab", &self.vocab_size()).finish()
+        f.debug_struct("Tok")
+            .field("source", &self.source)
+            .field("vocab", &self.vocab_size())
+            .finish()
     }
 }
 
 fn tok_err(source: &str, msg: impl std::fmt::Display) -> Error {
-    Error::Tokenizer { source_desc: source.into(), msg: msg.to_string() }
+    Error::Tokenizer {
+        source_desc: source.into(),
+        msg: msg.to_string(),
+    }
 }
 
 fn added(id: usize, content: &str, special: bool) -> Value {
@@ -56,19 +62,31 @@ fn gpt2_document(g: &GgufFile, tokens: &[&str], types: &[i64]) -> Result<Value> 
         .map(|m| {
             m.split_once(' ')
                 .map(|(a, b)| json!([a, b]))
-                .ok_or_else(|| Error::GgufKey { path: g.path.clone(), key: "tokenizer.ggml.merges".into(), msg: format!("merge `{m}` has no space") })
+                .ok_or_else(|| Error::GgufKey {
+                    path: g.path.clone(),
+                    key: "tokenizer.ggml.merges".into(),
+                    msg: format!("merge `{m}` has no space"),
+                })
         })
         .collect::<Result<_>>()?;
     let pre = g.meta_str("tokenizer.ggml.pre").unwrap_or("default");
     let byte_level = |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": use_regex});
     let split = |re: &str| json!({"type": "Split", "pattern": {"Regex": re}, "behavior": "Isolated", "invert": false});
     let pre_tokenizer = match pre {
-        "qwen2" => json!({"type": "Sequence", "pretokenizers": [split(QWEN2_REGEX), byte_level(false)]}),
-        "llama-bpe" | "llama3" => json!({"type": "Sequence", "pretokenizers": [split(LLAMA3_REGEX), byte_level(false)]}),
+        "qwen2" => {
+            json!({"type": "Sequence", "pretokenizers": [split(QWEN2_REGEX), byte_level(false)]})
+        }
+        "llama-bpe" | "llama3" => {
+            json!({"type": "Sequence", "pretokenizers": [split(LLAMA3_REGEX), byte_level(false)]})
+        }
         // transformers falls back to the GPT-2 ByteLevel regex for other names (SmolLM2's `smollm`).
         _ => byte_level(true),
     };
-    let vocab: serde_json::Map<String, Value> = tokens.iter().enumerate().map(|(i, t)| (t.to_string(), json!(i))).collect();
+    let vocab: serde_json::Map<String, Value> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.to_string(), json!(i)))
+        .collect();
     let added_tokens: Vec<Value> = types
         .iter()
         .enumerate()
@@ -103,7 +121,11 @@ fn spm_document(g: &GgufFile, tokens: &[&str], types: &[i64]) -> Result<Value> {
     }
     // Multi-space user tokens are respelled with ▁ so the normalized text can reach them.
     let pieces: Vec<String> = tokens.iter().map(|t| t.replace(' ', "▁")).collect();
-    let index: HashMap<&str, usize> = pieces.iter().enumerate().map(|(i, t)| (t.as_str(), i)).collect();
+    let index: HashMap<&str, usize> = pieces
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.as_str(), i))
+        .collect();
     let mut merges: Vec<(usize, usize, f64, usize)> = Vec::new(); // (left, right, score, order)
     for (id, piece) in pieces.iter().enumerate() {
         let mut local = Vec::new();
@@ -113,23 +135,43 @@ fn spm_document(g: &GgufFile, tokens: &[&str], types: &[i64]) -> Result<Value> {
                 local.push((li, ri));
             }
         }
-        local.sort_by(|a, b| (scores[b.0], scores[b.1]).partial_cmp(&(scores[a.0], scores[a.1])).unwrap_or(std::cmp::Ordering::Equal));
+        local.sort_by(|a, b| {
+            (scores[b.0], scores[b.1])
+                .partial_cmp(&(scores[a.0], scores[a.1]))
+                .unwrap_or(std::cmp::Ordering::Equal)
+        });
         for (li, ri) in local {
             let order = merges.len();
             merges.push((li, ri, scores[id], order));
         }
     }
-    merges.sort_by(|a, b| b.2.partial_cmp(&a.2).unwrap_or(std::cmp::Ordering::Equal).then(a.3.cmp(&b.3)));
-    let merges: Vec<Value> = merges.iter().map(|(l, r, _, _)| json!([pieces[*l], pieces[*r]])).collect();
-    let vocab: serde_json::Map<String, Value> = pieces.iter().enumerate().map(|(i, t)| (t.clone(), json!(i))).collect();
-    let unk = g.meta_f64("tokenizer.ggml.unknown_token_id").map(|u| pieces[u as usize].clone());
+    merges.sort_by(|a, b| {
+        b.2.partial_cmp(&a.2)
+            .unwrap_or(std::cmp::Ordering::Equal)
+            .then(a.3.cmp(&b.3))
+    });
+    let merges: Vec<Value> = merges
+        .iter()
+        .map(|(l, r, _, _)| json!([pieces[*l], pieces[*r]]))
+        .collect();
+    let vocab: serde_json::Map<String, Value> = pieces
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), json!(i)))
+        .collect();
+    let unk = g
+        .meta_f64("tokenizer.ggml.unknown_token_id")
+        .map(|u| pieces[u as usize].clone());
     let added_tokens: Vec<Value> = types
         .iter()
         .enumerate()
         .filter(|(_, t)| **t == 3 || **t == 4)
         .map(|(i, t)| added(i, &pieces[i], *t == 3))
         .collect();
-    let prefix = matches!(g.meta("tokenizer.ggml.add_space_prefix"), Some(candle_core::quantized::gguf_file::Value::Bool(true)));
+    let prefix = matches!(
+        g.meta("tokenizer.ggml.add_space_prefix"),
+        Some(candle_core::quantized::gguf_file::Value::Bool(true))
+    );
     let normalizer = if prefix {
         json!({"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "▁"}, {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]})
     } else {
@@ -153,7 +195,16 @@ fn spm_document(g: &GgufFile, tokens: &[&str], types: &[i64]) -> Result<Value> {
 }
 
 fn find_stop_ids(inner: &tokenizers::Tokenizer) -> Vec<u32> {
-    ["<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|endoftext|>", "</s>"].iter().filter_map(|t| inner.token_to_id(t)).collect()
+    [
+        "<|im_end|>",
+        "<end_of_turn>",
+        "<|eot_id|>",
+        "<|endoftext|>",
+        "</s>",
+    ]
+    .iter()
+    .filter_map(|t| inner.token_to_id(t))
+    .collect()
 }
 
 impl Tok {
@@ -161,7 +212,17 @@ impl Tok {
         let bytes = serde_json::to_vec(&json)?;
         let inner = tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| tok_err(&source, e))?;
         let stop_ids = find_stop_ids(&inner);
-        Ok(Tok { inner, json, bos_id: None, eos_id: None, pad_id: None, prepend_bos: false, stop_ids, chat_template: None, source })
+        Ok(Tok {
+            inner,
+            json,
+            bos_id: None,
+            eos_id: None,
+            pad_id: None,
+            prepend_bos: false,
+            stop_ids,
+            chat_template: None,
+            source,
+        })
     }
 
     /// Build from GGUF metadata (`tokenizer.ggml.*`, `tokenizer.chat_template`).
@@ -169,7 +230,11 @@ impl Tok {
         let model = g.meta_str("tokenizer.ggml.model")?;
         let tokens = g.meta_strings("tokenizer.ggml.tokens")?;
         let types: Vec<i64> = match g.meta("tokenizer.ggml.token_type") {
-            Some(_) => g.meta_numbers("tokenizer.ggml.token_type")?.into_iter().map(|t| t as i64).collect(),
+            Some(_) => g
+                .meta_numbers("tokenizer.ggml.token_type")?
+                .into_iter()
+                .map(|t| t as i64)
+                .collect(),
             None => vec![1; tokens.len()],
         };
         if types.len() != tokens.len() {
@@ -195,8 +260,14 @@ impl Tok {
         t.bos_id = id("bos_token_id");
         t.eos_id = id("eos_token_id");
         t.pad_id = id("padding_token_id");
-        t.prepend_bos = matches!(g.meta("tokenizer.ggml.add_bos_token"), Some(candle_core::quantized::gguf_file::Value::Bool(true)));
-        t.chat_template = g.meta_str("tokenizer.chat_template").ok().map(str::to_string);
+        t.prepend_bos = matches!(
+            g.meta("tokenizer.ggml.add_bos_token"),
+            Some(candle_core::quantized::gguf_file::Value::Bool(true))
+        );
+        t.chat_template = g
+            .meta_str("tokenizer.chat_template")
+            .ok()
+            .map(str::to_string);
         Ok(t)
     }
 
@@ -204,22 +275,38 @@ impl Tok {
     pub fn from_hf_dir(dir: &Path, config: &Value) -> Result<Self> {
         let path = dir.join("tokenizer.json");
         let text = std::fs::read_to_string(&path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => Error::NotFound { what: "tokenizer", path: path.clone(), hint: String::new() },
+            std::io::ErrorKind::NotFound => Error::NotFound {
+                what: "tokenizer",
+                path: path.clone(),
+                hint: String::new(),
+            },
             _ => Error::io(&path, e),
         })?;
-        let doc: Value = serde_json::from_str(&text).map_err(|e| tok_err(&path.display().to_string(), format!("malformed JSON: {e}")))?;
+        let doc: Value = serde_json::from_str(&text)
+            .map_err(|e| tok_err(&path.display().to_string(), format!("malformed JSON: {e}")))?;
         let mut t = Tok::from_document(doc, path.display().to_string())?;
         let cfg_path = dir.join("tokenizer_config.json");
         let tcfg: Value = match std::fs::read_to_string(&cfg_path) {
-            Ok(s) => serde_json::from_str(&s).map_err(|e| Error::Config { path: cfg_path.clone(), key: "<file>".into(), msg: format!("malformed JSON: {e}") })?,
+            Ok(s) => serde_json::from_str(&s).map_err(|e| Error::Config {
+                path: cfg_path.clone(),
+                key: "<file>".into(),
+                msg: format!("malformed JSON: {e}"),
+            })?,
             Err(_) => json!({}),
         };
         let token_id = |key: &str| -> Option<u32> {
             let v = tcfg.get(key)?;
-            let s = v.as_str().or_else(|| v.get("content").and_then(|c| c.as_str()))?;
+            let s = v
+                .as_str()
+                .or_else(|| v.get("content").and_then(|c| c.as_str()))?;
             t.inner.token_to_id(s)
         };
-        let cfg_id = |key: &str| config.get(key).and_then(|v| v.as_u64().or_else(|| v.as_array()?.first()?.as_u64())).map(|v| v as u32);
+        let cfg_id = |key: &str| {
+            config
+                .get(key)
+                .and_then(|v| v.as_u64().or_else(|| v.as_array()?.first()?.as_u64()))
+                .map(|v| v as u32)
+        };
         t.bos_id = token_id("bos_token").or(cfg_id("bos_token_id"));
         t.eos_id = token_id("eos_token").or(cfg_id("eos_token_id"));
         t.pad_id = token_id("pad_token").or(cfg_id("pad_token_id"));
@@ -233,7 +320,10 @@ impl Tok {
     /// Encode `text`. With `special`, BOS is prepended where the model expects it and special-token text
     /// (`<|im_start|>`) maps to its id.
     pub fn encode(&self, text: &str, special: bool) -> Result<Vec<u32>> {
-        let enc = self.inner.encode(text, special).map_err(|e| tok_err(&self.source, e))?;
+        let enc = self
+            .inner
+            .encode(text, special)
+            .map_err(|e| tok_err(&self.source, e))?;
         let mut ids = enc.get_ids().to_vec();
         if special && self.prepend_bos {
             if let Some(b) = self.bos_id {
@@ -245,7 +335,9 @@ impl Tok {
 
     /// Decode ids to text.
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
-        self.inner.decode(ids, skip_special).map_err(|e| tok_err(&self.source, e))
+        self.inner
+            .decode(ids, skip_special)
+            .map_err(|e| tok_err(&self.source, e))
     }
 
     /// The text of one token id.
@@ -265,10 +357,27 @@ impl Tok {
 
     /// Kind of tokenizer model (`BPE`, `Unigram`, ...) and whether it is byte-level.
     pub fn kind(&self) -> String {
-        let model = self.json.pointer("/model/type").and_then(|v| v.as_str()).unwrap_or("?");
-        let bytefb = self.json.pointer("/model/byte_fallback").and_then(|v| v.as_bool()).unwrap_or(false);
+        let model = self
+            .json
+            .pointer("/model/type")
+            .and_then(|v| v.as_str())
+            .unwrap_or("?");
+        let bytefb = self
+            .json
+            .pointer("/model/byte_fallback")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false);
         let bl = self.json.to_string().contains("\"ByteLevel\"");
-        format!("{model}{}", if bl { " (byte-level)" } else if bytefb { " (SentencePiece-style, byte fallback)" } else { "" })
+        format!(
+            "{model}{}",
+            if bl {
+                " (byte-level)"
+            } else if bytefb {
+                " (SentencePiece-style, byte fallback)"
+            } else {
+                ""
+            }
+        )
     }
 
     /// Ids that end generation: EOS plus end-of-turn tokens.

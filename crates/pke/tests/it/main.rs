@@ -1,1 +1,7 @@
+//! Integration tests: one binary (ripgrep style). Real-model tests need `make setup` to have installed
+//! the models; they fail with the set-up command in the message otherwise.
 
+mod bad_input;
+mod common;
+mod fixtures;
+mod grad;

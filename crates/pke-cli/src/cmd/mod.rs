@@ -1,0 +1,53 @@
+//! One module per subcommand.
+
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use pke::io::checkpoint::{data_dir, Checkpoint, KNOWN_MODELS};
+
+pub mod bench;
+pub mod generate;
+pub mod inspect;
+pub mod score;
+
+/// Load `--model` with a message naming it on failure.
+pub fn load_model(arg: &str) -> Result<Checkpoint> {
+    Checkpoint::open(arg).with_context(|| format!("cannot load model `{arg}`"))
+}
+
+/// Print JSON to stdout.
+pub fn print_json(v: &impl serde::Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+/// Read the prompt text from `--text`/positional or `--file`.
+pub fn read_text(text: Option<String>, file: Option<std::path::PathBuf>) -> Result<String> {
+    match (text, file) {
+        (Some(t), None) => Ok(t),
+        (None, Some(f)) => {
+            std::fs::read_to_string(&f).with_context(|| format!("cannot read {}", f.display()))
+        }
+        (Some(_), Some(_)) => anyhow::bail!("give either --text or --file, not both"),
+        (None, None) => anyhow::bail!("no text: give --text or --file"),
+    }
+}
+
+pub fn models() -> Result<ExitCode> {
+    let dir = data_dir();
+    println!("{:<14} {:<10} {}", "alias", "installed", "model");
+    for k in KNOWN_MODELS {
+        let ok = dir.join(k.file).exists();
+        println!(
+            "{:<14} {:<10} {}",
+            k.alias,
+            if ok { "yes" } else { "no" },
+            k.description
+        );
+    }
+    println!(
+        "\ndata folder: {} (install with `make setup` or `scripts/setup.sh <target>`)",
+        dir.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,50 @@
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use pke::io::checkpoint::Checkpoint;
+
+/// The shared fixtures folder (`../shared/fixtures` beside the repository, or `$PKE_FIXTURES`).
+pub fn fixtures_dir() -> PathBuf {
+    if let Ok(p) = std::env::var("PKE_FIXTURES") {
+        return PathBuf::from(p);
+    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures")
+}
+
+pub fn fixture(name: &str) -> serde_json::Value {
+    let p = fixtures_dir().join(name);
+    let text = std::fs::read_to_string(&p)
+        .unwrap_or_else(|e| panic!("cannot read fixture {}: {e}", p.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+fn load(alias: &str) -> Checkpoint {
+    Checkpoint::open(alias).unwrap_or_else(|e| panic!("{e}"))
+}
+
+macro_rules! shared_model {
+    ($name:ident, $alias:expr) => {
+        pub fn $name() -> &'static Checkpoint {
+            static M: OnceLock<Checkpoint> = OnceLock::new();
+            M.get_or_init(|| load($alias))
+        }
+    };
+}
+shared_model!(smollm2, "smollm2");
+shared_model!(qwen, "qwen2.5-0.5b");
+shared_model!(gemma, "gemma3-270m");
+
+pub fn f64s(v: &serde_json::Value) -> Vec<f64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+pub fn u32s(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
