@@ -7,11 +7,7 @@ use clap::{Parser, Subcommand};
 mod cmd;
 
 #[derive(Parser)]
-#[command(
-    name = "pke",
-    version,
-    about = "Precision Knowledge Editing: locate and edit the weights behind harmful answers"
-)]
+#[command(name = "pke", version, about = "Precision Knowledge Editing: locate and edit the weights behind harmful answers")]
 struct Cli {
     #[command(subcommand)]
     command: Command,

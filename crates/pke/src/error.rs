@@ -9,11 +9,7 @@ use std::path::PathBuf;
 pub enum Error {
     /// An input file or folder does not exist.
     #[error("{what} not found: {path}{hint}")]
-    NotFound {
-        what: &'static str,
-        path: PathBuf,
-        hint: String,
-    },
+    NotFound { what: &'static str, path: PathBuf, hint: String },
 
     /// Reading or writing a file failed.
     #[error("I/O error on {path}: {source}")]
@@ -29,11 +25,7 @@ pub enum Error {
 
     /// A GGUF metadata key is missing or has the wrong type.
     #[error("GGUF file {path}: metadata key `{key}`: {msg}")]
-    GgufKey {
-        path: PathBuf,
-        key: String,
-        msg: String,
-    },
+    GgufKey { path: PathBuf, key: String, msg: String },
 
     /// A safetensors file is malformed or truncated.
     #[error("safetensors file {path}: {msg}")]
@@ -41,19 +33,11 @@ pub enum Error {
 
     /// A config file is malformed or lacks a key.
     #[error("config {path}: key `{key}`: {msg}")]
-    Config {
-        path: PathBuf,
-        key: String,
-        msg: String,
-    },
+    Config { path: PathBuf, key: String, msg: String },
 
     /// The checkpoint's architecture is not one pke runs.
     #[error("unsupported architecture `{name}` in {path} (supported: {supported})")]
-    UnsupportedArch {
-        name: String,
-        path: PathBuf,
-        supported: String,
-    },
+    UnsupportedArch { name: String, path: PathBuf, supported: String },
 
     /// A tensor the architecture needs is missing from the checkpoint.
     #[error("tensor `{name}` missing from {path}")]
@@ -61,12 +45,7 @@ pub enum Error {
 
     /// A tensor has a shape other than the config implies.
     #[error("tensor `{name}` in {path} has shape {got:?}, expected {expected:?}")]
-    TensorShape {
-        name: String,
-        path: PathBuf,
-        got: Vec<usize>,
-        expected: Vec<usize>,
-    },
+    TensorShape { name: String, path: PathBuf, got: Vec<usize>, expected: Vec<usize> },
 
     /// A tokenizer could not be built or run.
     #[error("tokenizer ({source_desc}): {msg}")]
@@ -82,19 +61,11 @@ pub enum Error {
 
     /// A data file has a bad record.
     #[error("{path}:{line}: {msg}")]
-    Data {
-        path: PathBuf,
-        line: usize,
-        msg: String,
-    },
+    Data { path: PathBuf, line: usize, msg: String },
 
     /// A prompt does not fit in the model's context.
     #[error("prompt of {len} tokens does not fit the context of {ctx} tokens{extra}")]
-    ContextOverflow {
-        len: usize,
-        ctx: usize,
-        extra: String,
-    },
+    ContextOverflow { len: usize, ctx: usize, extra: String },
 
     /// A loss or value became NaN or infinite.
     #[error("non-finite value: {0}")]
@@ -115,9 +86,6 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// An I/O error on `path`.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io {
-            path: path.into(),
-            source,
-        }
+        Error::Io { path: path.into(), source }
     }
 }

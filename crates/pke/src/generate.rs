@@ -25,14 +25,7 @@ pub struct GenOpts {
 
 impl Default for GenOpts {
     fn default() -> Self {
-        GenOpts {
-            max_new_tokens: 64,
-            temperature: 0.0,
-            top_p: 1.0,
-            seed: 42,
-            stop_ids: vec![],
-            truncate_left: false,
-        }
+        GenOpts { max_new_tokens: 64, temperature: 0.0, top_p: 1.0, seed: 42, stop_ids: vec![], truncate_left: false }
     }
 }
 
@@ -66,11 +59,7 @@ fn pick(logits: &[f32], opts: &GenOpts, rng: &mut rand::rngs::StdRng) -> u32 {
         return best as u32;
     }
     let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let mut p: Vec<(usize, f64)> = logits
-        .iter()
-        .enumerate()
-        .map(|(i, &l)| (i, ((l as f64 - max) / opts.temperature).exp()))
-        .collect();
+    let mut p: Vec<(usize, f64)> = logits.iter().enumerate().map(|(i, &l)| (i, ((l as f64 - max) / opts.temperature).exp())).collect();
     let z: f64 = p.iter().map(|x| x.1).sum();
     p.iter_mut().for_each(|x| x.1 /= z);
     p.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap_or(std::cmp::Ordering::Equal));
@@ -97,12 +86,7 @@ fn pick(logits: &[f32], opts: &GenOpts, rng: &mut rand::rngs::StdRng) -> u32 {
 }
 
 /// Generate continuations of `prompts` (token ids) in one batch.
-pub fn generate(
-    model: &Decoder,
-    prompts: &[Vec<u32>],
-    pad_id: u32,
-    opts: &GenOpts,
-) -> Result<Vec<Generation>> {
+pub fn generate(model: &Decoder, prompts: &[Vec<u32>], pad_id: u32, opts: &GenOpts) -> Result<Vec<Generation>> {
     if prompts.is_empty() {
         return Err(Error::Input("no prompts to generate from".into()));
     }
@@ -119,7 +103,11 @@ pub fn generate(
                 return Err(Error::ContextOverflow {
                     len: p.len() + opts.max_new_tokens,
                     ctx,
-                    extra: format!(" (prompt {i}: {} tokens + {} new; use left truncation to keep the last tokens)", p.len(), opts.max_new_tokens),
+                    extra: format!(
+                        " (prompt {i}: {} tokens + {} new; use left truncation to keep the last tokens)",
+                        p.len(),
+                        opts.max_new_tokens
+                    ),
                 });
             }
             truncated[i] = p.len() - budget;
@@ -135,43 +123,18 @@ pub fn generate(
     let mut pos = Vec::with_capacity(b);
     for r in &rows {
         let pad = s - r.len();
-        ids.push(
-            std::iter::repeat_n(pad_id, pad)
-                .chain(r.iter().copied())
-                .collect::<Vec<_>>(),
-        );
-        mask.push(
-            std::iter::repeat_n(0u8, pad)
-                .chain(std::iter::repeat_n(1u8, r.len()))
-                .collect::<Vec<_>>(),
-        );
+        ids.push(std::iter::repeat_n(pad_id, pad).chain(r.iter().copied()).collect::<Vec<_>>());
+        mask.push(std::iter::repeat_n(0u8, pad).chain(std::iter::repeat_n(1u8, r.len())).collect::<Vec<_>>());
         // transformers: position_ids = cumsum(mask) - 1, pads clamped to 1 (their value is irrelevant).
-        pos.push(
-            (0..s)
-                .map(|j| if j < pad { 1 } else { (j - pad) as u32 })
-                .collect::<Vec<_>>(),
-        );
+        pos.push((0..s).map(|j| if j < pad { 1 } else { (j - pad) as u32 }).collect::<Vec<_>>());
     }
     let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed);
     let mut cache = KvCache::default();
     let mut next_pos: Vec<u32> = rows.iter().map(|r| r.len() as u32).collect();
-    let h = model.forward_with(
-        &Input {
-            ids,
-            mask: Some(mask),
-            positions: Some(pos),
-        },
-        &mut Noop,
-        Some(&mut cache),
-    )?;
+    let h = model.forward_with(&Input { ids, mask: Some(mask), positions: Some(pos) }, &mut Noop, Some(&mut cache))?;
     let mut logits = model.last_logits(&h)?.to_vec2::<f32>()?;
-    let mut out: Vec<Generation> = (0..b)
-        .map(|i| Generation {
-            token_ids: vec![],
-            stop_reason: StopReason::MaxNewTokens,
-            truncated: truncated[i],
-        })
-        .collect();
+    let mut out: Vec<Generation> =
+        (0..b).map(|i| Generation { token_ids: vec![], stop_reason: StopReason::MaxNewTokens, truncated: truncated[i] }).collect();
     let mut done = vec![false; b];
     for _ in 0..opts.max_new_tokens {
         let mut step = Vec::with_capacity(b);
@@ -181,9 +144,7 @@ pub fn generate(
                 continue;
             }
             if logits[i].iter().any(|x| x.is_nan()) {
-                return Err(Error::NonFinite(format!(
-                    "NaN logits while generating for prompt {i}"
-                )));
+                return Err(Error::NonFinite(format!("NaN logits while generating for prompt {i}")));
             }
             let t = pick(&logits[i], opts, &mut rng);
             out[i].token_ids.push(t);

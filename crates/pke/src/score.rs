@@ -44,10 +44,7 @@ pub fn score_ids(model: &Decoder, ids: &[u32]) -> Result<Scored> {
 /// token after the first has at least `window / 2` tokens of context (except at the start).
 pub fn score_ids_windowed(model: &Decoder, ids: &[u32], window: usize) -> Result<Scored> {
     if ids.len() < 2 {
-        return Err(Error::Input(format!(
-            "need at least 2 tokens to score, got {}",
-            ids.len()
-        )));
+        return Err(Error::Input(format!("need at least 2 tokens to score, got {}", ids.len())));
     }
     let window = window.min(model.spec.max_position_embeddings).max(2);
     let mut logprobs = Vec::with_capacity(ids.len() - 1);
@@ -68,11 +65,7 @@ pub fn score_ids_windowed(model: &Decoder, ids: &[u32], window: usize) -> Result
         }
     }
     if let Some(bad) = logprobs.iter().position(|x| !x.is_finite()) {
-        return Err(Error::NonFinite(format!(
-            "log-probability of token {} is {}",
-            bad + 1,
-            logprobs[bad]
-        )));
+        return Err(Error::NonFinite(format!("log-probability of token {} is {}", bad + 1, logprobs[bad])));
     }
     let mean_nll = -logprobs.iter().sum::<f64>() / logprobs.len() as f64;
     Ok(Scored {
@@ -80,10 +73,6 @@ pub fn score_ids_windowed(model: &Decoder, ids: &[u32], window: usize) -> Result
         logprobs,
         mean_nll,
         perplexity: mean_nll.exp(),
-        window: if ids.len() > window {
-            Some(window)
-        } else {
-            None
-        },
+        window: if ids.len() > window { Some(window) } else { None },
     })
 }

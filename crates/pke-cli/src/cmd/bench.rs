@@ -25,11 +25,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
         .map(|kb| kb / 1024.0)
         .unwrap_or(f64::NAN)
 }
@@ -54,10 +50,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         };
         let p64 = prefill(64)?;
         let p512 = prefill(512)?;
-        let opts = pke::generate::GenOpts {
-            max_new_tokens: 64,
-            ..Default::default()
-        };
+        let opts = pke::generate::GenOpts { max_new_tokens: 64, ..Default::default() };
         let mut ts = Vec::new();
         let mut ntok = 0;
         for _ in 0..a.reps {
@@ -90,10 +83,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     if a.json {
         super::print_json(&rows)?;
     } else {
-        println!(
-            "threads: RAYON_NUM_THREADS={}",
-            std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "(all cores)".into())
-        );
+        println!("threads: RAYON_NUM_THREADS={}", std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "(all cores)".into()));
         println!("| model | load s | prefill 64 tok/s | prefill 512 tok/s | decode tok/s | fwd+bwd 64 tok s | peak RSS MB |");
         println!("|---|---|---|---|---|---|---|");
         for r in &rows {

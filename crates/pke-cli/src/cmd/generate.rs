@@ -36,13 +36,8 @@ pub struct Args {
 pub fn run(a: Args) -> Result<ExitCode> {
     let mut prompts = a.prompts.clone();
     if let Some(f) = &a.file {
-        let text = std::fs::read_to_string(f)
-            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", f.display()))?;
-        prompts.extend(
-            text.lines()
-                .filter(|l| !l.trim().is_empty())
-                .map(str::to_string),
-        );
+        let text = std::fs::read_to_string(f).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", f.display()))?;
+        prompts.extend(text.lines().filter(|l| !l.trim().is_empty()).map(str::to_string));
     }
     if prompts.is_empty() {
         bail!("no prompt: give --prompt TEXT or --file FILE");
@@ -52,30 +47,15 @@ pub fn run(a: Args) -> Result<ExitCode> {
     }
     let ck = super::load_model(&a.model)?;
     let texts: Vec<String> = if a.chat {
-        let tmpl = ck.tok.chat_template.as_deref().ok_or_else(|| {
-            anyhow::anyhow!("model `{}` has no chat template; drop --chat", a.model)
-        })?;
-        let bos = ck
-            .tok
-            .bos_id
-            .and_then(|b| ck.tok.id_to_token(b))
-            .unwrap_or_default();
-        let eos = ck
-            .tok
-            .eos_id
-            .and_then(|b| ck.tok.id_to_token(b))
-            .unwrap_or_default();
-        prompts
-            .iter()
-            .map(|p| render(tmpl, &[Message::user(p.clone())], true, &bos, &eos))
-            .collect::<pke::Result<_>>()?
+        let tmpl =
+            ck.tok.chat_template.as_deref().ok_or_else(|| anyhow::anyhow!("model `{}` has no chat template; drop --chat", a.model))?;
+        let bos = ck.tok.bos_id.and_then(|b| ck.tok.id_to_token(b)).unwrap_or_default();
+        let eos = ck.tok.eos_id.and_then(|b| ck.tok.id_to_token(b)).unwrap_or_default();
+        prompts.iter().map(|p| render(tmpl, &[Message::user(p.clone())], true, &bos, &eos)).collect::<pke::Result<_>>()?
     } else {
         prompts.clone()
     };
-    let ids: Vec<Vec<u32>> = texts
-        .iter()
-        .map(|t| ck.tok.encode(t, true))
-        .collect::<pke::Result<_>>()?;
+    let ids: Vec<Vec<u32>> = texts.iter().map(|t| ck.tok.encode(t, true)).collect::<pke::Result<_>>()?;
     let opts = GenOpts {
         max_new_tokens: a.max_new_tokens,
         temperature: a.temperature,
@@ -96,11 +76,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     }
     if a.json {
         let n: usize = out.iter().map(|g| g.token_ids.len()).sum();
-        let v = if results.len() == 1 {
-            results[0].clone()
-        } else {
-            serde_json::json!({ "results": results })
-        };
+        let v = if results.len() == 1 { results[0].clone() } else { serde_json::json!({ "results": results }) };
         let mut v = v;
         v["seconds"] = serde_json::json!(secs);
         v["new_tokens"] = serde_json::json!(n);

@@ -42,7 +42,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         "tokenizer": ck.tok.kind(),
         "bos_token_id": ck.tok.bos_id,
         "eos_token_id": ck.tok.eos_id,
-        "add_bos": ck.tok.prepend_bos,
+        "add_bos": ck.tok.adds_bos,
         "chat_template": ck.tok.chat_template.is_some(),
         "spec": s,
         "tensors": if a.tensors { serde_json::to_value(&ck.tensors)? } else { serde_json::Value::Null },
@@ -57,41 +57,13 @@ pub fn run(a: Args) -> Result<ExitCode> {
         s.arch, s.n_layers, s.hidden_size, s.intermediate_size, s.n_heads, s.n_kv_heads, s.head_dim
     );
     println!("vocab         {} ({})", s.vocab_size, ck.tok.kind());
-    println!(
-        "context       {} (rope theta {})",
-        s.max_position_embeddings, s.rope_theta
-    );
-    println!(
-        "parameters    {:.1} M{}",
-        ck.model.n_params() as f64 / 1e6,
-        if s.tie_word_embeddings {
-            " (tied embeddings)"
-        } else {
-            ""
-        }
-    );
-    println!(
-        "tensor types  {}",
-        dtypes
-            .iter()
-            .map(|(k, v)| format!("{k} x{v}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-    println!(
-        "chat template {}",
-        if ck.tok.chat_template.is_some() {
-            "yes"
-        } else {
-            "no"
-        }
-    );
+    println!("context       {} (rope theta {})", s.max_position_embeddings, s.rope_theta);
+    println!("parameters    {:.1} M{}", ck.model.n_params() as f64 / 1e6, if s.tie_word_embeddings { " (tied embeddings)" } else { "" });
+    println!("tensor types  {}", dtypes.iter().map(|(k, v)| format!("{k} x{v}")).collect::<Vec<_>>().join(", "));
+    println!("chat template {}", if ck.tok.chat_template.is_some() { "yes" } else { "no" });
     if a.tensors {
         for t in &ck.tensors {
-            println!(
-                "  {:<48} {:<6} {:?}  ({})",
-                t.hf_name, t.dtype, t.shape, t.source_name
-            );
+            println!("  {:<48} {:<6} {:?}  ({})", t.hf_name, t.dtype, t.shape, t.source_name);
         }
     }
     Ok(ExitCode::SUCCESS)

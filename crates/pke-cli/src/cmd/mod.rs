@@ -25,9 +25,7 @@ pub fn print_json(v: &impl serde::Serialize) -> Result<()> {
 pub fn read_text(text: Option<String>, file: Option<std::path::PathBuf>) -> Result<String> {
     match (text, file) {
         (Some(t), None) => Ok(t),
-        (None, Some(f)) => {
-            std::fs::read_to_string(&f).with_context(|| format!("cannot read {}", f.display()))
-        }
+        (None, Some(f)) => std::fs::read_to_string(&f).with_context(|| format!("cannot read {}", f.display())),
         (Some(_), Some(_)) => anyhow::bail!("give either --text or --file, not both"),
         (None, None) => anyhow::bail!("no text: give --text or --file"),
     }
@@ -38,16 +36,8 @@ pub fn models() -> Result<ExitCode> {
     println!("{:<14} {:<10} {}", "alias", "installed", "model");
     for k in KNOWN_MODELS {
         let ok = dir.join(k.file).exists();
-        println!(
-            "{:<14} {:<10} {}",
-            k.alias,
-            if ok { "yes" } else { "no" },
-            k.description
-        );
+        println!("{:<14} {:<10} {}", k.alias, if ok { "yes" } else { "no" }, k.description);
     }
-    println!(
-        "\ndata folder: {} (install with `make setup` or `scripts/setup.sh <target>`)",
-        dir.display()
-    );
+    println!("\ndata folder: {} (install with `make setup` or `scripts/setup.sh <target>`)", dir.display());
     Ok(ExitCode::SUCCESS)
 }

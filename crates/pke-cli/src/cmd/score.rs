@@ -35,12 +35,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
             let tok = ck.tok.decode(&ids[t + 1..t + 2], false)?;
             println!("{:>6}  {:>10.4}  {:?}", t + 1, lp, tok);
         }
-        println!(
-            "tokens {}  mean NLL {:.4}  perplexity {:.3}",
-            ids.len(),
-            s.mean_nll,
-            s.perplexity
-        );
+        println!("tokens {}  mean NLL {:.4}  perplexity {:.3}", ids.len(), s.mean_nll, s.perplexity);
     }
     Ok(ExitCode::SUCCESS)
 }

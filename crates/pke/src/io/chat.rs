@@ -15,53 +15,30 @@ pub struct Message {
 
 impl Message {
     pub fn user(content: impl Into<String>) -> Self {
-        Message {
-            role: "user".into(),
-            content: content.into(),
-        }
+        Message { role: "user".into(), content: content.into() }
     }
     pub fn assistant(content: impl Into<String>) -> Self {
-        Message {
-            role: "assistant".into(),
-            content: content.into(),
-        }
+        Message { role: "assistant".into(), content: content.into() }
     }
     pub fn system(content: impl Into<String>) -> Self {
-        Message {
-            role: "system".into(),
-            content: content.into(),
-        }
+        Message { role: "system".into(), content: content.into() }
     }
 }
 
 /// Render `template` for `messages`.
-pub fn render(
-    template: &str,
-    messages: &[Message],
-    add_generation_prompt: bool,
-    bos_token: &str,
-    eos_token: &str,
-) -> Result<String> {
+pub fn render(template: &str, messages: &[Message], add_generation_prompt: bool, bos_token: &str, eos_token: &str) -> Result<String> {
     let mut env = minijinja::Environment::new();
     env.set_trim_blocks(true);
     env.set_lstrip_blocks(true);
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-    env.add_function(
-        "raise_exception",
-        |msg: String| -> std::result::Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(
-                minijinja::ErrorKind::InvalidOperation,
-                msg,
-            ))
-        },
-    );
+    env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
+        Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
+    });
     env.add_function("strftime_now", |_fmt: String| -> String {
         // Deterministic output: templates only use it for a "today" line.
         "26 Jul 2024".to_string()
     });
-    let tmpl = env
-        .template_from_str(template)
-        .map_err(|e| Error::ChatTemplate(format!("cannot parse: {e}")))?;
+    let tmpl = env.template_from_str(template).map_err(|e| Error::ChatTemplate(format!("cannot parse: {e}")))?;
     tmpl.render(minijinja::context! {
         messages => messages,
         add_generation_prompt => add_generation_prompt,
@@ -85,15 +62,7 @@ mod tests {
 
     #[test]
     fn raise_exception_surfaces_as_error() {
-        let e = render(
-            "{{ raise_exception('no system role') }}",
-            &[],
-            false,
-            "",
-            "",
-        )
-        .unwrap_err()
-        .to_string();
+        let e = render("{{ raise_exception('no system role') }}", &[], false, "", "").unwrap_err().to_string();
         assert!(e.contains("no system role"), "{e}");
     }
 }

@@ -80,19 +80,13 @@ pub fn resolve_model(arg: &str) -> Result<PathBuf> {
 
 /// [`resolve_model`] with an explicit data folder.
 pub fn resolve_model_in(arg: &str, data: &Path) -> Result<PathBuf> {
-    if let Some(k) = KNOWN_MODELS
-        .iter()
-        .find(|k| k.alias == arg || k.other_aliases.contains(&arg))
-    {
+    if let Some(k) = KNOWN_MODELS.iter().find(|k| k.alias == arg || k.other_aliases.contains(&arg)) {
         let p = data.join(k.file);
         if !p.exists() {
             return Err(Error::NotFound {
                 what: "model",
                 path: p,
-                hint: format!(
-                    " (`{arg}` is not installed: run `make setup` or `scripts/setup.sh {}`)",
-                    k.setup_target
-                ),
+                hint: format!(" (`{arg}` is not installed: run `make setup` or `scripts/setup.sh {}`)", k.setup_target),
             });
         }
         return Ok(p);
@@ -103,10 +97,7 @@ pub fn resolve_model_in(arg: &str, data: &Path) -> Result<PathBuf> {
         return Err(Error::NotFound {
             what: "model",
             path: p,
-            hint: format!(
-                " (expected a GGUF file, a HF folder, or one of the aliases {})",
-                aliases.join(", ")
-            ),
+            hint: format!(" (expected a GGUF file, a HF folder, or one of the aliases {})", aliases.join(", ")),
         });
     }
     Ok(p)
@@ -148,10 +139,7 @@ pub struct Checkpoint {
 
 impl std::fmt::Debug for Checkpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Checkpoint")
-            .field("source", &self.source)
-            .field("spec", &self.model.spec)
-            .finish()
+        f.debug_struct("Checkpoint").field("source", &self.source).field("spec", &self.model.spec).finish()
     }
 }
 
@@ -169,10 +157,7 @@ pub fn ggml_name(t: GgmlDType) -> String {
 
 /// Load GGUF weights as HF-named f32 tensors in HF orientation (q/k un-permuted for llama-type files,
 /// Gemma norms shifted back by 1 so the stored value is transformers' `w`).
-pub fn load_gguf_weights(
-    g: &GgufFile,
-    spec: &ModelSpec,
-) -> Result<(HashMap<String, Tensor>, Vec<TensorInfo>)> {
+pub fn load_gguf_weights(g: &GgufFile, spec: &ModelSpec) -> Result<(HashMap<String, Tensor>, Vec<TensorInfo>)> {
     let arch = spec.arch.spec();
     let mut out = HashMap::new();
     let mut infos = Vec::new();
@@ -188,12 +173,7 @@ pub fn load_gguf_weights(
             t = (t - arch.norm_weight_offset as f64)?;
         }
         let (_, dtype, _) = g.tensor_bytes(gname)?;
-        infos.push(TensorInfo {
-            hf_name: hf.clone(),
-            source_name: gname.to_string(),
-            dtype: ggml_name(dtype),
-            shape: t.dims().to_vec(),
-        });
+        infos.push(TensorInfo { hf_name: hf.clone(), source_name: gname.to_string(), dtype: ggml_name(dtype), shape: t.dims().to_vec() });
         out.insert(hf, t);
     }
     Ok((out, infos))
@@ -220,23 +200,13 @@ impl Checkpoint {
         let tok = Tok::from_gguf(&g)?;
         let (weights, tensors) = load_gguf_weights(&g, &spec)?;
         let model = Decoder::new(spec, weights, path)?;
-        Ok(Checkpoint {
-            model,
-            tok,
-            source: Source::Gguf(path.into()),
-            tensors,
-            hf_config: None,
-        })
+        Ok(Checkpoint { model, tok, source: Source::Gguf(path.into()), tensors, hf_config: None })
     }
 
     fn load_hf_dir(dir: &Path) -> Result<Self> {
         let cfg_path = dir.join("config.json");
         let text = std::fs::read_to_string(&cfg_path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => Error::NotFound {
-                what: "config.json",
-                path: cfg_path.clone(),
-                hint: String::new(),
-            },
+            std::io::ErrorKind::NotFound => Error::NotFound { what: "config.json", path: cfg_path.clone(), hint: String::new() },
             _ => Error::io(&cfg_path, e),
         })?;
         let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Config {
@@ -247,31 +217,17 @@ impl Checkpoint {
         let spec = ModelSpec::from_hf(&cfg_path, &json)?;
         let tok = Tok::from_hf_dir(dir, &json)?;
         let weights = crate::io::safetensors::read_folder(dir)?;
-        let mut weights: HashMap<String, Tensor> = weights
-            .into_iter()
-            .filter(|(n, _)| !n.ends_with("rotary_emb.inv_freq"))
-            .collect();
+        let mut weights: HashMap<String, Tensor> = weights.into_iter().filter(|(n, _)| !n.ends_with("rotary_emb.inv_freq")).collect();
         // transformers saves tied models without lm_head; some exporters keep it.
         if spec.tie_word_embeddings {
             weights.remove("lm_head.weight");
         }
         let tensors = weights
             .iter()
-            .map(|(n, t)| TensorInfo {
-                hf_name: n.clone(),
-                source_name: n.clone(),
-                dtype: "F32".into(),
-                shape: t.dims().to_vec(),
-            })
+            .map(|(n, t)| TensorInfo { hf_name: n.clone(), source_name: n.clone(), dtype: "F32".into(), shape: t.dims().to_vec() })
             .collect();
         let model = Decoder::new(spec, weights, dir)?;
-        Ok(Checkpoint {
-            model,
-            tok,
-            source: Source::HfDir(dir.into()),
-            tensors,
-            hf_config: Some(json),
-        })
+        Ok(Checkpoint { model, tok, source: Source::HfDir(dir.into()), tensors, hf_config: Some(json) })
     }
 
     /// sha256 of the source file (GGUF) or of `config.json` + weights files (HF folder).
@@ -283,10 +239,7 @@ impl Checkpoint {
                 let mut v: Vec<PathBuf> = std::fs::read_dir(d)
                     .map_err(|e| Error::io(d, e))?
                     .filter_map(|e| e.ok().map(|e| e.path()))
-                    .filter(|p| {
-                        p.extension().is_some_and(|x| x == "safetensors")
-                            || p.file_name().is_some_and(|n| n == "config.json")
-                    })
+                    .filter(|p| p.extension().is_some_and(|x| x == "safetensors") || p.file_name().is_some_and(|n| n == "config.json"))
                     .collect();
                 v.sort();
                 v

@@ -12,55 +12,30 @@ use crate::io::atomic_write;
 use crate::{Error, Result};
 
 fn st_err(path: &Path, msg: impl Into<String>) -> Error {
-    Error::Safetensors {
-        path: path.into(),
-        msg: msg.into(),
-    }
+    Error::Safetensors { path: path.into(), msg: msg.into() }
 }
 
 fn view_to_tensor(path: &Path, name: &str, v: &TensorView<'_>) -> Result<Tensor> {
     let data = v.data();
     let shape = v.shape().to_vec();
     let vals: Vec<f32> = match v.dtype() {
-        Dtype::F32 => data
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-        Dtype::F16 => data
-            .chunks_exact(2)
-            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        Dtype::BF16 => data
-            .chunks_exact(2)
-            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        other => {
-            return Err(st_err(
-                path,
-                format!("tensor `{name}` has dtype {other:?}; pke reads F32, F16 and BF16"),
-            ))
-        }
+        Dtype::F32 => data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        Dtype::F16 => data.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        Dtype::BF16 => data.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        other => return Err(st_err(path, format!("tensor `{name}` has dtype {other:?}; pke reads F32, F16 and BF16"))),
     };
     Ok(Tensor::from_vec(vals, shape, &Device::Cpu)?)
 }
 
 /// Read every tensor of one safetensors file as f32, keeping names. `keep` filters names.
-pub fn read_file(
-    path: &Path,
-    keep: &dyn Fn(&str) -> bool,
-) -> Result<(HashMap<String, Tensor>, HashMap<String, String>)> {
+pub fn read_file(path: &Path, keep: &dyn Fn(&str) -> bool) -> Result<(HashMap<String, Tensor>, HashMap<String, String>)> {
     let file = std::fs::File::open(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => Error::NotFound {
-            what: "safetensors file",
-            path: path.into(),
-            hint: String::new(),
-        },
+        std::io::ErrorKind::NotFound => Error::NotFound { what: "safetensors file", path: path.into(), hint: String::new() },
         _ => Error::io(path, e),
     })?;
     // SAFETY: read-only mapping of a file pke does not modify while it is mapped.
     let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-    let st = SafeTensors::deserialize(&mmap)
-        .map_err(|e| st_err(path, format!("malformed or truncated: {e}")))?;
+    let st = SafeTensors::deserialize(&mmap).map_err(|e| st_err(path, format!("malformed or truncated: {e}")))?;
     let (_, meta) = SafeTensors::read_metadata(&mmap).map_err(|e| st_err(path, e.to_string()))?;
     let mut out = HashMap::new();
     for (name, view) in st.iter() {
@@ -92,14 +67,11 @@ pub fn read_folder(dir: &Path) -> Result<HashMap<String, Tensor>> {
         key: "<file>".into(),
         msg: format!("malformed JSON: {e}"),
     })?;
-    let map = json
-        .get("weight_map")
-        .and_then(|m| m.as_object())
-        .ok_or_else(|| Error::Config {
-            path: index.clone(),
-            key: "weight_map".into(),
-            msg: "missing or not an object".into(),
-        })?;
+    let map = json.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| Error::Config {
+        path: index.clone(),
+        key: "weight_map".into(),
+        msg: "missing or not an object".into(),
+    })?;
     let mut shards: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (name, file) in map {
         let f = file.as_str().ok_or_else(|| Error::Config {
@@ -115,10 +87,7 @@ pub fn read_folder(dir: &Path) -> Result<HashMap<String, Tensor>> {
         let (t, _) = read_file(&p, &|n| names.iter().any(|x| x == n))?;
         for n in &names {
             if !t.contains_key(n) {
-                return Err(Error::MissingTensor {
-                    name: n.clone(),
-                    path: p.clone(),
-                });
+                return Err(Error::MissingTensor { name: n.clone(), path: p.clone() });
             }
         }
         out.extend(t);
@@ -134,18 +103,12 @@ pub struct F32View {
 
 impl F32View {
     pub fn new(t: &Tensor) -> Result<Self> {
-        let v = t
-            .to_dtype(candle_core::DType::F32)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
+        let v = t.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         let mut bytes = Vec::with_capacity(v.len() * 4);
         for x in v {
             bytes.extend_from_slice(&x.to_le_bytes());
         }
-        Ok(F32View {
-            shape: t.dims().to_vec(),
-            bytes,
-        })
+        Ok(F32View { shape: t.dims().to_vec(), bytes })
     }
 }
 
@@ -165,17 +128,10 @@ impl safetensors::View for &F32View {
 }
 
 /// Write f32 tensors to `path` atomically (temp file + rename), with string metadata.
-pub fn write_file(
-    path: &Path,
-    tensors: &[(String, Tensor)],
-    metadata: HashMap<String, String>,
-) -> Result<()> {
-    let views: Vec<(String, F32View)> = tensors
-        .iter()
-        .map(|(n, t)| Ok((n.clone(), F32View::new(t)?)))
-        .collect::<Result<_>>()?;
-    let bytes = safetensors::serialize(views.iter().map(|(n, v)| (n.as_str(), v)), Some(metadata))
-        .map_err(|e| st_err(path, e.to_string()))?;
+pub fn write_file(path: &Path, tensors: &[(String, Tensor)], metadata: HashMap<String, String>) -> Result<()> {
+    let views: Vec<(String, F32View)> = tensors.iter().map(|(n, t)| Ok((n.clone(), F32View::new(t)?))).collect::<Result<_>>()?;
+    let bytes =
+        safetensors::serialize(views.iter().map(|(n, v)| (n.as_str(), v)), Some(metadata)).map_err(|e| st_err(path, e.to_string()))?;
     atomic_write(path, &bytes)
 }
 
@@ -188,11 +144,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("a.safetensors");
         let t = Tensor::new(&[[1f32, 2., 3.], [4., 5., f32::MIN_POSITIVE]], &Device::Cpu)?;
-        write_file(
-            &p,
-            &[("w".into(), t.clone())],
-            HashMap::from([("k".into(), "v".into())]),
-        )?;
+        write_file(&p, &[("w".into(), t.clone())], HashMap::from([("k".into(), "v".into())]))?;
         let (m, meta) = read_file(&p, &|_| true)?;
         assert_eq!(m["w"].to_vec2::<f32>()?, t.to_vec2::<f32>()?);
         assert_eq!(meta["k"], "v");
@@ -200,10 +152,7 @@ mod tests {
         let bytes = std::fs::read(&p).unwrap();
         std::fs::write(&p, &bytes[..bytes.len() - 5]).unwrap();
         let e = read_file(&p, &|_| true).unwrap_err().to_string();
-        assert!(
-            e.contains("a.safetensors") && e.contains("truncated"),
-            "{e}"
-        );
+        assert!(e.contains("a.safetensors") && e.contains("truncated"), "{e}");
         Ok(())
     }
 }

@@ -13,7 +13,8 @@ use crate::{Error, Result};
 
 /// Pre-tokenizer split regexes, keyed by GGUF `tokenizer.ggml.pre`.
 const QWEN2_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const LLAMA3_REGEX: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// A tokenizer plus the special-token facts generation and chat need.
 #[derive(Clone)]
@@ -24,9 +25,8 @@ pub struct Tok {
     pub bos_id: Option<u32>,
     pub eos_id: Option<u32>,
     pub pad_id: Option<u32>,
-    /// Prepend BOS when encoding with special tokens (GGUF `add_bos_token`). For `tokenizer.json`
-    /// sources the post-processor in the file decides, and this is false.
-    pub prepend_bos: bool,
+    /// Whether encoding with special tokens adds BOS (decided by the post-processor in the document).
+    pub adds_bos: bool,
     /// Tokens that end a turn in addition to EOS (`<|im_end|>`, `<end_of_turn>`, `<|eot_id|>`).
     pub stop_ids: Vec<u32>,
     pub chat_template: Option<String>,
@@ -36,22 +36,33 @@ pub struct Tok {
 
 impl std::fmt::Debug for Tok {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tok")
-            .field("source", &self.source)
-            .field("vocab", &self.vocab_size())
-            .finish()
+        f.debug_struct("Tok").field("source", &self.source).field("vocab", &self.vocab_size()).finish()
     }
 }
 
 fn tok_err(source: &str, msg: impl std::fmt::Display) -> Error {
-    Error::Tokenizer {
-        source_desc: source.into(),
-        msg: msg.to_string(),
-    }
+    Error::Tokenizer { source_desc: source.into(), msg: msg.to_string() }
 }
 
 fn added(id: usize, content: &str, special: bool) -> Value {
     json!({"id": id, "content": content, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": special})
+}
+
+/// With GGUF `add_bos_token`, BOS is added by a TemplateProcessing post-processor, as in a
+/// transformers-saved tokenizer.json, so the same document works when written into a HF folder.
+fn bos_post_processor(g: &GgufFile, pieces: &[String], otherwise: Value) -> Value {
+    let add_bos = matches!(g.meta("tokenizer.ggml.add_bos_token"), Some(candle_core::quantized::gguf_file::Value::Bool(true)));
+    match g.meta_f64("tokenizer.ggml.bos_token_id").map(|b| b as usize) {
+        Some(b) if add_bos && b < pieces.len() => {
+            let t = &pieces[b];
+            json!({"type": "TemplateProcessing",
+                   "single": [{"SpecialToken": {"id": t, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+                   "pair": [{"SpecialToken": {"id": t, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                            {"SpecialToken": {"id": t, "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
+                   "special_tokens": {t.as_str(): {"id": t, "ids": [b], "tokens": [t]}}})
+        }
+        _ => otherwise,
+    }
 }
 
 /// Byte-level BPE document for `tokenizer.ggml.model == "gpt2"`.
@@ -60,17 +71,16 @@ fn gpt2_document(g: &GgufFile, tokens: &[&str], types: &[i64]) -> Result<Value> 
     let merges: Vec<Value> = merges
         .iter()
         .map(|m| {
-            m.split_once(' ')
-                .map(|(a, b)| json!([a, b]))
-                .ok_or_else(|| Error::GgufKey {
-                    path: g.path.clone(),
-                    key: "tokenizer.ggml.merges".into(),
-                    msg: format!("merge `{m}` has no space"),
-                })
+            m.split_once(' ').map(|(a, b)| json!([a, b])).ok_or_else(|| Error::GgufKey {
+                path: g.path.clone(),
+                key: "tokenizer.ggml.merges".into(),
+                msg: format!("merge `{m}` has no space"),
+            })
         })
         .collect::<Result<_>>()?;
     let pre = g.meta_str("tokenizer.ggml.pre").unwrap_or("default");
-    let byte_level = |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": use_regex});
+    let byte_level =
+        |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": use_regex});
     let split = |re: &str| json!({"type": "Split", "pattern": {"Regex": re}, "behavior": "Isolated", "invert": false});
     let pre_tokenizer = match pre {
         "qwen2" => {
@@ -82,17 +92,9 @@ fn gpt2_document(g: &GgufFile, tokens: &[&str], types: &[i64]) -> Result<Value> 
         // transformers falls back to the GPT-2 ByteLevel regex for other names (SmolLM2's `smollm`).
         _ => byte_level(true),
     };
-    let vocab: serde_json::Map<String, Value> = tokens
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.to_string(), json!(i)))
-        .collect();
-    let added_tokens: Vec<Value> = types
-        .iter()
-        .enumerate()
-        .filter(|(_, t)| **t == 3 || **t == 4)
-        .map(|(i, t)| added(i, tokens[i], *t == 3))
-        .collect();
+    let vocab: serde_json::Map<String, Value> = tokens.iter().enumerate().map(|(i, t)| (t.to_string(), json!(i))).collect();
+    let added_tokens: Vec<Value> =
+        types.iter().enumerate().filter(|(_, t)| **t == 3 || **t == 4).map(|(i, t)| added(i, tokens[i], *t == 3)).collect();
     Ok(json!({
         "version": "1.0",
         "truncation": null,
@@ -100,7 +102,8 @@ fn gpt2_document(g: &GgufFile, tokens: &[&str], types: &[i64]) -> Result<Value> 
         "added_tokens": added_tokens,
         "normalizer": null,
         "pre_tokenizer": pre_tokenizer,
-        "post_processor": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true},
+        "post_processor": bos_post_processor(g, &tokens.iter().map(|t| t.to_string()).collect::<Vec<_>>(),
+            json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true})),
         "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
         "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null, "end_of_word_suffix": null,
                   "fuse_unk": false, "byte_fallback": false, "ignore_merges": false, "vocab": vocab, "merges": merges}
@@ -121,11 +124,7 @@ fn spm_document(g: &GgufFile, tokens: &[&str], types: &[i64]) -> Result<Value> {
     }
     // Multi-space user tokens are respelled with ▁ so the normalized text can reach them.
     let pieces: Vec<String> = tokens.iter().map(|t| t.replace(' ', "▁")).collect();
-    let index: HashMap<&str, usize> = pieces
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.as_str(), i))
-        .collect();
+    let index: HashMap<&str, usize> = pieces.iter().enumerate().map(|(i, t)| (t.as_str(), i)).collect();
     let mut merges: Vec<(usize, usize, f64, usize)> = Vec::new(); // (left, right, score, order)
     for (id, piece) in pieces.iter().enumerate() {
         let mut local = Vec::new();
@@ -135,43 +134,20 @@ fn spm_document(g: &GgufFile, tokens: &[&str], types: &[i64]) -> Result<Value> {
                 local.push((li, ri));
             }
         }
-        local.sort_by(|a, b| {
-            (scores[b.0], scores[b.1])
-                .partial_cmp(&(scores[a.0], scores[a.1]))
-                .unwrap_or(std::cmp::Ordering::Equal)
-        });
+        local.sort_by(|a, b| (scores[b.0], scores[b.1]).partial_cmp(&(scores[a.0], scores[a.1])).unwrap_or(std::cmp::Ordering::Equal));
         for (li, ri) in local {
             let order = merges.len();
             merges.push((li, ri, scores[id], order));
         }
     }
-    merges.sort_by(|a, b| {
-        b.2.partial_cmp(&a.2)
-            .unwrap_or(std::cmp::Ordering::Equal)
-            .then(a.3.cmp(&b.3))
-    });
-    let merges: Vec<Value> = merges
-        .iter()
-        .map(|(l, r, _, _)| json!([pieces[*l], pieces[*r]]))
-        .collect();
-    let vocab: serde_json::Map<String, Value> = pieces
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.clone(), json!(i)))
-        .collect();
-    let unk = g
-        .meta_f64("tokenizer.ggml.unknown_token_id")
-        .map(|u| pieces[u as usize].clone());
-    let added_tokens: Vec<Value> = types
-        .iter()
-        .enumerate()
-        .filter(|(_, t)| **t == 3 || **t == 4)
-        .map(|(i, t)| added(i, &pieces[i], *t == 3))
-        .collect();
-    let prefix = matches!(
-        g.meta("tokenizer.ggml.add_space_prefix"),
-        Some(candle_core::quantized::gguf_file::Value::Bool(true))
-    );
+    merges.sort_by(|a, b| b.2.partial_cmp(&a.2).unwrap_or(std::cmp::Ordering::Equal).then(a.3.cmp(&b.3)));
+    let merges: Vec<Value> = merges.iter().map(|(l, r, _, _)| json!([pieces[*l], pieces[*r]])).collect();
+    let vocab: serde_json::Map<String, Value> = pieces.iter().enumerate().map(|(i, t)| (t.clone(), json!(i))).collect();
+    let unk = g.meta_f64("tokenizer.ggml.unknown_token_id").map(|u| pieces[u as usize].clone());
+    let added_tokens: Vec<Value> =
+        types.iter().enumerate().filter(|(_, t)| **t == 3 || **t == 4).map(|(i, t)| added(i, &pieces[i], *t == 3)).collect();
+    let prefix = matches!(g.meta("tokenizer.ggml.add_space_prefix"), Some(candle_core::quantized::gguf_file::Value::Bool(true)));
+    let post_processor = bos_post_processor(g, &pieces, Value::Null);
     let normalizer = if prefix {
         json!({"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "▁"}, {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]})
     } else {
@@ -184,7 +160,7 @@ fn spm_document(g: &GgufFile, tokens: &[&str], types: &[i64]) -> Result<Value> {
         "added_tokens": added_tokens,
         "normalizer": normalizer,
         "pre_tokenizer": null,
-        "post_processor": null,
+        "post_processor": post_processor,
         "decoder": {"type": "Sequence", "decoders": [
             {"type": "Replace", "pattern": {"String": "▁"}, "content": " "},
             {"type": "ByteFallback"},
@@ -195,16 +171,7 @@ fn spm_document(g: &GgufFile, tokens: &[&str], types: &[i64]) -> Result<Value> {
 }
 
 fn find_stop_ids(inner: &tokenizers::Tokenizer) -> Vec<u32> {
-    [
-        "<|im_end|>",
-        "<end_of_turn>",
-        "<|eot_id|>",
-        "<|endoftext|>",
-        "</s>",
-    ]
-    .iter()
-    .filter_map(|t| inner.token_to_id(t))
-    .collect()
+    ["<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|endoftext|>", "</s>"].iter().filter_map(|t| inner.token_to_id(t)).collect()
 }
 
 impl Tok {
@@ -212,17 +179,10 @@ impl Tok {
         let bytes = serde_json::to_vec(&json)?;
         let inner = tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| tok_err(&source, e))?;
         let stop_ids = find_stop_ids(&inner);
-        Ok(Tok {
-            inner,
-            json,
-            bos_id: None,
-            eos_id: None,
-            pad_id: None,
-            prepend_bos: false,
-            stop_ids,
-            chat_template: None,
-            source,
-        })
+        let probe = inner.encode("a", true).map_err(|e| tok_err(&source, e))?;
+        let plain = inner.encode("a", false).map_err(|e| tok_err(&source, e))?;
+        let adds_bos = probe.get_ids().len() > plain.get_ids().len();
+        Ok(Tok { inner, json, bos_id: None, eos_id: None, pad_id: None, adds_bos, stop_ids, chat_template: None, source })
     }
 
     /// Build from GGUF metadata (`tokenizer.ggml.*`, `tokenizer.chat_template`).
@@ -230,11 +190,7 @@ impl Tok {
         let model = g.meta_str("tokenizer.ggml.model")?;
         let tokens = g.meta_strings("tokenizer.ggml.tokens")?;
         let types: Vec<i64> = match g.meta("tokenizer.ggml.token_type") {
-            Some(_) => g
-                .meta_numbers("tokenizer.ggml.token_type")?
-                .into_iter()
-                .map(|t| t as i64)
-                .collect(),
+            Some(_) => g.meta_numbers("tokenizer.ggml.token_type")?.into_iter().map(|t| t as i64).collect(),
             None => vec![1; tokens.len()],
         };
         if types.len() != tokens.len() {
@@ -260,14 +216,7 @@ impl Tok {
         t.bos_id = id("bos_token_id");
         t.eos_id = id("eos_token_id");
         t.pad_id = id("padding_token_id");
-        t.prepend_bos = matches!(
-            g.meta("tokenizer.ggml.add_bos_token"),
-            Some(candle_core::quantized::gguf_file::Value::Bool(true))
-        );
-        t.chat_template = g
-            .meta_str("tokenizer.chat_template")
-            .ok()
-            .map(str::to_string);
+        t.chat_template = g.meta_str("tokenizer.chat_template").ok().map(str::to_string);
         Ok(t)
     }
 
@@ -275,15 +224,10 @@ impl Tok {
     pub fn from_hf_dir(dir: &Path, config: &Value) -> Result<Self> {
         let path = dir.join("tokenizer.json");
         let text = std::fs::read_to_string(&path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => Error::NotFound {
-                what: "tokenizer",
-                path: path.clone(),
-                hint: String::new(),
-            },
+            std::io::ErrorKind::NotFound => Error::NotFound { what: "tokenizer", path: path.clone(), hint: String::new() },
             _ => Error::io(&path, e),
         })?;
-        let doc: Value = serde_json::from_str(&text)
-            .map_err(|e| tok_err(&path.display().to_string(), format!("malformed JSON: {e}")))?;
+        let doc: Value = serde_json::from_str(&text).map_err(|e| tok_err(&path.display().to_string(), format!("malformed JSON: {e}")))?;
         let mut t = Tok::from_document(doc, path.display().to_string())?;
         let cfg_path = dir.join("tokenizer_config.json");
         let tcfg: Value = match std::fs::read_to_string(&cfg_path) {
@@ -296,17 +240,10 @@ impl Tok {
         };
         let token_id = |key: &str| -> Option<u32> {
             let v = tcfg.get(key)?;
-            let s = v
-                .as_str()
-                .or_else(|| v.get("content").and_then(|c| c.as_str()))?;
+            let s = v.as_str().or_else(|| v.get("content").and_then(|c| c.as_str()))?;
             t.inner.token_to_id(s)
         };
-        let cfg_id = |key: &str| {
-            config
-                .get(key)
-                .and_then(|v| v.as_u64().or_else(|| v.as_array()?.first()?.as_u64()))
-                .map(|v| v as u32)
-        };
+        let cfg_id = |key: &str| config.get(key).and_then(|v| v.as_u64().or_else(|| v.as_array()?.first()?.as_u64())).map(|v| v as u32);
         t.bos_id = token_id("bos_token").or(cfg_id("bos_token_id"));
         t.eos_id = token_id("eos_token").or(cfg_id("eos_token_id"));
         t.pad_id = token_id("pad_token").or(cfg_id("pad_token_id"));
@@ -317,27 +254,32 @@ impl Tok {
         Ok(t)
     }
 
+    /// A `tokenizer_config.json` for a HF folder: special tokens and the chat template.
+    pub fn hf_tokenizer_config(&self) -> Value {
+        let name = |id: Option<u32>| id.and_then(|i| self.inner.id_to_token(i));
+        json!({
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "bos_token": name(self.bos_id),
+            "eos_token": name(self.eos_id),
+            "pad_token": name(self.pad_id),
+            "add_bos_token": self.adds_bos,
+            "add_eos_token": false,
+            "chat_template": self.chat_template,
+            "clean_up_tokenization_spaces": false,
+            "model_max_length": 1_000_000_000u64,
+        })
+    }
+
     /// Encode `text`. With `special`, BOS is prepended where the model expects it and special-token text
     /// (`<|im_start|>`) maps to its id.
     pub fn encode(&self, text: &str, special: bool) -> Result<Vec<u32>> {
-        let enc = self
-            .inner
-            .encode(text, special)
-            .map_err(|e| tok_err(&self.source, e))?;
-        let mut ids = enc.get_ids().to_vec();
-        if special && self.prepend_bos {
-            if let Some(b) = self.bos_id {
-                ids.insert(0, b);
-            }
-        }
-        Ok(ids)
+        let enc = self.inner.encode(text, special).map_err(|e| tok_err(&self.source, e))?;
+        Ok(enc.get_ids().to_vec())
     }
 
     /// Decode ids to text.
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
-        self.inner
-            .decode(ids, skip_special)
-            .map_err(|e| tok_err(&self.source, e))
+        self.inner.decode(ids, skip_special).map_err(|e| tok_err(&self.source, e))
     }
 
     /// The text of one token id.
@@ -357,16 +299,8 @@ impl Tok {
 
     /// Kind of tokenizer model (`BPE`, `Unigram`, ...) and whether it is byte-level.
     pub fn kind(&self) -> String {
-        let model = self
-            .json
-            .pointer("/model/type")
-            .and_then(|v| v.as_str())
-            .unwrap_or("?");
-        let bytefb = self
-            .json
-            .pointer("/model/byte_fallback")
-            .and_then(|v| v.as_bool())
-            .unwrap_or(false);
+        let model = self.json.pointer("/model/type").and_then(|v| v.as_str()).unwrap_or("?");
+        let bytefb = self.json.pointer("/model/byte_fallback").and_then(|v| v.as_bool()).unwrap_or(false);
         let bl = self.json.to_string().contains("\"ByteLevel\"");
         format!(
             "{model}{}",

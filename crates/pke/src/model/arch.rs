@@ -119,10 +119,7 @@ const TABLE: &[ArchSpec] = &[
 impl Arch {
     /// The table entry for this architecture.
     pub fn spec(self) -> &'static ArchSpec {
-        TABLE
-            .iter()
-            .find(|s| s.arch == self)
-            .expect("every Arch has a table entry")
+        TABLE.iter().find(|s| s.arch == self).expect("every Arch has a table entry")
     }
 
     /// Look up by GGUF `general.architecture` or canonical name.
@@ -132,18 +129,12 @@ impl Arch {
 
     /// Look up by HF `architectures[0]` class name.
     pub fn from_hf_class(class: &str) -> Option<Arch> {
-        TABLE
-            .iter()
-            .find(|s| s.hf_classes.contains(&class))
-            .map(|s| s.arch)
+        TABLE.iter().find(|s| s.hf_classes.contains(&class)).map(|s| s.arch)
     }
 
     /// Look up by HF `model_type`.
     pub fn from_hf_model_type(t: &str) -> Option<Arch> {
-        TABLE
-            .iter()
-            .find(|s| s.hf_model_types.contains(&t))
-            .map(|s| s.arch)
+        TABLE.iter().find(|s| s.hf_model_types.contains(&t)).map(|s| s.arch)
     }
 
     /// Names of all supported architectures, for error messages.
@@ -177,10 +168,7 @@ mod tests {
         for s in TABLE {
             assert_eq!(Arch::from_name(s.name), Some(s.arch));
             assert_eq!(Arch::from_hf_class(s.arch.hf_class()), Some(s.arch));
-            assert_eq!(
-                Arch::from_hf_model_type(s.arch.hf_model_type()),
-                Some(s.arch)
-            );
+            assert_eq!(Arch::from_hf_model_type(s.arch.hf_model_type()), Some(s.arch));
         }
         assert_eq!(Arch::from_name("gpt2"), None);
         assert!(Arch::supported().contains("gemma3"));

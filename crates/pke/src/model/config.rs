@@ -84,11 +84,7 @@ impl ConfigSource for HfConfig<'_> {
     }
     fn get_f64(&self, key: &str) -> Option<f64> {
         let v = self.json.get(key)?;
-        v.as_f64().or_else(|| {
-            v.as_array()
-                .and_then(|a| a.first())
-                .and_then(|x| x.as_f64())
-        })
+        v.as_f64().or_else(|| v.as_array().and_then(|a| a.first()).and_then(|x| x.as_f64()))
     }
     fn get_str(&self, key: &str) -> Option<String> {
         self.json.get(key)?.as_str().map(str::to_string)
@@ -111,21 +107,15 @@ impl ModelSpec {
     /// Resolve from a HF `config.json`.
     pub fn from_hf(path: &Path, json: &Value) -> Result<Self> {
         let src = HfConfig { path, json };
-        let class = json
-            .get("architectures")
-            .and_then(|a| a.as_array())
-            .and_then(|a| a.first())
-            .and_then(|c| c.as_str())
-            .map(str::to_string);
+        let class =
+            json.get("architectures").and_then(|a| a.as_array()).and_then(|a| a.first()).and_then(|c| c.as_str()).map(str::to_string);
         let model_type = src.get_str("model_type");
         let arch = class
             .as_deref()
             .and_then(Arch::from_hf_class)
             .or_else(|| model_type.as_deref().and_then(Arch::from_hf_model_type))
             .ok_or_else(|| Error::UnsupportedArch {
-                name: class
-                    .or(model_type)
-                    .unwrap_or_else(|| "<none: no `architectures` or `model_type`>".into()),
+                name: class.or(model_type).unwrap_or_else(|| "<none: no `architectures` or `model_type`>".into()),
                 path: path.to_path_buf(),
                 supported: Arch::supported(),
             })?;
@@ -133,35 +123,17 @@ impl ModelSpec {
         let hidden_size = src.req_usize("hidden_size")?;
         let n_heads = src.req_usize("num_attention_heads")?;
         let n_kv_heads = src.opt_usize("num_key_value_heads").unwrap_or(n_heads);
-        let head_dim = src
-            .opt_usize("head_dim")
-            .unwrap_or(hidden_size / n_heads.max(1));
+        let head_dim = src.opt_usize("head_dim").unwrap_or(hidden_size / n_heads.max(1));
         let rope = json.get("rope_parameters");
         let rope_theta = src
             .get_f64("rope_theta")
-            .or_else(|| {
-                rope.and_then(|r| {
-                    r.pointer("/full_attention/rope_theta")
-                        .or(r.get("rope_theta"))
-                })
-                .and_then(|v| v.as_f64())
-            })
+            .or_else(|| rope.and_then(|r| r.pointer("/full_attention/rope_theta").or(r.get("rope_theta"))).and_then(|v| v.as_f64()))
             .unwrap_or(10_000.0);
         let rope_local_theta = src
             .get_f64("rope_local_base_freq")
-            .or_else(|| {
-                rope.and_then(|r| r.pointer("/sliding_attention/rope_theta"))
-                    .and_then(|v| v.as_f64())
-            })
-            .unwrap_or(if arch == Arch::Gemma3 {
-                10_000.0
-            } else {
-                rope_theta
-            });
-        let pattern = src
-            .opt_usize("sliding_window_pattern")
-            .or(src.opt_usize("_sliding_window_pattern"))
-            .unwrap_or(6);
+            .or_else(|| rope.and_then(|r| r.pointer("/sliding_attention/rope_theta")).and_then(|v| v.as_f64()))
+            .unwrap_or(if arch == Arch::Gemma3 { 10_000.0 } else { rope_theta });
+        let pattern = src.opt_usize("sliding_window_pattern").or(src.opt_usize("_sliding_window_pattern")).unwrap_or(6);
         let layer_types = match json.get("layer_types").and_then(|v| v.as_array()) {
             Some(a) => a
                 .iter()
@@ -185,33 +157,18 @@ impl ModelSpec {
                 msg: format!("has {} entries for {n_layers} layers", layer_types.len()),
             });
         }
-        let use_sliding = json
-            .get("use_sliding_window")
-            .and_then(|v| v.as_bool())
-            .unwrap_or(arch != Arch::Qwen2 && arch != Arch::Qwen3);
-        let sliding_window = if use_sliding {
-            src.opt_usize("sliding_window")
-        } else {
-            None
-        };
+        let use_sliding = json.get("use_sliding_window").and_then(|v| v.as_bool()).unwrap_or(arch != Arch::Qwen2 && arch != Arch::Qwen3);
+        let sliding_window = if use_sliding { src.opt_usize("sliding_window") } else { None };
         let attn_scale = match src.get_f64("query_pre_attn_scalar") {
             Some(s) if arch == Arch::Gemma3 => s.powf(-0.5),
             _ => (head_dim as f64).powf(-0.5),
         };
-        let act = match src
-            .get_str("hidden_activation")
-            .or(src.get_str("hidden_act"))
-            .as_deref()
-        {
+        let act = match src.get_str("hidden_activation").or(src.get_str("hidden_act")).as_deref() {
             Some("silu") | Some("swish") => Act::Silu,
             Some("gelu_pytorch_tanh") | Some("gelu_tanh") => Act::GeluTanh,
             None => arch.spec().act,
             Some(other) => {
-                return Err(Error::Config {
-                    path: path.into(),
-                    key: "hidden_act".into(),
-                    msg: format!("unsupported activation `{other}`"),
-                })
+                return Err(Error::Config { path: path.into(), key: "hidden_act".into(), msg: format!("unsupported activation `{other}`") })
             }
         };
         let spec = ModelSpec {
@@ -230,10 +187,7 @@ impl ModelSpec {
             sliding_window,
             attn_scale,
             max_position_embeddings: src.opt_usize("max_position_embeddings").unwrap_or(4096),
-            tie_word_embeddings: json
-                .get("tie_word_embeddings")
-                .and_then(|v| v.as_bool())
-                .unwrap_or(arch == Arch::Gemma3),
+            tie_word_embeddings: json.get("tie_word_embeddings").and_then(|v| v.as_bool()).unwrap_or(arch == Arch::Gemma3),
             act,
             bos_token_id: src.opt_usize("bos_token_id").map(|v| v as u32),
             eos_token_id: src.opt_usize("eos_token_id").map(|v| v as u32),
@@ -245,13 +199,7 @@ impl ModelSpec {
 
     /// Check internal consistency (heads divide, sizes non-zero).
     pub fn validate(&self, path: &Path) -> Result<()> {
-        let bad = |key: &str, msg: String| {
-            Err(Error::Config {
-                path: path.into(),
-                key: key.into(),
-                msg,
-            })
-        };
+        let bad = |key: &str, msg: String| Err(Error::Config { path: path.into(), key: key.into(), msg });
         for (k, v) in [
             ("num_hidden_layers", self.n_layers),
             ("hidden_size", self.hidden_size),
@@ -266,19 +214,10 @@ impl ModelSpec {
             }
         }
         if self.n_heads % self.n_kv_heads != 0 {
-            return bad(
-                "num_key_value_heads",
-                format!(
-                    "{} does not divide num_attention_heads {}",
-                    self.n_kv_heads, self.n_heads
-                ),
-            );
+            return bad("num_key_value_heads", format!("{} does not divide num_attention_heads {}", self.n_kv_heads, self.n_heads));
         }
         if self.head_dim % 2 != 0 {
-            return bad(
-                "head_dim",
-                format!("{} is odd; RoPE needs an even head_dim", self.head_dim),
-            );
+            return bad("head_dim", format!("{} is odd; RoPE needs an even head_dim", self.head_dim));
         }
         Ok(())
     }
@@ -330,10 +269,7 @@ impl ModelSpec {
         match self.arch {
             Arch::Gemma3 => {
                 o.insert("hidden_activation".into(), json!(act));
-                o.insert(
-                    "query_pre_attn_scalar".into(),
-                    json!((1.0 / (self.attn_scale * self.attn_scale)).round()),
-                );
+                o.insert("query_pre_attn_scalar".into(), json!((1.0 / (self.attn_scale * self.attn_scale)).round()));
                 o.insert("rope_local_base_freq".into(), json!(self.rope_local_theta));
                 o.insert("sliding_window".into(), json!(self.sliding_window));
                 o.insert(
@@ -349,10 +285,7 @@ impl ModelSpec {
                 );
             }
             Arch::Qwen2 | Arch::Qwen3 => {
-                o.insert(
-                    "use_sliding_window".into(),
-                    json!(self.sliding_window.is_some()),
-                );
+                o.insert("use_sliding_window".into(), json!(self.sliding_window.is_some()));
                 o.insert("sliding_window".into(), json!(self.sliding_window));
             }
             Arch::Mistral => {
@@ -394,27 +327,16 @@ mod tests {
     fn missing_key_is_named() {
         let mut c = cfg(json!({}));
         c.as_object_mut().unwrap().remove("hidden_size");
-        let e = ModelSpec::from_hf(Path::new("m/config.json"), &c)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("hidden_size") && e.contains("m/config.json"),
-            "{e}"
-        );
+        let e = ModelSpec::from_hf(Path::new("m/config.json"), &c).unwrap_err().to_string();
+        assert!(e.contains("hidden_size") && e.contains("m/config.json"), "{e}");
     }
 
     #[test]
     fn unknown_arch_lists_supported() {
-        let e = ModelSpec::from_hf(
-            Path::new("c.json"),
-            &cfg(json!({"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"})),
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(
-            e.contains("GPT2LMHeadModel") && e.contains("llama, mistral"),
-            "{e}"
-        );
+        let e = ModelSpec::from_hf(Path::new("c.json"), &cfg(json!({"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"})))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("GPT2LMHeadModel") && e.contains("llama, mistral"), "{e}");
     }
 
     #[test]

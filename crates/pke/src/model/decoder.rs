@@ -35,11 +35,7 @@ pub struct Input {
 impl Input {
     /// One unpadded sequence.
     pub fn single(ids: &[u32]) -> Self {
-        Input {
-            ids: vec![ids.to_vec()],
-            mask: None,
-            positions: None,
-        }
+        Input { ids: vec![ids.to_vec()], mask: None, positions: None }
     }
 }
 
@@ -130,21 +126,12 @@ impl std::fmt::Debug for Decoder {
 
 /// Expected shape of every HF tensor for `spec`.
 pub fn expected_shapes(spec: &ModelSpec) -> Vec<(String, Vec<usize>)> {
-    let (d, f, v, hd) = (
-        spec.hidden_size,
-        spec.intermediate_size,
-        spec.vocab_size,
-        spec.head_dim,
-    );
+    let (d, f, v, hd) = (spec.hidden_size, spec.intermediate_size, spec.vocab_size, spec.head_dim);
     let (qd, kd) = (spec.n_heads * hd, spec.n_kv_heads * hd);
     names::hf_tensor_names(spec.arch, spec.n_layers, spec.tie_word_embeddings)
         .into_iter()
         .map(|n| {
-            let s = match n
-                .rsplit_once("model.layers.")
-                .map(|(_, r)| r.split_once('.').map(|x| x.1).unwrap_or(""))
-                .unwrap_or(&n)
-            {
+            let s = match n.rsplit_once("model.layers.").map(|(_, r)| r.split_once('.').map(|x| x.1).unwrap_or("")).unwrap_or(&n) {
                 "model.embed_tokens.weight" | "lm_head.weight" => vec![v, d],
                 "model.norm.weight" => vec![d],
                 "self_attn.q_proj.weight" => vec![qd, d],
@@ -164,23 +151,11 @@ pub fn expected_shapes(spec: &ModelSpec) -> Vec<(String, Vec<usize>)> {
 
 impl Decoder {
     /// Build from HF-named f32 weights; checks that every tensor is present with the right shape.
-    pub fn new(
-        spec: ModelSpec,
-        mut weights: HashMap<String, Tensor>,
-        origin: &std::path::Path,
-    ) -> Result<Self> {
+    pub fn new(spec: ModelSpec, mut weights: HashMap<String, Tensor>, origin: &std::path::Path) -> Result<Self> {
         for (name, shape) in expected_shapes(&spec) {
-            let t = weights.get(&name).ok_or_else(|| Error::MissingTensor {
-                name: name.clone(),
-                path: origin.into(),
-            })?;
+            let t = weights.get(&name).ok_or_else(|| Error::MissingTensor { name: name.clone(), path: origin.into() })?;
             if t.dims() != shape.as_slice() {
-                return Err(Error::TensorShape {
-                    name,
-                    path: origin.into(),
-                    got: t.dims().to_vec(),
-                    expected: shape,
-                });
+                return Err(Error::TensorShape { name, path: origin.into(), got: t.dims().to_vec(), expected: shape });
             }
         }
         if spec.tie_word_embeddings {
@@ -188,13 +163,7 @@ impl Decoder {
         }
         let device = weights["model.embed_tokens.weight"].device().clone();
         let names = (0..spec.n_layers).map(LayerNames::new).collect();
-        Ok(Decoder {
-            spec,
-            weights,
-            names,
-            masked_rows: MaskedRows::Zero,
-            device,
-        })
+        Ok(Decoder { spec, weights, names, masked_rows: MaskedRows::Zero, device })
     }
 
     /// A small random model (fixed seed) for tests: weights ~ N(0, 0.02·scale), norms = 1.
@@ -226,14 +195,8 @@ impl Decoder {
 
     /// A weight by HF name (`lm_head.weight` resolves to the embedding when tied).
     pub fn get(&self, name: &str) -> Result<&Tensor> {
-        let name = if name == "lm_head.weight" && self.spec.tie_word_embeddings {
-            "model.embed_tokens.weight"
-        } else {
-            name
-        };
-        self.weights
-            .get(name)
-            .ok_or_else(|| Error::Input(format!("model has no tensor `{name}`")))
+        let name = if name == "lm_head.weight" && self.spec.tie_word_embeddings { "model.embed_tokens.weight" } else { name };
+        self.weights.get(name).ok_or_else(|| Error::Input(format!("model has no tensor `{name}`")))
     }
 
     fn opt(&self, name: &str) -> Option<&Tensor> {
@@ -244,17 +207,9 @@ impl Decoder {
     pub fn set(&mut self, name: &str, t: Tensor) -> Result<()> {
         let old = self.get(name)?;
         if old.dims() != t.dims() {
-            return Err(Error::Input(format!(
-                "tensor `{name}` has shape {:?}; got {:?}",
-                old.dims(),
-                t.dims()
-            )));
+            return Err(Error::Input(format!("tensor `{name}` has shape {:?}; got {:?}", old.dims(), t.dims())));
         }
-        let key = if name == "lm_head.weight" && self.spec.tie_word_embeddings {
-            "model.embed_tokens.weight"
-        } else {
-            name
-        };
+        let key = if name == "lm_head.weight" && self.spec.tie_word_embeddings { "model.embed_tokens.weight" } else { name };
         self.weights.insert(key.to_string(), t);
         Ok(())
     }
@@ -291,13 +246,7 @@ impl Decoder {
         self.weights.values().map(|t| t.elem_count()).sum()
     }
 
-    fn build_mask(
-        &self,
-        input: &Input,
-        cache_len: usize,
-        key_mask: &[Vec<u8>],
-        window: Option<usize>,
-    ) -> Result<(Tensor, Option<Tensor>)> {
+    fn build_mask(&self, input: &Input, cache_len: usize, key_mask: &[Vec<u8>], window: Option<usize>) -> Result<(Tensor, Option<Tensor>)> {
         let b = input.ids.len();
         let s = input.ids[0].len();
         let t = cache_len + s;
@@ -333,12 +282,7 @@ impl Decoder {
 
     /// Run the decoder. Returns the final-normed hidden states (b, s, d), or the residual stream after
     /// block `rec.stop_after()` if the recorder stops early. With a cache, keys/values are appended.
-    pub fn forward_with(
-        &self,
-        input: &Input,
-        rec: &mut dyn Recorder,
-        mut cache: Option<&mut KvCache>,
-    ) -> Result<Tensor> {
+    pub fn forward_with(&self, input: &Input, rec: &mut dyn Recorder, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
         let spec = &self.spec;
         let arch = spec.arch.spec();
         let off = arch.norm_weight_offset;
@@ -349,41 +293,26 @@ impl Decoder {
         }
         let s = input.ids[0].len();
         if input.ids.iter().any(|r| r.len() != s) {
-            return Err(Error::Input(
-                "batch rows must have equal length (pad them)".into(),
-            ));
+            return Err(Error::Input("batch rows must have equal length (pad them)".into()));
         }
         let cache_len = cache.as_ref().map(|c| c.len()).unwrap_or(0);
         let total = cache_len + s;
         if total > spec.max_position_embeddings {
-            return Err(Error::ContextOverflow {
-                len: total,
-                ctx: spec.max_position_embeddings,
-                extra: String::new(),
-            });
+            return Err(Error::ContextOverflow { len: total, ctx: spec.max_position_embeddings, extra: String::new() });
         }
         for row in &input.ids {
             if let Some(&bad) = row.iter().find(|&&id| id as usize >= spec.vocab_size) {
-                return Err(Error::Input(format!(
-                    "token id {bad} is outside the vocabulary of {}",
-                    spec.vocab_size
-                )));
+                return Err(Error::Input(format!("token id {bad} is outside the vocabulary of {}", spec.vocab_size)));
             }
         }
         let new_mask: Vec<Vec<u8>> = input.mask.clone().unwrap_or_else(|| vec![vec![1u8; s]; b]);
         let key_mask: Vec<Vec<u8>> = match cache.as_ref() {
-            Some(c) if !c.key_mask.is_empty() => c
-                .key_mask
-                .iter()
-                .zip(&new_mask)
-                .map(|(a, n)| a.iter().chain(n).copied().collect())
-                .collect(),
+            Some(c) if !c.key_mask.is_empty() => {
+                c.key_mask.iter().zip(&new_mask).map(|(a, n)| a.iter().chain(n).copied().collect()).collect()
+            }
             _ => new_mask.clone(),
         };
-        let positions: Vec<Vec<u32>> = input
-            .positions
-            .clone()
-            .unwrap_or_else(|| vec![(cache_len as u32..total as u32).collect(); b]);
+        let positions: Vec<Vec<u32>> = input.positions.clone().unwrap_or_else(|| vec![(cache_len as u32..total as u32).collect(); b]);
 
         let (mask_full, rows_full) = self.build_mask(input, cache_len, &key_mask, None)?;
         let sliding = (0..spec.n_layers).any(|l| spec.window_of(l).is_some_and(|w| w < total));
@@ -397,10 +326,7 @@ impl Decoder {
         // Embedding: (b, s, d)
         let flat: Vec<u32> = input.ids.iter().flatten().copied().collect();
         let ids = Tensor::from_vec(flat, b * s, &self.device)?;
-        let mut h = self
-            .get("model.embed_tokens.weight")?
-            .index_select(&ids, 0)?
-            .reshape((b, s, spec.hidden_size))?;
+        let mut h = self.get("model.embed_tokens.weight")?.index_select(&ids, 0)?.reshape((b, s, spec.hidden_size))?;
         if arch.embed_scale {
             let scale = (spec.hidden_size as f64).sqrt() as f32;
             h = (h * scale as f64)?;
@@ -414,31 +340,18 @@ impl Decoder {
             let theta = spec.rope_theta_of(l);
             if !tables.contains_key(&theta.to_bits()) {
                 let (c, si) = rope_tables(&positions, hd, theta, &self.device)?;
-                tables.insert(
-                    theta.to_bits(),
-                    (c.to_dtype(self.dtype())?, si.to_dtype(self.dtype())?),
-                );
+                tables.insert(theta.to_bits(), (c.to_dtype(self.dtype())?, si.to_dtype(self.dtype())?));
             }
             let (cos, sin) = &tables[&theta.to_bits()];
-            let (mask, rows) = if spec.window_of(l).is_some() {
-                (&mask_slide, &rows_slide)
-            } else {
-                (&mask_full, &rows_full)
-            };
+            let (mask, rows) = if spec.window_of(l).is_some() { (&mask_slide, &rows_slide) } else { (&mask_full, &rows_full) };
 
             // --- attention ---
             let x = rms_norm(&h, self.get(&nm.input_layernorm)?, off, eps)?;
-            let q =
-                linear(&x, self.get(&nm.q_proj)?, self.opt(&nm.q_bias))?.reshape((b, s, nh, hd))?;
-            let k = linear(&x, self.get(&nm.k_proj)?, self.opt(&nm.k_bias))?
-                .reshape((b, s, nkv, hd))?;
-            let v = linear(&x, self.get(&nm.v_proj)?, self.opt(&nm.v_bias))?
-                .reshape((b, s, nkv, hd))?;
+            let q = linear(&x, self.get(&nm.q_proj)?, self.opt(&nm.q_bias))?.reshape((b, s, nh, hd))?;
+            let k = linear(&x, self.get(&nm.k_proj)?, self.opt(&nm.k_bias))?.reshape((b, s, nkv, hd))?;
+            let v = linear(&x, self.get(&nm.v_proj)?, self.opt(&nm.v_bias))?.reshape((b, s, nkv, hd))?;
             let (q, k) = if arch.qk_norm {
-                (
-                    rms_norm(&q, self.get(&nm.q_norm)?, off, eps)?,
-                    rms_norm(&k, self.get(&nm.k_norm)?, off, eps)?,
-                )
+                (rms_norm(&q, self.get(&nm.q_norm)?, off, eps)?, rms_norm(&k, self.get(&nm.k_norm)?, off, eps)?)
             } else {
                 (q, k)
             };
@@ -466,9 +379,7 @@ impl Decoder {
                     return Ok(t.clone());
                 }
                 let (b_, g, tt, d_) = t.dims4()?;
-                Ok(t.unsqueeze(2)?
-                    .expand((b_, g, rep, tt, d_))?
-                    .reshape((b_, g * rep, tt, d_))?)
+                Ok(t.unsqueeze(2)?.expand((b_, g, rep, tt, d_))?.reshape((b_, g * rep, tt, d_))?)
             };
             let (k, v) = (repeat(&k)?, repeat(&v)?);
             let scores = (q.matmul(&k.t()?.contiguous()?)? * spec.attn_scale)?; // (b, nh, s, t)
@@ -489,11 +400,7 @@ impl Decoder {
             h = (h + att)?;
 
             // --- MLP ---
-            let pre = if arch.sandwich_norms {
-                &nm.pre_feedforward_layernorm
-            } else {
-                &nm.post_attention_layernorm
-            };
+            let pre = if arch.sandwich_norms { &nm.pre_feedforward_layernorm } else { &nm.post_attention_layernorm };
             let x = rms_norm(&h, self.get(pre)?, off, eps)?;
             let gate = linear(&x, self.get(&nm.gate_proj)?, None)?;
             let gate = match spec.act {
@@ -557,10 +464,7 @@ pub fn gather_rows(t: &Tensor, idx: &[u32]) -> Result<Tensor> {
 }
 
 /// Make `names` trainable: each becomes a fresh `Var` holding the same values. Returns the Vars.
-pub fn make_trainable(
-    model: &mut Decoder,
-    names: &[String],
-) -> Result<Vec<(String, candle_core::Var)>> {
+pub fn make_trainable(model: &mut Decoder, names: &[String]) -> Result<Vec<(String, candle_core::Var)>> {
     let mut out = Vec::new();
     for n in names {
         let v = candle_core::Var::from_tensor(&model.get(n)?.detach().to_dtype(DType::F32)?)?;

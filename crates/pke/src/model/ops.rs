@@ -18,13 +18,7 @@ impl CustomOp2 for FrozenLinear {
         "frozen-linear"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let (m, k) = l1.shape().dims2()?;
         let (n, k2) = l2.shape().dims2()?;
         if k != k2 {
@@ -50,13 +44,7 @@ impl CustomOp2 for FrozenLinear {
         Ok((out, Shape::from((m, n))))
     }
 
-    fn bwd(
-        &self,
-        _x: &Tensor,
-        w: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(&self, _x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         Ok((Some(grad.matmul(w)?), None))
     }
 }
@@ -70,10 +58,7 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     let y = if w.track_op() {
         x2.matmul(&w.t()?)?
     } else if x2.track_op() {
-        x2.contiguous()?.apply_op2_arc(
-            &w.contiguous()?,
-            std::sync::Arc::new(Box::new(FrozenLinear)),
-        )?
+        x2.contiguous()?.apply_op2_arc(&w.contiguous()?, std::sync::Arc::new(Box::new(FrozenLinear)))?
     } else {
         x2.matmul(&w.t()?)?
     };
@@ -88,11 +73,7 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
 
 /// RMSNorm over the last dim: `x / sqrt(mean(x^2) + eps) * (offset + w)`.
 pub fn rms_norm(x: &Tensor, w: &Tensor, offset: f32, eps: f64) -> Result<Tensor> {
-    let w = if offset != 0.0 {
-        (w + offset as f64)?
-    } else {
-        w.clone()
-    };
+    let w = if offset != 0.0 { (w + offset as f64)? } else { w.clone() };
     if !x.track_op() && !w.track_op() && x.is_contiguous() && x.dtype() == candle_core::DType::F32 {
         return Ok(candle_nn::ops::rms_norm(x, &w, eps as f32)?);
     }
@@ -128,16 +109,9 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
 
 /// cos/sin tables for `positions` (b, s) as f32: (b, 1, s, hd), with `inv_freq = 1/theta^(2i/hd)`
 /// computed in f32 as transformers does.
-pub fn rope_tables(
-    positions: &[Vec<u32>],
-    head_dim: usize,
-    theta: f64,
-    dev: &candle_core::Device,
-) -> Result<(Tensor, Tensor)> {
+pub fn rope_tables(positions: &[Vec<u32>], head_dim: usize, theta: f64, dev: &candle_core::Device) -> Result<(Tensor, Tensor)> {
     let half = head_dim / 2;
-    let inv: Vec<f32> = (0..half)
-        .map(|i| 1.0f32 / (theta as f32).powf((2 * i) as f32 / head_dim as f32))
-        .collect();
+    let inv: Vec<f32> = (0..half).map(|i| 1.0f32 / (theta as f32).powf((2 * i) as f32 / head_dim as f32)).collect();
     let b = positions.len();
     let s = positions.first().map(|p| p.len()).unwrap_or(0);
     let mut cos = Vec::with_capacity(b * s * head_dim);
@@ -162,23 +136,8 @@ mod tests {
     use candle_core::{Device, Var};
 
     fn rel(a: &Tensor, b: &Tensor) -> f32 {
-        let d = (a - b)
-            .unwrap()
-            .sqr()
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-            .sqrt();
-        let n = b
-            .sqr()
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-            .sqrt();
+        let d = (a - b).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap().sqrt();
+        let n = b.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap().sqrt();
         d / n.max(1e-12)
     }
 
@@ -192,12 +151,7 @@ mod tests {
         assert!(rel(&y, &y_ref) < 1e-6);
         let g = y.sqr()?.sum_all()?.backward()?;
         let g_ref = y_ref.sqr()?.sum_all()?.backward()?;
-        assert!(
-            rel(
-                g.get(x.as_tensor()).unwrap(),
-                g_ref.get(x.as_tensor()).unwrap()
-            ) < 1e-6
-        );
+        assert!(rel(g.get(x.as_tensor()).unwrap(), g_ref.get(x.as_tensor()).unwrap()) < 1e-6);
         Ok(())
     }
 
@@ -207,12 +161,7 @@ mod tests {
         let x = Tensor::randn(0f32, 1., (2, 3, 8), &dev)?;
         let w = Tensor::randn(0f32, 1., 8, &dev)?;
         let xv = Var::from_tensor(&x)?;
-        assert!(
-            rel(
-                &rms_norm(&x, &w, 1.0, 1e-6)?,
-                &rms_norm(xv.as_tensor(), &w, 1.0, 1e-6)?
-            ) < 1e-5
-        );
+        assert!(rel(&rms_norm(&x, &w, 1.0, 1e-6)?, &rms_norm(xv.as_tensor(), &w, 1.0, 1e-6)?) < 1e-5);
         assert!(rel(&softmax_last(&x)?, &softmax_last(xv.as_tensor())?) < 1e-6);
         assert!(rel(&log_softmax_last(&x)?.exp()?, &softmax_last(&x)?) < 1e-6);
         Ok(())

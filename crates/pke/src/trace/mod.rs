@@ -43,9 +43,7 @@ impl fmt::Display for Site {
 impl std::str::FromStr for Site {
     type Err = crate::Error;
     fn from_str(s: &str) -> Result<Self> {
-        let bad = || {
-            crate::Error::Input(format!("unknown site `{s}` (e.g. blocks.3.mlp.hook_post, blocks.3.hook_resid_post, hook_embed)"))
-        };
+        let bad = || crate::Error::Input(format!("unknown site `{s}` (e.g. blocks.3.mlp.hook_post, blocks.3.hook_resid_post, hook_embed)"));
         match s {
             "hook_embed" => return Ok(Site::Embed),
             "ln_final.hook_normalized" => return Ok(Site::FinalNorm),
@@ -97,17 +95,11 @@ pub struct Capture {
 impl Capture {
     /// Capture the given sites.
     pub fn new(sites: impl IntoIterator<Item = Site>) -> Self {
-        Capture {
-            sites: sites.into_iter().collect(),
-            ..Default::default()
-        }
+        Capture { sites: sites.into_iter().collect(), ..Default::default() }
     }
     /// Capture every site.
     pub fn everything() -> Self {
-        Capture {
-            all: true,
-            ..Default::default()
-        }
+        Capture { all: true, ..Default::default() }
     }
     /// The captured activation at `site`.
     pub fn get(&self, site: Site) -> Option<&Tensor> {
@@ -139,17 +131,10 @@ pub struct GradProbe {
 
 impl GradProbe {
     pub fn new(sites: impl IntoIterator<Item = Site>) -> Self {
-        GradProbe {
-            sites: sites.into_iter().collect(),
-            ..Default::default()
-        }
+        GradProbe { sites: sites.into_iter().collect(), ..Default::default() }
     }
     /// The gradient of the loss with respect to the activation at `site`.
-    pub fn grad<'a>(
-        &self,
-        grads: &'a candle_core::backprop::GradStore,
-        site: Site,
-    ) -> Option<&'a Tensor> {
+    pub fn grad<'a>(&self, grads: &'a candle_core::backprop::GradStore, site: Site) -> Option<&'a Tensor> {
         grads.get(self.probes.get(&site)?.as_tensor())
     }
 }
@@ -169,31 +154,16 @@ impl Recorder for GradProbe {
 
 /// transformers' `output_hidden_states`: L+1 tensors (b, s, d): index 0 = embedding output,
 /// l = residual stream after block l-1 for 1 <= l <= L-1, and L = the final-normed output.
-pub fn hidden_states(
-    model: &crate::model::Decoder,
-    input: &crate::model::Input,
-) -> Result<Vec<Tensor>> {
+pub fn hidden_states(model: &crate::model::Decoder, input: &crate::model::Input) -> Result<Vec<Tensor>> {
     let n = model.spec.n_layers;
-    let mut cap = Capture::new(
-        std::iter::once(Site::Embed)
-            .chain((0..n.saturating_sub(1)).map(Site::ResidPost))
-            .chain([Site::FinalNorm]),
-    );
+    let mut cap = Capture::new(std::iter::once(Site::Embed).chain((0..n.saturating_sub(1)).map(Site::ResidPost)).chain([Site::FinalNorm]));
     model.forward_with(input, &mut cap, None)?;
     let mut out = Vec::with_capacity(n + 1);
     out.push(cap.store.remove(&Site::Embed).expect("embed captured"));
     for l in 0..n.saturating_sub(1) {
-        out.push(
-            cap.store
-                .remove(&Site::ResidPost(l))
-                .expect("resid captured"),
-        );
+        out.push(cap.store.remove(&Site::ResidPost(l)).expect("resid captured"));
     }
-    out.push(
-        cap.store
-            .remove(&Site::FinalNorm)
-            .expect("final norm captured"),
-    );
+    out.push(cap.store.remove(&Site::FinalNorm).expect("final norm captured"));
     Ok(out)
 }
 
@@ -203,14 +173,7 @@ mod tests {
 
     #[test]
     fn site_names_round_trip() {
-        for s in [
-            Site::Embed,
-            Site::AttnOut(2),
-            Site::MlpAct(0),
-            Site::MlpOut(11),
-            Site::ResidPost(3),
-            Site::FinalNorm,
-        ] {
+        for s in [Site::Embed, Site::AttnOut(2), Site::MlpAct(0), Site::MlpOut(11), Site::ResidPost(3), Site::FinalNorm] {
             assert_eq!(s.to_string().parse::<Site>().unwrap(), s);
         }
         assert!("blocks.x.mlp.hook_post".parse::<Site>().is_err());

@@ -10,23 +10,14 @@ fn err_of<T: std::fmt::Debug>(r: pke::Result<T>) -> String {
 #[test]
 fn missing_model_file_is_named() {
     let e = err_of(resolve_model("/nonexistent/model.gguf"));
-    assert!(
-        e.contains("/nonexistent/model.gguf") && e.contains("aliases"),
-        "{e}"
-    );
+    assert!(e.contains("/nonexistent/model.gguf") && e.contains("aliases"), "{e}");
 }
 
 #[test]
 fn missing_installed_model_names_the_setup_command() {
     let dir = tempfile::tempdir().unwrap();
-    let e = err_of(pke::io::checkpoint::resolve_model_in(
-        "qwen2.5-0.5b",
-        dir.path(),
-    ));
-    assert!(
-        e.contains("scripts/setup.sh qwen2.5-0.5b") && e.contains("make setup"),
-        "{e}"
-    );
+    let e = err_of(pke::io::checkpoint::resolve_model_in("qwen2.5-0.5b", dir.path()));
+    assert!(e.contains("scripts/setup.sh qwen2.5-0.5b") && e.contains("make setup"), "{e}");
 }
 
 #[test]
@@ -47,22 +38,14 @@ fn truncated_gguf_is_rejected_with_the_tensor_named() {
         let p = dir.path().join(format!("cut{cut}.gguf"));
         std::fs::write(&p, &bytes[..cut]).unwrap();
         let e = err_of(GgufFile::open(&p));
-        assert!(
-            e.contains(&format!("cut{cut}.gguf"))
-                && (e.contains("truncated") || e.contains("malformed")),
-            "{e}"
-        );
+        assert!(e.contains(&format!("cut{cut}.gguf")) && (e.contains("truncated") || e.contains("malformed")), "{e}");
     }
 }
 
 #[test]
 fn unknown_architecture_is_named_with_the_supported_list() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("config.json"),
-        r#"{"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"}"#,
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("config.json"), r#"{"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"}"#).unwrap();
     let e = err_of(Checkpoint::load(dir.path()));
     assert!(e.contains("GPT2LMHeadModel") && e.contains("qwen2"), "{e}");
 }
@@ -72,48 +55,26 @@ fn malformed_config_json_is_named() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("config.json"), "{not json").unwrap();
     let e = err_of(Checkpoint::load(dir.path()));
-    assert!(
-        e.contains("config.json") && e.contains("malformed JSON"),
-        "{e}"
-    );
+    assert!(e.contains("config.json") && e.contains("malformed JSON"), "{e}");
 }
 
 #[test]
 fn empty_and_overlong_prompts_are_errors() {
     // A tiny random model with a 64-token context keeps this cheap; the checks happen before any compute.
-    let m =
-        pke::model::Decoder::random(crate::grad::tiny_spec(pke::model::Arch::Llama), 1).unwrap();
-    let e = err_of(pke::generate::generate(
-        &m,
-        &[vec![]],
-        0,
-        &Default::default(),
-    ));
+    let m = pke::model::Decoder::random(crate::grad::tiny_spec(pke::model::Arch::Llama), 1).unwrap();
+    let e = err_of(pke::generate::generate(&m, &[vec![]], 0, &Default::default()));
     assert!(e.contains("empty"), "{e}");
     let e = err_of(m.forward(&pke::model::Input::single(&[])));
     assert!(e.contains("empty"), "{e}");
     let ctx = m.spec.max_position_embeddings;
     let long = vec![3u32; ctx + 10];
     let e = err_of(m.forward(&pke::model::Input::single(&long)));
-    assert!(
-        e.contains("74 tokens does not fit the context of 64"),
-        "{e}"
-    );
-    let opts = pke::generate::GenOpts {
-        max_new_tokens: 4,
-        ..Default::default()
-    };
+    assert!(e.contains("74 tokens does not fit the context of 64"), "{e}");
+    let opts = pke::generate::GenOpts { max_new_tokens: 4, ..Default::default() };
     let e = err_of(pke::generate::generate(&m, &[long.clone()], 0, &opts));
-    assert!(
-        e.contains("does not fit the context") && e.contains("left truncation"),
-        "{e}"
-    );
+    assert!(e.contains("does not fit the context") && e.contains("left truncation"), "{e}");
     // Documented left truncation keeps the last (ctx - max_new_tokens) prompt tokens.
-    let opts = pke::generate::GenOpts {
-        max_new_tokens: 4,
-        truncate_left: true,
-        ..Default::default()
-    };
+    let opts = pke::generate::GenOpts { max_new_tokens: 4, truncate_left: true, ..Default::default() };
     let g = pke::generate::generate(&m, &[long.clone()], 0, &opts).unwrap();
     assert_eq!(g[0].truncated, 14);
     assert_eq!(g[0].token_ids.len(), 4);
@@ -132,12 +93,6 @@ fn real_model_rejects_overlong_input_before_computing() {
     let long = vec![42u32; ck.model.spec.max_position_embeddings + 1];
     let t = std::time::Instant::now();
     let e = err_of(ck.model.forward(&pke::model::Input::single(&long)));
-    assert!(
-        e.contains("8193 tokens does not fit the context of 8192"),
-        "{e}"
-    );
-    assert!(
-        t.elapsed().as_secs() < 5,
-        "the check must come before any compute"
-    );
+    assert!(e.contains("8193 tokens does not fit the context of 8192"), "{e}");
+    assert!(t.elapsed().as_secs() < 5, "the check must come before any compute");
 }

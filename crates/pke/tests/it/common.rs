@@ -13,8 +13,7 @@ pub fn fixtures_dir() -> PathBuf {
 
 pub fn fixture(name: &str) -> serde_json::Value {
     let p = fixtures_dir().join(name);
-    let text = std::fs::read_to_string(&p)
-        .unwrap_or_else(|e| panic!("cannot read fixture {}: {e}", p.display()));
+    let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("cannot read fixture {}: {e}", p.display()));
     serde_json::from_str(&text).unwrap()
 }
 
@@ -35,16 +34,8 @@ shared_model!(qwen, "qwen2.5-0.5b");
 shared_model!(gemma, "gemma3-270m");
 
 pub fn f64s(v: &serde_json::Value) -> Vec<f64> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect()
+    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
 }
 pub fn u32s(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
 }

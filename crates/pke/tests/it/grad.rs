@@ -20,23 +20,13 @@ pub fn tiny_spec(arch: Arch) -> ModelSpec {
         rope_theta: 10_000.0,
         rope_local_theta: 1_000.0,
         layer_types: (0..n_layers)
-            .map(|i| {
-                if arch == Arch::Gemma3 && i != 2 {
-                    LayerType::SlidingAttention
-                } else {
-                    LayerType::FullAttention
-                }
-            })
+            .map(|i| if arch == Arch::Gemma3 && i != 2 { LayerType::SlidingAttention } else { LayerType::FullAttention })
             .collect(),
         sliding_window: if arch == Arch::Gemma3 { Some(3) } else { None },
         attn_scale: 8f64.powf(-0.5),
         max_position_embeddings: 64,
         tie_word_embeddings: arch != Arch::Qwen2,
-        act: if arch == Arch::Gemma3 {
-            Act::GeluTanh
-        } else {
-            Act::Silu
-        },
+        act: if arch == Arch::Gemma3 { Act::GeluTanh } else { Act::Silu },
         bos_token_id: Some(1),
         eos_token_id: Some(2),
         pad_token_id: Some(0),
@@ -46,20 +36,9 @@ pub fn tiny_spec(arch: Arch) -> ModelSpec {
 const IDS: [u32; 7] = [1, 5, 9, 3, 17, 30, 4];
 
 fn loss(model: &Decoder) -> Tensor {
-    let h = model
-        .forward(&Input::single(&IDS))
-        .unwrap()
-        .squeeze(0)
-        .unwrap();
-    let logits = model
-        .logits(&h.narrow(0, 0, IDS.len() - 1).unwrap())
-        .unwrap();
-    token_logprobs(&logits, &IDS[1..])
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .neg()
-        .unwrap()
+    let h = model.forward(&Input::single(&IDS)).unwrap().squeeze(0).unwrap();
+    let logits = model.logits(&h.narrow(0, 0, IDS.len() - 1).unwrap()).unwrap();
+    token_logprobs(&logits, &IDS[1..]).unwrap().sum_all().unwrap().neg().unwrap()
 }
 
 fn loss_f64(model: &Decoder) -> f64 {
@@ -83,33 +62,18 @@ fn weight_gradients_match_finite_differences_for_every_arch() {
             let vars = make_trainable(&mut m, &[name.to_string()]).unwrap();
             let l = loss(&m);
             let grads = l.backward().unwrap();
-            let g = grads
-                .get(vars[0].1.as_tensor())
-                .unwrap_or_else(|| panic!("{arch} {name}: no gradient"))
-                .clone();
-            let g2 = g
-                .sqr()
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap() as f64;
+            let g = grads.get(vars[0].1.as_tensor()).unwrap_or_else(|| panic!("{arch} {name}: no gradient")).clone();
+            let g2 = g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() as f64;
             assert!(g2 > 0.0, "{arch} {name}: zero gradient");
             let w0 = base.get(name).unwrap().clone();
             let eps = 1e-2 / g2.sqrt();
             let mut plus = base.clone();
-            plus.set(name, (&w0 + (&g * eps).unwrap()).unwrap())
-                .unwrap();
+            plus.set(name, (&w0 + (&g * eps).unwrap()).unwrap()).unwrap();
             let mut minus = base.clone();
-            minus
-                .set(name, (&w0 - (&g * eps).unwrap()).unwrap())
-                .unwrap();
+            minus.set(name, (&w0 - (&g * eps).unwrap()).unwrap()).unwrap();
             let fd = (loss_f64(&plus) - loss_f64(&minus)) / (2.0 * eps);
             let ratio = fd / g2;
-            assert!(
-                (ratio - 1.0).abs() < 2e-2,
-                "{arch} {name}: finite difference / analytic = {ratio}"
-            );
+            assert!((ratio - 1.0).abs() < 2e-2, "{arch} {name}: finite difference / analytic = {ratio}");
         }
     }
 }
@@ -123,51 +87,20 @@ fn activation_probe_gradients_agree_with_weight_gradient() {
     let name = "model.layers.1.mlp.down_proj.weight".to_string();
     let vars = make_trainable(&mut m, std::slice::from_ref(&name)).unwrap();
     let mut probe = GradProbe::new([Site::MlpAct(1), Site::MlpOut(1)]);
-    let h = m
-        .forward_with(&Input::single(&IDS), &mut probe, None)
-        .unwrap()
-        .squeeze(0)
-        .unwrap();
+    let h = m.forward_with(&Input::single(&IDS), &mut probe, None).unwrap().squeeze(0).unwrap();
     let logits = m.logits(&h.narrow(0, 0, IDS.len() - 1).unwrap()).unwrap();
-    let l = token_logprobs(&logits, &IDS[1..])
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .neg()
-        .unwrap();
+    let l = token_logprobs(&logits, &IDS[1..]).unwrap().sum_all().unwrap().neg().unwrap();
     let grads = l.backward().unwrap();
     let gw = grads.get(vars[0].1.as_tensor()).unwrap();
-    let g_out = probe
-        .grad(&grads, Site::MlpOut(1))
-        .unwrap()
-        .squeeze(0)
-        .unwrap(); // (s, d)
+    let g_out = probe.grad(&grads, Site::MlpOut(1)).unwrap().squeeze(0).unwrap(); // (s, d)
     let a = probe.values[&Site::MlpAct(1)].squeeze(0).unwrap(); // (s, f)
     let implied = g_out.t().unwrap().matmul(&a).unwrap(); // (d, f)
-    let diff = (gw - &implied)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let diff = (gw - &implied).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
     assert!(diff < 1e-5, "max diff {diff}");
     // And the activation gradient is g_out @ W_down.
-    let g_act = probe
-        .grad(&grads, Site::MlpAct(1))
-        .unwrap()
-        .squeeze(0)
-        .unwrap();
+    let g_act = probe.grad(&grads, Site::MlpAct(1)).unwrap().squeeze(0).unwrap();
     let implied_act = g_out.matmul(base.get(&name).unwrap()).unwrap();
-    let diff = (g_act - implied_act)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let diff = (g_act - implied_act).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
     assert!(diff < 1e-5, "max diff {diff}");
 }
 
@@ -177,17 +110,8 @@ fn recording_does_not_change_the_forward_pass() {
     let m = Decoder::random(tiny_spec(Arch::Gemma3), 1).unwrap();
     let a = m.forward(&Input::single(&IDS)).unwrap();
     let mut cap = pke::trace::Capture::everything();
-    let b = m
-        .forward_with(&Input::single(&IDS), &mut cap, None)
-        .unwrap();
-    let d = (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let b = m.forward_with(&Input::single(&IDS), &mut cap, None).unwrap();
+    let d = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
     assert_eq!(d, 0.0);
     assert!(cap.get(Site::MlpAct(2)).is_some());
 }

@@ -5,3 +5,4 @@ mod bad_input;
 mod common;
 mod fixtures;
 mod grad;
+mod hf_folder;

@@ -1,0 +1,26 @@
+# Newcomer entry points: `make demo` (set up + run on the default model) and `make test`.
+CARGO ?= cargo
+PKE := target/release/pke
+
+.PHONY: setup build demo test bench fmt clippy
+
+setup:
+	scripts/setup.sh all
+
+build:
+	$(CARGO) build --release -p pke-cli
+
+demo: setup build
+	scripts/demo.sh
+
+test: setup
+	$(CARGO) test --workspace
+
+bench: setup build
+	RAYON_NUM_THREADS=2 $(PKE) bench-runtime -m smollm2 -m qwen2.5-0.5b -m gemma3-270m
+
+fmt:
+	$(CARGO) fmt --all
+
+clippy:
+	$(CARGO) clippy --workspace --all-targets

@@ -1,0 +1,86 @@
+//! The `pke` binary, run as a user runs it.
+
+use std::process::Command;
+
+fn pke(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_pke")).args(args).output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+#[test]
+fn inspect_json_has_the_documented_fields() {
+    let (code, out, err) = pke(&["inspect", "--model", "smollm2", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["architecture"], "llama");
+    assert_eq!(v["n_layers"], 30);
+    assert_eq!(v["hidden_size"], 576);
+    assert_eq!(v["intermediate_size"], 1536);
+    assert_eq!(v["vocab_size"], 49152);
+    assert_eq!(v["chat_template"], true);
+    assert_eq!(v["tensor_dtypes"]["Q4_1"], 210);
+}
+
+#[test]
+fn score_json_is_consistent() {
+    let (code, out, err) = pke(&["score", "--model", "smollm2", "--text", "The capital of France is Paris.", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let ids = v["token_ids"].as_array().unwrap();
+    let lps: Vec<f64> = v["logprobs"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+    assert_eq!(lps.len(), ids.len() - 1);
+    let mean = -lps.iter().sum::<f64>() / lps.len() as f64;
+    assert!((mean - v["mean_nll"].as_f64().unwrap()).abs() < 1e-9);
+    assert!((v["perplexity"].as_f64().unwrap() - mean.exp()).abs() < 1e-6);
+    assert!(lps.iter().all(|x| *x <= 0.0));
+}
+
+#[test]
+fn generate_json_greedy_is_deterministic_and_sampling_is_seeded() {
+    let args = ["generate", "--model", "smollm2", "-p", "The capital of France is", "--max-new-tokens", "8", "--json"];
+    let (code, a, err) = pke(&args);
+    assert_eq!(code, 0, "{err}");
+    let (_, b, _) = pke(&args);
+    let va: serde_json::Value = serde_json::from_str(&a).unwrap();
+    let vb: serde_json::Value = serde_json::from_str(&b).unwrap();
+    assert_eq!(va["token_ids"], vb["token_ids"]);
+    assert!(va["text"].as_str().unwrap().contains("Paris"), "{}", va["text"]);
+    let s = |seed: &str| {
+        let (_, o, _) = pke(&[
+            "generate",
+            "-m",
+            "smollm2",
+            "-p",
+            "Once upon a time",
+            "--max-new-tokens",
+            "12",
+            "--temperature",
+            "1.0",
+            "--top-p",
+            "0.9",
+            "--seed",
+            seed,
+            "--json",
+        ]);
+        serde_json::from_str::<serde_json::Value>(&o).unwrap()["token_ids"].clone()
+    };
+    assert_eq!(s("1"), s("1"));
+    assert_ne!(s("1"), s("2"));
+}
+
+#[test]
+fn chat_on_a_model_without_template_is_a_clear_error() {
+    let (code, _, err) = pke(&["generate", "--model", "gemma3-270m", "--chat", "-p", "hi"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("no chat template"), "{err}");
+}
+
+#[test]
+fn bad_model_argument_exits_2_with_a_message() {
+    let (code, _, err) = pke(&["inspect", "--model", "/no/such/file.gguf"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("/no/such/file.gguf") && err.contains("smollm2"), "{err}");
+    let (code, _, err) = pke(&["score", "--model", "smollm2", "--text", ""]);
+    assert_eq!(code, 2);
+    assert!(err.contains("empty"), "{err}");
+}
