@@ -6,6 +6,12 @@ use clap::{Parser, Subcommand};
 
 mod cmd;
 
+// Why mimalloc: the decoder allocates and frees many large temporaries (logits, attention scores,
+// gradients) per step. glibc returns each large block to the OS and page-faults it back in on the
+// next allocation; measured on SmolLM2 that cost ~10% of a forward+backward step (docs/benchmarks.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "pke", version, about = "Precision Knowledge Editing: locate and edit the weights behind harmful answers")]
 struct Cli {
@@ -28,6 +34,12 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // candle's element-wise thread pool spins 25,000 rounds waiting for work; on 2 cores the spinning
+    // workers steal time from the matmul threads (a 64-token forward on SmolLM2: 0.225 s with the
+    // default, 0.150 s without spinning). Respect a value the user set.
+    if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
+        std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "0");
+    }
     let cli = Cli::parse();
     let res = match cli.command {
         Command::Inspect(a) => cmd::inspect::run(a),
