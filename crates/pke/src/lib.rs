@@ -18,9 +18,11 @@
 //! # Ok::<(), pke::Error>(())
 //! ```
 
+pub mod data;
 pub mod error;
 pub mod generate;
 pub mod io;
+pub mod locate;
 pub mod model;
 pub mod score;
 pub mod trace;

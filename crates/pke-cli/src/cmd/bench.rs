@@ -64,6 +64,18 @@ pub fn run(a: Args) -> Result<ExitCode> {
             ntok = g[0].token_ids.len();
         }
         let decode = if quick { f64::NAN } else { ntok as f64 / median(ts) };
+        // The same decode with the GGUF's quantized blocks (inference-only path).
+        let mut qck = super::load_model(m)?;
+        let nq = qck.attach_quantized()?;
+        let mut ts = Vec::new();
+        for _ in 0..if quick || nq == 0 { 0 } else { a.reps } {
+            let t = Instant::now();
+            let g = pke::generate::generate(&qck.model, &[ids[..16].to_vec()], 0, &opts)?;
+            ts.push(t.elapsed().as_secs_f64());
+            ntok = g[0].token_ids.len();
+        }
+        let decode_q = if ts.is_empty() { f64::NAN } else { ntok as f64 / median(ts) };
+        drop(qck);
         // forward + backward on 64 tokens with one down_proj trainable
         let mut tm = model.clone();
         let layer = tm.spec.n_layers / 2;
@@ -81,23 +93,24 @@ pub fn run(a: Args) -> Result<ExitCode> {
         let fb = median(ts);
         rows.push(serde_json::json!({
             "model": m, "load_s": load, "prefill64_tok_s": p64, "prefill512_tok_s": p512,
-            "decode_tok_s": decode, "fwd_bwd64_s": fb, "peak_rss_mb": peak_rss_mb(),
+            "decode_tok_s": decode, "decode_quantized_tok_s": decode_q, "fwd_bwd64_s": fb, "peak_rss_mb": peak_rss_mb(),
         }));
     }
     if a.json {
         super::print_json(&rows)?;
     } else {
         println!("threads: RAYON_NUM_THREADS={}", std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "(all cores)".into()));
-        println!("| model | load s | prefill 64 tok/s | prefill 512 tok/s | decode tok/s | fwd+bwd 64 tok s | peak RSS MB |");
-        println!("|---|---|---|---|---|---|---|");
+        println!("| model | load s | prefill 64 tok/s | prefill 512 tok/s | decode tok/s (f32) | decode tok/s (quantized) | fwd+bwd 64 tok s | peak RSS MB |");
+        println!("|---|---|---|---|---|---|---|---|");
         for r in &rows {
             println!(
-                "| {} | {:.2} | {:.0} | {:.0} | {:.1} | {:.3} | {:.0} |",
+                "| {} | {:.2} | {:.0} | {:.0} | {:.1} | {:.1} | {:.3} | {:.0} |",
                 r["model"].as_str().unwrap(),
                 r["load_s"].as_f64().unwrap(),
                 r["prefill64_tok_s"].as_f64().unwrap(),
                 r["prefill512_tok_s"].as_f64().unwrap(),
                 r["decode_tok_s"].as_f64().unwrap(),
+                r["decode_quantized_tok_s"].as_f64().unwrap_or(f64::NAN),
                 r["fwd_bwd64_s"].as_f64().unwrap(),
                 r["peak_rss_mb"].as_f64().unwrap()
             );

@@ -29,6 +29,10 @@ pub struct Args {
     /// Keep the last tokens of a prompt that does not fit the context instead of failing.
     #[arg(long)]
     truncate_left: bool,
+    /// Use the GGUF's quantized weights for the matmuls (llama.cpp-style, faster decoding; outputs
+    /// differ from the float32 path by quantization noise).
+    #[arg(long)]
+    quantized: bool,
     #[arg(long)]
     json: bool,
 }
@@ -45,7 +49,10 @@ pub fn run(a: Args) -> Result<ExitCode> {
     if let Some(i) = prompts.iter().position(|p| p.is_empty()) {
         bail!("prompt {i} is empty");
     }
-    let ck = super::load_model(&a.model)?;
+    let mut ck = super::load_model(&a.model)?;
+    if a.quantized {
+        ck.attach_quantized()?;
+    }
     let texts: Vec<String> = if a.chat {
         let tmpl =
             ck.tok.chat_template.as_deref().ok_or_else(|| anyhow::anyhow!("model `{}` has no chat template; drop --chat", a.model))?;

@@ -230,6 +230,15 @@ impl Checkpoint {
         Ok(Checkpoint { model, tok, source: Source::HfDir(dir.into()), tensors, hf_config: Some(json) })
     }
 
+    /// Attach the GGUF's quantized blocks for inference-only paths (see
+    /// [`Decoder::attach_quantized`]). A no-op for HF folders. Returns the number of weights attached.
+    pub fn attach_quantized(&mut self) -> Result<usize> {
+        match &self.source {
+            Source::Gguf(p) => self.model.attach_quantized(&GgufFile::open(p)?),
+            Source::HfDir(_) => Ok(0),
+        }
+    }
+
     /// sha256 of the source file (GGUF) or of `config.json` + weights files (HF folder).
     pub fn sha256(&self) -> Result<String> {
         let mut h = sha2::Sha256::new();

@@ -116,6 +116,9 @@ pub struct Decoder {
     /// Convention for fully masked query rows (default: `Zero`, as transformers' SDPA).
     pub masked_rows: MaskedRows,
     device: Device,
+    /// Quantized copies of untouched linear weights (GGUF blocks), used on paths without gradients
+    /// when attached; a weight replaced through [`Decoder::set`] loses its quantized copy.
+    quant: HashMap<String, std::sync::Arc<candle_core::quantized::QMatMul>>,
 }
 
 impl std::fmt::Debug for Decoder {
@@ -163,7 +166,7 @@ impl Decoder {
         }
         let device = weights["model.embed_tokens.weight"].device().clone();
         let names = (0..spec.n_layers).map(LayerNames::new).collect();
-        Ok(Decoder { spec, weights, names, masked_rows: MaskedRows::Zero, device })
+        Ok(Decoder { spec, weights, names, masked_rows: MaskedRows::Zero, device, quant: HashMap::new() })
     }
 
     /// A small random model (fixed seed) for tests: weights ~ N(0, 0.02·scale), norms = 1.
@@ -211,7 +214,55 @@ impl Decoder {
         }
         let key = if name == "lm_head.weight" && self.spec.tie_word_embeddings { "model.embed_tokens.weight" } else { name };
         self.weights.insert(key.to_string(), t);
+        self.quant.remove(name);
+        if key != name || (self.spec.tie_word_embeddings && name == "model.embed_tokens.weight") {
+            self.quant.remove("lm_head.weight");
+        }
         Ok(())
+    }
+
+    /// Use the GGUF file's quantized blocks for the linear layers on inference-only paths (no tensor
+    /// on the path carries a gradient): activations are quantized to 8 bits as llama.cpp does, so
+    /// outputs differ from the float32 path by quantization noise, and decoding reads ~4-8x fewer bytes.
+    /// Layers whose rows llama.cpp permuted (llama q/k) and weights already edited stay float32.
+    /// Returns the number of weights attached.
+    pub fn attach_quantized(&mut self, g: &crate::io::gguf::GgufFile) -> Result<usize> {
+        let arch = self.spec.arch.spec();
+        for gname in g.tensor_names() {
+            let Some(hf) = names::gguf_to_hf(self.spec.arch, gname) else { continue };
+            let linear_name = hf.ends_with("_proj.weight") || hf == "lm_head.weight";
+            if !linear_name || names::qk_permutation_heads(arch, &hf, self.spec.n_heads, self.spec.n_kv_heads).is_some() {
+                continue;
+            }
+            let q = fast_qtensor(g, gname)?;
+            self.quant.insert(hf, std::sync::Arc::new(candle_core::quantized::QMatMul::from_qtensor(q)?));
+        }
+        if self.spec.tie_word_embeddings && g.content.tensor_infos.contains_key("token_embd.weight") {
+            let q = fast_qtensor(g, "token_embd.weight")?;
+            self.quant.insert("lm_head.weight".into(), std::sync::Arc::new(candle_core::quantized::QMatMul::from_qtensor(q)?));
+        }
+        Ok(self.quant.len())
+    }
+
+    /// Drop all quantized copies (back to the float32 path everywhere).
+    pub fn detach_quantized(&mut self) {
+        self.quant.clear();
+    }
+
+    /// `x @ W^T (+ b)` for the weight `name`, through its quantized copy when one is attached and no
+    /// gradient flows through `x`.
+    fn lin(&self, x: &Tensor, name: &str, bias: Option<&Tensor>) -> Result<Tensor> {
+        if let Some(q) = self.quant.get(name) {
+            if !x.track_op() {
+                use candle_core::Module;
+                let y = q.forward(&x.contiguous()?)?;
+                return Ok(match bias {
+                    Some(b) => y.broadcast_add(b)?,
+                    None => y,
+                });
+            }
+        }
+        linear(x, self.get(name)?, bias)
     }
 
     /// All weights, by HF name (tied lm_head not repeated).
@@ -347,9 +398,9 @@ impl Decoder {
 
             // --- attention ---
             let x = rms_norm(&h, self.get(&nm.input_layernorm)?, off, eps)?;
-            let q = linear(&x, self.get(&nm.q_proj)?, self.opt(&nm.q_bias))?.reshape((b, s, nh, hd))?;
-            let k = linear(&x, self.get(&nm.k_proj)?, self.opt(&nm.k_bias))?.reshape((b, s, nkv, hd))?;
-            let v = linear(&x, self.get(&nm.v_proj)?, self.opt(&nm.v_bias))?.reshape((b, s, nkv, hd))?;
+            let q = self.lin(&x, &nm.q_proj, self.opt(&nm.q_bias))?.reshape((b, s, nh, hd))?;
+            let k = self.lin(&x, &nm.k_proj, self.opt(&nm.k_bias))?.reshape((b, s, nkv, hd))?;
+            let v = self.lin(&x, &nm.v_proj, self.opt(&nm.v_bias))?.reshape((b, s, nkv, hd))?;
             let (q, k) = if arch.qk_norm {
                 (rms_norm(&q, self.get(&nm.q_norm)?, off, eps)?, rms_norm(&k, self.get(&nm.k_norm)?, off, eps)?)
             } else {
@@ -390,7 +441,7 @@ impl Decoder {
                 att = att.broadcast_mul(r)?;
             }
             let att = att.transpose(1, 2)?.reshape((b, s, nh * hd))?;
-            let mut att = linear(&att, self.get(&nm.o_proj)?, None)?;
+            let mut att = self.lin(&att, &nm.o_proj, None)?;
             if arch.sandwich_norms {
                 att = rms_norm(&att, self.get(&nm.post_attention_layernorm)?, off, eps)?;
             }
@@ -402,16 +453,16 @@ impl Decoder {
             // --- MLP ---
             let pre = if arch.sandwich_norms { &nm.pre_feedforward_layernorm } else { &nm.post_attention_layernorm };
             let x = rms_norm(&h, self.get(pre)?, off, eps)?;
-            let gate = linear(&x, self.get(&nm.gate_proj)?, None)?;
+            let gate = self.lin(&x, &nm.gate_proj, None)?;
             let gate = match spec.act {
                 Act::Silu => gate.silu()?,
                 Act::GeluTanh => gate.gelu()?,
             };
-            let mut act = (gate * linear(&x, self.get(&nm.up_proj)?, None)?)?; // (b, s, d_ff)
+            let mut act = (gate * self.lin(&x, &nm.up_proj, None)?)?; // (b, s, d_ff)
             if rec.wants(Site::MlpAct(l)) {
                 act = rec.on(Site::MlpAct(l), act)?;
             }
-            let mut mlp = linear(&act, self.get(&nm.down_proj)?, None)?;
+            let mut mlp = self.lin(&act, &nm.down_proj, None)?;
             if arch.sandwich_norms {
                 mlp = rms_norm(&mlp, self.get(&nm.post_feedforward_layernorm)?, off, eps)?;
             }
@@ -447,7 +498,7 @@ impl Decoder {
     /// Logits for hidden states `h` (.., d) -> (.., vocab). Compute them only for the positions a loss
     /// or a decision reads: over a 150k-262k vocabulary they dominate the cost.
     pub fn logits(&self, h: &Tensor) -> Result<Tensor> {
-        linear(h, self.get("lm_head.weight")?, None)
+        self.lin(h, "lm_head.weight", None)
     }
 
     /// Logits at the last position of each row: (b, vocab).
@@ -455,6 +506,17 @@ impl Decoder {
         let s = h.dim(1)?;
         self.logits(&h.narrow(1, s - 1, 1)?.squeeze(1)?)
     }
+}
+
+/// A GGUF tensor in a block type that candle has SIMD dot products for: Q4_1, Q5_0 and Q5_1 have
+/// none, so they are re-quantized to Q8_0 (8.5 bits, still 4x fewer bytes than f32).
+fn fast_qtensor(g: &crate::io::gguf::GgufFile, name: &str) -> Result<candle_core::quantized::QTensor> {
+    use candle_core::quantized::{GgmlDType, QTensor};
+    let q = g.qtensor(name)?;
+    Ok(match q.dtype() {
+        GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1 => QTensor::quantize(&g.dequantize(name)?, GgmlDType::Q8_0)?,
+        _ => q,
+    })
 }
 
 /// Gather rows `idx` of a (n, ..) tensor.

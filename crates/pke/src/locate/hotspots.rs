@@ -1,0 +1,164 @@
+//! Provides the `Hotspots` value (the output of locate, the input of edit) and its JSON form.
+
+use serde::{Deserialize, Serialize};
+
+use super::dinm::DinmOptions;
+
+/// Which signal picks the layer(s).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Locator {
+    /// PKE-min: the layer whose `down_proj` gets the largest safe-reply gradient norm.
+    #[default]
+    Pke,
+    /// The layer with the most activation x gradient attribution on the unsafe continuation.
+    Attribution,
+    /// DINM's hidden-state distance rule, as EasyEdit runs it (first case's layer, Q1).
+    Dinm,
+    /// The layer whose `down_proj` drifted most from the reference model.
+    Drift,
+}
+
+impl std::str::FromStr for Locator {
+    type Err = crate::Error;
+    fn from_str(s: &str) -> crate::Result<Self> {
+        Ok(match s {
+            "pke" | "grad" | "grad_norm" => Locator::Pke,
+            "attribution" => Locator::Attribution,
+            "dinm" => Locator::Dinm,
+            "drift" | "weight_drift" => Locator::Drift,
+            _ => return Err(crate::Error::Input(format!("unknown locator `{s}` (pke, attribution, dinm, drift)"))),
+        })
+    }
+}
+
+/// The settings locate ran with (recorded in every output).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LocateSettings {
+    pub locator: Locator,
+    /// Number of layers to choose.
+    pub n_layers: usize,
+    /// Forced layer(s), overriding the locator.
+    pub layers: Vec<usize>,
+    /// Hotspot size as a fraction of the MLP width (ignored when `top_k` is set).
+    pub top_fraction: f64,
+    pub top_k: Option<usize>,
+    /// Prompts wrapped in the model's chat template.
+    pub chat: bool,
+    /// Text appended to each prompt (DINM's suffix system prompt), if any.
+    pub suffix: Option<String>,
+    pub dinm: DinmOptions,
+    /// Neuron signals combined by rank sum.
+    pub neuron_signals: Vec<String>,
+    /// How per-case signals are aggregated.
+    pub aggregation: String,
+}
+
+impl Default for LocateSettings {
+    fn default() -> Self {
+        LocateSettings {
+            locator: Locator::Pke,
+            n_layers: 1,
+            layers: vec![],
+            top_fraction: 0.10,
+            top_k: None,
+            chat: false,
+            suffix: None,
+            dinm: DinmOptions::default(),
+            neuron_signals: vec!["weight_change".into(), "attribution".into()],
+            aggregation: "per-case signals normalized to sum 1, then averaged over cases".into(),
+        }
+    }
+}
+
+/// Per-layer signals (0-based decoder blocks, HF numbering).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LayerSignal {
+    pub layer: usize,
+    /// DINM distance for this block's output (hidden-state index layer+1), settings as configured, first case.
+    pub dinm_distance: f64,
+    /// Same with the other padding side (sensitivity report).
+    pub dinm_distance_other_padding: f64,
+    /// ‖∂L⁺/∂W_down‖_F, aggregated.
+    pub grad_norm: f64,
+    /// Σ_i |Σ_t a[t,i] ∂(−L⁻)/∂a[t,i]|, aggregated.
+    pub attribution: f64,
+    /// ‖W_down(reference) − W_down‖_F, when a reference model was given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weight_drift: Option<f64>,
+}
+
+/// One hotspot neuron: column `index` of the layer's `down_proj`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Neuron {
+    pub index: usize,
+    /// Combined score (rank sum of the neuron signals, normalized to 0..1).
+    pub score: f64,
+    pub weight_change: f64,
+    pub attribution: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weight_drift: Option<f64>,
+}
+
+/// Hotspot neurons of one chosen layer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LayerNeurons {
+    pub layer: usize,
+    /// MLP width (number of neurons).
+    pub width: usize,
+    pub k: usize,
+    /// The top-k, best first.
+    pub top: Vec<Neuron>,
+    /// Combined score of every neuron (for charts), by index.
+    pub all_scores: Vec<f64>,
+}
+
+/// DINM's layer under both padding sides: a locator whose answer flips on padding is not precise.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DinmSensitivity {
+    pub layer_left: usize,
+    pub layer_right: usize,
+    pub flips_with_padding: bool,
+    /// Fraction of cases whose DINM layer differs between padding sides.
+    pub cases_flipping: f64,
+}
+
+/// How stable the hotspot is across cases.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Stability {
+    /// Fraction of cases whose own best layer (by the locator's signal) is the chosen layer.
+    pub layer_agreement: f64,
+    /// Mean Jaccard overlap between each case's own top-k set and the aggregate top-k (first chosen layer).
+    pub topk_overlap_with_aggregate: f64,
+    /// Mean pairwise Jaccard overlap of the cases' top-k sets.
+    pub topk_pairwise_overlap: f64,
+    /// (top1 − top2) / top1 of the aggregated layer profile.
+    pub layer_margin: f64,
+}
+
+/// The output of locate.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Hotspots {
+    pub model: String,
+    pub model_sha256: Option<String>,
+    pub architecture: String,
+    pub n_cases: usize,
+    pub settings: LocateSettings,
+    pub layers: Vec<LayerSignal>,
+    pub chosen_layers: Vec<usize>,
+    pub neurons: Vec<LayerNeurons>,
+    pub dinm: DinmSensitivity,
+    pub stability: Stability,
+    pub seconds_per_case: f64,
+}
+
+impl Hotspots {
+    /// The hotspot neuron indices of `layer`, sorted ascending.
+    pub fn neuron_indices(&self, layer: usize) -> Option<Vec<usize>> {
+        self.neurons.iter().find(|n| n.layer == layer).map(|n| {
+            let mut v: Vec<usize> = n.top.iter().map(|x| x.index).collect();
+            v.sort_unstable();
+            v
+        })
+    }
+}

@@ -1,0 +1,13 @@
+//! Provides toxic-hotspot location (method.md sections 1.3 and 2.4): per-layer signals (DINM's
+//! hidden-state distance, the safe-reply gradient norm of each `down_proj`, activation x gradient
+//! attribution on the unsafe continuation, optional weight drift against a reference model), the chosen
+//! layer(s), and per-neuron scores there, aggregated over cases into a [`Hotspots`] value that `edit`
+//! consumes. `locate` never changes the model.
+
+pub mod dinm;
+pub mod hotspots;
+pub mod score;
+pub mod signals;
+
+pub use hotspots::{Hotspots, LayerSignal, LocateSettings, Locator};
+pub use signals::{locate, CaseInputs};

@@ -1,0 +1,352 @@
+//! Provides the per-case signal computation and the aggregation into [`Hotspots`]. One case costs one
+//! forward and one backward pass per response (plus DINM's two small batched forwards), not one backward
+//! pass per layer.
+
+use std::time::Instant;
+
+use candle_core::{Tensor, D};
+
+use super::dinm::{dinm_locate, DinmOptions, PadSide};
+use super::hotspots::*;
+use super::score::{argmax, jaccard, normalized, rank_sum, relative_gap, top_k};
+use crate::data::EditCase;
+use crate::io::chat::{render, Message};
+use crate::io::tokenizer::Tok;
+use crate::model::decoder::{down_proj_name, make_trainable, token_logprobs};
+use crate::model::{Decoder, Input};
+use crate::trace::{GradProbe, Site};
+use crate::{Error, Result};
+
+/// Token ids of one case: the prompt (with BOS / chat template as configured) and each response
+/// tokenized on its own without special tokens, so labels hold no stray BOS (method.md Q3).
+#[derive(Clone, Debug)]
+pub struct CaseInputs {
+    pub id: String,
+    pub prompt_ids: Vec<u32>,
+    pub safe_ids: Vec<u32>,
+    pub unsafe_ids: Vec<u32>,
+    pub safe_text: String,
+    pub unsafe_text: String,
+}
+
+/// The prompt text as the model sees it: optional suffix, optional chat template.
+pub fn prompt_text(tok: &Tok, prompt: &str, chat: bool, suffix: Option<&str>) -> Result<String> {
+    let p = match suffix {
+        Some(s) => format!("{prompt} {s}"),
+        None => prompt.to_string(),
+    };
+    if !chat {
+        return Ok(p);
+    }
+    let tmpl = tok.chat_template.as_deref().ok_or_else(|| Error::ChatTemplate("the model has no chat template; drop --chat".into()))?;
+    let bos = tok.bos_id.and_then(|b| tok.id_to_token(b)).unwrap_or_default();
+    let eos = tok.eos_id.and_then(|b| tok.id_to_token(b)).unwrap_or_default();
+    render(tmpl, &[Message::user(p)], true, &bos, &eos)
+}
+
+/// Tokenize a case. With a chat template, the template's own text carries BOS/role tokens, so no
+/// extra special tokens are added to it.
+pub fn case_inputs(tok: &Tok, case: &EditCase, chat: bool, suffix: Option<&str>) -> Result<CaseInputs> {
+    let text = prompt_text(tok, &case.prompt, chat, suffix)?;
+    let prompt_ids =
+        tok.encode(&text, !chat || tok.adds_bos && !text.starts_with(&tok.bos_id.and_then(|b| tok.id_to_token(b)).unwrap_or_default()))?;
+    let resp = |r: &str, field: &str| -> Result<Vec<u32>> {
+        // A leading space joins the response to the prompt as running text does.
+        let t = if chat { r.to_string() } else { format!(" {}", r.trim_start()) };
+        let ids = tok.encode(&t, false)?;
+        if ids.is_empty() {
+            return Err(Error::Input(format!("case {}: `{field}` tokenizes to zero tokens", case.id)));
+        }
+        Ok(ids)
+    };
+    if prompt_ids.is_empty() {
+        return Err(Error::Input(format!("case {}: the prompt tokenizes to zero tokens", case.id)));
+    }
+    Ok(CaseInputs {
+        id: case.id.clone(),
+        prompt_ids,
+        safe_ids: resp(&case.safe_response, "safe_response")?,
+        unsafe_ids: resp(&case.unsafe_response, "unsafe_response")?,
+        safe_text: case.safe_response.clone(),
+        unsafe_text: case.unsafe_response.clone(),
+    })
+}
+
+/// Mean NLL of `resp` after `prompt`, logits computed only at the positions that predict `resp`.
+pub fn response_nll(model: &Decoder, prompt: &[u32], resp: &[u32], rec: &mut dyn crate::trace::Recorder) -> Result<Tensor> {
+    let ids: Vec<u32> = prompt.iter().chain(resp).copied().collect();
+    if ids.len() > model.spec.max_position_embeddings {
+        return Err(Error::ContextOverflow {
+            len: ids.len(),
+            ctx: model.spec.max_position_embeddings,
+            extra: " (prompt + response)".into(),
+        });
+    }
+    let h = model.forward_with(&Input::single(&ids), rec, None)?.squeeze(0)?; // (s, d)
+    let start = prompt.len() - 1;
+    let logits = model.logits(&h.narrow(0, start, resp.len())?)?; // (T, V)
+    let lp = token_logprobs(&logits, resp)?;
+    Ok(lp.mean_all()?.neg()?)
+}
+
+/// Per-case, per-layer signals.
+struct CaseSignals {
+    /// ‖∂L⁺/∂W_down^ℓ‖_F per layer.
+    grad_norm: Vec<f64>,
+    /// Column norms of ∂L⁺/∂W_down^ℓ per layer: (L, f).
+    weight_change: Vec<Vec<f64>>,
+    /// Σ_i s_ℓ,i per layer.
+    attribution: Vec<f64>,
+    /// s_ℓ,i = |Σ_t a ∂(−L⁻)/∂a| per layer: (L, f).
+    neuron_attr: Vec<Vec<f64>>,
+}
+
+fn finite(name: &str, v: f32) -> Result<f32> {
+    if v.is_finite() {
+        Ok(v)
+    } else {
+        Err(Error::NonFinite(format!("{name} is {v}")))
+    }
+}
+
+fn case_signals(model: &Decoder, c: &CaseInputs) -> Result<CaseSignals> {
+    let n = model.spec.n_layers;
+    // L⁺ with every down_proj trainable: one backward gives all per-layer weight gradients.
+    let mut m = model.clone();
+    let names: Vec<String> = (0..n).map(down_proj_name).collect();
+    let vars = make_trainable(&mut m, &names)?;
+    let loss = response_nll(&m, &c.prompt_ids, &c.safe_ids, &mut crate::trace::Noop)?;
+    finite("the safe-reply loss", loss.to_scalar::<f32>()?)?;
+    let grads = loss.backward()?;
+    let mut grad_norm = Vec::with_capacity(n);
+    let mut weight_change = Vec::with_capacity(n);
+    for (_, v) in &vars {
+        let g = grads.get(v.as_tensor()).ok_or_else(|| Error::Input("no gradient reached a down_proj".into()))?; // (d, f)
+        let col = g.sqr()?.sum(0)?.to_vec1::<f32>()?; // (f,)
+        grad_norm.push(col.iter().map(|x| *x as f64).sum::<f64>().sqrt());
+        weight_change.push(col.iter().map(|x| (*x as f64).sqrt()).collect());
+    }
+    drop(grads);
+    // L⁻ with probes on every MLP activation: attribution a * ∂(−L⁻)/∂a summed over positions.
+    let mut probe = GradProbe::new((0..n).map(Site::MlpAct));
+    let loss = response_nll(model, &c.prompt_ids, &c.unsafe_ids, &mut probe)?;
+    finite("the unsafe-reply loss", loss.to_scalar::<f32>()?)?;
+    let grads = loss.neg()?.backward()?;
+    let mut attribution = Vec::with_capacity(n);
+    let mut neuron_attr = Vec::with_capacity(n);
+    for l in 0..n {
+        let a = &probe.values[&Site::MlpAct(l)]; // (1, s, f)
+        let g = probe.grad(&grads, Site::MlpAct(l)).ok_or_else(|| Error::Input(format!("no gradient at layer {l}'s MLP")))?;
+        let s = (a * g)?.sum(D::Minus2)?.squeeze(0)?.abs()?.to_vec1::<f32>()?; // (f,)
+        let s: Vec<f64> = s.into_iter().map(|x| x as f64).collect();
+        attribution.push(s.iter().sum());
+        neuron_attr.push(s);
+    }
+    Ok(CaseSignals { grad_norm, weight_change, attribution, neuron_attr })
+}
+
+/// Per-layer and per-neuron weight drift of `down_proj` against a reference model of the same shapes.
+pub fn weight_drift(model: &Decoder, reference: &Decoder) -> Result<(Vec<f64>, Vec<Vec<f64>>)> {
+    let (a, b) = (&model.spec, &reference.spec);
+    if a.arch != b.arch || a.n_layers != b.n_layers || a.hidden_size != b.hidden_size || a.intermediate_size != b.intermediate_size {
+        return Err(Error::Input(format!(
+            "reference model differs: {} {}x{}x{} vs {} {}x{}x{} (architecture, layers, hidden, MLP width must match)",
+            b.arch, b.n_layers, b.hidden_size, b.intermediate_size, a.arch, a.n_layers, a.hidden_size, a.intermediate_size
+        )));
+    }
+    let mut layer = Vec::new();
+    let mut neuron = Vec::new();
+    for l in 0..a.n_layers {
+        let n = down_proj_name(l);
+        let d = (reference.get(&n)? - model.get(&n)?)?;
+        let col = d.sqr()?.sum(0)?.to_vec1::<f32>()?;
+        layer.push(col.iter().map(|x| *x as f64).sum::<f64>().sqrt());
+        neuron.push(col.iter().map(|x| (*x as f64).sqrt()).collect());
+    }
+    Ok((layer, neuron))
+}
+
+fn mean_of(rows: &[Vec<f64>]) -> Vec<f64> {
+    let n = rows.len().max(1) as f64;
+    let mut out = vec![0.0; rows.first().map(|r| r.len()).unwrap_or(0)];
+    for r in rows {
+        for (o, x) in out.iter_mut().zip(r) {
+            *o += x / n;
+        }
+    }
+    out
+}
+
+/// Locate hotspots over `cases`. `reference` adds the weight-drift signal.
+pub fn locate(
+    model: &Decoder,
+    tok: &Tok,
+    cases: &[EditCase],
+    settings: &LocateSettings,
+    reference: Option<&Decoder>,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<(Hotspots, Vec<CaseInputs>)> {
+    let spec = &model.spec;
+    let (n, f) = (spec.n_layers, spec.intermediate_size);
+    if cases.is_empty() {
+        return Err(Error::Input("no edit cases to locate with".into()));
+    }
+    let k = match settings.top_k {
+        Some(k) => k,
+        None => {
+            if !(settings.top_fraction > 0.0 && settings.top_fraction <= 1.0) {
+                return Err(Error::Input(format!("top fraction must be in (0, 1], got {}", settings.top_fraction)));
+            }
+            ((settings.top_fraction * f as f64).ceil() as usize).max(1)
+        }
+    };
+    if k == 0 || k > f {
+        return Err(Error::Input(format!("k = {k} neurons is outside 1..={f} (the MLP width)")));
+    }
+    if let Some(&bad) = settings.layers.iter().find(|&&l| l >= n) {
+        return Err(Error::Input(format!("layer {bad} is out of range: the model has layers 0..={}", n - 1)));
+    }
+    if settings.n_layers == 0 || settings.n_layers > n {
+        return Err(Error::Input(format!("number of layers {} is outside 1..={n}", settings.n_layers)));
+    }
+    if settings.locator == Locator::Drift && reference.is_none() {
+        return Err(Error::Input("the drift locator needs a reference model (--reference)".into()));
+    }
+    let inputs: Vec<CaseInputs> =
+        cases.iter().map(|c| case_inputs(tok, c, settings.chat, settings.suffix.as_deref())).collect::<Result<_>>()?;
+    let t0 = Instant::now();
+    let mut per_case = Vec::with_capacity(cases.len());
+    let mut dinm_layers = Vec::new();
+    let mut dinm_first = None;
+    let other =
+        DinmOptions { padding: if settings.dinm.padding == PadSide::Left { PadSide::Right } else { PadSide::Left }, ..settings.dinm };
+    for (i, c) in inputs.iter().enumerate() {
+        progress(i, inputs.len());
+        per_case.push(case_signals(model, c)?);
+        let a = dinm_locate(model, tok, &c.safe_text, &c.unsafe_text, settings.dinm)?;
+        let b = dinm_locate(model, tok, &c.safe_text, &c.unsafe_text, other)?;
+        dinm_layers.push((a.toxic_layer, b.toxic_layer));
+        if dinm_first.is_none() {
+            dinm_first = Some((a, b));
+        }
+    }
+    progress(inputs.len(), inputs.len());
+    let seconds_per_case = t0.elapsed().as_secs_f64() / inputs.len() as f64;
+    let (dinm_a, dinm_b) = dinm_first.expect("at least one case");
+
+    // Aggregate layer profiles: normalize each case's profile, then average.
+    let grad_norm = mean_of(&per_case.iter().map(|c| normalized(&c.grad_norm)).collect::<Vec<_>>());
+    let attribution = mean_of(&per_case.iter().map(|c| normalized(&c.attribution)).collect::<Vec<_>>());
+    let drift = reference.map(|r| weight_drift(model, r)).transpose()?;
+
+    let profile: Vec<f64> = match settings.locator {
+        Locator::Pke => grad_norm.clone(),
+        Locator::Attribution => attribution.clone(),
+        Locator::Dinm => dinm_a.distances.clone(),
+        Locator::Drift => drift.as_ref().expect("checked").0.clone(),
+    };
+    let chosen_layers: Vec<usize> = if !settings.layers.is_empty() {
+        settings.layers.clone()
+    } else if settings.locator == Locator::Dinm {
+        // EasyEdit locates on the first case and reuses the layer (quirk Q1); more layers: next distances.
+        let mut v = vec![dinm_a.toxic_layer];
+        v.extend(top_k(&dinm_a.distances, n).into_iter().filter(|l| *l != dinm_a.toxic_layer).take(settings.n_layers - 1));
+        v
+    } else {
+        top_k(&profile, settings.n_layers)
+    };
+
+    // Per-neuron scores in each chosen layer.
+    let mut neurons = Vec::new();
+    for &l in &chosen_layers {
+        let wc = mean_of(&per_case.iter().map(|c| normalized(&c.weight_change[l])).collect::<Vec<_>>());
+        let at = mean_of(&per_case.iter().map(|c| normalized(&c.neuron_attr[l])).collect::<Vec<_>>());
+        let dr = drift.as_ref().map(|d| d.1[l].clone());
+        let mut sigs: Vec<&[f64]> = vec![&wc, &at];
+        if let Some(d) = &dr {
+            sigs.push(d);
+        }
+        let combined = rank_sum(&sigs);
+        let max = ((f - 1) * sigs.len()) as f64;
+        let all_scores: Vec<f64> = combined.iter().map(|x| x / max.max(1.0)).collect();
+        let top = top_k(&combined, k)
+            .into_iter()
+            .map(|i| Neuron {
+                index: i,
+                score: all_scores[i],
+                weight_change: wc[i],
+                attribution: at[i],
+                weight_drift: dr.as_ref().map(|d| d[i]),
+            })
+            .collect();
+        neurons.push(LayerNeurons { layer: l, width: f, k, top, all_scores });
+    }
+
+    // Stability across cases.
+    let first = chosen_layers[0];
+    let case_best: Vec<usize> = per_case
+        .iter()
+        .zip(&dinm_layers)
+        .map(|(c, d)| match settings.locator {
+            Locator::Pke => argmax(&c.grad_norm),
+            Locator::Attribution => argmax(&c.attribution),
+            Locator::Dinm => d.0,
+            Locator::Drift => first,
+        })
+        .collect();
+    let layer_agreement = case_best.iter().filter(|&&l| l == first).count() as f64 / per_case.len() as f64;
+    let case_topk: Vec<Vec<usize>> =
+        per_case.iter().map(|c| top_k(&rank_sum(&[&c.weight_change[first], &c.neuron_attr[first]]), k)).collect();
+    let agg: Vec<usize> = neurons[0].top.iter().map(|x| x.index).collect();
+    let topk_overlap_with_aggregate = case_topk.iter().map(|t| jaccard(t, &agg)).sum::<f64>() / case_topk.len() as f64;
+    let mut pair = (0.0, 0usize);
+    for i in 0..case_topk.len() {
+        for j in i + 1..case_topk.len() {
+            pair.0 += jaccard(&case_topk[i], &case_topk[j]);
+            pair.1 += 1;
+        }
+    }
+    let stability = Stability {
+        layer_agreement,
+        topk_overlap_with_aggregate,
+        topk_pairwise_overlap: if pair.1 > 0 { pair.0 / pair.1 as f64 } else { 1.0 },
+        layer_margin: relative_gap(&profile),
+    };
+    let (left, right) = if settings.dinm.padding == PadSide::Left { (&dinm_a, &dinm_b) } else { (&dinm_b, &dinm_a) };
+    let dinm = DinmSensitivity {
+        layer_left: left.toxic_layer,
+        layer_right: right.toxic_layer,
+        flips_with_padding: left.toxic_layer != right.toxic_layer,
+        cases_flipping: dinm_layers.iter().filter(|(a, b)| a != b).count() as f64 / dinm_layers.len() as f64,
+    };
+    let layers = (0..n)
+        .map(|l| LayerSignal {
+            layer: l,
+            dinm_distance: dinm_a.distances[l],
+            dinm_distance_other_padding: dinm_b.distances[l],
+            grad_norm: grad_norm[l],
+            attribution: attribution[l],
+            weight_drift: drift.as_ref().map(|d| d.0[l]),
+        })
+        .collect();
+    let mut settings = settings.clone();
+    if drift.is_some() && !settings.neuron_signals.iter().any(|s| s == "weight_drift") {
+        settings.neuron_signals.push("weight_drift".into());
+    }
+    Ok((
+        Hotspots {
+            model: String::new(),
+            model_sha256: None,
+            architecture: spec.arch.to_string(),
+            n_cases: cases.len(),
+            settings,
+            layers,
+            chosen_layers,
+            neurons,
+            dinm,
+            stability,
+            seconds_per_case,
+        },
+        inputs,
+    ))
+}
