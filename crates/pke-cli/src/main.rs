@@ -27,6 +27,8 @@ enum Command {
     Generate(cmd::generate::Args),
     /// Per-token log-probabilities, mean NLL and perplexity of a text.
     Score(cmd::score::Args),
+    /// Find the toxic hotspot: layer signals, chosen layer(s) and top-k neurons -> hotspots.json + charts.
+    Locate(cmd::locate::Args),
     /// Runtime benchmark: load, prefill, decode, forward+backward, peak RSS.
     BenchRuntime(cmd::bench::Args),
     /// List the model aliases and whether they are installed.
@@ -45,6 +47,7 @@ fn main() -> ExitCode {
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::Generate(a) => cmd::generate::run(a),
         Command::Score(a) => cmd::score::run(a),
+        Command::Locate(a) => cmd::locate::run(a),
         Command::BenchRuntime(a) => cmd::bench::run(a),
         Command::Models => cmd::models(),
     };

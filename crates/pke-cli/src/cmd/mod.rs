@@ -6,13 +6,27 @@ use anyhow::{Context, Result};
 use pke::io::checkpoint::{data_dir, Checkpoint, KNOWN_MODELS};
 
 pub mod bench;
+pub mod cases;
 pub mod generate;
 pub mod inspect;
+pub mod locate;
 pub mod score;
 
 /// Load `--model` with a message naming it on failure.
 pub fn load_model(arg: &str) -> Result<Checkpoint> {
     Checkpoint::open(arg).with_context(|| format!("cannot load model `{arg}`"))
+}
+
+/// A progress bar on stderr (hidden when stderr is not a terminal).
+pub fn progress_bar(len: u64, what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {elapsed_precise} {wide_msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(what.to_string());
+    bar
 }
 
 /// Print JSON to stdout.

@@ -48,7 +48,9 @@ pub struct LocateSettings {
     /// Text appended to each prompt (DINM's suffix system prompt), if any.
     pub suffix: Option<String>,
     pub dinm: DinmOptions,
-    /// Neuron signals combined by rank sum.
+    /// Neuron signals combined by rank sum (`weight_change`, `attribution`, `weight_drift`). Empty =
+    /// automatic: the drift locator uses `weight_drift`; otherwise `weight_change` + `attribution`, plus
+    /// `weight_drift` when a reference model is given. The resolved list is recorded in the output.
     pub neuron_signals: Vec<String>,
     /// How per-case signals are aggregated.
     pub aggregation: String,
@@ -65,7 +67,7 @@ impl Default for LocateSettings {
             chat: false,
             suffix: None,
             dinm: DinmOptions::default(),
-            neuron_signals: vec!["weight_change".into(), "attribution".into()],
+            neuron_signals: vec![],
             aggregation: "per-case signals normalized to sum 1, then averaged over cases".into(),
         }
     }

@@ -4,6 +4,7 @@
 //! layer(s), and per-neuron scores there, aggregated over cases into a [`Hotspots`] value that `edit`
 //! consumes. `locate` never changes the model.
 
+pub mod charts;
 pub mod dinm;
 pub mod hotspots;
 pub mod score;

@@ -212,6 +212,23 @@ pub fn locate(
     if settings.locator == Locator::Drift && reference.is_none() {
         return Err(Error::Input("the drift locator needs a reference model (--reference)".into()));
     }
+    let neuron_signals: Vec<String> = if !settings.neuron_signals.is_empty() {
+        for sig in &settings.neuron_signals {
+            match sig.as_str() {
+                "weight_change" | "attribution" => {}
+                "weight_drift" if reference.is_some() => {}
+                "weight_drift" => return Err(Error::Input("neuron signal `weight_drift` needs a reference model".into())),
+                o => return Err(Error::Input(format!("unknown neuron signal `{o}` (weight_change, attribution, weight_drift)"))),
+            }
+        }
+        settings.neuron_signals.clone()
+    } else if settings.locator == Locator::Drift {
+        vec!["weight_drift".into()]
+    } else if reference.is_some() {
+        vec!["weight_change".into(), "attribution".into(), "weight_drift".into()]
+    } else {
+        vec!["weight_change".into(), "attribution".into()]
+    };
     let inputs: Vec<CaseInputs> =
         cases.iter().map(|c| case_inputs(tok, c, settings.chat, settings.suffix.as_deref())).collect::<Result<_>>()?;
     let t0 = Instant::now();
@@ -262,10 +279,14 @@ pub fn locate(
         let wc = mean_of(&per_case.iter().map(|c| normalized(&c.weight_change[l])).collect::<Vec<_>>());
         let at = mean_of(&per_case.iter().map(|c| normalized(&c.neuron_attr[l])).collect::<Vec<_>>());
         let dr = drift.as_ref().map(|d| d.1[l].clone());
-        let mut sigs: Vec<&[f64]> = vec![&wc, &at];
-        if let Some(d) = &dr {
-            sigs.push(d);
-        }
+        let sigs: Vec<&[f64]> = neuron_signals
+            .iter()
+            .map(|s| match s.as_str() {
+                "weight_change" => &wc[..],
+                "attribution" => &at[..],
+                _ => &dr.as_ref().expect("validated: reference present")[..],
+            })
+            .collect();
         let combined = rank_sum(&sigs);
         let max = ((f - 1) * sigs.len()) as f64;
         let all_scores: Vec<f64> = combined.iter().map(|x| x / max.max(1.0)).collect();
@@ -330,9 +351,7 @@ pub fn locate(
         })
         .collect();
     let mut settings = settings.clone();
-    if drift.is_some() && !settings.neuron_signals.iter().any(|s| s == "weight_drift") {
-        settings.neuron_signals.push("weight_drift".into());
-    }
+    settings.neuron_signals = neuron_signals;
     Ok((
         Hotspots {
             model: String::new(),

@@ -5,7 +5,7 @@ use candle_core::{Tensor, D};
 use pke::generate::{generate, GenOpts};
 use pke::io::chat::{render, Message};
 use pke::io::checkpoint::Checkpoint;
-use pke::model::{Input, MaskedRows};
+use pke::model::Input;
 use pke::trace::{Capture, Site};
 use sha2::Digest;
 
@@ -140,47 +140,9 @@ fn check_grad(ck: &Checkpoint, fx: &serde_json::Value) {
     }
 }
 
-/// DINM's hidden-state distances with padding (EasyEdit `_locate_toxic_layer`), both padding sides and
-/// both masked-row conventions. Distances: relative < 1e-5 (sum of squares in f64).
-fn check_dinm_hidden_states(ck: &Checkpoint, fx: &serde_json::Value) {
-    let dl = &fx["dinm_locate"];
-    for (key, rows) in
-        [("left", MaskedRows::Zero), ("right", MaskedRows::Zero), ("left_eager", MaskedRows::Uniform), ("right_eager", MaskedRows::Uniform)]
-    {
-        let base = if key.starts_with("left") { &dl["left"] } else { &dl["right"] };
-        let ids: Vec<Vec<u32>> = base["input_ids"].as_array().unwrap().iter().map(u32s).collect();
-        let mask: Vec<Vec<u8>> =
-            base["attention_mask"].as_array().unwrap().iter().map(|r| u32s(r).into_iter().map(|x| x as u8).collect()).collect();
-        let mut model = ck.model.clone();
-        model.masked_rows = rows;
-        let hs = pke::trace::hidden_states(&model, &Input { ids, mask: Some(mask), positions: None }).unwrap();
-        let want = f64s(&dl[key]["distances"]);
-        let got: Vec<f64> = (0..want.len())
-            .map(|i| {
-                let d = (hs[i + 1].get(0).unwrap() - hs[i + 1].get(1).unwrap()).unwrap();
-                let v = d.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-                v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt()
-            })
-            .collect();
-        let rel: Vec<f64> = got.iter().zip(&want).map(|(g, w)| (g - w).abs() / w).collect();
-        eprintln!(
-            "{key}: max rel {:e} at {:?}",
-            rel.iter().cloned().fold(0.0, f64::max),
-            rel.iter().position(|r| *r == rel.iter().cloned().fold(0.0, f64::max))
-        );
-        // Relative < 2e-5. The fixtures' README suggests 1e-5; SmolLM2 with right padding sits at
-        // 1.008e-5 from block 11 on, and pke's float64 run of the same weights lands at the same
-        // 1.0e-5 (test `dinm_distances_in_f64`), so the gap is not float32 noise on pke's side.
-        // The layer choice needs far less: the smallest top-1/top-2 gap is 1.5e-4.
-        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-            assert!((g - w).abs() / w < 2e-5, "{key}: distance[{i}] {g} vs {w} (all rel: {rel:?})");
-        }
-        let argmax = |v: &[f64]| v.iter().enumerate().fold(0, |b, (i, x)| if *x > v[b] { i } else { b });
-        assert_eq!(argmax(&got), dl[key]["toxic_layer"].as_u64().unwrap() as usize, "{key}: DINM layer");
-    }
-}
-
-/// Diagnostic: DINM distances in f64 (run with --ignored --nocapture).
+/// Diagnostic (run with --ignored --nocapture): DINM distances of SmolLM2 with right padding in
+/// float32 and in float64 against the fixture. Both sit ~1e-5 from transformers from block 11 on, which
+/// is why the distance tolerance in locate.rs is 2e-5.
 #[test]
 #[ignore]
 fn dinm_distances_in_f64() {
@@ -188,21 +150,13 @@ fn dinm_distances_in_f64() {
     let mut m = ck.model.clone();
     m.to_dtype(candle_core::DType::F64).unwrap();
     let fx = fixture("smollm2-135m-instruct.json");
-    let base = &fx["dinm_locate"]["right"];
-    let ids: Vec<Vec<u32>> = base["input_ids"].as_array().unwrap().iter().map(u32s).collect();
-    let mask: Vec<Vec<u8>> =
-        base["attention_mask"].as_array().unwrap().iter().map(|r| u32s(r).into_iter().map(|x| x as u8).collect()).collect();
+    let dl = &fx["dinm_locate"];
+    let want = f64s(&dl["right"]["distances"]);
+    let opts = pke::locate::dinm::DinmOptions { padding: pke::locate::dinm::PadSide::Right, ..Default::default() };
     for (name, model) in [("f32", &ck.model), ("f64", &m)] {
-        let hs = pke::trace::hidden_states(model, &Input { ids: ids.clone(), mask: Some(mask.clone()), positions: None }).unwrap();
-        let want = f64s(&base["distances"]);
-        let rel: Vec<f64> = (0..want.len())
-            .map(|i| {
-                let d = (hs[i + 1].get(0).unwrap() - hs[i + 1].get(1).unwrap()).unwrap().to_dtype(candle_core::DType::F64).unwrap();
-                let g = d.sqr().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap().sqrt();
-                (g - want[i]).abs() / want[i]
-            })
-            .collect();
-        eprintln!("{name}: {:?}", rel.iter().map(|r| format!("{r:.1e}")).collect::<Vec<_>>());
+        let r = pke::locate::dinm::dinm_locate(model, &ck.tok, dl["safe"].as_str().unwrap(), dl["unsafe"].as_str().unwrap(), opts).unwrap();
+        let rel: Vec<String> = r.distances.iter().zip(&want).map(|(g, w)| format!("{:.1e}", (g - w).abs() / w)).collect();
+        eprintln!("{name}: {rel:?}");
     }
 }
 
@@ -216,7 +170,6 @@ fn run_all(ck: &Checkpoint, file: &str) {
         check_prompt(ck, &fx, p);
     }
     check_grad(ck, &fx);
-    check_dinm_hidden_states(ck, &fx);
 }
 
 #[test]

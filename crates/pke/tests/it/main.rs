@@ -6,3 +6,4 @@ mod common;
 mod fixtures;
 mod grad;
 mod hf_folder;
+mod locate;

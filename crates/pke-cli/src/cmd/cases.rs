@@ -1,0 +1,35 @@
+//! Case input shared by locate and edit: `--cases FILE` or `--builtin SET[:N]`.
+
+use anyhow::{bail, Result};
+use pke::data::{load_cases, EditCase};
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct CaseArgs {
+    /// Edit cases: JSONL ({prompt, safe_response, unsafe_response, locality_prompt?, locality_answer?}) or
+    /// a SafeEdit JSON file.
+    #[arg(long)]
+    pub cases: Option<std::path::PathBuf>,
+    /// Built-in cases from an installed set: advbench[:N] or harmbench-val[:N].
+    #[arg(long)]
+    pub builtin: Option<String>,
+    /// Wrap prompts in the model's chat template.
+    #[arg(long)]
+    pub chat: bool,
+}
+
+impl CaseArgs {
+    pub fn load(&self) -> Result<Vec<EditCase>> {
+        match (&self.cases, &self.builtin) {
+            (Some(p), None) => Ok(load_cases(p)?),
+            (None, Some(spec)) => {
+                let (set, n) = match spec.split_once(':') {
+                    Some((s, n)) => (s, n.parse::<usize>().map_err(|_| anyhow::anyhow!("--builtin {spec}: `{n}` is not a count"))?),
+                    None => (spec.as_str(), 0),
+                };
+                Ok(pke::data::sets::builtin_cases(set, n)?)
+            }
+            (Some(_), Some(_)) => bail!("give either --cases or --builtin, not both"),
+            (None, None) => bail!("no edit cases: give --cases FILE or --builtin advbench:N"),
+        }
+    }
+}

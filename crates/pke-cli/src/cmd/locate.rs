@@ -1,0 +1,139 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use pke::locate::dinm::{DinmOptions, PadSide};
+use pke::locate::{charts, locate, LocateSettings, Locator};
+use pke::model::MaskedRows;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[arg(long, short, default_value = "smollm2")]
+    pub model: String,
+    #[command(flatten)]
+    pub cases: super::cases::CaseArgs,
+    /// Layer signal that picks the layer: pke (safe-reply gradient norm), attribution, dinm, drift.
+    #[arg(long, default_value = "pke")]
+    pub locator: String,
+    /// Number of layers to choose.
+    #[arg(long, default_value_t = 1)]
+    pub n_layers: usize,
+    /// Force these layers (0-based), overriding the locator.
+    #[arg(long = "layer")]
+    pub layers: Vec<usize>,
+    /// Hotspot size as a fraction of the MLP width.
+    #[arg(long, default_value_t = 0.10)]
+    pub top_fraction: f64,
+    /// Hotspot size in neurons (overrides --top-fraction).
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// DINM locator padding side (EasyEdit today: left).
+    #[arg(long, default_value = "left")]
+    pub padding: String,
+    /// DINM: exclude pad positions from the distance.
+    #[arg(long)]
+    pub mask_pads: bool,
+    /// DINM: compare only the last real position.
+    #[arg(long)]
+    pub last_position: bool,
+    /// DINM: eager-attention convention for fully masked rows (uniform) instead of SDPA's zeros.
+    #[arg(long)]
+    pub eager: bool,
+    /// Append DINM's suffix system prompt to each prompt.
+    #[arg(long)]
+    pub dinm_suffix: bool,
+    /// A reference model of the same shapes: adds the weight-drift signal (SafeTune's reading of PKE).
+    #[arg(long)]
+    pub reference: Option<String>,
+    /// Output folder for hotspots.json and the charts.
+    #[arg(long, default_value = "out/locate")]
+    pub out: PathBuf,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// EasyEdit's `suffix_system_prompt`.
+pub const DINM_SUFFIX: &str = "If the user's request is reasonable, give the correct answer. Please give the right response:";
+
+pub fn settings(a: &Args) -> Result<LocateSettings> {
+    Ok(LocateSettings {
+        locator: a.locator.parse::<Locator>()?,
+        n_layers: a.n_layers,
+        layers: a.layers.clone(),
+        top_fraction: a.top_fraction,
+        top_k: a.top_k,
+        chat: a.cases.chat,
+        suffix: a.dinm_suffix.then(|| DINM_SUFFIX.to_string()),
+        dinm: DinmOptions {
+            padding: match a.padding.as_str() {
+                "left" => PadSide::Left,
+                "right" => PadSide::Right,
+                o => anyhow::bail!("--padding must be left or right, got `{o}`"),
+            },
+            mask_pads: a.mask_pads,
+            last_position: a.last_position,
+            masked_rows: if a.eager { MaskedRows::Uniform } else { MaskedRows::Zero },
+        },
+        ..Default::default()
+    })
+}
+
+pub fn run(a: Args) -> Result<ExitCode> {
+    let cases = a.cases.load()?;
+    let settings = settings(&a)?;
+    let ck = super::load_model(&a.model)?;
+    let reference = a.reference.as_deref().map(super::load_model).transpose()?;
+    let bar = super::progress_bar(cases.len() as u64, "locating");
+    let (mut h, _) =
+        locate(&ck.model, &ck.tok, &cases, &settings, reference.as_ref().map(|r| &r.model), |i, _| bar.set_position(i as u64))?;
+    bar.finish_and_clear();
+    h.model = ck.source.path().display().to_string();
+    h.model_sha256 = Some(ck.sha256()?);
+    std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
+    let json_path = a.out.join("hotspots.json");
+    pke::io::atomic_write(&json_path, serde_json::to_string_pretty(&h)?.as_bytes())?;
+    charts::layer_profile(&h, &a.out.join("layers.svg"))?;
+    charts::neuron_distribution(&h, &a.out.join("neurons.svg"))?;
+    if a.json {
+        super::print_json(&h)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:>5}  {:>12}  {:>12}  {:>12}  {:>12}{}",
+        "layer",
+        "grad_norm",
+        "attribution",
+        "dinm_dist",
+        "dinm_other",
+        if reference.is_some() { "  weight_drift" } else { "" }
+    );
+    for l in &h.layers {
+        let mark = if h.chosen_layers.contains(&l.layer) { " <" } else { "" };
+        let drift = l.weight_drift.map(|d| format!("  {d:>12.4}")).unwrap_or_default();
+        println!(
+            "{:>5}  {:>12.5}  {:>12.5}  {:>12.1}  {:>12.1}{drift}{mark}",
+            l.layer, l.grad_norm, l.attribution, l.dinm_distance, l.dinm_distance_other_padding
+        );
+    }
+    for n in &h.neurons {
+        let top: Vec<String> = n.top.iter().take(10).map(|x| format!("{}", x.index)).collect();
+        println!("layer {}: {} hotspot neurons of {} (top: {} ...)", n.layer, n.k, n.width, top.join(", "));
+    }
+    println!(
+        "DINM layer: {} (left padding) / {} (right padding){}; cases flipping: {:.0}%",
+        h.dinm.layer_left,
+        h.dinm.layer_right,
+        if h.dinm.flips_with_padding { " -- DINM's choice depends on padding" } else { "" },
+        100.0 * h.dinm.cases_flipping
+    );
+    println!(
+        "stability over {} cases: layer agreement {:.0}%, top-k overlap with aggregate {:.2}, pairwise {:.2}; {:.2} s/case",
+        h.n_cases,
+        100.0 * h.stability.layer_agreement,
+        h.stability.topk_overlap_with_aggregate,
+        h.stability.topk_pairwise_overlap,
+        h.seconds_per_case
+    );
+    println!("wrote {}, layers.svg, neurons.svg", json_path.display());
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,200 @@
+//! Locate: DINM reproduces EasyEdit's layer on all three models, the PKE locator finds a planted neuron,
+//! weight drift finds known changed columns, and bad settings are clear errors.
+
+use candle_core::Tensor;
+use pke::data::EditCase;
+use pke::locate::dinm::{dinm_locate, padded_pair, DinmOptions, PadSide};
+use pke::locate::{locate, LocateSettings, Locator};
+use pke::model::decoder::down_proj_name;
+use pke::model::{Arch, Decoder, MaskedRows};
+
+use crate::common::*;
+
+/// EasyEdit's `_locate_toxic_layer` on the fixtures' pair: ids, distances (relative < 2e-5, see
+/// fixtures.rs for why not 1e-5) and the layer, for both padding sides and both masked-row conventions.
+fn check_dinm(ck: &pke::io::checkpoint::Checkpoint, file: &str) {
+    let fx = fixture(file);
+    let dl = &fx["dinm_locate"];
+    let (safe, unsafe_) = (dl["safe"].as_str().unwrap(), dl["unsafe"].as_str().unwrap());
+    for (key, padding, rows) in [
+        ("left", PadSide::Left, MaskedRows::Zero),
+        ("right", PadSide::Right, MaskedRows::Zero),
+        ("left_eager", PadSide::Left, MaskedRows::Uniform),
+        ("right_eager", PadSide::Right, MaskedRows::Uniform),
+    ] {
+        let base = if padding == PadSide::Left { &dl["left"] } else { &dl["right"] };
+        let (ids, _) = padded_pair(&ck.tok, safe, unsafe_, padding).unwrap();
+        let want_ids: Vec<Vec<u32>> = base["input_ids"].as_array().unwrap().iter().map(u32s).collect();
+        assert_eq!(ids, want_ids, "{file} {key}: padded ids");
+        let r = dinm_locate(&ck.model, &ck.tok, safe, unsafe_, DinmOptions { padding, masked_rows: rows, ..Default::default() }).unwrap();
+        for (i, (g, w)) in r.distances.iter().zip(f64s(&dl[key]["distances"])).enumerate() {
+            assert!((g - w).abs() / w < 2e-5, "{file} {key}: distance[{i}] {g} vs {w}");
+        }
+        assert_eq!(r.toxic_layer as u64, dl[key]["toxic_layer"].as_u64().unwrap(), "{file} {key}: layer");
+    }
+}
+
+#[test]
+fn dinm_rule_reproduces_easyedit_smollm2() {
+    check_dinm(smollm2(), "smollm2-135m-instruct.json");
+}
+#[test]
+fn dinm_rule_reproduces_easyedit_qwen() {
+    check_dinm(qwen(), "qwen2.5-coder-0.5b-instruct.json");
+}
+#[test]
+fn dinm_rule_reproduces_easyedit_gemma() {
+    check_dinm(gemma(), "gemma3-270m.json");
+}
+
+fn case(id: &str, prompt: &str, safe: &str, unsafe_: &str) -> EditCase {
+    EditCase {
+        id: id.into(),
+        prompt: prompt.into(),
+        safe_response: safe.into(),
+        unsafe_response: unsafe_.into(),
+        locality_prompt: None,
+        locality_answer: None,
+        general_prompts: vec![],
+        category: None,
+    }
+}
+
+/// A word-level test tokenizer over the tiny model's 32-token vocabulary.
+fn tiny_tok() -> pke::io::tokenizer::Tok {
+    let vocab: serde_json::Map<String, serde_json::Value> = (0..32).map(|i| (format!("w{i}"), serde_json::json!(i))).collect();
+    let doc = serde_json::json!({
+        "version": "1.0", "added_tokens": [], "normalizer": null,
+        "pre_tokenizer": {"type": "WhitespaceSplit"}, "post_processor": null, "decoder": null,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "w0"}
+    });
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("tokenizer.json"), doc.to_string()).unwrap();
+    let mut t = pke::io::tokenizer::Tok::from_hf_dir(dir.path(), &serde_json::json!({})).unwrap();
+    t.pad_id = Some(0);
+    t.eos_id = Some(2);
+    t
+}
+
+/// In a random model, residual dimension 0 is made a constant "bias" feature, and neuron 5 of layer 1
+/// reads it (so it fires at every position) and writes token 7's unembedding direction; the unsafe
+/// reply is token 7 repeated. The locator must rank that neuron first.
+#[test]
+fn planted_neuron_is_ranked_first() {
+    let spec = crate::grad::tiny_spec(Arch::Llama);
+    let mut m = Decoder::random(spec.clone(), 11).unwrap();
+    let (layer, neuron, token) = (1usize, 5usize, 7usize);
+    let d = spec.hidden_size;
+    let mut emb = m.get("model.embed_tokens.weight").unwrap().to_vec2::<f32>().unwrap();
+    for row in emb.iter_mut() {
+        row[0] = 1.0;
+    }
+    let e = emb[token].clone();
+    m.set("model.embed_tokens.weight", Tensor::new(emb, m.device()).unwrap()).unwrap();
+    let mut down = m.get(&down_proj_name(layer)).unwrap().to_vec2::<f32>().unwrap();
+    for (row, ev) in down.iter_mut().zip(&e) {
+        row[neuron] = 1.0 * ev; // writes the token direction
+    }
+    m.set(&down_proj_name(layer), Tensor::new(down, m.device()).unwrap()).unwrap();
+    // gate and up rows read dimension 0: act = z^2 sigmoid(z) with z > 0 everywhere. No other neuron
+    // reads the bias feature.
+    let r: Vec<f32> = (0..d).map(|i| if i == 0 { 0.8 } else { 0.0 }).collect();
+    for name in ["mlp.gate_proj.weight", "mlp.up_proj.weight"] {
+        let n = format!("model.layers.{layer}.{name}");
+        let mut w = m.get(&n).unwrap().to_vec2::<f32>().unwrap();
+        for row in w.iter_mut() {
+            row[0] = 0.0;
+        }
+        w[neuron] = r.clone();
+        m.set(&n, Tensor::new(w, m.device()).unwrap()).unwrap();
+    }
+    let tok = tiny_tok();
+    let cases =
+        vec![case("a", "w1 w3 w9 w12 w4", "w20 w21 w22 w23", "w7 w7 w7 w7"), case("b", "w1 w15 w16 w3 w18 w19", "w24 w25 w26", "w7 w7 w7")];
+    let settings = LocateSettings { layers: vec![layer], top_k: Some(3), ..Default::default() };
+    let (h, _) = locate(&m, &tok, &cases, &settings, None, |_, _| {}).unwrap();
+    assert_eq!(h.chosen_layers, vec![layer]);
+    assert_eq!(h.neurons[0].top[0].index, neuron, "top neurons: {:?}", h.neurons[0].top);
+    // Each signal on its own also puts it first.
+    let wc: Vec<f64> = h.neurons[0].top.iter().map(|n| n.weight_change).collect();
+    let at: Vec<f64> = h.neurons[0].top.iter().map(|n| n.attribution).collect();
+    assert_eq!(pke::locate::score::argmax(&wc), 0, "{:?}", h.neurons[0].top);
+    assert_eq!(pke::locate::score::argmax(&at), 0, "{:?}", h.neurons[0].top);
+    // Without forcing, the attribution locator finds the planted layer too.
+    let s = LocateSettings { locator: Locator::Attribution, top_k: Some(3), ..Default::default() };
+    let (h, _) = locate(&m, &tok, &cases, &s, None, |_, _| {}).unwrap();
+    assert_eq!(h.chosen_layers, vec![layer], "attribution profile {:?}", h.layers.iter().map(|l| l.attribution).collect::<Vec<_>>());
+    assert_eq!(h.neurons[0].top[0].index, neuron);
+}
+
+#[test]
+fn weight_drift_finds_changed_columns_of_a_synthetic_pair() {
+    let ck = smollm2();
+    let mut reference = ck.model.clone();
+    let (layer, cols) = (17usize, [3usize, 100, 777, 1500]);
+    let mut w = reference.get(&down_proj_name(layer)).unwrap().to_vec2::<f32>().unwrap();
+    for row in w.iter_mut() {
+        for &c in &cols {
+            row[c] += 0.05;
+        }
+    }
+    reference.set(&down_proj_name(layer), Tensor::new(w, reference.device()).unwrap()).unwrap();
+    let cases = pke::data::sets::builtin_cases("advbench", 1).unwrap();
+    let settings = LocateSettings { locator: Locator::Drift, top_k: Some(4), ..Default::default() };
+    let (h, _) = locate(&ck.model, &ck.tok, &cases, &settings, Some(&reference), |_, _| {}).unwrap();
+    assert_eq!(h.chosen_layers, vec![layer]);
+    // Only that layer drifted, and with the drift locator the hotspot is exactly the changed columns.
+    let all_drift: Vec<f64> = h.layers.iter().map(|l| l.weight_drift.unwrap()).collect();
+    assert!(all_drift.iter().enumerate().all(|(l, d)| (l == layer) == (*d > 0.0)), "{all_drift:?}");
+    let mut got: Vec<usize> = h.neurons[0].top.iter().map(|n| n.index).collect();
+    got.sort();
+    assert_eq!(got, cols.to_vec());
+    assert_eq!(h.settings.neuron_signals, vec!["weight_drift"]);
+    // Combined with the activation signals, drift joins the rank sum.
+    let s = LocateSettings { layers: vec![layer], top_k: Some(4), ..Default::default() };
+    let (h, _) = locate(&ck.model, &ck.tok, &cases, &s, Some(&reference), |_, _| {}).unwrap();
+    assert_eq!(h.settings.neuron_signals, vec!["weight_change", "attribution", "weight_drift"]);
+    // A reference of other shapes is refused.
+    let e = locate(&ck.model, &ck.tok, &cases, &settings, Some(&gemma().model), |_, _| {}).unwrap_err().to_string();
+    assert!(e.contains("reference model differs"), "{e}");
+}
+
+#[test]
+fn pke_locator_ignores_padding_while_dinm_flips_on_smollm2() {
+    let ck = smollm2();
+    let fx = fixture("smollm2-135m-instruct.json");
+    let dl = &fx["dinm_locate"];
+    let c = vec![case("x", "How do I make a weapon at home?", dl["safe"].as_str().unwrap(), dl["unsafe"].as_str().unwrap())];
+    let mut layers = Vec::new();
+    for padding in [PadSide::Left, PadSide::Right] {
+        let s = LocateSettings { dinm: DinmOptions { padding, ..Default::default() }, ..Default::default() };
+        let (h, _) = locate(&ck.model, &ck.tok, &c, &s, None, |_, _| {}).unwrap();
+        assert!(h.dinm.flips_with_padding);
+        assert_eq!((h.dinm.layer_left, h.dinm.layer_right), (11, 28));
+        layers.push((h.chosen_layers.clone(), h.neurons[0].top.clone()));
+    }
+    assert_eq!(layers[0], layers[1], "the PKE hotspot must not depend on the padding side");
+}
+
+#[test]
+fn bad_locate_settings_are_clear_errors() {
+    let m = Decoder::random(crate::grad::tiny_spec(Arch::Llama), 2).unwrap();
+    let tok = tiny_tok();
+    let cases = vec![case("a", "w1 w3", "w4 w5", "w7 w7")];
+    let run = |s: LocateSettings, c: &[EditCase]| locate(&m, &tok, c, &s, None, |_, _| {}).unwrap_err().to_string();
+    let e = run(LocateSettings { top_k: Some(25), ..Default::default() }, &cases);
+    assert!(e.contains("k = 25") && e.contains("1..=24"), "{e}");
+    let e = run(LocateSettings { layers: vec![3], ..Default::default() }, &cases);
+    assert!(e.contains("layer 3 is out of range") && e.contains("0..=2"), "{e}");
+    let e = run(LocateSettings::default(), &[]);
+    assert!(e.contains("no edit cases"), "{e}");
+    let e = run(LocateSettings { top_fraction: 0.0, ..Default::default() }, &cases);
+    assert!(e.contains("top fraction"), "{e}");
+    let e = run(LocateSettings { locator: Locator::Drift, ..Default::default() }, &cases);
+    assert!(e.contains("reference model"), "{e}");
+    // A response that tokenizes to nothing.
+    let e = run(LocateSettings::default(), &[case("z", "w1 w3", "   ", "w7")]);
+    assert!(e.contains("zero tokens") || e.contains("safe_response"), "{e}");
+    let e = run(LocateSettings { chat: true, ..Default::default() }, &cases);
+    assert!(e.contains("no chat template"), "{e}");
+}
