@@ -60,29 +60,37 @@ pub fn layer_profile(h: &Hotspots, path: &Path) -> Result<()> {
     root.present().map_err(|e| chart_err(path, e))
 }
 
-/// Combined neuron scores of the first chosen layer, sorted descending, with the top-k cut marked.
+/// Neuron signals of the first chosen layer (each scaled to a maximum of 1), neurons ordered by their
+/// combined score, with the hotspot cut marked: a concentrated hotspot shows high values left of the cut.
 pub fn neuron_distribution(h: &Hotspots, path: &Path) -> Result<()> {
     let Some(ln) = h.neurons.first() else { return Ok(()) };
-    let mut v = ln.all_scores.clone();
-    v.sort_by(|a, b| b.partial_cmp(a).unwrap_or(std::cmp::Ordering::Equal));
+    let order = super::score::top_k(&ln.all_scores, ln.width);
     let root = SVGBackend::new(path, (900, 480)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| chart_err(path, e))?;
     let mut chart = ChartBuilder::on(&root)
-        .caption(format!("Layer {} neuron scores (hotspot = top {} of {})", ln.layer, ln.k, ln.width), ("sans-serif", 20))
+        .caption(format!("Layer {} neurons by combined score (hotspot = top {} of {})", ln.layer, ln.k, ln.width), ("sans-serif", 20))
         .margin(12)
         .x_label_area_size(36)
         .y_label_area_size(48)
         .build_cartesian_2d(0f64..ln.width as f64, 0f64..1.02)
         .map_err(|e| chart_err(path, e))?;
-    chart.configure_mesh().x_desc("neuron rank").y_desc("combined score (rank sum, 0..1)").draw().map_err(|e| chart_err(path, e))?;
+    chart.configure_mesh().x_desc("neuron, ordered by combined score").y_desc("signal / max").draw().map_err(|e| chart_err(path, e))?;
+    for (name, v, color) in [
+        ("weight_change (safe reply)", &ln.all_weight_change, RGBColor(31, 119, 180)),
+        ("attribution (unsafe reply)", &ln.all_attribution, RGBColor(214, 39, 40)),
+    ] {
+        let v = scaled(v);
+        chart
+            .draw_series(order.iter().enumerate().map(|(x, &i)| Circle::new((x as f64, v[i]), 2, color.mix(0.6).filled())))
+            .map_err(|e| chart_err(path, e))?
+            .label(name)
+            .legend(move |(x, y)| Circle::new((x + 9, y), 3, color.filled()));
+    }
     chart
-        .draw_series(LineSeries::new(v.iter().enumerate().map(|(i, y)| (i as f64, *y)), RGBColor(31, 119, 180).stroke_width(2)))
-        .map_err(|e| chart_err(path, e))?;
-    chart
-        .draw_series(std::iter::once(PathElement::new(vec![(ln.k as f64, 0.0), (ln.k as f64, 1.02)], RED.stroke_width(2))))
+        .draw_series(std::iter::once(PathElement::new(vec![(ln.k as f64, 0.0), (ln.k as f64, 1.02)], BLACK.stroke_width(2))))
         .map_err(|e| chart_err(path, e))?
         .label(format!("hotspot cut (k = {})", ln.k))
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], RED.stroke_width(2)));
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], BLACK.stroke_width(2)));
     chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(|e| chart_err(path, e))?;
     root.present().map_err(|e| chart_err(path, e))
 }

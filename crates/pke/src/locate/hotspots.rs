@@ -113,6 +113,9 @@ pub struct LayerNeurons {
     pub top: Vec<Neuron>,
     /// Combined score of every neuron (for charts), by index.
     pub all_scores: Vec<f64>,
+    /// Aggregated `weight_change` and `attribution` of every neuron, by index.
+    pub all_weight_change: Vec<f64>,
+    pub all_attribution: Vec<f64>,
 }
 
 /// DINM's layer under both padding sides: a locator whose answer flips on padding is not precise.

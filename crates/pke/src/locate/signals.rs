@@ -300,7 +300,7 @@ pub fn locate(
                 weight_drift: dr.as_ref().map(|d| d[i]),
             })
             .collect();
-        neurons.push(LayerNeurons { layer: l, width: f, k, top, all_scores });
+        neurons.push(LayerNeurons { layer: l, width: f, k, top, all_scores, all_weight_change: wc, all_attribution: at });
     }
 
     // Stability across cases.
