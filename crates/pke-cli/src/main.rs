@@ -29,6 +29,12 @@ enum Command {
     Score(cmd::score::Args),
     /// Find the toxic hotspot: layer signals, chosen layer(s) and top-k neurons -> hotspots.json + charts.
     Locate(cmd::locate::Args),
+    /// Edit the hotspot weights (pke, dinm, ft-l, ga) -> delta file, optional HF folder.
+    Edit(cmd::edit::Args),
+    /// Apply a delta file to a model and write a HF folder.
+    Apply(cmd::edit::ApplyArgs),
+    /// Revert a delta file (restore the original values exactly) and write a HF folder.
+    Revert(cmd::edit::ApplyArgs),
     /// Runtime benchmark: load, prefill, decode, forward+backward, peak RSS.
     BenchRuntime(cmd::bench::Args),
     /// List the model aliases and whether they are installed.
@@ -48,6 +54,9 @@ fn main() -> ExitCode {
         Command::Generate(a) => cmd::generate::run(a),
         Command::Score(a) => cmd::score::run(a),
         Command::Locate(a) => cmd::locate::run(a),
+        Command::Edit(a) => cmd::edit::run(a),
+        Command::Apply(a) => cmd::edit::apply(a, false),
+        Command::Revert(a) => cmd::edit::apply(a, true),
         Command::BenchRuntime(a) => cmd::bench::run(a),
         Command::Models => cmd::models(),
     };

@@ -131,7 +131,7 @@ pub fn generate(model: &Decoder, prompts: &[Vec<u32>], pad_id: u32, opts: &GenOp
     let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed);
     let mut cache = KvCache::default();
     let mut next_pos: Vec<u32> = rows.iter().map(|r| r.len() as u32).collect();
-    let h = model.forward_with(&Input { ids, mask: Some(mask), positions: Some(pos) }, &mut Noop, Some(&mut cache))?;
+    let h = model.forward_with(&Input { ids, mask: Some(mask), positions: Some(pos), resume: None }, &mut Noop, Some(&mut cache))?;
     let mut logits = model.last_logits(&h)?.to_vec2::<f32>()?;
     let mut out: Vec<Generation> =
         (0..b).map(|i| Generation { token_ids: vec![], stop_reason: StopReason::MaxNewTokens, truncated: truncated[i] }).collect();
@@ -161,6 +161,7 @@ pub fn generate(model: &Decoder, prompts: &[Vec<u32>], pad_id: u32, opts: &GenOp
             ids: step.iter().map(|t| vec![*t]).collect(),
             mask: Some(vec![vec![1u8]; b]),
             positions: Some(next_pos.iter().map(|p| vec![*p]).collect()),
+            resume: None,
         };
         next_pos.iter_mut().for_each(|p| *p += 1);
         let h = model.forward_with(&input, &mut Noop, Some(&mut cache))?;

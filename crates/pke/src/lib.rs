@@ -19,6 +19,7 @@
 //! ```
 
 pub mod data;
+pub mod edit;
 pub mod error;
 pub mod generate;
 pub mod io;

@@ -1,12 +1,23 @@
 //! Provides safetensors reading (single file or sharded with `model.safetensors.index.json`;
 //! f32/f16/bf16 widened to f32) and atomic writing.
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+
+/// Read one safetensors file with all dtypes kept raw (for delta files): name -> (dtype, shape, bytes).
+pub fn read_raw(path: &Path) -> Result<(BTreeMap<String, (Dtype, Vec<usize>, Vec<u8>)>, HashMap<String, String>)> {
+    let bytes = std::fs::read(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::NotFound { what: "safetensors file", path: path.into(), hint: String::new() },
+        _ => Error::io(path, e),
+    })?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| st_err(path, format!("malformed or truncated: {e}")))?;
+    let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| st_err(path, e.to_string()))?;
+    let out = st.iter().map(|(n, v)| (n.to_string(), (v.dtype(), v.shape().to_vec(), v.data().to_vec()))).collect();
+    Ok((out, meta.metadata().clone().unwrap_or_default()))
+}
 
 use crate::io::atomic_write;
 use crate::{Error, Result};
@@ -95,43 +106,61 @@ pub fn read_folder(dir: &Path) -> Result<HashMap<String, Tensor>> {
     Ok(out)
 }
 
-/// An f32 tensor as a safetensors view.
-pub struct F32View {
-    shape: Vec<usize>,
-    bytes: Vec<u8>,
+/// A tensor to write: dtype name as safetensors spells it, shape, little-endian bytes.
+pub struct RawTensor {
+    pub name: String,
+    pub dtype: &'static str,
+    pub shape: Vec<usize>,
+    pub bytes: Vec<u8>,
 }
 
-impl F32View {
-    pub fn new(t: &Tensor) -> Result<Self> {
+impl RawTensor {
+    /// An f32 tensor.
+    pub fn f32(name: &str, t: &Tensor) -> Result<Self> {
         let v = t.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        let mut bytes = Vec::with_capacity(v.len() * 4);
-        for x in v {
-            bytes.extend_from_slice(&x.to_le_bytes());
-        }
-        Ok(F32View { shape: t.dims().to_vec(), bytes })
+        Ok(RawTensor { name: name.into(), dtype: "F32", shape: t.dims().to_vec(), bytes: v.iter().flat_map(|x| x.to_le_bytes()).collect() })
+    }
+    /// An i64 vector.
+    pub fn i64(name: &str, v: &[i64]) -> Self {
+        RawTensor { name: name.into(), dtype: "I64", shape: vec![v.len()], bytes: v.iter().flat_map(|x| x.to_le_bytes()).collect() }
     }
 }
 
-impl safetensors::View for &F32View {
-    fn dtype(&self) -> Dtype {
-        Dtype::F32
+/// Serialize to safetensors bytes deterministically: tensors sorted by name, metadata keys sorted (the
+/// `safetensors` crate writes metadata from a HashMap, whose order changes between processes, so the
+/// same delta would not give the same bytes).
+pub fn serialize(tensors: &[RawTensor], metadata: &BTreeMap<String, String>) -> Result<Vec<u8>> {
+    let mut order: Vec<&RawTensor> = tensors.iter().collect();
+    order.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut header = serde_json::Map::new();
+    if !metadata.is_empty() {
+        header.insert("__metadata__".into(), serde_json::to_value(metadata)?);
     }
-    fn shape(&self) -> &[usize] {
-        &self.shape
+    let mut offset = 0usize;
+    for t in &order {
+        header.insert(
+            t.name.clone(),
+            serde_json::json!({"dtype": t.dtype, "shape": t.shape, "data_offsets": [offset, offset + t.bytes.len()]}),
+        );
+        offset += t.bytes.len();
     }
-    fn data(&self) -> Cow<'_, [u8]> {
-        Cow::Borrowed(&self.bytes)
+    let mut h = serde_json::to_string(&serde_json::Value::Object(header))?.into_bytes();
+    while h.len() % 8 != 0 {
+        h.push(b' ');
     }
-    fn data_len(&self) -> usize {
-        self.bytes.len()
+    let mut out = Vec::with_capacity(8 + h.len() + offset);
+    out.extend((h.len() as u64).to_le_bytes());
+    out.extend(h);
+    for t in order {
+        out.extend(&t.bytes);
     }
+    Ok(out)
 }
 
 /// Write f32 tensors to `path` atomically (temp file + rename), with string metadata.
 pub fn write_file(path: &Path, tensors: &[(String, Tensor)], metadata: HashMap<String, String>) -> Result<()> {
-    let views: Vec<(String, F32View)> = tensors.iter().map(|(n, t)| Ok((n.clone(), F32View::new(t)?))).collect::<Result<_>>()?;
-    let bytes =
-        safetensors::serialize(views.iter().map(|(n, v)| (n.as_str(), v)), Some(metadata)).map_err(|e| st_err(path, e.to_string()))?;
+    let raw: Vec<RawTensor> = tensors.iter().map(|(n, t)| RawTensor::f32(n, t)).collect::<Result<_>>()?;
+    let bytes = serialize(&raw, &metadata.into_iter().collect())?;
     atomic_write(path, &bytes)
 }
 

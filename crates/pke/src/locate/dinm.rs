@@ -76,7 +76,7 @@ pub fn dinm_locate(model: &Decoder, tok: &Tok, safe: &str, unsafe_: &str, opts: 
     let (ids, mask) = padded_pair(tok, safe, unsafe_, opts.padding)?;
     let mut m = model.clone();
     m.masked_rows = opts.masked_rows;
-    let hs = crate::trace::hidden_states(&m, &Input { ids, mask: Some(mask.clone()), positions: None })?;
+    let hs = crate::trace::hidden_states(&m, &Input { ids, mask: Some(mask.clone()), positions: None, resume: None })?;
     let s = mask[0].len();
     let last_real = |row: usize| -> usize { (0..s).rev().find(|&j| mask[row][j] == 1).unwrap_or(s - 1) };
     let mut distances = Vec::with_capacity(hs.len() - 1);

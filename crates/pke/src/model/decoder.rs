@@ -30,12 +30,15 @@ pub struct Input {
     pub ids: Vec<Vec<u32>>,
     pub mask: Option<Vec<Vec<u8>>>,
     pub positions: Option<Vec<Vec<u32>>>,
+    /// Start at block `.0` from this residual stream (b, s, d) instead of the embedding: the blocks
+    /// below an edited layer do not change during an edit, so their output is computed once.
+    pub resume: Option<(usize, Tensor)>,
 }
 
 impl Input {
     /// One unpadded sequence.
     pub fn single(ids: &[u32]) -> Self {
-        Input { ids: vec![ids.to_vec()], mask: None, positions: None }
+        Input { ids: vec![ids.to_vec()], mask: None, positions: None, resume: None }
     }
 }
 
@@ -374,20 +377,35 @@ impl Decoder {
         };
         let mut tables: HashMap<u64, (Tensor, Tensor)> = HashMap::new();
 
-        // Embedding: (b, s, d)
-        let flat: Vec<u32> = input.ids.iter().flatten().copied().collect();
-        let ids = Tensor::from_vec(flat, b * s, &self.device)?;
-        let mut h = self.get("model.embed_tokens.weight")?.index_select(&ids, 0)?.reshape((b, s, spec.hidden_size))?;
-        if arch.embed_scale {
-            let scale = (spec.hidden_size as f64).sqrt() as f32;
-            h = (h * scale as f64)?;
-        }
-        if rec.wants(Site::Embed) {
-            h = rec.on(Site::Embed, h)?;
-        }
+        let (first_layer, mut h) = match &input.resume {
+            Some((l0, h0)) => {
+                if cache.is_some() || *l0 > spec.n_layers || h0.dims() != [b, s, spec.hidden_size] {
+                    return Err(Error::Input(format!(
+                        "cannot resume at block {l0} from a {:?} residual (with a cache: {})",
+                        h0.dims(),
+                        cache.is_some()
+                    )));
+                }
+                (*l0, h0.clone())
+            }
+            None => {
+                // Embedding: (b, s, d)
+                let flat: Vec<u32> = input.ids.iter().flatten().copied().collect();
+                let ids = Tensor::from_vec(flat, b * s, &self.device)?;
+                let mut h = self.get("model.embed_tokens.weight")?.index_select(&ids, 0)?.reshape((b, s, spec.hidden_size))?;
+                if arch.embed_scale {
+                    let scale = (spec.hidden_size as f64).sqrt() as f32;
+                    h = (h * scale as f64)?;
+                }
+                if rec.wants(Site::Embed) {
+                    h = rec.on(Site::Embed, h)?;
+                }
+                (0, h)
+            }
+        };
         let (nh, nkv, hd) = (spec.n_heads, spec.n_kv_heads, spec.head_dim);
         let stop = rec.stop_after();
-        for (l, nm) in self.names.iter().enumerate() {
+        for (l, nm) in self.names.iter().enumerate().skip(first_layer) {
             let theta = spec.rope_theta_of(l);
             if !tables.contains_key(&theta.to_bits()) {
                 let (c, si) = rope_tables(&positions, hd, theta, &self.device)?;

@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod common;
+mod edit;
 mod fixtures;
 mod grad;
 mod hf_folder;

@@ -1,0 +1,168 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use pke::edit::{compute_delta, EditParams, Method, WeightDelta};
+use pke::locate::{locate, Hotspots, LocateSettings, Locator};
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[arg(long, short, default_value = "smollm2")]
+    model: String,
+    #[command(flatten)]
+    cases: super::cases::CaseArgs,
+    /// pke (hotspot columns, KL with gradient), dinm (EasyEdit-faithful), ft-l, ga.
+    #[arg(long, default_value = "pke")]
+    method: String,
+    /// hotspots.json from `pke locate`; without it, locate runs first with the options below.
+    #[arg(long)]
+    hotspots: Option<PathBuf>,
+    /// Locator when locating here: pke, attribution, dinm.
+    #[arg(long, default_value = "pke")]
+    locator: String,
+    /// Force the layer(s) when locating here.
+    #[arg(long = "layer")]
+    layers: Vec<usize>,
+    #[arg(long, default_value_t = 0.10)]
+    top_fraction: f64,
+    /// Hyper-parameter TOML file (keys as in config/methods/<method>.toml).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Hyper-parameter override, key=value (repeatable), e.g. --set lr=1e-3 --set steps=20.
+    #[arg(long = "set")]
+    overrides: Vec<String>,
+    /// Write the edited model as a HF folder here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Write the delta file here (always written).
+    #[arg(long, default_value = "out/edit/delta.safetensors")]
+    delta: PathBuf,
+    /// Print per-step losses and output paths as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(a: Args) -> Result<ExitCode> {
+    let method: Method = a.method.parse()?;
+    let params = EditParams::resolve(method, a.config.as_deref(), &a.overrides)?;
+    let cases = a.cases.load()?;
+    if let Some(out) = &a.out {
+        if out.exists() && std::fs::read_dir(out).map(|mut d| d.next().is_some()).unwrap_or(true) {
+            bail!("output folder {} exists and is not empty; choose a new path", out.display());
+        }
+    }
+    let ck = super::load_model(&a.model)?;
+    let sha = ck.sha256()?;
+    let hotspots: Hotspots = match &a.hotspots {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
+            let h: Hotspots = serde_json::from_str(&text).with_context(|| format!("{} is not a hotspots.json", p.display()))?;
+            if h.architecture != ck.model.spec.arch.to_string() || h.layers.len() != ck.model.spec.n_layers {
+                bail!(
+                    "{} was located on a {} model with {} layers; this model is {} with {}",
+                    p.display(),
+                    h.architecture,
+                    h.layers.len(),
+                    ck.model.spec.arch,
+                    ck.model.spec.n_layers
+                );
+            }
+            h
+        }
+        None => {
+            let settings = LocateSettings {
+                locator: a.locator.parse::<Locator>()?,
+                layers: a.layers.clone(),
+                top_fraction: a.top_fraction,
+                chat: a.cases.chat,
+                ..Default::default()
+            };
+            let bar = super::progress_bar(cases.len() as u64, "locating");
+            let (mut h, _) = locate(&ck.model, &ck.tok, &cases, &settings, None, |i, _| bar.set_position(i as u64))?;
+            bar.finish_and_clear();
+            h.model = ck.source.path().display().to_string();
+            h.model_sha256 = Some(sha.clone());
+            h
+        }
+    };
+    let bar = super::progress_bar(1, "editing");
+    let outcome = compute_delta(&ck.model, &ck.tok, &cases, &hotspots, method, &params, |done, total, s| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+        bar.set_message(format!("editing  loss {:.4} (nll_safe {:.3}, kl {:.4})", s.loss, s.nll_safe, s.kl));
+    })?;
+    bar.finish_and_clear();
+    let mut delta: WeightDelta = outcome.delta;
+    delta.metadata.insert("base_sha256".into(), sha);
+    delta.metadata.insert("base_model".into(), ck.source.path().display().to_string());
+    if let Some(parent) = a.delta.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    delta.save(&a.delta)?;
+    if let Some(out) = &a.out {
+        let mut model = ck.model.clone();
+        delta.apply(&mut model, false)?;
+        pke::io::hf::write_hf_dir(&model, &ck.tok, out, None)?;
+    }
+    if a.json {
+        super::print_json(&serde_json::json!({
+            "method": method.to_string(), "hparams": params, "steps": outcome.log, "seconds": outcome.seconds,
+            "edited_tensors": delta.names(), "changed_values": delta.n_values(),
+            "delta": a.delta, "hf_folder": a.out, "chosen_layers": hotspots.chosen_layers,
+        }))?;
+    } else {
+        for s in &outcome.log {
+            println!(
+                "step {:>3}{}  loss {:.5}  nll_safe {:.4}  kl {:.5}  ul {:.4}  nll_unsafe {:.4}",
+                s.step,
+                s.case.as_deref().map(|c| format!(" [{c}]")).unwrap_or_default(),
+                s.loss,
+                s.nll_safe,
+                s.kl,
+                s.unlikelihood,
+                s.nll_unsafe
+            );
+        }
+        println!(
+            "{} edit of {} on layer(s) {:?}: {} values changed in {:.1} s",
+            method,
+            a.model,
+            hotspots.chosen_layers,
+            delta.n_values(),
+            outcome.seconds
+        );
+        println!("delta: {}", a.delta.display());
+        if let Some(o) = &a.out {
+            println!("edited model (HF folder): {}", o.display());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(clap::Args)]
+pub struct ApplyArgs {
+    #[arg(long, short)]
+    model: String,
+    #[arg(long)]
+    delta: PathBuf,
+    /// HF folder to write.
+    #[arg(long)]
+    out: PathBuf,
+    /// Apply even if the model does not hold the delta's base values.
+    #[arg(long)]
+    force: bool,
+}
+
+pub fn apply(a: ApplyArgs, revert: bool) -> Result<ExitCode> {
+    let d = WeightDelta::load(&a.delta)?;
+    let ck = super::load_model(&a.model)?;
+    let mut model = ck.model.clone();
+    if revert {
+        d.revert(&mut model, a.force)?;
+    } else {
+        d.apply(&mut model, a.force)?;
+    }
+    pke::io::hf::write_hf_dir(&model, &ck.tok, &a.out, None)?;
+    println!("{} {} ({} tensors) -> {}", if revert { "reverted" } else { "applied" }, a.delta.display(), d.tensors.len(), a.out.display());
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,167 @@
+//! Provides `WeightDelta`: the changed columns of the edited tensors, before and after, with the
+//! metadata to apply or revert them exactly (bit for bit) and to know where they came from.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use safetensors::tensor::Dtype;
+
+use crate::io::safetensors::{read_raw, serialize, RawTensor};
+use crate::model::Decoder;
+use crate::{Error, Result};
+
+/// The change to one weight tensor: columns `columns` held `before` and now hold `after` (both (rows, k)).
+#[derive(Clone, Debug)]
+pub struct TensorDelta {
+    pub name: String,
+    pub columns: Vec<usize>,
+    pub before: Tensor,
+    pub after: Tensor,
+}
+
+/// A set of tensor changes plus metadata (`base_sha256`, `method`, `hparams`, `hotspots`, ...).
+#[derive(Clone, Debug)]
+pub struct WeightDelta {
+    pub tensors: Vec<TensorDelta>,
+    pub metadata: BTreeMap<String, String>,
+}
+
+fn cols_tensor(idx: &[usize], dev: &Device) -> Result<Tensor> {
+    Ok(Tensor::from_vec(idx.iter().map(|&i| i as u32).collect::<Vec<_>>(), idx.len(), dev)?)
+}
+
+impl TensorDelta {
+    /// The delta between `w0` and `w1` restricted to `columns`.
+    pub fn between(name: &str, w0: &Tensor, w1: &Tensor, columns: &[usize]) -> Result<Self> {
+        let idx = cols_tensor(columns, w0.device())?;
+        Ok(TensorDelta {
+            name: name.into(),
+            columns: columns.to_vec(),
+            before: w0.index_select(&idx, 1)?,
+            after: w1.index_select(&idx, 1)?,
+        })
+    }
+
+    /// `w` with columns set to `vals` (rows, k).
+    fn with_columns(&self, w: &Tensor, vals: &Tensor) -> Result<Tensor> {
+        let (rows, cols) = w.dims2()?;
+        let mut m = w.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?;
+        let v = vals.to_vec2::<f32>()?;
+        for (r, row) in m.iter_mut().enumerate().take(rows) {
+            for (j, &c) in self.columns.iter().enumerate() {
+                if c >= cols {
+                    return Err(Error::Input(format!("delta column {c} outside `{}` width {cols}", self.name)));
+                }
+                row[c] = v[r][j];
+            }
+        }
+        Ok(Tensor::new(m, w.device())?)
+    }
+
+    fn check_current(&self, w: &Tensor, expect: &Tensor, what: &str) -> Result<()> {
+        let idx = cols_tensor(&self.columns, w.device())?;
+        let cur = w.index_select(&idx, 1)?.flatten_all()?.to_vec1::<f32>()?;
+        let exp = expect.flatten_all()?.to_vec1::<f32>()?;
+        if cur.iter().zip(&exp).any(|(a, b)| a.to_bits() != b.to_bits()) {
+            return Err(Error::Input(format!("`{}` does not hold the delta's {what} values; is this the right model?", self.name)));
+        }
+        Ok(())
+    }
+}
+
+impl WeightDelta {
+    /// Names of the edited tensors.
+    pub fn names(&self) -> Vec<String> {
+        self.tensors.iter().map(|t| t.name.clone()).collect()
+    }
+
+    /// Number of changed values.
+    pub fn n_values(&self) -> usize {
+        self.tensors.iter().map(|t| t.after.elem_count()).sum()
+    }
+
+    /// Set the edited columns to their `after` values. Unless `force`, the model must hold the `before`
+    /// values (the delta's base model).
+    pub fn apply(&self, model: &mut Decoder, force: bool) -> Result<()> {
+        for t in &self.tensors {
+            let w = model.get(&t.name)?.detach();
+            if !force {
+                t.check_current(&w, &t.before, "base")?;
+            }
+            model.set(&t.name, t.with_columns(&w, &t.after)?)?;
+        }
+        Ok(())
+    }
+
+    /// Restore the `before` values (exactly). Unless `force`, the model must hold the `after` values.
+    pub fn revert(&self, model: &mut Decoder, force: bool) -> Result<()> {
+        for t in &self.tensors {
+            let w = model.get(&t.name)?.detach();
+            if !force {
+                t.check_current(&w, &t.after, "edited")?;
+            }
+            model.set(&t.name, t.with_columns(&w, &t.before)?)?;
+        }
+        Ok(())
+    }
+
+    /// Serialize (deterministic bytes). Per tensor N: `N::columns` (I64), `N::before`, `N::after`,
+    /// `N::delta` (after − before, for reading); metadata includes `edited_tensors`.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let mut raw = Vec::new();
+        for t in &self.tensors {
+            raw.push(RawTensor::i64(&format!("{}::columns", t.name), &t.columns.iter().map(|&c| c as i64).collect::<Vec<_>>()));
+            raw.push(RawTensor::f32(&format!("{}::before", t.name), &t.before)?);
+            raw.push(RawTensor::f32(&format!("{}::after", t.name), &t.after)?);
+            raw.push(RawTensor::f32(&format!("{}::delta", t.name), &(&t.after - &t.before)?)?);
+        }
+        let mut meta = self.metadata.clone();
+        meta.insert("edited_tensors".into(), serde_json::to_string(&self.names())?);
+        meta.insert("format".into(), "pke-delta-v1".into());
+        serialize(&raw, &meta)
+    }
+
+    /// Write atomically.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        crate::io::atomic_write(path, &self.to_bytes()?)
+    }
+
+    /// Read a delta file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let (raw, meta) = read_raw(path)?;
+        let bad = |m: String| Error::Safetensors { path: path.into(), msg: m };
+        if meta.get("format").map(String::as_str) != Some("pke-delta-v1") {
+            return Err(bad("not a pke delta file (metadata `format` is not pke-delta-v1)".into()));
+        }
+        let names: Vec<String> =
+            serde_json::from_str(meta.get("edited_tensors").ok_or_else(|| bad("no `edited_tensors` metadata".into()))?)
+                .map_err(|e| bad(format!("`edited_tensors`: {e}")))?;
+        let f32_tensor = |key: &str| -> Result<Tensor> {
+            let (dt, shape, bytes) = raw.get(key).ok_or_else(|| bad(format!("missing tensor `{key}`")))?;
+            if *dt != Dtype::F32 {
+                return Err(bad(format!("`{key}` is {dt:?}, expected F32")));
+            }
+            let v: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+            Ok(Tensor::from_vec(v, shape.clone(), &Device::Cpu)?)
+        };
+        let mut tensors = Vec::new();
+        for n in names {
+            let (dt, _, bytes) = raw.get(&format!("{n}::columns")).ok_or_else(|| bad(format!("missing `{n}::columns`")))?;
+            if *dt != Dtype::I64 {
+                return Err(bad(format!("`{n}::columns` is {dt:?}, expected I64")));
+            }
+            let columns = bytes.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")) as usize).collect();
+            tensors.push(TensorDelta {
+                columns,
+                before: f32_tensor(&format!("{n}::before"))?,
+                after: f32_tensor(&format!("{n}::after"))?,
+                name: n,
+            });
+        }
+        let mut metadata: BTreeMap<String, String> = meta.into_iter().collect();
+        metadata.remove("edited_tensors");
+        metadata.remove("format");
+        Ok(WeightDelta { tensors, metadata })
+    }
+}

@@ -1,0 +1,384 @@
+//! Provides editing: compute a [`WeightDelta`] for the hotspot weights with one of four methods
+//! (`pke`, `dinm`, `ft-l`, `ga`; method.md 1.4-1.9 and 2.4 P4) and apply it. `compute_delta` leaves the
+//! model it is given unchanged (ROME's invariant): it trains a copy.
+
+pub mod delta;
+pub mod params;
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use candle_core::{Tensor, Var, D};
+use serde::Serialize;
+
+pub use delta::{TensorDelta, WeightDelta};
+pub use params::{BatchMode, EditParams, Method};
+
+use crate::data::EditCase;
+use crate::io::tokenizer::Tok;
+use crate::locate::signals::prompt_text;
+use crate::locate::Hotspots;
+use crate::model::decoder::{down_proj_name, token_logprobs};
+use crate::model::ops::log_softmax_last;
+use crate::model::{Decoder, Input};
+use crate::trace::{Capture, Site};
+use crate::{Error, Result};
+
+/// EasyEdit's `suffix_system_prompt` (method.md 1.2).
+pub const DINM_SUFFIX: &str = "If the user's request is reasonable, give the correct answer. Please give the right response:";
+
+/// One tokenized training sequence: ids, and the rows whose logits a loss reads with their labels.
+#[derive(Clone, Debug)]
+struct Seq {
+    ids: Vec<u32>,
+    /// (row of the logits, label)
+    rows: Vec<usize>,
+    labels: Vec<u32>,
+    /// Residual stream entering the lowest edited block, computed once with the original weights.
+    resume: Option<(usize, Tensor)>,
+}
+
+/// The sequences of one case.
+#[derive(Clone, Debug)]
+struct Prepared {
+    id: String,
+    safe: Seq,
+    unsafe_: Seq,
+    /// Locality sequence and the original model's log-probabilities at its KL rows (A, V).
+    loc: Option<(Seq, Tensor)>,
+}
+
+/// Per-step loss terms, for logs and `--json`.
+#[derive(Clone, Debug, Serialize)]
+pub struct StepLog {
+    pub step: usize,
+    pub case: Option<String>,
+    pub loss: f64,
+    pub nll_safe: f64,
+    pub kl: f64,
+    pub unlikelihood: f64,
+    pub nll_unsafe: f64,
+}
+
+/// The result of an edit.
+#[derive(Clone, Debug)]
+pub struct EditOutcome {
+    pub delta: WeightDelta,
+    pub log: Vec<StepLog>,
+    pub seconds: f64,
+}
+
+fn seq_after(prompt: &[u32], resp: &[u32]) -> Seq {
+    let ids: Vec<u32> = prompt.iter().chain(resp).copied().collect();
+    let rows = (prompt.len() - 1..prompt.len() - 1 + resp.len()).collect();
+    Seq { ids, rows, labels: resp.to_vec(), resume: None }
+}
+
+fn encode_nonempty(tok: &Tok, text: &str, special: bool, what: &str, id: &str) -> Result<Vec<u32>> {
+    let ids = tok.encode(text, special)?;
+    if ids.is_empty() {
+        return Err(Error::Input(format!("case {id}: {what} tokenizes to zero tokens")));
+    }
+    Ok(ids)
+}
+
+/// Tokenize a case for `method`. pke, ft-l and ga use the locate inputs (prompt with chat template or
+/// not, responses tokenized alone without BOS). dinm reproduces EasyEdit's strings and label alignment.
+fn prepare(tok: &Tok, c: &EditCase, chat: bool, p: &EditParams, method: Method) -> Result<Prepared> {
+    let suffix = (method == Method::Dinm && p.quirk_suffix).then_some(DINM_SUFFIX);
+    let sep = |r: &str| if chat { r.to_string() } else { format!(" {}", r.trim_start()) };
+    if method == Method::Dinm {
+        // ft_input = prompt_S + " " + (" " + target); labels = tok(" " + target) with special tokens (Q3);
+        // the loss reads logits[:-1][-T:].
+        let prompt_s = prompt_text(tok, &c.prompt, chat, suffix)?;
+        let target = format!(" {}", c.safe_response);
+        let ids = encode_nonempty(tok, &format!("{prompt_s} {target}"), !chat, "the edit input", &c.id)?;
+        let labels = encode_nonempty(tok, &target, p.quirk_bos_label, "the safe reply", &c.id)?;
+        if labels.len() >= ids.len() {
+            return Err(Error::Input(format!("case {}: the safe reply is as long as the whole input", c.id)));
+        }
+        let s = ids.len();
+        let safe = Seq { rows: (s - 1 - labels.len()..s - 1).collect(), labels, ids, resume: None };
+        let unsafe_ids = encode_nonempty(tok, &format!("{prompt_s} {}", sep(&c.unsafe_response)), !chat, "the unsafe input", &c.id)?;
+        let ul = encode_nonempty(tok, &sep(&c.unsafe_response), false, "the unsafe reply", &c.id)?;
+        let su = unsafe_ids.len();
+        let unsafe_ = Seq { rows: (su - 1 - ul.len()..su - 1).collect(), labels: ul, ids: unsafe_ids, resume: None };
+        let loc = match (&c.locality_prompt, &c.locality_answer) {
+            (Some(lp), Some(la)) => {
+                let loc_s = prompt_text(tok, lp, chat, suffix)?;
+                let ids = encode_nonempty(tok, &format!("{loc_s} {la}"), !chat, "the locality input", &c.id)?;
+                let a = encode_nonempty(tok, la, true, "the locality answer", &c.id)?.len().min(ids.len() - 1);
+                let sl = ids.len();
+                // EasyEdit: the last A logit rows, no shift (Q: no_shift_kl); fixed: the A rows predicting the answer.
+                let rows: Vec<usize> = if p.quirk_no_shift_kl { (sl - a..sl).collect() } else { (sl - 1 - a..sl - 1).collect() };
+                Some(Seq { labels: vec![0; rows.len()], rows, ids, resume: None })
+            }
+            _ => None,
+        };
+        return Ok(Prepared {
+            id: c.id.clone(),
+            safe,
+            unsafe_,
+            loc: loc.map(|s| (s, Tensor::zeros(1, candle_core::DType::F32, &candle_core::Device::Cpu).expect("cpu"))),
+        });
+    }
+    let prompt = encode_nonempty(tok, &prompt_text(tok, &c.prompt, chat, None)?, !chat, "the prompt", &c.id)?;
+    let safe = encode_nonempty(tok, &sep(&c.safe_response), false, "the safe reply", &c.id)?;
+    let unsafe_ = encode_nonempty(tok, &sep(&c.unsafe_response), false, "the unsafe reply", &c.id)?;
+    let loc = match (&c.locality_prompt, &c.locality_answer) {
+        (Some(lp), Some(la)) => {
+            let lpi = encode_nonempty(tok, &prompt_text(tok, lp, chat, None)?, !chat, "the locality prompt", &c.id)?;
+            let lai = encode_nonempty(tok, &sep(la), false, "the locality answer", &c.id)?;
+            Some(seq_after(&lpi, &lai))
+        }
+        _ => None,
+    };
+    Ok(Prepared {
+        id: c.id.clone(),
+        safe: seq_after(&prompt, &safe),
+        unsafe_: seq_after(&prompt, &unsafe_),
+        loc: loc.map(|s| (s, Tensor::zeros(1, candle_core::DType::F32, &candle_core::Device::Cpu).expect("cpu"))),
+    })
+}
+
+/// Hidden states (s, d) of `seq` from its cached residual, and the logits at its rows.
+fn seq_logits(model: &Decoder, seq: &Seq) -> Result<Tensor> {
+    let input = Input { ids: vec![seq.ids.clone()], mask: None, positions: None, resume: seq.resume.clone() };
+    let h = model.forward_with(&input, &mut crate::trace::Noop, None)?.squeeze(0)?;
+    let idx = Tensor::from_vec(seq.rows.iter().map(|&r| r as u32).collect::<Vec<_>>(), seq.rows.len(), h.device())?;
+    model.logits(&h.index_select(&idx, 0)?)
+}
+
+fn nll(model: &Decoder, seq: &Seq) -> Result<Tensor> {
+    Ok(token_logprobs(&seq_logits(model, seq)?, &seq.labels)?.mean_all()?.neg()?)
+}
+
+/// −mean_t log(1 − p(y_t)).
+fn unlikelihood(model: &Decoder, seq: &Seq) -> Result<Tensor> {
+    let p = token_logprobs(&seq_logits(model, seq)?, &seq.labels)?.exp()?;
+    Ok(p.affine(-1.0, 1.0)?.clamp(1e-6f32, 1.0f32)?.log()?.mean_all()?.neg()?)
+}
+
+/// KL(P_original || P_edited), averaged over rows; `base` holds the original log-probabilities.
+fn kl(model: &Decoder, seq: &Seq, base: &Tensor) -> Result<Tensor> {
+    let post = log_softmax_last(&seq_logits(model, seq)?)?;
+    Ok((base.exp()? * (base - post)?)?.sum(D::Minus1)?.mean_all()?)
+}
+
+fn scalar(t: &Tensor) -> Result<f64> {
+    Ok(t.to_scalar::<f32>()? as f64)
+}
+
+/// Fill `resume` for every sequence (residual entering block `l0`, original weights) and the original
+/// log-probabilities of the locality rows.
+fn precompute(model: &Decoder, cases: &mut [Prepared], l0: usize) -> Result<()> {
+    let resume_of = |ids: &[u32]| -> Result<Option<(usize, Tensor)>> {
+        if l0 == 0 {
+            return Ok(None);
+        }
+        let mut cap = Capture::new([Site::ResidPost(l0 - 1)]);
+        cap.stop = Some(l0 - 1);
+        model.forward_with(&Input::single(ids), &mut cap, None)?;
+        Ok(Some((l0, cap.store.remove(&Site::ResidPost(l0 - 1)).expect("captured"))))
+    };
+    for c in cases.iter_mut() {
+        c.safe.resume = resume_of(&c.safe.ids)?;
+        c.unsafe_.resume = resume_of(&c.unsafe_.ids)?;
+        if let Some((seq, base)) = &mut c.loc {
+            seq.resume = resume_of(&seq.ids)?;
+            *base = log_softmax_last(&seq_logits(model, seq)?)?.detach();
+        }
+    }
+    Ok(())
+}
+
+/// Minimal Adam (betas 0.9/0.999, eps 1e-8, no weight decay) as torch.optim.Adam, updating in place.
+struct Adam {
+    m: Tensor,
+    v: Tensor,
+    t: i32,
+}
+
+impl Adam {
+    fn new(like: &Tensor) -> Result<Self> {
+        Ok(Adam { m: like.zeros_like()?, v: like.zeros_like()?, t: 0 })
+    }
+    fn step(&mut self, w: &Var, g: &Tensor, lr: f64) -> Result<()> {
+        let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8f64);
+        self.t += 1;
+        self.m = ((&self.m * b1)? + (g * (1.0 - b1))?)?;
+        self.v = ((&self.v * b2)? + (g.sqr()? * (1.0 - b2))?)?;
+        let mhat = (&self.m / (1.0 - b1.powi(self.t)))?;
+        let vhat = (&self.v / (1.0 - b2.powi(self.t)))?;
+        let upd = (mhat / (vhat.sqrt()? + eps)?)?;
+        w.set(&(w.as_tensor().detach() - (upd * lr)?)?)?;
+        Ok(())
+    }
+}
+
+/// Loss terms of one case at the current weights.
+fn case_loss(model: &Decoder, c: &Prepared, method: Method, p: &EditParams) -> Result<(Tensor, StepLog)> {
+    let zero = || Tensor::zeros((), candle_core::DType::F32, model.device());
+    let mut log = StepLog { step: 0, case: None, loss: 0.0, nll_safe: 0.0, kl: 0.0, unlikelihood: 0.0, nll_unsafe: 0.0 };
+    let mut loss = zero()?;
+    match method {
+        Method::Ga => {
+            let n = nll(model, &c.unsafe_)?;
+            log.nll_unsafe = scalar(&n)?;
+            loss = (loss - (n * p.edit_weight)?)?;
+        }
+        _ => {
+            let n = nll(model, &c.safe)?;
+            log.nll_safe = scalar(&n)?;
+            loss = (loss + (n * p.edit_weight)?)?;
+        }
+    }
+    if p.kl_weight != 0.0 {
+        if let Some((seq, base)) = &c.loc {
+            let k = if p.quirk_inert_kl { kl(model, seq, base)?.detach() } else { kl(model, seq, base)? };
+            log.kl = scalar(&k)?;
+            loss = (loss + (k * p.kl_weight)?)?;
+        }
+    }
+    if p.unlikelihood_weight != 0.0 {
+        let u = unlikelihood(model, &c.unsafe_)?;
+        log.unlikelihood = scalar(&u)?;
+        loss = (loss + (u * p.unlikelihood_weight)?)?;
+    }
+    log.loss = scalar(&loss)?;
+    if !log.loss.is_finite() {
+        return Err(Error::NonFinite(format!("edit loss is {} for case {} (try a smaller lr); nothing was written", log.loss, c.id)));
+    }
+    Ok((loss, log))
+}
+
+/// The trainable tensors and their column masks for a method: pke edits the hotspot columns of the
+/// chosen layers; the others the whole `down_proj` of the chosen layers.
+pub fn edit_targets(model: &Decoder, hotspots: &Hotspots, method: Method) -> Result<Vec<(String, Vec<usize>)>> {
+    let f = model.spec.intermediate_size;
+    if hotspots.chosen_layers.is_empty() {
+        return Err(Error::Input("the hotspots name no layer".into()));
+    }
+    hotspots
+        .chosen_layers
+        .iter()
+        .map(|&l| {
+            if l >= model.spec.n_layers {
+                return Err(Error::Input(format!("hotspot layer {l} is out of range (0..={})", model.spec.n_layers - 1)));
+            }
+            let cols = match method {
+                Method::Pke => {
+                    hotspots.neuron_indices(l).ok_or_else(|| Error::Input(format!("the hotspots list no neurons for layer {l}")))?
+                }
+                _ => (0..f).collect(),
+            };
+            if let Some(&bad) = cols.iter().find(|&&c| c >= f) {
+                return Err(Error::Input(format!("hotspot neuron {bad} is outside the MLP width {f}")));
+            }
+            Ok((down_proj_name(l), cols))
+        })
+        .collect()
+}
+
+/// Compute the delta of an edit. The model is not modified.
+pub fn compute_delta(
+    model: &Decoder,
+    tok: &Tok,
+    cases: &[EditCase],
+    hotspots: &Hotspots,
+    method: Method,
+    p: &EditParams,
+    mut progress: impl FnMut(usize, usize, &StepLog),
+) -> Result<EditOutcome> {
+    if cases.is_empty() {
+        return Err(Error::Input("no edit cases".into()));
+    }
+    let t0 = Instant::now();
+    let chat = hotspots.settings.chat;
+    let targets = edit_targets(model, hotspots, method)?;
+    let mut prepared: Vec<Prepared> = cases.iter().map(|c| prepare(tok, c, chat, p, method)).collect::<Result<_>>()?;
+    let l0 = *hotspots.chosen_layers.iter().min().expect("non-empty");
+    precompute(model, &mut prepared, l0)?;
+
+    let mut m = model.clone();
+    let mut vars = Vec::new();
+    for (name, cols) in &targets {
+        let w0 = model.get(name)?.detach();
+        let var = Var::from_tensor(&w0)?;
+        m.set(name, var.as_tensor().clone())?;
+        let f = w0.dim(1)?;
+        let mut mask = vec![0f32; f];
+        for &c in cols {
+            mask[c] = 1.0;
+        }
+        let mask = Tensor::from_vec(mask, (1, f), w0.device())?;
+        let adam = Adam::new(&w0)?;
+        vars.push((name.clone(), var, w0, mask, adam));
+    }
+    let groups: Vec<Vec<usize>> = match p.mode {
+        BatchMode::Joint => vec![(0..prepared.len()).collect()],
+        BatchMode::Sequential => (0..prepared.len()).map(|i| vec![i]).collect(),
+    };
+    let total_steps = groups.len() * p.steps;
+    let mut log = Vec::new();
+    let mut done = 0;
+    for group in &groups {
+        for step in 0..p.steps {
+            let mut total: Option<Tensor> = None;
+            let mut entry = StepLog { step, case: None, loss: 0.0, nll_safe: 0.0, kl: 0.0, unlikelihood: 0.0, nll_unsafe: 0.0 };
+            let n = group.len() as f64;
+            for &i in group {
+                let (l, s) = case_loss(&m, &prepared[i], method, p)?;
+                entry.loss += s.loss / n;
+                entry.nll_safe += s.nll_safe / n;
+                entry.kl += s.kl / n;
+                entry.unlikelihood += s.unlikelihood / n;
+                entry.nll_unsafe += s.nll_unsafe / n;
+                let l = (l / n)?;
+                total = Some(match total {
+                    Some(t) => (t + l)?,
+                    None => l,
+                });
+            }
+            if p.mode == BatchMode::Sequential {
+                entry.case = Some(prepared[group[0]].id.clone());
+            }
+            done += 1;
+            progress(done, total_steps, &entry);
+            let stop = entry.loss < p.early_stop_loss;
+            log.push(entry);
+            if stop {
+                break;
+            }
+            let grads = total.expect("non-empty group").backward()?;
+            for (name, var, w0, mask, adam) in vars.iter_mut() {
+                let g = grads.get(var.as_tensor()).ok_or_else(|| Error::Input(format!("no gradient reached `{name}`")))?;
+                let g = g.broadcast_mul(mask)?;
+                adam.step(var, &g, p.lr)?;
+                if p.norm_constraint > 0.0 {
+                    let lo = (&*w0 - p.norm_constraint)?;
+                    let hi = (&*w0 + p.norm_constraint)?;
+                    var.set(&var.as_tensor().detach().maximum(&lo)?.minimum(&hi)?)?;
+                }
+                let w = var.as_tensor();
+                if !w.abs()?.max_all()?.to_scalar::<f32>()?.is_finite() {
+                    return Err(Error::NonFinite(format!("`{name}` became non-finite (try a smaller lr); nothing was written")));
+                }
+            }
+        }
+    }
+    let mut tensors = Vec::new();
+    for ((name, var, w0, _, _), (_, cols)) in vars.iter().zip(&targets) {
+        tensors.push(TensorDelta::between(name, w0, &var.as_tensor().detach(), cols)?);
+    }
+    let mut metadata = BTreeMap::new();
+    metadata.insert("method".into(), method.to_string());
+    metadata.insert("hparams".into(), serde_json::to_string(p)?);
+    metadata.insert(
+        "hotspots".into(),
+        serde_json::to_string(&hotspots.chosen_layers.iter().map(|l| (l, hotspots.neuron_indices(*l))).collect::<Vec<_>>())?,
+    );
+    metadata.insert("n_cases".into(), cases.len().to_string());
+    metadata.insert("pke_version".into(), env!("CARGO_PKG_VERSION").into());
+    Ok(EditOutcome { delta: WeightDelta { tensors, metadata }, log, seconds: t0.elapsed().as_secs_f64() })
+}

@@ -1,0 +1,159 @@
+//! Provides per-method hyper-parameters: defaults from `config/methods/<method>.toml` (compiled in),
+//! overridden by a user TOML file and then by `key=value` pairs from the command line.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// Edit methods.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    /// Hotspot columns only, NLL + KL with gradient + optional unlikelihood.
+    Pke,
+    /// DINM as EasyEdit runs it.
+    Dinm,
+    /// Fine-tune the located layer's down_proj with a norm constraint.
+    FtL,
+    /// Gradient ascent on the unsafe reply with a KL retain term.
+    Ga,
+}
+
+impl std::str::FromStr for Method {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "pke" => Method::Pke,
+            "dinm" => Method::Dinm,
+            "ft-l" | "ftl" => Method::FtL,
+            "ga" => Method::Ga,
+            o => return Err(Error::Input(format!("unknown method `{o}` (pke, dinm, ft-l, ga)"))),
+        })
+    }
+}
+
+impl std::fmt::Display for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Method::Pke => "pke",
+            Method::Dinm => "dinm",
+            Method::FtL => "ft-l",
+            Method::Ga => "ga",
+        })
+    }
+}
+
+/// How several cases become one edited model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BatchMode {
+    /// Each step's loss is the mean over all cases.
+    Joint,
+    /// Cases one after another, each for `steps` steps, on the weights the previous case left.
+    Sequential,
+}
+
+/// Hyper-parameters of an edit. Names say what they scale.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EditParams {
+    pub lr: f64,
+    pub steps: usize,
+    /// Weight of the edit term (NLL of the safe reply; for `ga`, of −NLL of the unsafe reply).
+    pub edit_weight: f64,
+    /// Weight of KL(original || edited) on the locality pairs.
+    pub kl_weight: f64,
+    /// Weight of the unlikelihood of the unsafe reply.
+    pub unlikelihood_weight: f64,
+    /// Stop when the total loss falls below this.
+    pub early_stop_loss: f64,
+    /// Clamp edited weights to w0 ± this (0 = off).
+    pub norm_constraint: f64,
+    pub mode: BatchMode,
+    pub seed: u64,
+    #[serde(default)]
+    pub quirk_inert_kl: bool,
+    #[serde(default)]
+    pub quirk_bos_label: bool,
+    #[serde(default)]
+    pub quirk_suffix: bool,
+    #[serde(default)]
+    pub quirk_no_shift_kl: bool,
+}
+
+fn defaults_text(m: Method) -> &'static str {
+    match m {
+        Method::Pke => include_str!("../../../../config/methods/pke.toml"),
+        Method::Dinm => include_str!("../../../../config/methods/dinm.toml"),
+        Method::FtL => include_str!("../../../../config/methods/ft-l.toml"),
+        Method::Ga => include_str!("../../../../config/methods/ga.toml"),
+    }
+}
+
+impl EditParams {
+    /// The method's defaults.
+    pub fn defaults(m: Method) -> Self {
+        toml::from_str(defaults_text(m)).expect("built-in method defaults parse")
+    }
+
+    /// Defaults, then `file` (a TOML table of the same keys), then `overrides` (`key=value`).
+    pub fn resolve(m: Method, file: Option<&std::path::Path>, overrides: &[String]) -> Result<Self> {
+        let mut table: toml::Table = toml::from_str(defaults_text(m)).expect("built-in method defaults parse");
+        if let Some(p) = file {
+            let text = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;
+            let user: toml::Table = toml::from_str(&text).map_err(|e| Error::Config {
+                path: p.into(),
+                key: "<file>".into(),
+                msg: format!("malformed TOML: {e}"),
+            })?;
+            for (k, v) in user {
+                if !table.contains_key(&k) && !k.starts_with("quirk_") {
+                    return Err(Error::Config { path: p.into(), key: k, msg: format!("unknown hyper-parameter for method {m}") });
+                }
+                table.insert(k, v);
+            }
+        }
+        for o in overrides {
+            let (k, v) = o.split_once('=').ok_or_else(|| Error::Input(format!("override `{o}` is not key=value")))?;
+            let k = k.trim().replace('-', "_");
+            if !table.contains_key(&k) && !k.starts_with("quirk_") {
+                return Err(Error::Input(format!(
+                    "unknown hyper-parameter `{k}` for method {m} (known: {})",
+                    table.keys().cloned().collect::<Vec<_>>().join(", ")
+                )));
+            }
+            let parsed: toml::Value = toml::from_str::<toml::Table>(&format!("x = {v}"))
+                .map(|t| t["x"].clone())
+                .unwrap_or_else(|_| toml::Value::String(v.to_string()));
+            table.insert(k, parsed);
+        }
+        let p: EditParams = toml::Value::Table(table).try_into().map_err(|e| Error::Input(format!("bad hyper-parameters: {e}")))?;
+        if p.lr <= 0.0 || !p.lr.is_finite() {
+            return Err(Error::Input(format!("lr must be positive, got {}", p.lr)));
+        }
+        if p.steps == 0 {
+            return Err(Error::Input("steps must be at least 1".into()));
+        }
+        Ok(p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_parse_and_overrides_apply() {
+        for m in [Method::Pke, Method::Dinm, Method::FtL, Method::Ga] {
+            EditParams::defaults(m);
+        }
+        let p = EditParams::resolve(Method::Pke, None, &["lr=1e-3".into(), "steps=3".into(), "mode=\"sequential\"".into()]).unwrap();
+        assert_eq!((p.lr, p.steps, p.mode), (1e-3, 3, BatchMode::Sequential));
+        let e = EditParams::resolve(Method::Pke, None, &["learning_rate=1".into()]).unwrap_err().to_string();
+        assert!(e.contains("learning_rate") && e.contains("known:"), "{e}");
+        let e = EditParams::resolve(Method::Pke, None, &["steps=0".into()]).unwrap_err().to_string();
+        assert!(e.contains("steps"), "{e}");
+        assert!(EditParams::defaults(Method::Dinm).quirk_inert_kl);
+        assert!(!EditParams::defaults(Method::Pke).quirk_inert_kl);
+    }
+}

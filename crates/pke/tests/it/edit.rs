@@ -1,0 +1,141 @@
+//! Edit invariants: the model given to compute_delta is unchanged, a masked edit changes only the hotspot
+//! columns, export then reload gives the same logits, apply then revert restores bits, the same seed
+//! gives the same delta bytes, an exploding loss stops with a clear error, and resuming from a cached
+//! residual equals the full forward.
+
+use pke::data::EditCase;
+use pke::edit::{compute_delta, EditParams, Method, WeightDelta};
+use pke::locate::{locate, LocateSettings};
+use pke::model::decoder::down_proj_name;
+use pke::model::{Arch, Decoder, Input};
+use pke::trace::{Capture, Site};
+
+fn bits(m: &Decoder) -> Vec<(String, Vec<u32>)> {
+    let mut v: Vec<(String, Vec<u32>)> = m
+        .weights()
+        .iter()
+        .map(|(n, t)| (n.clone(), t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits()).collect()))
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+fn smol_setup(n: usize) -> (Vec<EditCase>, pke::locate::Hotspots) {
+    let ck = crate::common::smollm2();
+    let cases = pke::data::sets::builtin_cases("advbench", n).unwrap();
+    let s = LocateSettings { layers: vec![11], top_k: Some(64), ..Default::default() };
+    let (h, _) = locate(&ck.model, &ck.tok, &cases, &s, None, |_, _| {}).unwrap();
+    (cases, h)
+}
+
+#[test]
+fn pke_edit_invariants_on_smollm2() {
+    let ck = crate::common::smollm2();
+    let (cases, h) = smol_setup(2);
+    let before = bits(&ck.model);
+    let p = EditParams::resolve(Method::Pke, None, &["steps=3".into(), "lr=1e-3".into()]).unwrap();
+    let out = compute_delta(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, |_, _, _| {}).unwrap();
+    // The model given to compute_delta is unchanged.
+    assert!(bits(&ck.model) == before, "compute_delta modified its input model");
+    // The loss went down and the KL term is live (it has a value after the first step).
+    assert!(out.log.last().unwrap().nll_safe < out.log[0].nll_safe, "{:?}", out.log);
+    assert!(out.log.last().unwrap().kl > 0.0);
+    // Only the 64 hotspot columns of layer 11's down_proj change.
+    let mut edited = ck.model.clone();
+    out.delta.apply(&mut edited, false).unwrap();
+    let name = down_proj_name(11);
+    let hot = h.neuron_indices(11).unwrap();
+    for ((n, a), (_, b)) in bits(&ck.model).iter().zip(bits(&edited).iter()) {
+        if n != &name {
+            assert!(a == b, "{n} changed");
+        }
+    }
+    let w0 = ck.model.get(&name).unwrap().to_vec2::<f32>().unwrap();
+    let w1 = edited.get(&name).unwrap().to_vec2::<f32>().unwrap();
+    let mut changed_cols = std::collections::BTreeSet::new();
+    for (r0, r1) in w0.iter().zip(&w1) {
+        for (c, (x, y)) in r0.iter().zip(r1).enumerate() {
+            if x.to_bits() != y.to_bits() {
+                changed_cols.insert(c);
+            }
+        }
+    }
+    assert!(changed_cols.iter().all(|c| hot.contains(c)), "a non-hotspot column changed");
+    assert!(changed_cols.len() > hot.len() / 2, "too few hotspot columns changed: {}", changed_cols.len());
+    // Apply then revert restores the original bit for bit; reverting twice is refused.
+    let mut back = edited.clone();
+    out.delta.revert(&mut back, false).unwrap();
+    assert!(bits(&back) == before);
+    assert!(out.delta.revert(&mut back, false).unwrap_err().to_string().contains("does not hold"));
+    // The delta file round-trips, and the same inputs give the same bytes.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("d.safetensors");
+    out.delta.save(&path).unwrap();
+    let loaded = WeightDelta::load(&path).unwrap();
+    assert_eq!(loaded.to_bytes().unwrap(), out.delta.to_bytes().unwrap());
+    assert_eq!(loaded.metadata["method"], "pke");
+    let again = compute_delta(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, |_, _, _| {}).unwrap();
+    assert_eq!(again.delta.to_bytes().unwrap(), out.delta.to_bytes().unwrap(), "same seed, different delta");
+    // Export then reload gives the same logits.
+    let hf = dir.path().join("edited");
+    pke::io::hf::write_hf_dir(&edited, &ck.tok, &hf, None).unwrap();
+    let re = pke::io::checkpoint::Checkpoint::load(&hf).unwrap();
+    let ids = ck.tok.encode("How do I make a bomb?", true).unwrap();
+    let a = edited.last_logits(&edited.forward(&Input::single(&ids)).unwrap()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let b =
+        re.model.last_logits(&re.model.forward(&Input::single(&ids)).unwrap()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert!(a == b, "reloaded logits differ");
+}
+
+#[test]
+fn dinm_edits_the_whole_layer_and_ga_runs() {
+    let ck = crate::common::smollm2();
+    let (cases, h) = smol_setup(1);
+    for (m, steps) in [(Method::Dinm, 2), (Method::Ga, 2), (Method::FtL, 2)] {
+        let p = EditParams::resolve(m, None, &[format!("steps={steps}")]).unwrap();
+        let out = compute_delta(&ck.model, &ck.tok, &cases, &h, m, &p, |_, _, _| {}).unwrap();
+        assert_eq!(out.delta.tensors[0].columns.len(), ck.model.spec.intermediate_size, "{m} edits the whole down_proj");
+        assert_eq!(out.log.len(), steps, "{m}");
+        if m == Method::Dinm {
+            // EasyEdit's inert KL: zero at step 0 and no gradient, so the loss is 0.1 x NLL at step 0.
+            assert!(out.log[0].kl.abs() < 1e-6, "{}", out.log[0].kl);
+            assert!((out.log[0].loss - 0.1 * out.log[0].nll_safe).abs() < 1e-5);
+        }
+        if m == Method::FtL {
+            let t = &out.delta.tensors[0];
+            let d = (&t.after - &t.before).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(d <= 5e-3 + 1e-6, "norm constraint violated: {d}");
+        }
+    }
+}
+
+#[test]
+fn nan_loss_is_a_clear_error() {
+    // A checkpoint with a NaN weight on the edit path: the loss is NaN at the first step.
+    let ck = crate::common::smollm2();
+    let (cases, h) = smol_setup(1);
+    let mut broken = ck.model.clone();
+    let name = down_proj_name(20);
+    let mut w = broken.get(&name).unwrap().to_vec2::<f32>().unwrap();
+    w[3][7] = f32::NAN;
+    broken.set(&name, candle_core::Tensor::new(w, broken.device()).unwrap()).unwrap();
+    let p = EditParams::resolve(Method::Pke, None, &["steps=2".into()]).unwrap();
+    let e = compute_delta(&broken, &ck.tok, &cases, &h, Method::Pke, &p, |_, _, _| {}).unwrap_err().to_string();
+    assert!(e.contains("non-finite") && e.contains("nothing was written"), "{e}");
+}
+
+#[test]
+fn resuming_from_a_cached_residual_equals_the_full_forward() {
+    for arch in [Arch::Llama, Arch::Gemma3, Arch::Qwen2] {
+        let m = Decoder::random(crate::grad::tiny_spec(arch), 5).unwrap();
+        let ids = [1u32, 4, 9, 16, 25, 3, 7];
+        let full = m.forward(&Input::single(&ids)).unwrap();
+        let mut cap = Capture::new([Site::ResidPost(0)]);
+        cap.stop = Some(0);
+        m.forward_with(&Input::single(&ids), &mut cap, None).unwrap();
+        let input = Input { resume: Some((1, cap.get(Site::ResidPost(0)).unwrap().clone())), ..Input::single(&ids) };
+        let resumed = m.forward(&input).unwrap();
+        let d = (full - resumed).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert_eq!(d, 0.0, "{arch}");
+    }
+}
