@@ -84,3 +84,53 @@ fn bad_model_argument_exits_2_with_a_message() {
     assert_eq!(code, 2);
     assert!(err.contains("empty"), "{err}");
 }
+
+#[test]
+fn locate_edit_apply_revert_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = |p: &str| dir.path().join(p).display().to_string();
+    let (code, out, err) = pke(&["locate", "-m", "smollm2", "--builtin", "advbench:2", "--top-k", "32", "--out", &d("loc"), "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let h: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(h["layers"].as_array().unwrap().len(), 30);
+    for key in ["dinm_distance", "grad_norm", "attribution"] {
+        assert!(h["layers"][0][key].is_number(), "{key}");
+    }
+    assert_eq!(h["neurons"][0]["top"].as_array().unwrap().len(), 32);
+    assert!(dir.path().join("loc/layers.svg").exists() && dir.path().join("loc/neurons.svg").exists());
+    let (code, out, err) = pke(&[
+        "edit", "-m", "smollm2", "--builtin", "advbench:2", "--hotspots", &d("loc/hotspots.json"), "--set", "steps=2",
+        "--delta", &d("delta.safetensors"), "--out", &d("edited"), "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["steps"].as_array().unwrap().len(), 2);
+    assert_eq!(v["changed_values"], 576 * 32);
+    // Revert the edited folder and apply again to the original: the files match the originals.
+    let (code, _, err) = pke(&["revert", "-m", &d("edited"), "--delta", &d("delta.safetensors"), "--out", &d("reverted")]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = pke(&["apply", "-m", &d("reverted"), "--delta", &d("delta.safetensors"), "--out", &d("reapplied")]);
+    assert_eq!(code, 0, "{err}");
+    let bytes = |p: &str| std::fs::read(dir.path().join(p).join("model.safetensors")).unwrap();
+    assert!(bytes("reapplied") == bytes("edited"), "apply after revert differs from the edit");
+    // Applying to the already-edited model is refused (it does not hold the base values).
+    let (code, _, err) = pke(&["apply", "-m", &d("edited"), "--delta", &d("delta.safetensors"), "--out", &d("twice")]);
+    assert_eq!(code, 2);
+    assert!(err.contains("does not hold"), "{err}");
+    // Outputs are never overwritten.
+    let (code, _, err) = pke(&["revert", "-m", &d("edited"), "--delta", &d("delta.safetensors"), "--out", &d("reverted")]);
+    assert_eq!(code, 2);
+    assert!(err.contains("exists and is not empty"), "{err}");
+}
+
+#[test]
+fn edit_with_bad_case_file_names_the_line_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = dir.path().join("cases.jsonl");
+    std::fs::write(&cases, "{\"prompt\":\"p\",\"safe_response\":\"s\",\"unsafe_response\":\"u\"}\n{\"prompt\":\"p\"}\n").unwrap();
+    let delta = dir.path().join("delta.safetensors");
+    let (code, _, err) = pke(&["edit", "-m", "smollm2", "--cases", cases.to_str().unwrap(), "--delta", delta.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(err.contains("cases.jsonl:2") && err.contains("safe_response"), "{err}");
+    assert!(!delta.exists());
+}
