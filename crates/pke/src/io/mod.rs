@@ -3,6 +3,7 @@
 pub mod chat;
 pub mod checkpoint;
 pub mod gguf;
+pub mod gguf_export;
 pub mod hf;
 pub mod names;
 pub mod safetensors;

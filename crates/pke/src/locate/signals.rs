@@ -44,12 +44,12 @@ pub fn prompt_text(tok: &Tok, prompt: &str, chat: bool, suffix: Option<&str>) ->
     render(tmpl, &[Message::user(p)], true, &bos, &eos)
 }
 
-/// Tokenize a case. With a chat template, the template's own text carries BOS/role tokens, so no
-/// extra special tokens are added to it.
+/// Tokenize a case.
 pub fn case_inputs(tok: &Tok, case: &EditCase, chat: bool, suffix: Option<&str>) -> Result<CaseInputs> {
     let text = prompt_text(tok, &case.prompt, chat, suffix)?;
-    let prompt_ids =
-        tok.encode(&text, !chat || tok.adds_bos && !text.starts_with(&tok.bos_id.and_then(|b| tok.id_to_token(b)).unwrap_or_default()))?;
+    // With a chat template the rendered text carries BOS and role tokens itself; transformers tokenizes it
+    // with add_special_tokens=False.
+    let prompt_ids = tok.encode(&text, !chat)?;
     let resp = |r: &str, field: &str| -> Result<Vec<u32>> {
         // A leading space joins the response to the prompt as running text does.
         let t = if chat { r.to_string() } else { format!(" {}", r.trim_start()) };

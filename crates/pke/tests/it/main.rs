@@ -5,6 +5,7 @@ mod bad_input;
 mod common;
 mod edit;
 mod fixtures;
+mod gguf_export;
 mod grad;
 mod hf_folder;
 mod locate;
