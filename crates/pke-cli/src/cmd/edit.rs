@@ -17,9 +17,9 @@ pub struct Args {
     /// hotspots.json from `pke locate`; without it, locate runs first with the options below.
     #[arg(long)]
     hotspots: Option<PathBuf>,
-    /// Locator when locating here: pke, attribution, dinm.
-    #[arg(long, default_value = "pke")]
-    locator: String,
+    /// Locator when locating here: pke, attribution, dinm (default: dinm for --method dinm, else pke).
+    #[arg(long)]
+    locator: Option<String>,
     /// Force the layer(s) when locating here.
     #[arg(long = "layer")]
     layers: Vec<usize>,
@@ -59,6 +59,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     }
     let ck = super::load_model(&a.model)?;
     let sha = ck.sha256()?;
+    let t_locate = std::time::Instant::now();
     let hotspots: Hotspots = match &a.hotspots {
         Some(p) => {
             let text = std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
@@ -77,7 +78,11 @@ pub fn run(a: Args) -> Result<ExitCode> {
         }
         None => {
             let settings = LocateSettings {
-                locator: a.locator.parse::<Locator>()?,
+                locator: match &a.locator {
+                    Some(l) => l.parse::<Locator>()?,
+                    None if method == Method::Dinm => Locator::Dinm,
+                    None => Locator::Pke,
+                },
                 layers: a.layers.clone(),
                 top_fraction: a.top_fraction,
                 chat: a.cases.chat,
@@ -91,6 +96,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
             h
         }
     };
+    let locate_seconds = if a.hotspots.is_some() { 0.0 } else { t_locate.elapsed().as_secs_f64() };
     let bar = super::progress_bar(1, "editing");
     let outcome = compute_delta(&ck.model, &ck.tok, &cases, &hotspots, method, &params, |done, total, s| {
         bar.set_length(total as u64);
@@ -112,7 +118,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     }
     if a.json {
         super::print_json(&serde_json::json!({
-            "method": method.to_string(), "hparams": params, "steps": outcome.log, "seconds": outcome.seconds,
+            "method": method.to_string(), "hparams": params, "steps": outcome.log, "seconds": outcome.seconds, "locate_seconds": locate_seconds,
             "edited_tensors": delta.names(), "changed_values": delta.n_values(),
             "delta": a.delta, "hf_folder": a.out, "gguf": a.gguf, "chosen_layers": hotspots.chosen_layers,
         }))?;

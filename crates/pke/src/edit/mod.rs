@@ -217,7 +217,8 @@ impl Adam {
 }
 
 /// Loss terms of one case at the current weights.
-fn case_loss(model: &Decoder, c: &Prepared, method: Method, p: &EditParams) -> Result<(Tensor, StepLog)> {
+/// `frozen` is the same weights without gradient tracking, for terms computed without gradient.
+fn case_loss(model: &Decoder, frozen: &Decoder, c: &Prepared, method: Method, p: &EditParams) -> Result<(Tensor, StepLog)> {
     let zero = || Tensor::zeros((), candle_core::DType::F32, model.device());
     let mut log = StepLog { step: 0, case: None, loss: 0.0, nll_safe: 0.0, kl: 0.0, unlikelihood: 0.0, nll_unsafe: 0.0 };
     let mut loss = zero()?;
@@ -235,7 +236,8 @@ fn case_loss(model: &Decoder, c: &Prepared, method: Method, p: &EditParams) -> R
     }
     if p.kl_weight != 0.0 {
         if let Some((seq, base)) = &c.loc {
-            let k = if p.quirk_inert_kl { kl(model, seq, base)?.detach() } else { kl(model, seq, base)? };
+            // EasyEdit computes this term under no_grad (quirk Q2): evaluate it on untracked weights.
+            let k = if p.quirk_inert_kl { kl(frozen, seq, base)? } else { kl(model, seq, base)? };
             log.kl = scalar(&k)?;
             loss = (loss + (k * p.kl_weight)?)?;
         }
@@ -327,8 +329,12 @@ pub fn compute_delta(
             let mut total: Option<Tensor> = None;
             let mut entry = StepLog { step, case: None, loss: 0.0, nll_safe: 0.0, kl: 0.0, unlikelihood: 0.0, nll_unsafe: 0.0 };
             let n = group.len() as f64;
+            let mut frozen = m.clone();
+            for (name, var, ..) in &vars {
+                frozen.set(name, var.as_tensor().detach())?;
+            }
             for &i in group {
-                let (l, s) = case_loss(&m, &prepared[i], method, p)?;
+                let (l, s) = case_loss(&m, &frozen, &prepared[i], method, p)?;
                 entry.loss += s.loss / n;
                 entry.nll_safe += s.nll_safe / n;
                 entry.kl += s.kl / n;
