@@ -21,6 +21,7 @@
 pub mod data;
 pub mod edit;
 pub mod error;
+pub mod eval;
 pub mod generate;
 pub mod io;
 pub mod locate;

