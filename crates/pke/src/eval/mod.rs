@@ -1,4 +1,5 @@
-//! Provides evaluation building blocks (issue #5, in progress): judges and their validation on
-//! human-labelled data.
+//! Provides evaluation: judges validated on human labels, metric functions, and the per-model report.
 
 pub mod judge;
+pub mod metrics;
+pub mod report;

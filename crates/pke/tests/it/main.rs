@@ -4,6 +4,7 @@
 mod bad_input;
 mod common;
 mod edit;
+mod eval;
 mod fixtures;
 mod gguf_export;
 mod grad;

@@ -1,0 +1,57 @@
+//! Pure metric functions.
+
+/// SafeEdit's fluency: mean of (2/3)·H2 and (4/3)·H3, i.e. (H2 + 2·H3)/3, where H_n is the entropy (bits) of
+/// the n-gram distribution over the reply's word tokens. Empty or too-short text gives 0. Word tokens are
+/// words and single punctuation marks (an approximation of NLTK's `word_tokenize`).
+pub fn ngram_entropy(text: &str) -> f64 {
+    let tokens = word_tokens(text);
+    let h = |n: usize| -> f64 {
+        if tokens.len() < n {
+            return 0.0;
+        }
+        let mut counts: std::collections::HashMap<&[String], usize> = std::collections::HashMap::new();
+        for w in tokens.windows(n) {
+            *counts.entry(w).or_default() += 1;
+        }
+        let total: usize = counts.values().sum();
+        counts.values().map(|&c| c as f64 / total as f64).map(|p| -p * p.log2()).sum()
+    };
+    (2.0 / 3.0 * h(2) + 4.0 / 3.0 * h(3)) / 2.0
+}
+
+/// Words (letters, digits, apostrophes inside words) and single punctuation characters.
+pub fn word_tokens(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    for ch in text.chars() {
+        if ch.is_alphanumeric() || (ch == '\'' && !cur.is_empty()) {
+            cur.push(ch);
+        } else {
+            if !cur.is_empty() {
+                out.push(std::mem::take(&mut cur));
+            }
+            if !ch.is_whitespace() {
+                out.push(ch.to_string());
+            }
+        }
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entropy_rewards_variety() {
+        assert_eq!(ngram_entropy(""), 0.0);
+        let rep = ngram_entropy(&"I'm sorry. ".repeat(20));
+        let varied =
+            ngram_entropy("The capital of Australia is Canberra, which was chosen as a compromise between Sydney and Melbourne in 1908.");
+        assert!(varied > rep + 1.0, "{varied} vs {rep}");
+        assert_eq!(word_tokens("Don't stop, now!"), vec!["Don't", "stop", ",", "now", "!"]);
+    }
+}
