@@ -49,7 +49,7 @@ pub fn read_text(text: Option<String>, file: Option<std::path::PathBuf>) -> Resu
 
 pub fn models() -> Result<ExitCode> {
     let dir = data_dir();
-    println!("{:<14} {:<10} {}", "alias", "installed", "model");
+    println!("{:<14} {:<10} model", "alias", "installed");
     for k in KNOWN_MODELS {
         let ok = dir.join(k.file).exists();
         println!("{:<14} {:<10} {}", k.alias, if ok { "yes" } else { "no" }, k.description);

@@ -29,7 +29,7 @@ impl std::fmt::Debug for GgufFile {
 /// Size in bytes of `n` elements of a GGML type.
 pub fn ggml_nbytes(dtype: GgmlDType, n: usize) -> Option<usize> {
     let bs = dtype.block_size();
-    if n % bs != 0 {
+    if !n.is_multiple_of(bs) {
         return None;
     }
     Some(n / bs * dtype.type_size())

@@ -407,9 +407,9 @@ impl Decoder {
         let stop = rec.stop_after();
         for (l, nm) in self.names.iter().enumerate().skip(first_layer) {
             let theta = spec.rope_theta_of(l);
-            if !tables.contains_key(&theta.to_bits()) {
+            if let std::collections::hash_map::Entry::Vacant(e) = tables.entry(theta.to_bits()) {
                 let (c, si) = rope_tables(&positions, hd, theta, &self.device)?;
-                tables.insert(theta.to_bits(), (c.to_dtype(self.dtype())?, si.to_dtype(self.dtype())?));
+                e.insert((c.to_dtype(self.dtype())?, si.to_dtype(self.dtype())?));
             }
             let (cos, sin) = &tables[&theta.to_bits()];
             let (mask, rows) = if spec.window_of(l).is_some() { (&mask_slide, &rows_slide) } else { (&mask_full, &rows_full) };

@@ -18,7 +18,7 @@ fn report_has_every_metric_and_kl_to_itself_is_zero() {
     assert!(r.perplexity.value > 1.0 && r.perplexity.value < 1000.0, "{}", r.perplexity.value);
     assert_eq!(r.factual_accuracy.n, 4);
     assert!(r.fluency.value > 0.0);
-    assert_eq!(r.kl_to_base.as_ref().unwrap().value.abs() < 1e-6, true);
+    assert!(r.kl_to_base.as_ref().unwrap().value.abs() < 1e-6);
     assert_eq!(r.judge_validation.len(), 2);
     assert_eq!(r.samples.len(), 6);
     let v = serde_json::to_value(&r).unwrap();

@@ -1,7 +1,7 @@
 //! Match the reference numbers computed with Hugging Face transformers (../shared/fixtures). Tolerances
 //! are the ones the fixtures' README derives from measured float32 noise; each is stated at its assert.
 
-use candle_core::{Tensor, D};
+use candle_core::Tensor;
 use pke::generate::{generate, GenOpts};
 use pke::io::chat::{render, Message};
 use pke::io::checkpoint::Checkpoint;
@@ -39,7 +39,7 @@ fn check_dequant(ck: &Checkpoint, fx: &serde_json::Value) {
     }
 }
 
-fn check_prompt(ck: &Checkpoint, fx: &serde_json::Value, p: &serde_json::Value) {
+fn check_prompt(ck: &Checkpoint, p: &serde_json::Value) {
     let id = p["id"].as_str().unwrap();
     let text = p["text"].as_str().unwrap();
     if p["kind"] == "chat" {
@@ -110,7 +110,6 @@ fn check_prompt(ck: &Checkpoint, fx: &serde_json::Value, p: &serde_json::Value) 
     let opts = GenOpts { max_new_tokens: 20, stop_ids: eos, ..Default::default() };
     let out = generate(&ck.model, &[ids.clone()], ck.tok.pad_or_eos().unwrap_or(0), &opts).unwrap();
     assert_eq!(out[0].token_ids, u32s(&g["new_token_ids"]), "case {id}: greedy tokens differ");
-    let _ = fx;
 }
 
 fn check_grad(ck: &Checkpoint, fx: &serde_json::Value) {
@@ -167,7 +166,7 @@ fn run_all(ck: &Checkpoint, file: &str) {
     assert_eq!(ck.model.spec.tie_word_embeddings, fx["model"]["tie_word_embeddings"].as_bool().unwrap());
     check_dequant(ck, &fx);
     for p in fx["prompts"].as_array().unwrap() {
-        check_prompt(ck, &fx, p);
+        check_prompt(ck, p);
     }
     check_grad(ck, &fx);
 }
@@ -200,5 +199,4 @@ fn batched_generation_matches_single() {
     let one_b = generate(&ck.model, &[b], pad, &opts).unwrap();
     assert_eq!(both[0].token_ids, one_a[0].token_ids);
     assert_eq!(both[1].token_ids, one_b[0].token_ids);
-    let _ = D::Minus1;
 }
