@@ -5,6 +5,20 @@ use anyhow::{bail, Context, Result};
 use pke::edit::{compute_delta, EditParams, Method, WeightDelta};
 use pke::locate::{locate, Hotspots, LocateSettings, Locator};
 
+/// Where an edited model is written.
+#[derive(clap::Args)]
+pub struct OutputArgs {
+    /// Write the model as a HF folder here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Write the model as a GGUF file here (the source must be a GGUF).
+    #[arg(long)]
+    gguf: Option<PathBuf>,
+    /// Type of the changed tensors in the GGUF: f32, f16, or source (re-quantized to the original type).
+    #[arg(long, default_value = "f32")]
+    gguf_type: String,
+}
+
 #[derive(clap::Args)]
 pub struct Args {
     #[arg(long, short, default_value = "smollm2")]
@@ -31,15 +45,8 @@ pub struct Args {
     /// Hyper-parameter override, key=value (repeatable), e.g. --set lr=1e-3 --set steps=20.
     #[arg(long = "set")]
     overrides: Vec<String>,
-    /// Write the edited model as a HF folder here.
-    #[arg(long)]
-    out: Option<PathBuf>,
-    /// Write the edited model as a GGUF file here (the source must be a GGUF).
-    #[arg(long)]
-    gguf: Option<PathBuf>,
-    /// Type of the edited tensors in the GGUF: f32, f16, or source (re-quantized to the original type).
-    #[arg(long, default_value = "f32")]
-    gguf_type: String,
+    #[command(flatten)]
+    output: OutputArgs,
     /// Write the delta file here (always written).
     #[arg(long, default_value = "out/edit/delta.safetensors")]
     delta: PathBuf,
@@ -52,7 +59,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let method: Method = a.method.parse()?;
     let params = EditParams::resolve(method, a.config.as_deref(), &a.overrides)?;
     let cases = a.cases.load()?;
-    if let Some(out) = &a.out {
+    if let Some(out) = &a.output.out {
         if out.exists() && std::fs::read_dir(out).map(|mut d| d.next().is_some()).unwrap_or(true) {
             bail!("output folder {} exists and is not empty; choose a new path", out.display());
         }
@@ -111,16 +118,16 @@ pub fn run(a: Args) -> Result<ExitCode> {
         std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
     }
     delta.save(&a.delta)?;
-    if a.out.is_some() || a.gguf.is_some() {
+    if a.output.out.is_some() || a.output.gguf.is_some() {
         let mut model = ck.model.clone();
         delta.apply(&mut model, false)?;
-        write_outputs(&ck, &model, &delta.names(), a.out.as_deref(), a.gguf.as_deref(), &a.gguf_type)?;
+        write_outputs(&ck, &model, &delta.names(), a.output.out.as_deref(), a.output.gguf.as_deref(), &a.output.gguf_type)?;
     }
     if a.json {
         super::print_json(&serde_json::json!({
             "method": method.to_string(), "hparams": params, "steps": outcome.log, "seconds": outcome.seconds, "locate_seconds": locate_seconds,
             "edited_tensors": delta.names(), "changed_values": delta.n_values(),
-            "delta": a.delta, "hf_folder": a.out, "gguf": a.gguf, "chosen_layers": hotspots.chosen_layers,
+            "delta": a.delta, "hf_folder": a.output.out, "gguf": a.output.gguf, "chosen_layers": hotspots.chosen_layers,
         }))?;
     } else {
         for s in &outcome.log {
@@ -144,10 +151,10 @@ pub fn run(a: Args) -> Result<ExitCode> {
             outcome.seconds
         );
         println!("delta: {}", a.delta.display());
-        if let Some(o) = &a.out {
+        if let Some(o) = &a.output.out {
             println!("edited model (HF folder): {}", o.display());
         }
-        if let Some(o) = &a.gguf {
+        if let Some(o) = &a.output.gguf {
             println!("edited model (GGUF): {}", o.display());
         }
     }
@@ -187,15 +194,8 @@ pub struct ApplyArgs {
     model: String,
     #[arg(long)]
     delta: PathBuf,
-    /// HF folder to write.
-    #[arg(long)]
-    out: Option<PathBuf>,
-    /// GGUF file to write (the model must be a GGUF).
-    #[arg(long)]
-    gguf: Option<PathBuf>,
-    /// Type of the changed tensors in the GGUF: f32, f16, source.
-    #[arg(long, default_value = "f32")]
-    gguf_type: String,
+    #[command(flatten)]
+    output: OutputArgs,
     /// Apply even if the model does not hold the delta's base values.
     #[arg(long)]
     force: bool,
@@ -210,11 +210,11 @@ pub fn apply(a: ApplyArgs, revert: bool) -> Result<ExitCode> {
     } else {
         d.apply(&mut model, a.force)?;
     }
-    if a.out.is_none() && a.gguf.is_none() {
+    if a.output.out.is_none() && a.output.gguf.is_none() {
         bail!("nothing to write: give --out HF_DIR and/or --gguf FILE");
     }
-    write_outputs(&ck, &model, &d.names(), a.out.as_deref(), a.gguf.as_deref(), &a.gguf_type)?;
-    let dest: Vec<String> = a.out.iter().chain(a.gguf.iter()).map(|p| p.display().to_string()).collect();
+    write_outputs(&ck, &model, &d.names(), a.output.out.as_deref(), a.output.gguf.as_deref(), &a.output.gguf_type)?;
+    let dest: Vec<String> = a.output.out.iter().chain(a.output.gguf.iter()).map(|p| p.display().to_string()).collect();
     println!("{} {} ({} tensors) -> {}", if revert { "reverted" } else { "applied" }, a.delta.display(), d.tensors.len(), dest.join(", "));
     Ok(ExitCode::SUCCESS)
 }

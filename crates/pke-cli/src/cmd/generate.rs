@@ -2,7 +2,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Result};
 use pke::generate::{generate, GenOpts};
-use pke::io::chat::{render, Message};
+use pke::io::chat::prompt_text;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -53,16 +53,12 @@ pub fn run(a: Args) -> Result<ExitCode> {
     if a.quantized {
         ck.attach_quantized()?;
     }
-    let texts: Vec<String> = if a.chat {
-        let tmpl =
-            ck.tok.chat_template.as_deref().ok_or_else(|| anyhow::anyhow!("model `{}` has no chat template; drop --chat", a.model))?;
-        let bos = ck.tok.bos_id.and_then(|b| ck.tok.id_to_token(b)).unwrap_or_default();
-        let eos = ck.tok.eos_id.and_then(|b| ck.tok.id_to_token(b)).unwrap_or_default();
-        prompts.iter().map(|p| render(tmpl, &[Message::user(p.clone())], true, &bos, &eos)).collect::<pke::Result<_>>()?
-    } else {
-        prompts.clone()
-    };
-    let ids: Vec<Vec<u32>> = texts.iter().map(|t| ck.tok.encode(t, true)).collect::<pke::Result<_>>()?;
+    if a.chat && ck.tok.chat_template.is_none() {
+        anyhow::bail!("model `{}` has no chat template; drop --chat", a.model);
+    }
+    let texts: Vec<String> = prompts.iter().map(|p| prompt_text(&ck.tok, p, a.chat, None)).collect::<pke::Result<_>>()?;
+    // A rendered chat template carries its own BOS/role tokens (transformers: add_special_tokens=False).
+    let ids: Vec<Vec<u32>> = texts.iter().map(|t| ck.tok.encode(t, !a.chat)).collect::<pke::Result<_>>()?;
     let opts = GenOpts {
         max_new_tokens: a.max_new_tokens,
         temperature: a.temperature,

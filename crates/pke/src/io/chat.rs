@@ -48,6 +48,21 @@ pub fn render(template: &str, messages: &[Message], add_generation_prompt: bool,
     .map_err(|e| Error::ChatTemplate(format!("cannot render: {e:#}")))
 }
 
+/// The prompt text as the model sees it: optional suffix, optional chat template.
+pub fn prompt_text(tok: &crate::io::tokenizer::Tok, prompt: &str, chat: bool, suffix: Option<&str>) -> Result<String> {
+    let p = match suffix {
+        Some(s) => format!("{prompt} {s}"),
+        None => prompt.to_string(),
+    };
+    if !chat {
+        return Ok(p);
+    }
+    let tmpl = tok.chat_template.as_deref().ok_or_else(|| Error::ChatTemplate("the model has no chat template; drop --chat".into()))?;
+    let bos = tok.bos_id.and_then(|b| tok.id_to_token(b)).unwrap_or_default();
+    let eos = tok.eos_id.and_then(|b| tok.id_to_token(b)).unwrap_or_default();
+    render(tmpl, &[Message::user(p)], true, &bos, &eos)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

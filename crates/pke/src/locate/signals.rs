@@ -10,7 +10,7 @@ use super::dinm::{dinm_locate, DinmOptions, PadSide};
 use super::hotspots::*;
 use super::score::{argmax, jaccard, normalized, rank_sum, relative_gap, top_k};
 use crate::data::EditCase;
-use crate::io::chat::{render, Message};
+pub use crate::io::chat::prompt_text;
 use crate::io::tokenizer::Tok;
 use crate::model::decoder::{down_proj_name, make_trainable, token_logprobs};
 use crate::model::{Decoder, Input};
@@ -27,21 +27,6 @@ pub struct CaseInputs {
     pub unsafe_ids: Vec<u32>,
     pub safe_text: String,
     pub unsafe_text: String,
-}
-
-/// The prompt text as the model sees it: optional suffix, optional chat template.
-pub fn prompt_text(tok: &Tok, prompt: &str, chat: bool, suffix: Option<&str>) -> Result<String> {
-    let p = match suffix {
-        Some(s) => format!("{prompt} {s}"),
-        None => prompt.to_string(),
-    };
-    if !chat {
-        return Ok(p);
-    }
-    let tmpl = tok.chat_template.as_deref().ok_or_else(|| Error::ChatTemplate("the model has no chat template; drop --chat".into()))?;
-    let bos = tok.bos_id.and_then(|b| tok.id_to_token(b)).unwrap_or_default();
-    let eos = tok.eos_id.and_then(|b| tok.id_to_token(b)).unwrap_or_default();
-    render(tmpl, &[Message::user(p)], true, &bos, &eos)
 }
 
 /// Tokenize a case.
