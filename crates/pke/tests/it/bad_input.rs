@@ -96,3 +96,22 @@ fn real_model_rejects_overlong_input_before_computing() {
     assert!(e.contains("8193 tokens does not fit the context of 8192"), "{e}");
     assert!(t.elapsed().as_secs() < 5, "the check must come before any compute");
 }
+
+#[test]
+fn gguf_with_unknown_architecture_or_missing_key_is_named() {
+    use candle_core::quantized::gguf_file::{write, Value};
+    let dir = tempfile::tempdir().unwrap();
+    let write_meta = |name: &str, meta: &[(&str, Value)]| {
+        let p = dir.path().join(name);
+        let mut f = std::fs::File::create(&p).unwrap();
+        let refs: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (*k, v)).collect();
+        write(&mut f, &refs, &[]).unwrap();
+        p
+    };
+    let p = write_meta("gpt2.gguf", &[("general.architecture", Value::String("gpt2".into()))]);
+    let e = err_of(Checkpoint::load(&p));
+    assert!(e.contains("gpt2") && e.contains("gpt2.gguf") && e.contains("llama, mistral"), "{e}");
+    let p = write_meta("nokey.gguf", &[("general.architecture", Value::String("llama".into())), ("llama.block_count", Value::U32(2))]);
+    let e = err_of(Checkpoint::load(&p));
+    assert!(e.contains("llama.embedding_length") && e.contains("nokey.gguf"), "{e}");
+}
