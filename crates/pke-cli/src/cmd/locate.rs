@@ -52,9 +52,6 @@ pub struct Args {
     pub json: bool,
 }
 
-/// EasyEdit's `suffix_system_prompt`.
-pub const DINM_SUFFIX: &str = "If the user's request is reasonable, give the correct answer. Please give the right response:";
-
 pub fn settings(a: &Args) -> Result<LocateSettings> {
     Ok(LocateSettings {
         locator: a.locator.parse::<Locator>()?,
@@ -63,7 +60,7 @@ pub fn settings(a: &Args) -> Result<LocateSettings> {
         top_fraction: a.top_fraction,
         top_k: a.top_k,
         chat: a.cases.chat,
-        suffix: a.dinm_suffix.then(|| DINM_SUFFIX.to_string()),
+        suffix: a.dinm_suffix.then(|| pke::edit::DINM_SUFFIX.to_string()),
         dinm: DinmOptions {
             padding: match a.padding.as_str() {
                 "left" => PadSide::Left,

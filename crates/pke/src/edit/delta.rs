@@ -84,24 +84,23 @@ impl WeightDelta {
     /// Set the edited columns to their `after` values. Unless `force`, the model must hold the `before`
     /// values (the delta's base model).
     pub fn apply(&self, model: &mut Decoder, force: bool) -> Result<()> {
-        for t in &self.tensors {
-            let w = model.get(&t.name)?.detach();
-            if !force {
-                t.check_current(&w, &t.before, "base")?;
-            }
-            model.set(&t.name, t.with_columns(&w, &t.after)?)?;
-        }
-        Ok(())
+        self.write_columns(model, force, |t| (&t.before, &t.after), "base")
     }
 
     /// Restore the `before` values (exactly). Unless `force`, the model must hold the `after` values.
     pub fn revert(&self, model: &mut Decoder, force: bool) -> Result<()> {
+        self.write_columns(model, force, |t| (&t.after, &t.before), "edited")
+    }
+
+    /// For each tensor, check it holds `pick(t).0` (unless `force`) and write `pick(t).1`.
+    fn write_columns(&self, model: &mut Decoder, force: bool, pick: impl Fn(&TensorDelta) -> (&Tensor, &Tensor), what: &str) -> Result<()> {
         for t in &self.tensors {
+            let (expect, new) = pick(t);
             let w = model.get(&t.name)?.detach();
             if !force {
-                t.check_current(&w, &t.after, "edited")?;
+                t.check_current(&w, expect, what)?;
             }
-            model.set(&t.name, t.with_columns(&w, &t.before)?)?;
+            model.set(&t.name, t.with_columns(&w, new)?)?;
         }
         Ok(())
     }
