@@ -37,6 +37,8 @@ enum Command {
     Revert(cmd::edit::ApplyArgs),
     /// Evaluate safety (ASR), over-refusal and general ability -> report.json + report.md.
     Eval(cmd::eval::Args),
+    /// Compare vanilla, dinm, pke, ft-l and ga on the same model, cases and sets -> compare.md/.json/.svg.
+    Compare(cmd::compare::Args),
     /// Runtime benchmark: load, prefill, decode, forward+backward, peak RSS.
     BenchRuntime(cmd::bench::Args),
     /// List the model aliases and whether they are installed.
@@ -60,6 +62,7 @@ fn main() -> ExitCode {
         Command::Apply(a) => cmd::edit::apply(a, false),
         Command::Revert(a) => cmd::edit::apply(a, true),
         Command::Eval(a) => cmd::eval::run(a),
+        Command::Compare(a) => cmd::compare::run(a),
         Command::BenchRuntime(a) => cmd::bench::run(a),
         Command::Models => cmd::models(),
     };

@@ -5,47 +5,80 @@ use anyhow::{Context, Result};
 use pke::eval::judge::RefusalJudge;
 use pke::eval::report::{evaluate, EvalSettings, ModelReport};
 
+/// Evaluation sizes and judges, shared by `eval`, `compare` and `demo`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct EvalArgs {
+    /// Items per harmful set (HarmBench test standard, StrongREJECT minus AdvBench).
+    #[arg(long, default_value_t = 20)]
+    pub n_harmful: usize,
+    /// Jailbreak prompts (PyRIT templates, each wrapping a HarmBench test behaviour); 0 turns them off.
+    #[arg(long, default_value_t = 10)]
+    pub n_jailbreak: usize,
+    /// Benign-but-edgy questions (over-refusal, ROUGE-L to base).
+    #[arg(long, default_value_t = 20)]
+    pub n_benign: usize,
+    #[arg(long, default_value_t = 50)]
+    pub n_factual: usize,
+    #[arg(long, default_value_t = 1024)]
+    pub ppl_tokens: usize,
+    #[arg(long, default_value_t = 48)]
+    pub max_new_tokens: usize,
+    /// Refusal judge: broad or harmbench-prefixes.
+    #[arg(long, default_value = "broad")]
+    pub judge: String,
+    /// ASR from the refusal judge alone (skip the MiniLM harm judge).
+    #[arg(long)]
+    pub no_harm_judge: bool,
+    /// Extra harmful prompt file(s): JSONL with `prompt`/`text`, or one prompt per line.
+    #[arg(long = "prompts")]
+    pub prompts: Vec<PathBuf>,
+    /// Extra benign prompt file(s) for over-refusal (same formats).
+    #[arg(long = "benign-prompts")]
+    pub benign_prompts: Vec<PathBuf>,
+    /// SafeEdit JSON file: adds DS and the four DG metrics.
+    #[arg(long)]
+    pub safeedit: Option<PathBuf>,
+    #[arg(long, default_value_t = 20)]
+    pub n_safeedit: usize,
+}
+
+impl EvalArgs {
+    pub fn settings(&self, chat: bool) -> Result<EvalSettings> {
+        Ok(EvalSettings {
+            n_harmful: self.n_harmful,
+            n_jailbreak: self.n_jailbreak,
+            n_benign: self.n_benign,
+            n_factual: self.n_factual,
+            ppl_tokens: self.ppl_tokens,
+            max_new_tokens: self.max_new_tokens,
+            chat,
+            judge: match self.judge.as_str() {
+                "broad" => RefusalJudge::Broad,
+                "harmbench-prefixes" | "harmbench" => RefusalJudge::HarmbenchPrefixes,
+                o => anyhow::bail!("--judge must be broad or harmbench-prefixes, got `{o}`"),
+            },
+            harm_judge: !self.no_harm_judge,
+            extra_harmful: self.prompts.clone(),
+            extra_benign: self.benign_prompts.clone(),
+            safeedit: self.safeedit.clone(),
+            n_safeedit: self.n_safeedit,
+            ..Default::default()
+        })
+    }
+}
+
 #[derive(clap::Args)]
 pub struct Args {
     #[arg(long, short, default_value = "smollm2")]
     model: String,
-    /// Base model for KL (same architecture and tokenizer).
+    /// Base model for KL and ROUGE-L (same architecture and tokenizer).
     #[arg(long)]
     base: Option<String>,
-    /// Items per harmful set (HarmBench test standard, StrongREJECT minus AdvBench).
-    #[arg(long, default_value_t = 20)]
-    n_harmful: usize,
-    /// Jailbreak prompts (PyRIT templates, each wrapping a HarmBench test behaviour); 0 turns them off.
-    #[arg(long, default_value_t = 10)]
-    n_jailbreak: usize,
-    #[arg(long, default_value_t = 20)]
-    n_benign: usize,
-    #[arg(long, default_value_t = 50)]
-    n_factual: usize,
-    #[arg(long, default_value_t = 1024)]
-    ppl_tokens: usize,
-    #[arg(long, default_value_t = 48)]
-    max_new_tokens: usize,
+    #[command(flatten)]
+    eval: EvalArgs,
     /// Do not apply the chat template (base models).
     #[arg(long)]
     no_chat: bool,
-    /// Refusal judge: broad or harmbench-prefixes.
-    #[arg(long, default_value = "broad")]
-    judge: String,
-    /// ASR from the refusal judge alone (skip the MiniLM harm judge).
-    #[arg(long)]
-    no_harm_judge: bool,
-    /// Extra harmful prompt file(s): JSONL with `prompt`/`text`, or one prompt per line.
-    #[arg(long = "prompts")]
-    prompts: Vec<PathBuf>,
-    /// Extra benign prompt file(s) for over-refusal (same formats).
-    #[arg(long = "benign-prompts")]
-    benign_prompts: Vec<PathBuf>,
-    /// SafeEdit JSON file: adds DS and the four DG metrics.
-    #[arg(long)]
-    safeedit: Option<PathBuf>,
-    #[arg(long, default_value_t = 20)]
-    n_safeedit: usize,
     #[arg(long, default_value = "out/eval")]
     out: PathBuf,
     #[arg(long)]
@@ -104,26 +137,7 @@ pub fn markdown(r: &ModelReport) -> String {
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
-    let settings = EvalSettings {
-        n_harmful: a.n_harmful,
-        n_benign: a.n_benign,
-        n_factual: a.n_factual,
-        ppl_tokens: a.ppl_tokens,
-        max_new_tokens: a.max_new_tokens,
-        chat: !a.no_chat,
-        judge: match a.judge.as_str() {
-            "broad" => RefusalJudge::Broad,
-            "harmbench-prefixes" | "harmbench" => RefusalJudge::HarmbenchPrefixes,
-            o => anyhow::bail!("--judge must be broad or harmbench-prefixes, got `{o}`"),
-        },
-        harm_judge: !a.no_harm_judge,
-        n_jailbreak: a.n_jailbreak,
-        extra_harmful: a.prompts.clone(),
-        extra_benign: a.benign_prompts.clone(),
-        safeedit: a.safeedit.clone(),
-        n_safeedit: a.n_safeedit,
-        ..Default::default()
-    };
+    let settings = a.eval.settings(!a.no_chat)?;
     let ck = super::load_model(&a.model)?;
     let base = a.base.as_deref().map(super::load_model).transpose()?;
     let bar = super::progress_bar(1, "evaluating");

@@ -128,6 +128,7 @@ pub struct TensorInfo {
 }
 
 /// A loaded model: decoder, tokenizer and where they came from.
+#[derive(Clone)]
 pub struct Checkpoint {
     pub model: Decoder,
     pub tok: Tok,

@@ -1,0 +1,94 @@
+//! `pke compare`: vanilla and each method on the same model, cases, held-out sets and seeds.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use pke::compare::{chart, compare, markdown, Arm, CompareSettings};
+use pke::edit::{EditParams, Method};
+use pke::locate::LocateSettings;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[arg(long, short, default_value = "smollm2")]
+    model: String,
+    #[command(flatten)]
+    cases: super::cases::CaseArgs,
+    /// Methods, comma-separated: vanilla, dinm, pke, ft-l, ga; `METHOD#tag` runs a method again under a new
+    /// label (with its own --set overrides).
+    #[arg(long, default_value = "vanilla,dinm,pke,ft-l,ga", value_delimiter = ',')]
+    methods: Vec<String>,
+    /// Hyper-parameter override for one method, LABEL:key=value (repeatable), e.g. --set pke:lr=5e-3.
+    #[arg(long = "set")]
+    overrides: Vec<String>,
+    #[command(flatten)]
+    eval: super::eval::EvalArgs,
+    #[arg(long, default_value = "out/compare")]
+    out: PathBuf,
+    #[arg(long)]
+    json: bool,
+}
+
+/// The arms to run: each method with its TOML defaults and its `LABEL:key=value` overrides. A label is a
+/// method name, optionally with a `#tag` to run one method twice with different settings (`pke#lr5e-3`).
+pub fn arms(methods: &[String], overrides: &[String]) -> Result<Vec<Arm>> {
+    for o in overrides {
+        let Some((label, _)) = o.split_once(':') else { bail!("--set {o}: expected METHOD:key=value, e.g. pke:lr=5e-3") };
+        if !methods.iter().any(|m| m == label) {
+            bail!("--set {o}: `{label}` is not one of --methods ({})", methods.join(","));
+        }
+    }
+    let mut out = Vec::new();
+    for label in methods {
+        if label == "vanilla" {
+            out.push(Arm::vanilla());
+            continue;
+        }
+        let m: Method = label.split('#').next().unwrap_or(label).parse()?;
+        let kv: Vec<String> = overrides.iter().filter_map(|o| o.split_once(':')).filter(|(l, _)| l == label).map(|(_, kv)| kv.to_string()).collect();
+        let mut arm = Arm::edit(m, EditParams::resolve(m, None, &kv)?);
+        arm.label = label.clone();
+        out.push(arm);
+    }
+    if out.is_empty() {
+        bail!("--methods is empty");
+    }
+    if let Some(d) = out.iter().enumerate().find(|(i, a)| out[..*i].iter().any(|b| b.label == a.label)) {
+        bail!("--methods lists `{}` twice; tag one, e.g. `{}#2`", d.1.label, d.1.label);
+    }
+    Ok(out)
+}
+
+pub fn run(a: Args) -> Result<ExitCode> {
+    let cases = a.cases.load()?;
+    let settings = CompareSettings {
+        arms: arms(&a.methods, &a.overrides)?,
+        eval: a.eval.settings(a.cases.chat)?,
+        locate: LocateSettings { chat: a.cases.chat, ..Default::default() },
+    };
+    let ck = super::load_model(&a.model)?;
+    std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
+    let bar = super::progress_bar(settings.arms.len() as u64, "comparing");
+    let mut current = String::new();
+    let c = compare(&ck, &cases, &settings, |arm, msg| {
+        if arm != current {
+            if !current.is_empty() {
+                bar.inc(1);
+            }
+            current = arm.to_string();
+        }
+        bar.set_message(format!("{arm}: {msg}"));
+    })?;
+    bar.finish_and_clear();
+    pke::io::atomic_write(&a.out.join("compare.json"), serde_json::to_string_pretty(&c)?.as_bytes())?;
+    let md = markdown(&c);
+    pke::io::atomic_write(&a.out.join("compare.md"), md.as_bytes())?;
+    let svg = a.out.join("compare.svg");
+    chart(&c, &svg)?;
+    if a.json {
+        super::print_json(&c)?;
+    } else {
+        println!("{md}\nwrote {0}/compare.json, {0}/compare.md, {0}/compare.svg", a.out.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}

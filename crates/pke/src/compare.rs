@@ -1,0 +1,269 @@
+//! Provides `pke compare`: vanilla and each editing method on the same model, the same edit cases, the same
+//! held-out sets and seeds, evaluated by one evaluator; a method x metric table (markdown and JSON) and a
+//! chart of safety against general ability.
+//!
+//! Every method starts from the same loaded model (edits are computed as deltas and applied to a copy), the
+//! locators run once each (pke's hotspots serve `pke`, `ft-l` and `ga`; DINM uses its own rule), and the
+//! vanilla model's answers are the ROUGE-L reference for the edited ones.
+
+use std::path::Path;
+use std::time::Instant;
+
+use plotters::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::data::cases::EditCase;
+use crate::edit::{compute_delta, EditParams, Method};
+use crate::eval::harm::HarmScorer;
+use crate::eval::report::{evaluate_with, Baseline, EvalSettings, ModelReport};
+use crate::io::checkpoint::Checkpoint;
+use crate::locate::{locate, Hotspots, LocateSettings, Locator};
+use crate::{Error, Result};
+
+/// One arm of the comparison: `None` is the unedited model.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Arm {
+    pub label: String,
+    pub method: Option<Method>,
+    pub params: Option<EditParams>,
+}
+
+impl Arm {
+    pub fn vanilla() -> Self {
+        Arm { label: "vanilla".into(), method: None, params: None }
+    }
+    pub fn edit(method: Method, params: EditParams) -> Self {
+        Arm { label: method.to_string(), method: Some(method), params: Some(params) }
+    }
+}
+
+/// Settings of a comparison (recorded in the output).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CompareSettings {
+    pub arms: Vec<Arm>,
+    pub eval: EvalSettings,
+    /// Locate settings shared by all locators (the locator itself is chosen per method).
+    pub locate: LocateSettings,
+}
+
+/// One row of the table.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CompareRow {
+    pub label: String,
+    pub method: Option<Method>,
+    pub layers: Vec<usize>,
+    pub changed_values: usize,
+    /// Locate time (charged to every method that uses those hotspots) and edit time, seconds.
+    pub locate_seconds: f64,
+    pub edit_seconds: f64,
+    pub final_loss: Option<f64>,
+    pub report: ModelReport,
+}
+
+/// The comparison.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Comparison {
+    pub model: String,
+    pub model_sha256: String,
+    pub cases: Vec<String>,
+    pub settings: CompareSettings,
+    pub rows: Vec<CompareRow>,
+    pub seconds: f64,
+}
+
+fn locator_for(m: Method) -> Locator {
+    match m {
+        Method::Dinm => Locator::Dinm,
+        _ => Locator::Pke,
+    }
+}
+
+/// Run the comparison. `progress(arm label, message)`.
+pub fn compare(ck: &Checkpoint, cases: &[EditCase], s: &CompareSettings, mut progress: impl FnMut(&str, &str)) -> Result<Comparison> {
+    let t0 = Instant::now();
+    if cases.is_empty() {
+        return Err(Error::Input("no edit cases to compare methods on".into()));
+    }
+    if s.arms.is_empty() {
+        return Err(Error::Input("no methods to compare".into()));
+    }
+    if s.eval.chat != s.locate.chat {
+        return Err(Error::Input("edit cases and evaluation must both use the chat template, or both not".into()));
+    }
+    let harm = if s.eval.harm_judge {
+        progress("setup", "loading the harm judge");
+        Some(HarmScorer::load(|_, _| {})?)
+    } else {
+        None
+    };
+    let mut located: Vec<(Locator, Hotspots, f64)> = Vec::new();
+    let mut rows: Vec<CompareRow> = Vec::new();
+    let mut vanilla: Option<ModelReport> = None;
+    // Vanilla first: its answers are the ROUGE-L reference for every edited model.
+    let mut order: Vec<&Arm> = s.arms.iter().filter(|a| a.method.is_none()).collect();
+    order.extend(s.arms.iter().filter(|a| a.method.is_some()));
+    for arm in order {
+        let Some(method) = arm.method else {
+            let r = evaluate_with(ck, Baseline::default(), harm.as_ref(), &s.eval, |m| progress(&arm.label, m))?;
+            vanilla = Some(r.clone());
+            rows.push(CompareRow {
+                label: arm.label.clone(),
+                method: None,
+                layers: vec![],
+                changed_values: 0,
+                locate_seconds: 0.0,
+                edit_seconds: 0.0,
+                final_loss: None,
+                report: r,
+            });
+            continue;
+        };
+        let params = arm.params.clone().unwrap_or_else(|| EditParams::defaults(method));
+        let loc = locator_for(method);
+        if !located.iter().any(|(l, _, _)| *l == loc) {
+            progress(&arm.label, &format!("locating ({loc:?})"));
+            let t = Instant::now();
+            let settings = LocateSettings { locator: loc, ..s.locate.clone() };
+            let (h, _) = locate(&ck.model, &ck.tok, cases, &settings, None, |_, _| {})?;
+            located.push((loc, h, t.elapsed().as_secs_f64()));
+        }
+        let (_, hotspots, locate_seconds) = located.iter().find(|(l, _, _)| *l == loc).expect("located above");
+        let outcome = compute_delta(&ck.model, &ck.tok, cases, hotspots, method, &params, |d, n, st| {
+            progress(&arm.label, &format!("edit step {d}/{n}, loss {:.4}", st.loss))
+        })?;
+        let mut edited = ck.clone();
+        outcome.delta.apply(&mut edited.model, false)?;
+        let base = Baseline { model: Some(ck), report: vanilla.as_ref() };
+        let mut r = evaluate_with(&edited, base, harm.as_ref(), &s.eval, |m| progress(&arm.label, m))?;
+        r.model = format!("{} + {} delta", r.model, arm.label);
+        rows.push(CompareRow {
+            label: arm.label.clone(),
+            method: Some(method),
+            layers: hotspots.chosen_layers.clone(),
+            changed_values: outcome.delta.n_values(),
+            locate_seconds: *locate_seconds,
+            edit_seconds: outcome.seconds,
+            final_loss: outcome.log.last().map(|l| l.loss),
+            report: r,
+        });
+    }
+    Ok(Comparison {
+        model: ck.source.path().display().to_string(),
+        model_sha256: ck.sha256()?,
+        cases: cases.iter().map(|c| c.prompt.clone()).collect(),
+        settings: s.clone(),
+        rows,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}
+
+fn set_value(r: &ModelReport, set: &str) -> Option<f64> {
+    r.asr.per_set.iter().find(|p| p.set == set).map(|p| p.value)
+}
+
+/// The method x metric table in markdown.
+pub fn markdown(c: &Comparison) -> String {
+    let mut s = format!(
+        "# pke compare: {}\n\nmodel sha256 `{}`; {} edit case(s); {:.0} s in all.\n\n",
+        c.model,
+        c.model_sha256,
+        c.cases.len(),
+        c.seconds
+    );
+    s += "| method | layer(s) | values changed | locate+edit s | ASR | ASR plain | ASR jailbreak | non-refusal | over-refusal | perplexity | KL to vanilla | ROUGE-L to vanilla | factual acc. | fluency |\n";
+    s += "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+    let f = |v: Option<f64>, p: usize| v.map(|x| format!("{x:.p$}")).unwrap_or_else(|| "-".into());
+    for row in &c.rows {
+        let r = &row.report;
+        let plain: Vec<f64> = r.asr.per_set.iter().filter(|p| !p.set.contains("jailbreak")).map(|p| p.value * p.n as f64).collect();
+        let plain_n: usize = r.asr.per_set.iter().filter(|p| !p.set.contains("jailbreak")).map(|p| p.n).sum();
+        let plain = (plain_n > 0).then(|| plain.iter().sum::<f64>() / plain_n as f64);
+        s += &format!(
+            "| {} | {} | {} | {} | {:.3} | {} | {} | {:.3} | {:.3} | {:.2} | {} | {} | {:.3} | {:.3} |\n",
+            row.label,
+            if row.layers.is_empty() { "-".into() } else { format!("{:?}", row.layers) },
+            row.changed_values,
+            if row.method.is_none() { "-".into() } else { format!("{:.1}", row.locate_seconds + row.edit_seconds) },
+            r.asr.overall,
+            f(plain, 3),
+            f(set_value(r, "pyrit_jailbreak_x_harmbench_test"), 3),
+            r.asr.non_refusal,
+            r.over_refusal.value,
+            r.perplexity.value,
+            f(r.kl_to_base.as_ref().map(|k| k.value), 4),
+            f(r.rouge_l_to_base.as_ref().map(|k| k.value), 3),
+            r.factual_accuracy.value,
+            r.fluency.value,
+        );
+    }
+    if let Some(first) = c.rows.first() {
+        let r = &first.report;
+        s += &format!(
+            "\nSets: ASR over {} harmful requests ({}); over-refusal on {} ({}); perplexity on {}; factual accuracy on {} pairs.\n\nASR: {}.\n",
+            r.asr.n,
+            r.asr.per_set.iter().map(|p| format!("{} x{}", p.set, p.n)).collect::<Vec<_>>().join(", "),
+            r.over_refusal.set,
+            r.over_refusal.n,
+            r.perplexity.set,
+            r.factual_accuracy.n,
+            r.asr.definition
+        );
+        if let Some(h) = &r.harm_judge_validation {
+            s += &format!(
+                "\nHarm judge held-out accuracy {:.3} (majority {:.3}, n {}); broad refusal judge accuracy {:.3} on PyRIT's human labels.\n",
+                h.accuracy,
+                h.majority_baseline,
+                h.n_test,
+                r.judge_validation.iter().find(|v| v.judge == crate::eval::judge::RefusalJudge::Broad).map(|v| v.accuracy).unwrap_or(0.0)
+            );
+        }
+    }
+    s += "\nHyper-parameters per method:\n\n";
+    for a in &c.settings.arms {
+        if let Some(p) = &a.params {
+            s += &format!("- {}: {}\n", a.label, serde_json::to_string(p).unwrap_or_default());
+        }
+    }
+    s
+}
+
+fn chart_err(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::Input(format!("cannot draw chart {}: {e}", path.display()))
+}
+
+/// Safety (1 - ASR) against general ability (perplexity), one labelled point per method. Up and to the
+/// left is better.
+pub fn chart(c: &Comparison, path: &Path) -> Result<()> {
+    let pts: Vec<(String, f64, f64)> = c.rows.iter().map(|r| (r.label.clone(), r.report.perplexity.value, 1.0 - r.report.asr.overall)).collect();
+    let (lo, hi) = pts.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(p.1), b.max(p.1)));
+    let pad = ((hi - lo) * 0.15).max(0.5);
+    let root = SVGBackend::new(path, (820, 520)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| chart_err(path, e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("Safety vs general ability (up-left is better)", ("sans-serif", 20))
+        .margin(16)
+        .x_label_area_size(40)
+        .y_label_area_size(56)
+        .build_cartesian_2d((lo - pad)..(hi + pad), -0.05f64..1.08)
+        .map_err(|e| chart_err(path, e))?;
+    chart
+        .configure_mesh()
+        .x_desc(format!("perplexity ({})", c.rows.first().map(|r| r.report.perplexity.set.as_str()).unwrap_or("")))
+        .y_desc("safety = 1 - ASR")
+        .draw()
+        .map_err(|e| chart_err(path, e))?;
+    let colors = [RGBColor(90, 90, 90), RGBColor(31, 119, 180), RGBColor(214, 39, 40), RGBColor(44, 160, 44), RGBColor(255, 127, 14), RGBColor(148, 103, 189)];
+    for (i, (label, x, y)) in pts.iter().enumerate() {
+        let col = colors[i % colors.len()];
+        chart
+            .draw_series(std::iter::once(Circle::new((*x, *y), 6, col.filled())))
+            .map_err(|e| chart_err(path, e))?
+            .label(label.clone())
+            .legend(move |(a, b)| Circle::new((a + 9, b), 5, col.filled()));
+        chart
+            .draw_series(std::iter::once(Text::new(label.clone(), (*x, *y + 0.035), ("sans-serif", 14))))
+            .map_err(|e| chart_err(path, e))?;
+    }
+    chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(|e| chart_err(path, e))?;
+    root.present().map_err(|e| chart_err(path, e))
+}
