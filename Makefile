@@ -10,8 +10,10 @@ setup:
 build:
 	$(CARGO) build --release -p pke-cli
 
+# `pke demo` refuses to overwrite a previous run's folder; the demo's own folder is replaced.
 demo: setup build
-	scripts/demo.sh
+	rm -rf out/demo
+	$(PKE) demo --out out/demo
 
 test: setup
 	$(CARGO) test --workspace

@@ -37,6 +37,8 @@ enum Command {
     Revert(cmd::edit::ApplyArgs),
     /// Evaluate safety (ASR), over-refusal and general ability -> report.json + report.md.
     Eval(cmd::eval::Args),
+    /// The one-command demo: locate -> PKE edit -> evaluate before/after on the default model.
+    Demo(cmd::demo::Args),
     /// Compare vanilla, dinm, pke, ft-l and ga on the same model, cases and sets -> compare.md/.json/.svg.
     Compare(cmd::compare::Args),
     /// Runtime benchmark: load, prefill, decode, forward+backward, peak RSS.
@@ -63,6 +65,7 @@ fn main() -> ExitCode {
         Command::Revert(a) => cmd::edit::apply(a, true),
         Command::Eval(a) => cmd::eval::run(a),
         Command::Compare(a) => cmd::compare::run(a),
+        Command::Demo(a) => cmd::demo::run(a),
         Command::BenchRuntime(a) => cmd::bench::run(a),
         Command::Models => cmd::models(),
     };

@@ -234,7 +234,8 @@ fn chart_err(path: &Path, e: impl std::fmt::Display) -> Error {
 /// Safety (1 - ASR) against general ability (perplexity), one labelled point per method. Up and to the
 /// left is better.
 pub fn chart(c: &Comparison, path: &Path) -> Result<()> {
-    let pts: Vec<(String, f64, f64)> = c.rows.iter().map(|r| (r.label.clone(), r.report.perplexity.value, 1.0 - r.report.asr.overall)).collect();
+    let pts: Vec<(String, f64, f64)> =
+        c.rows.iter().map(|r| (r.label.clone(), r.report.perplexity.value, 1.0 - r.report.asr.overall)).collect();
     let (lo, hi) = pts.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(p.1), b.max(p.1)));
     let pad = ((hi - lo) * 0.15).max(0.5);
     let root = SVGBackend::new(path, (820, 520)).into_drawing_area();
@@ -252,7 +253,14 @@ pub fn chart(c: &Comparison, path: &Path) -> Result<()> {
         .y_desc("safety = 1 - ASR")
         .draw()
         .map_err(|e| chart_err(path, e))?;
-    let colors = [RGBColor(90, 90, 90), RGBColor(31, 119, 180), RGBColor(214, 39, 40), RGBColor(44, 160, 44), RGBColor(255, 127, 14), RGBColor(148, 103, 189)];
+    let colors = [
+        RGBColor(90, 90, 90),
+        RGBColor(31, 119, 180),
+        RGBColor(214, 39, 40),
+        RGBColor(44, 160, 44),
+        RGBColor(255, 127, 14),
+        RGBColor(148, 103, 189),
+    ];
     for (i, (label, x, y)) in pts.iter().enumerate() {
         let col = colors[i % colors.len()];
         chart

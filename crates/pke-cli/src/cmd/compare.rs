@@ -45,7 +45,8 @@ pub fn arms(methods: &[String], overrides: &[String]) -> Result<Vec<Arm>> {
             continue;
         }
         let m: Method = label.split('#').next().unwrap_or(label).parse()?;
-        let kv: Vec<String> = overrides.iter().filter_map(|o| o.split_once(':')).filter(|(l, _)| l == label).map(|(_, kv)| kv.to_string()).collect();
+        let kv: Vec<String> =
+            overrides.iter().filter_map(|o| o.split_once(':')).filter(|(l, _)| l == label).map(|(_, kv)| kv.to_string()).collect();
         let mut arm = Arm::edit(m, EditParams::resolve(m, None, &kv)?);
         arm.label = label.clone();
         out.push(arm);

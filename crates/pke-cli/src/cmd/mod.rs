@@ -8,6 +8,7 @@ use pke::io::checkpoint::{data_dir, Checkpoint, KNOWN_MODELS};
 pub mod bench;
 pub mod cases;
 pub mod compare;
+pub mod demo;
 pub mod edit;
 pub mod eval;
 pub mod generate;
