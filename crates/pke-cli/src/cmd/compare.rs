@@ -93,3 +93,26 @@ pub fn run(a: Args) -> Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arms_parse_labels_and_overrides() {
+        let m = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let a = arms(&m(&["vanilla", "pke", "pke#fast"]), &m(&["pke#fast:lr=5e-3", "pke#fast:steps=3"])).unwrap();
+        assert_eq!(a.iter().map(|x| x.label.as_str()).collect::<Vec<_>>(), ["vanilla", "pke", "pke#fast"]);
+        let (p0, p1) = (a[1].params.as_ref().unwrap(), a[2].params.as_ref().unwrap());
+        assert_eq!((p0.lr, p0.steps), (EditParams::defaults(Method::Pke).lr, EditParams::defaults(Method::Pke).steps));
+        assert_eq!((p1.lr, p1.steps), (5e-3, 3));
+        let e = arms(&m(&["pke"]), &m(&["dinm:lr=1"])).unwrap_err().to_string();
+        assert!(e.contains("`dinm` is not one of --methods"), "{e}");
+        let e = arms(&m(&["pke", "pke"]), &[]).unwrap_err().to_string();
+        assert!(e.contains("twice"), "{e}");
+        let e = arms(&m(&["sft"]), &[]).unwrap_err().to_string();
+        assert!(e.contains("sft"), "{e}");
+        let e = arms(&m(&["pke"]), &m(&["pke:nope=1"])).unwrap_err().to_string();
+        assert!(e.contains("nope"), "{e}");
+    }
+}

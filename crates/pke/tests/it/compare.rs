@@ -1,0 +1,63 @@
+//! `pke compare`: every arm is evaluated on the same sets, edits start from the same model, the vanilla
+//! answers are the ROUGE-L reference, and the table and chart are written.
+
+use pke::compare::{chart, compare, markdown, Arm, CompareSettings};
+use pke::edit::{EditParams, Method};
+use pke::eval::report::EvalSettings;
+use pke::locate::LocateSettings;
+
+fn tiny_eval() -> EvalSettings {
+    EvalSettings { n_harmful: 1, n_jailbreak: 1, n_benign: 2, n_factual: 2, ppl_tokens: 32, max_new_tokens: 6, ..Default::default() }
+}
+
+#[test]
+fn compare_runs_each_arm_on_the_same_sets() {
+    let ck = crate::common::smollm2();
+    let cases = pke::data::sets::builtin_cases("advbench", 1).unwrap();
+    let p = |m| EditParams { steps: 2, ..EditParams::defaults(m) };
+    let s = CompareSettings {
+        arms: vec![Arm::edit(Method::Pke, p(Method::Pke)), Arm::vanilla(), Arm::edit(Method::Ga, p(Method::Ga))],
+        eval: tiny_eval(),
+        locate: LocateSettings { chat: true, ..Default::default() },
+    };
+    let before = ck.model.get("model.layers.11.mlp.down_proj.weight").unwrap().to_vec2::<f32>().unwrap();
+    let c = compare(ck, &cases, &s, |_, _| {}).unwrap();
+    assert_eq!(ck.model.get("model.layers.11.mlp.down_proj.weight").unwrap().to_vec2::<f32>().unwrap(), before, "the loaded model is untouched");
+    let labels: Vec<&str> = c.rows.iter().map(|r| r.label.as_str()).collect();
+    assert_eq!(labels, ["vanilla", "pke", "ga"], "vanilla runs first");
+    let v = &c.rows[0];
+    assert!(v.report.kl_to_base.is_none() && v.report.rouge_l_to_base.is_none() && v.changed_values == 0);
+    let width = ck.model.spec.intermediate_size;
+    let hidden = ck.model.spec.hidden_size;
+    let k = (0.10 * width as f64).ceil() as usize;
+    assert_eq!(c.rows[1].changed_values, k * hidden, "pke edits only the hotspot columns");
+    assert_eq!(c.rows[2].changed_values, width * hidden, "ga edits the whole down_proj");
+    for r in &c.rows[1..] {
+        assert!(r.edit_seconds > 0.0 && r.locate_seconds > 0.0);
+        assert!(r.report.kl_to_base.as_ref().unwrap().value > 0.0, "{} changed the model", r.label);
+        assert!(r.report.rouge_l_to_base.is_some());
+        // Same prompts for every arm.
+        let prompts = |x: &pke::compare::CompareRow| x.report.samples.iter().map(|s| s.prompt.clone()).collect::<Vec<_>>();
+        assert_eq!(prompts(r), prompts(v));
+    }
+    let md = markdown(&c);
+    for l in labels {
+        assert!(md.contains(&format!("| {l} |")), "{md}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    chart(&c, &dir.path().join("c.svg")).unwrap();
+    assert!(std::fs::read_to_string(dir.path().join("c.svg")).unwrap().contains("<svg"));
+}
+
+#[test]
+fn compare_bad_inputs_are_clear_errors() {
+    let ck = crate::common::smollm2();
+    let cases = pke::data::sets::builtin_cases("advbench", 1).unwrap();
+    let s = CompareSettings { arms: vec![Arm::vanilla()], eval: tiny_eval(), locate: LocateSettings { chat: true, ..Default::default() } };
+    let e = compare(ck, &[], &s, |_, _| {}).unwrap_err().to_string();
+    assert!(e.contains("no edit cases"), "{e}");
+    let e = compare(ck, &cases, &CompareSettings { arms: vec![], ..s.clone() }, |_, _| {}).unwrap_err().to_string();
+    assert!(e.contains("no methods"), "{e}");
+    let e = compare(ck, &cases, &CompareSettings { locate: LocateSettings::default(), ..s }, |_, _| {}).unwrap_err().to_string();
+    assert!(e.contains("chat template"), "{e}");
+}
