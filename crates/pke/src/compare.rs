@@ -123,7 +123,7 @@ pub fn compare(ck: &Checkpoint, cases: &[EditCase], s: &CompareSettings, mut pro
         if !located.iter().any(|(l, _, _)| *l == loc) {
             progress(&arm.label, &format!("locating ({loc:?})"));
             let t = Instant::now();
-            let settings = LocateSettings { locator: loc, ..s.locate.clone() };
+            let settings = LocateSettings { locator: loc, dinm_rule_only: loc == Locator::Dinm, ..s.locate.clone() };
             let (h, _) = locate(&ck.model, &ck.tok, cases, &settings, None, |_, _| {})?;
             located.push((loc, h, t.elapsed().as_secs_f64()));
         }

@@ -84,12 +84,15 @@ pub fn run(a: Args) -> Result<ExitCode> {
             h
         }
         None => {
+            let locator = match &a.locator {
+                Some(l) => l.parse::<Locator>()?,
+                None if method == Method::Dinm => Locator::Dinm,
+                None => Locator::Pke,
+            };
             let settings = LocateSettings {
-                locator: match &a.locator {
-                    Some(l) => l.parse::<Locator>()?,
-                    None if method == Method::Dinm => Locator::Dinm,
-                    None => Locator::Pke,
-                },
+                locator,
+                // The dinm locator only needs its own rule here (the edit uses the layer, not neuron scores).
+                dinm_rule_only: locator == Locator::Dinm,
                 layers: a.layers.clone(),
                 top_fraction: a.top_fraction,
                 chat: a.cases.chat,

@@ -218,7 +218,16 @@ impl Adam {
 
 /// Loss terms of one case at the current weights.
 /// `frozen` is the same weights without gradient tracking, for terms computed without gradient.
-fn case_loss(model: &Decoder, frozen: &Decoder, c: &Prepared, method: Method, p: &EditParams) -> Result<(Tensor, StepLog)> {
+/// With `skip_inert_kl`, an inert KL term (no gradient) is left out and logged as NaN; see
+/// `EditParams::always_log_inert_kl`.
+fn case_loss(
+    model: &Decoder,
+    frozen: &Decoder,
+    c: &Prepared,
+    method: Method,
+    p: &EditParams,
+    skip_inert_kl: bool,
+) -> Result<(Tensor, StepLog)> {
     let zero = || Tensor::zeros((), candle_core::DType::F32, model.device());
     let mut log = StepLog { step: 0, case: None, loss: 0.0, nll_safe: 0.0, kl: 0.0, unlikelihood: 0.0, nll_unsafe: 0.0 };
     let mut loss = zero()?;
@@ -234,7 +243,9 @@ fn case_loss(model: &Decoder, frozen: &Decoder, c: &Prepared, method: Method, p:
             loss = (loss + (n * p.edit_weight)?)?;
         }
     }
-    if p.kl_weight != 0.0 {
+    if p.kl_weight != 0.0 && p.quirk_inert_kl && skip_inert_kl && c.loc.is_some() {
+        log.kl = f64::NAN;
+    } else if p.kl_weight != 0.0 {
         if let Some((seq, base)) = &c.loc {
             // EasyEdit computes this term under no_grad (quirk Q2): evaluate it on untracked weights.
             let k = if p.quirk_inert_kl { kl(frozen, seq, base)? } else { kl(model, seq, base)? };
@@ -333,8 +344,9 @@ pub fn compute_delta(
             for (name, var, ..) in &vars {
                 frozen.set(name, var.as_tensor().detach())?;
             }
+            let lazy_kl = p.quirk_inert_kl && p.kl_weight != 0.0 && !p.always_log_inert_kl;
             for &i in group {
-                let (l, s) = case_loss(&m, &frozen, &prepared[i], method, p)?;
+                let (l, s) = case_loss(&m, &frozen, &prepared[i], method, p, lazy_kl)?;
                 entry.loss += s.loss / n;
                 entry.nll_safe += s.nll_safe / n;
                 entry.kl += s.kl / n;
@@ -345,6 +357,17 @@ pub fn compute_delta(
                     Some(t) => (t + l)?,
                     None => l,
                 });
+            }
+            if lazy_kl && entry.loss < p.early_stop_loss + 1e-6 {
+                // The inert KL (>= 0, no gradient) could decide the early stop: add its value now.
+                let mut kl_sum = 0.0;
+                for &i in group {
+                    if let Some((seq, base)) = &prepared[i].loc {
+                        kl_sum += scalar(&kl(&frozen, seq, base)?)? / n;
+                    }
+                }
+                entry.kl = kl_sum;
+                entry.loss += p.kl_weight * kl_sum;
             }
             if p.mode == BatchMode::Sequential {
                 entry.case = Some(prepared[group[0]].id.clone());

@@ -79,6 +79,12 @@ pub struct EditParams {
     pub quirk_suffix: bool,
     #[serde(default)]
     pub quirk_no_shift_kl: bool,
+    /// With `quirk_inert_kl`, the KL term has no gradient and only adds to the loss value, which matters
+    /// only for early stopping. When false (default), it is computed only on steps where it could decide
+    /// the early stop (the rest of the loss is already below the threshold); the delta is identical and
+    /// other steps log `kl` as null. True computes it every step, as EasyEdit does.
+    #[serde(default)]
+    pub always_log_inert_kl: bool,
 }
 
 fn defaults_text(m: Method) -> &'static str {

@@ -54,6 +54,11 @@ pub struct LocateSettings {
     pub neuron_signals: Vec<String>,
     /// How per-case signals are aggregated.
     pub aggregation: String,
+    /// With the dinm locator: compute only DINM's rule (one batched forward of the first case's two
+    /// replies, as EasyEdit), not the other signals. The layer is the same; the other signals, the
+    /// neuron ranking, the other padding side and the stability figures are then left at zero / empty.
+    #[serde(default)]
+    pub dinm_rule_only: bool,
 }
 
 impl Default for LocateSettings {
@@ -69,6 +74,7 @@ impl Default for LocateSettings {
             dinm: DinmOptions::default(),
             neuron_signals: vec![],
             aggregation: "per-case signals normalized to sum 1, then averaged over cases".into(),
+            dinm_rule_only: false,
         }
     }
 }

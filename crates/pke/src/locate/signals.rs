@@ -217,6 +217,50 @@ pub fn locate(
     let inputs: Vec<CaseInputs> =
         cases.iter().map(|c| case_inputs(tok, c, settings.chat, settings.suffix.as_deref())).collect::<Result<_>>()?;
     let t0 = Instant::now();
+    if settings.locator == Locator::Dinm && settings.dinm_rule_only && settings.layers.is_empty() {
+        progress(0, 1);
+        let c = &inputs[0];
+        let a = dinm_locate(model, tok, &c.safe_text, &c.unsafe_text, settings.dinm)?;
+        progress(1, 1);
+        let mut chosen_layers = vec![a.toxic_layer];
+        chosen_layers.extend(top_k(&a.distances, n).into_iter().filter(|l| *l != a.toxic_layer).take(settings.n_layers - 1));
+        let layers = (0..n)
+            .map(|l| LayerSignal {
+                layer: l,
+                dinm_distance: a.distances[l],
+                dinm_distance_other_padding: 0.0,
+                grad_norm: 0.0,
+                attribution: 0.0,
+                weight_drift: None,
+            })
+            .collect();
+        return Ok((
+            Hotspots {
+                model: String::new(),
+                model_sha256: None,
+                architecture: spec.arch.to_string(),
+                n_cases: cases.len(),
+                settings: settings.clone(),
+                layers,
+                chosen_layers,
+                neurons: vec![],
+                dinm: DinmSensitivity {
+                    layer_left: a.toxic_layer,
+                    layer_right: a.toxic_layer,
+                    flips_with_padding: false,
+                    cases_flipping: 0.0,
+                },
+                stability: Stability {
+                    layer_agreement: 1.0,
+                    topk_overlap_with_aggregate: 0.0,
+                    topk_pairwise_overlap: 0.0,
+                    layer_margin: relative_gap(&a.distances),
+                },
+                seconds_per_case: t0.elapsed().as_secs_f64(),
+            },
+            inputs,
+        ));
+    }
     let mut per_case = Vec::with_capacity(cases.len());
     let mut dinm_layers = Vec::new();
     let mut dinm_first = None;

@@ -22,7 +22,11 @@ fn compare_runs_each_arm_on_the_same_sets() {
     };
     let before = ck.model.get("model.layers.11.mlp.down_proj.weight").unwrap().to_vec2::<f32>().unwrap();
     let c = compare(ck, &cases, &s, |_, _| {}).unwrap();
-    assert_eq!(ck.model.get("model.layers.11.mlp.down_proj.weight").unwrap().to_vec2::<f32>().unwrap(), before, "the loaded model is untouched");
+    assert_eq!(
+        ck.model.get("model.layers.11.mlp.down_proj.weight").unwrap().to_vec2::<f32>().unwrap(),
+        before,
+        "the loaded model is untouched"
+    );
     let labels: Vec<&str> = c.rows.iter().map(|r| r.label.as_str()).collect();
     assert_eq!(labels, ["vanilla", "pke", "ga"], "vanilla runs first");
     let v = &c.rows[0];

@@ -97,9 +97,21 @@ fn dinm_edits_the_whole_layer_and_ga_runs() {
         assert_eq!(out.delta.tensors[0].columns.len(), ck.model.spec.intermediate_size, "{m} edits the whole down_proj");
         assert_eq!(out.log.len(), steps, "{m}");
         if m == Method::Dinm {
+            // The inert KL is skipped on steps where it cannot decide the early stop: same delta bytes.
+            assert!(out.log[0].kl.is_nan(), "lazy by default");
+            let eager = EditParams { always_log_inert_kl: true, ..p.clone() };
+            let out2 = compute_delta(&ck.model, &ck.tok, &cases, &h, m, &eager, |_, _, _| {}).unwrap();
+            let vals = |o: &pke::edit::EditOutcome| o.delta.tensors[0].after.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert!(vals(&out) == vals(&out2), "lazy inert KL changed the delta");
             // EasyEdit's inert KL: zero at step 0 and no gradient, so the loss is 0.1 x NLL at step 0.
-            assert!(out.log[0].kl.abs() < 1e-6, "{}", out.log[0].kl);
-            assert!((out.log[0].loss - 0.1 * out.log[0].nll_safe).abs() < 1e-5);
+            assert!(out2.log[0].kl.abs() < 1e-6, "{}", out2.log[0].kl);
+            assert!(out2.log[1].kl > 0.0);
+            assert!((out2.log[0].loss - 0.1 * out2.log[0].nll_safe).abs() < 1e-5);
+            // An early-stop threshold the edit term alone meets: the KL is then computed and can block it.
+            let stop = EditParams { early_stop_loss: 1e3, ..p.clone() };
+            let out3 = compute_delta(&ck.model, &ck.tok, &cases, &h, m, &stop, |_, _, _| {}).unwrap();
+            assert_eq!(out3.log.len(), 1);
+            assert!(out3.log[0].kl.is_finite());
         }
         if m == Method::FtL {
             let t = &out.delta.tensors[0];

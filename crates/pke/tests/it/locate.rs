@@ -174,6 +174,18 @@ fn pke_locator_ignores_padding_while_dinm_flips_on_smollm2() {
         layers.push((h.chosen_layers.clone(), h.neurons[0].top.clone()));
     }
     assert_eq!(layers[0], layers[1], "the PKE hotspot must not depend on the padding side");
+    // DINM's rule alone (what `pke edit --method dinm` runs) picks the same layer with the same distances.
+    for padding in [PadSide::Left, PadSide::Right] {
+        let dinm = DinmOptions { padding, ..Default::default() };
+        let full = LocateSettings { locator: Locator::Dinm, dinm, ..Default::default() };
+        let (a, _) = locate(&ck.model, &ck.tok, &c, &full, None, |_, _| {}).unwrap();
+        let (b, _) = locate(&ck.model, &ck.tok, &c, &LocateSettings { dinm_rule_only: true, ..full }, None, |_, _| {}).unwrap();
+        assert_eq!(a.chosen_layers, b.chosen_layers);
+        assert_eq!(b.chosen_layers, vec![if padding == PadSide::Left { 11 } else { 28 }]);
+        let d = |h: &pke::locate::Hotspots| h.layers.iter().map(|l| l.dinm_distance).collect::<Vec<_>>();
+        assert_eq!(d(&a), d(&b));
+        assert!(b.neurons.is_empty() && b.layers.iter().all(|l| l.grad_norm == 0.0));
+    }
 }
 
 #[test]
