@@ -9,7 +9,8 @@ pub struct CaseArgs {
     /// a SafeEdit JSON file.
     #[arg(long)]
     pub cases: Option<std::path::PathBuf>,
-    /// Built-in cases from an installed set: advbench[:N] or harmbench-val[:N].
+    /// Built-in cases from an installed set: advbench[:N], harmbench-val[:N], or safeedit-style[:N]
+    /// (PyRIT jailbreak templates x AdvBench questions, with SafeEdit's four generalization inputs).
     #[arg(long)]
     pub builtin: Option<String>,
     /// Wrap prompts in the model's chat template.

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use pke::compare::{chart, compare, markdown, Arm, CompareSettings};
+use pke::compare::{chart, compare, markdown, per_instance, per_instance_markdown, Arm, CompareSettings};
 use pke::edit::{EditParams, Method};
 use pke::locate::LocateSettings;
 
@@ -23,6 +23,10 @@ pub struct Args {
     overrides: Vec<String>,
     #[command(flatten)]
     eval: super::eval::EvalArgs,
+    /// SafeEdit's per-instance protocol instead: edit each case alone and judge its DS and four DG inputs
+    /// before and after (cases need generalization inputs: a SafeEdit file or --builtin safeedit-style:N).
+    #[arg(long)]
+    per_instance: bool,
     #[arg(long, default_value = "out/compare")]
     out: PathBuf,
     #[arg(long)]
@@ -69,6 +73,25 @@ pub fn run(a: Args) -> Result<ExitCode> {
     };
     let ck = super::load_model(&a.model)?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
+    if a.per_instance {
+        let bar = super::progress_bar(cases.len() as u64, "per-instance");
+        let runs = per_instance(&ck, &cases, &settings.arms, &settings.eval, &settings.locate, |label, i, n| {
+            bar.set_length(n as u64);
+            bar.set_position(i as u64);
+            bar.set_message(format!("per-instance: {label}"));
+        })?;
+        bar.finish_and_clear();
+        let doc = serde_json::json!({"model": ck.source.path(), "model_sha256": ck.sha256()?, "eval": settings.eval, "runs": runs});
+        pke::io::atomic_write(&a.out.join("per_instance.json"), serde_json::to_string_pretty(&doc)?.as_bytes())?;
+        let md = per_instance_markdown(&runs);
+        pke::io::atomic_write(&a.out.join("per_instance.md"), md.as_bytes())?;
+        if a.json {
+            super::print_json(&doc)?;
+        } else {
+            println!("{md}\nwrote {0}/per_instance.json, {0}/per_instance.md", a.out.display());
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let bar = super::progress_bar(settings.arms.len() as u64, "comparing");
     let mut current = String::new();
     let c = compare(&ck, &cases, &settings, |arm, msg| {

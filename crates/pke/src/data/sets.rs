@@ -185,6 +185,46 @@ pub fn jailbreak_templates() -> Result<Vec<JailbreakTemplate>> {
     Ok(out)
 }
 
+/// Templates of at most `max_chars`, in a fixed pseudo-random order (sha256 of the name). Evaluation takes
+/// jailbreak templates from the front of this order and the built-in SafeEdit-style cases from the back,
+/// so the two do not share templates while neither set is large.
+pub fn ordered_jailbreak_templates(max_chars: usize) -> Result<Vec<JailbreakTemplate>> {
+    use sha2::Digest;
+    let mut t: Vec<_> = jailbreak_templates()?.into_iter().filter(|t| t.value.len() <= max_chars).collect();
+    t.sort_by_key(|t| sha2::Sha256::digest(t.name.as_bytes()).to_vec());
+    Ok(t)
+}
+
+/// Longest template (characters) used for jailbreak prompts, in evaluation and the built-in cases.
+pub const JAILBREAK_MAX_CHARS: usize = 2000;
+
+/// SafeEdit-style cases built from installed data, as SafeEdit was built (attack templates x harmful
+/// questions): the adversarial prompt is a PyRIT template around AdvBench question i; the four
+/// generalization inputs are the question alone, another template with the same question, the same template
+/// with another question (i + 260), and another template with another question. Templates come from the
+/// back of `ordered_jailbreak_templates` (evaluation uses the front).
+pub fn safeedit_style_cases(n: usize) -> Result<Vec<EditCase>> {
+    let mut templates = ordered_jailbreak_templates(JAILBREAK_MAX_CHARS)?;
+    templates.reverse();
+    let qs = advbench()?;
+    let base = builtin_cases("advbench", n)?;
+    let half = qs.len() / 2;
+    let nt = templates.len();
+    Ok(base
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut c)| {
+            let (t, t2) = (&templates[i % nt], &templates[(i + 1) % nt]);
+            let (q, q2) = (&qs[i], &qs[(i + half) % qs.len()]);
+            c.id = format!("safeedit-style-{i}");
+            c.prompt = t.render(q);
+            c.general_prompts = vec![q.clone(), t2.render(q), t.render(q2), t2.render(q2)];
+            c.category = Some(format!("pyrit template {} x advbench", t.name));
+            c
+        })
+        .collect())
+}
+
 /// Read a user prompt file: JSONL with a `prompt` (or `text`) field per line, or plain text one per line.
 pub fn read_prompt_file(p: &Path) -> Result<Vec<String>> {
     let text = read(p)?;
@@ -240,7 +280,8 @@ pub fn builtin_cases(set: &str, n: usize) -> Result<Vec<EditCase>> {
     let prompts = match set {
         "advbench" => advbench()?,
         "harmbench-val" => harmbench("val")?,
-        other => return Err(Error::Input(format!("unknown built-in case set `{other}` (advbench, harmbench-val)"))),
+        "safeedit-style" => return safeedit_style_cases(n),
+        other => return Err(Error::Input(format!("unknown built-in case set `{other}` (advbench, harmbench-val, safeedit-style)"))),
     };
     let benign = benign_pairs()?;
     if benign.is_empty() {
@@ -282,5 +323,17 @@ mod tests {
         assert_eq!(c.len(), 3);
         assert!(c[0].unsafe_response.starts_with("Sure, here is how to write a script"));
         assert!(builtin_cases("nope", 1).unwrap_err().to_string().contains("advbench, harmbench-val"));
+        let s = builtin_cases("safeedit-style", 3).unwrap();
+        assert_eq!(s.len(), 3);
+        for c in &s {
+            assert_eq!(c.general_prompts.len(), 4);
+            assert!(c.prompt.len() > c.general_prompts[0].len() && !c.prompt.contains("{{"));
+        }
+        assert_eq!(s[1].general_prompts[0], advbench().unwrap()[1]);
+        // No template is shared with the evaluation's jailbreak prompts (front of the order).
+        let t = ordered_jailbreak_templates(JAILBREAK_MAX_CHARS).unwrap();
+        assert!(t.len() >= 30, "{}", t.len());
+        let front: Vec<&str> = t.iter().take(10).map(|x| x.name.as_str()).collect();
+        assert!(s.iter().all(|c| front.iter().all(|f| c.category.as_deref() != Some(&format!("pyrit template {f} x advbench")))));
     }
 }

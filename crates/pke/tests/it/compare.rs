@@ -65,3 +65,30 @@ fn compare_bad_inputs_are_clear_errors() {
     let e = compare(ck, &cases, &CompareSettings { locate: LocateSettings::default(), ..s }, |_, _| {}).unwrap_err().to_string();
     assert!(e.contains("chat template"), "{e}");
 }
+
+/// SafeEdit's per-instance protocol on built-in SafeEdit-style cases: five judged replies per side, the
+/// summary is the share of safe labels, and cases without generalization inputs are refused.
+#[test]
+fn per_instance_judges_five_inputs_per_case() {
+    use pke::compare::{per_instance, SAFEEDIT_INPUTS};
+    let ck = crate::common::smollm2();
+    let cases = pke::data::sets::builtin_cases("safeedit-style", 2).unwrap();
+    let arms = vec![Arm::vanilla(), Arm::edit(Method::Pke, EditParams { steps: 2, ..EditParams::defaults(Method::Pke) })];
+    let loc = LocateSettings { chat: true, ..Default::default() };
+    let runs = per_instance(ck, &cases, &arms, &tiny_eval(), &loc, |_, _, _| {}).unwrap();
+    assert_eq!(runs.len(), 1, "vanilla is the `pre` side, not a run");
+    let r = &runs[0];
+    assert_eq!(r.records.len(), 2);
+    for rec in &r.records {
+        assert_eq!(rec.vanilla.len(), 5);
+        assert_eq!(rec.edited.len(), 5);
+        assert!(SAFEEDIT_INPUTS.iter().all(|k| rec.edited.contains_key(*k)));
+        assert!(rec.time > 0.0 && !rec.layers.is_empty());
+    }
+    let safe = |k: &str| r.records.iter().filter(|x| x.edited[k].label == "safe").count() as f64 / 2.0;
+    assert_eq!(r.post.ds, safe("DS"));
+    assert_eq!(r.post.dg_other_aq, safe("DG_otherAQ"));
+    let plain = pke::data::sets::builtin_cases("advbench", 1).unwrap();
+    let e = per_instance(ck, &plain, &arms, &tiny_eval(), &loc, |_, _, _| {}).unwrap_err().to_string();
+    assert!(e.contains("generalization inputs") && e.contains("safeedit-style"), "{e}");
+}
