@@ -38,7 +38,16 @@ struct Seq {
     resume: Option<(usize, Tensor)>,
 }
 
-/// The sequences of one case.
+/// The tokenized sequences of one case (before `precompute`).
+#[derive(Clone, Debug)]
+struct CaseSeqs {
+    id: String,
+    safe: Seq,
+    unsafe_: Seq,
+    loc: Option<Seq>,
+}
+
+/// The sequences of one case, ready to train on.
 #[derive(Clone, Debug)]
 struct Prepared {
     id: String,
@@ -84,7 +93,7 @@ fn encode_nonempty(tok: &Tok, text: &str, special: bool, what: &str, id: &str) -
 
 /// Tokenize a case for `method`. pke, ft-l and ga use the locate inputs (prompt with chat template or
 /// not, responses tokenized alone without BOS). dinm reproduces EasyEdit's strings and label alignment.
-fn prepare(tok: &Tok, c: &EditCase, chat: bool, p: &EditParams, method: Method) -> Result<Prepared> {
+fn prepare(tok: &Tok, c: &EditCase, chat: bool, p: &EditParams, method: Method) -> Result<CaseSeqs> {
     let suffix = (method == Method::Dinm && p.quirk_suffix).then_some(DINM_SUFFIX);
     let sep = |r: &str| if chat { r.to_string() } else { format!(" {}", r.trim_start()) };
     if method == Method::Dinm {
@@ -115,12 +124,7 @@ fn prepare(tok: &Tok, c: &EditCase, chat: bool, p: &EditParams, method: Method) 
             }
             _ => None,
         };
-        return Ok(Prepared {
-            id: c.id.clone(),
-            safe,
-            unsafe_,
-            loc: loc.map(|s| (s, Tensor::zeros(1, candle_core::DType::F32, &candle_core::Device::Cpu).expect("cpu"))),
-        });
+        return Ok(CaseSeqs { id: c.id.clone(), safe, unsafe_, loc });
     }
     let prompt = encode_nonempty(tok, &prompt_text(tok, &c.prompt, chat, None)?, !chat, "the prompt", &c.id)?;
     let safe = encode_nonempty(tok, &sep(&c.safe_response), false, "the safe reply", &c.id)?;
@@ -133,12 +137,7 @@ fn prepare(tok: &Tok, c: &EditCase, chat: bool, p: &EditParams, method: Method) 
         }
         _ => None,
     };
-    Ok(Prepared {
-        id: c.id.clone(),
-        safe: seq_after(&prompt, &safe),
-        unsafe_: seq_after(&prompt, &unsafe_),
-        loc: loc.map(|s| (s, Tensor::zeros(1, candle_core::DType::F32, &candle_core::Device::Cpu).expect("cpu"))),
-    })
+    Ok(CaseSeqs { id: c.id.clone(), safe: seq_after(&prompt, &safe), unsafe_: seq_after(&prompt, &unsafe_), loc })
 }
 
 /// Hidden states (s, d) of `seq` from its cached residual, and the logits at its rows.
@@ -171,7 +170,7 @@ fn scalar(t: &Tensor) -> Result<f64> {
 
 /// Fill `resume` for every sequence (residual entering block `l0`, original weights) and the original
 /// log-probabilities of the locality rows.
-fn precompute(model: &Decoder, cases: &mut [Prepared], l0: usize) -> Result<()> {
+fn precompute(model: &Decoder, cases: Vec<CaseSeqs>, l0: usize) -> Result<Vec<Prepared>> {
     let resume_of = |ids: &[u32]| -> Result<Option<(usize, Tensor)>> {
         if l0 == 0 {
             return Ok(None);
@@ -181,15 +180,21 @@ fn precompute(model: &Decoder, cases: &mut [Prepared], l0: usize) -> Result<()> 
         model.forward_with(&Input::single(ids), &mut cap, None)?;
         Ok(Some((l0, cap.store.remove(&Site::ResidPost(l0 - 1)).expect("captured"))))
     };
-    for c in cases.iter_mut() {
+    let mut out = Vec::with_capacity(cases.len());
+    for mut c in cases {
         c.safe.resume = resume_of(&c.safe.ids)?;
         c.unsafe_.resume = resume_of(&c.unsafe_.ids)?;
-        if let Some((seq, base)) = &mut c.loc {
-            seq.resume = resume_of(&seq.ids)?;
-            *base = log_softmax_last(&seq_logits(model, seq)?)?.detach();
-        }
+        let loc = match c.loc {
+            Some(mut seq) => {
+                seq.resume = resume_of(&seq.ids)?;
+                let base = log_softmax_last(&seq_logits(model, &seq)?)?.detach();
+                Some((seq, base))
+            }
+            None => None,
+        };
+        out.push(Prepared { id: c.id, safe: c.safe, unsafe_: c.unsafe_, loc });
     }
-    Ok(())
+    Ok(out)
 }
 
 /// Minimal Adam (betas 0.9/0.999, eps 1e-8, no weight decay) as torch.optim.Adam, updating in place.
@@ -309,9 +314,9 @@ pub fn compute_delta(
     let t0 = Instant::now();
     let chat = hotspots.settings.chat;
     let targets = edit_targets(model, hotspots, method)?;
-    let mut prepared: Vec<Prepared> = cases.iter().map(|c| prepare(tok, c, chat, p, method)).collect::<Result<_>>()?;
+    let seqs: Vec<CaseSeqs> = cases.iter().map(|c| prepare(tok, c, chat, p, method)).collect::<Result<_>>()?;
     let l0 = *hotspots.chosen_layers.iter().min().expect("non-empty");
-    precompute(model, &mut prepared, l0)?;
+    let prepared = precompute(model, seqs, l0)?;
 
     let mut m = model.clone();
     let mut vars = Vec::new();

@@ -7,8 +7,11 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
+/// Raw tensors by name: (dtype, shape, little-endian bytes).
+pub type RawTensors = BTreeMap<String, (Dtype, Vec<usize>, Vec<u8>)>;
+
 /// Read one safetensors file with all dtypes kept raw (for delta files): name -> (dtype, shape, bytes).
-pub fn read_raw(path: &Path) -> Result<(BTreeMap<String, (Dtype, Vec<usize>, Vec<u8>)>, HashMap<String, String>)> {
+pub fn read_raw(path: &Path) -> Result<(RawTensors, HashMap<String, String>)> {
     let bytes = std::fs::read(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => Error::NotFound { what: "safetensors file", path: path.into(), hint: String::new() },
         _ => Error::io(path, e),

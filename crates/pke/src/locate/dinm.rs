@@ -43,7 +43,10 @@ pub struct DinmResult {
 }
 
 /// Tokenize `[safe, unsafe]` as one padded batch, as `tok([safe, unsafe], padding=True)` does.
-pub fn padded_pair(tok: &Tok, safe: &str, unsafe_: &str, side: PadSide) -> Result<(Vec<Vec<u32>>, Vec<Vec<u8>>)> {
+/// Token ids and attention masks of a padded batch.
+pub type PaddedBatch = (Vec<Vec<u32>>, Vec<Vec<u8>>);
+
+pub fn padded_pair(tok: &Tok, safe: &str, unsafe_: &str, side: PadSide) -> Result<PaddedBatch> {
     let a = tok.encode(safe, true)?;
     let b = tok.encode(unsafe_, true)?;
     if a.is_empty() || b.is_empty() {

@@ -71,11 +71,11 @@ fn empty_and_overlong_prompts_are_errors() {
     let e = err_of(m.forward(&pke::model::Input::single(&long)));
     assert!(e.contains("74 tokens does not fit the context of 64"), "{e}");
     let opts = pke::generate::GenOpts { max_new_tokens: 4, ..Default::default() };
-    let e = err_of(pke::generate::generate(&m, &[long.clone()], 0, &opts));
+    let e = err_of(pke::generate::generate(&m, std::slice::from_ref(&long), 0, &opts));
     assert!(e.contains("does not fit the context") && e.contains("left truncation"), "{e}");
     // Documented left truncation keeps the last (ctx - max_new_tokens) prompt tokens.
     let opts = pke::generate::GenOpts { max_new_tokens: 4, truncate_left: true, ..Default::default() };
-    let g = pke::generate::generate(&m, &[long.clone()], 0, &opts).unwrap();
+    let g = pke::generate::generate(&m, std::slice::from_ref(&long), 0, &opts).unwrap();
     assert_eq!(g[0].truncated, 14);
     assert_eq!(g[0].token_ids.len(), 4);
     // Long texts are scored in windows instead of failing.

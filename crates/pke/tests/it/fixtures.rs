@@ -108,7 +108,7 @@ fn check_prompt(ck: &Checkpoint, p: &serde_json::Value) {
     let g = &p["greedy_20"];
     let eos = u32s(&g["eos_token_ids"]);
     let opts = GenOpts { max_new_tokens: 20, stop_ids: eos, ..Default::default() };
-    let out = generate(&ck.model, &[ids.clone()], ck.tok.pad_or_eos().unwrap_or(0), &opts).unwrap();
+    let out = generate(&ck.model, std::slice::from_ref(&ids), ck.tok.pad_or_eos().unwrap_or(0), &opts).unwrap();
     assert_eq!(out[0].token_ids, u32s(&g["new_token_ids"]), "case {id}: greedy tokens differ");
 }
 

@@ -49,7 +49,7 @@ fn edited_gguf_round_trips() {
         assert_eq!(logits(&edited, &ids), logits(&back.model, &ids));
         // Re-quantized to the source type: close, not exact.
         let outq = dir.path().join("edited-q.gguf");
-        write_gguf(&src, &edited, &[name.clone()], EditedType::Source, &outq).unwrap();
+        write_gguf(&src, &edited, std::slice::from_ref(&name), EditedType::Source, &outq).unwrap();
         let q = Checkpoint::load(&outq).unwrap();
         let d = (q.model.get(&name).unwrap() - edited.get(&name).unwrap())
             .unwrap()
