@@ -151,6 +151,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         std::fs::create_dir_all(out.join(dir))?;
         pke::io::atomic_write(&out.join(dir).join("report.json"), serde_json::to_string_pretty(r)?.as_bytes())?;
         pke::io::atomic_write(&out.join(dir).join("report.md"), super::eval::markdown(r).as_bytes())?;
+        pke::eval::charts::report_chart(r, &out.join(dir).join("report.svg"))?;
     }
     let t = table(&rb, &ra);
     pke::io::atomic_write(&out.join("before_after.md"), t.as_bytes())?;

@@ -147,10 +147,11 @@ pub fn run(a: Args) -> Result<ExitCode> {
     pke::io::atomic_write(&a.out.join("report.json"), serde_json::to_string_pretty(&r)?.as_bytes())?;
     let md = markdown(&r);
     pke::io::atomic_write(&a.out.join("report.md"), md.as_bytes())?;
+    pke::eval::charts::report_chart(&r, &a.out.join("report.svg"))?;
     if a.json {
         super::print_json(&r)?;
     } else {
-        println!("{md}\nwrote {}/report.json and report.md", a.out.display());
+        println!("{md}\nwrote {0}/report.json, {0}/report.md, {0}/report.svg", a.out.display());
     }
     Ok(ExitCode::SUCCESS)
 }

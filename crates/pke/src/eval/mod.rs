@@ -1,5 +1,6 @@
 //! Provides evaluation: judges validated on human labels, metric functions, and the per-model report.
 
+pub mod charts;
 pub mod embed;
 pub mod harm;
 pub mod judge;

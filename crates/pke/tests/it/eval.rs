@@ -29,6 +29,10 @@ fn report_has_every_metric_and_kl_to_itself_is_zero() {
     assert!(r.kl_to_base.as_ref().unwrap().value.abs() < 1e-6);
     assert_eq!(r.judge_validation.len(), 2);
     assert_eq!(r.samples.len(), 8);
+    let dir = tempfile::tempdir().unwrap();
+    pke::eval::charts::report_chart(&r, &dir.path().join("r.svg")).unwrap();
+    let svg = std::fs::read_to_string(dir.path().join("r.svg")).unwrap();
+    assert!(svg.contains("ASR overall") && svg.contains("over-refusal"), "chart has its bars labelled");
     let v = serde_json::to_value(&r).unwrap();
     for k in [
         "asr",
