@@ -313,6 +313,9 @@ impl HarmJudge {
 
     /// Load the cached head if its key matches the data and encoder, else train and cache it.
     pub fn load_or_train(enc: &SentenceEncoder, progress: impl FnMut(usize, usize)) -> Result<Self> {
+        // One trainer per process: concurrent callers (parallel tests, compare arms) wait and read the cache.
+        static TRAINING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _guard = TRAINING.lock().unwrap_or_else(|e| e.into_inner());
         let data = harm_training_data()?;
         let key = cache_key(&data, enc)?;
         let path = Self::cache_path()?;
