@@ -9,7 +9,6 @@ use anyhow::{bail, Context, Result};
 use pke::edit::{compute_delta, EditParams, Method};
 use pke::eval::harm::HarmScorer;
 use pke::eval::report::{evaluate_with, Baseline, ModelReport};
-use pke::generate::{generate, GenOpts};
 use pke::locate::{charts, locate, LocateSettings};
 
 #[derive(clap::Args)]
@@ -40,13 +39,9 @@ const SHOW: [&str; 3] = [
 ];
 
 fn replies(ck: &pke::io::checkpoint::Checkpoint) -> Result<Vec<String>> {
-    let ids: Vec<Vec<u32>> =
-        SHOW.iter().map(|p| ck.tok.encode(&pke::io::chat::prompt_text(&ck.tok, p, true, None)?, false)).collect::<pke::Result<_>>()?;
-    let opts = GenOpts { max_new_tokens: 40, stop_ids: ck.tok.stop_token_ids(), ..Default::default() };
-    generate(&ck.model, &ids, ck.tok.pad_or_eos().unwrap_or(0), &opts)?
-        .iter()
-        .map(|g| Ok(ck.tok.decode(&g.token_ids, true)?.trim().replace('\n', " ")))
-        .collect()
+    let s = pke::eval::report::EvalSettings { max_new_tokens: 40, ..Default::default() };
+    let prompts: Vec<String> = SHOW.iter().map(|p| p.to_string()).collect();
+    Ok(pke::eval::report::generate_all(ck, &prompts, &s, &mut |_| {})?.into_iter().map(|r| r.replace('\n', " ")).collect())
 }
 
 fn row(name: &str, before: f64, after: f64, better_low: bool) -> String {

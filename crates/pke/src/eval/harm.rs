@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::embed::SentenceEncoder;
-use crate::data::sets::{data_file, field, json_list};
+use crate::data::sets::{data_file, field, files_with_ext, json_list};
 use crate::{Error, Result};
 
 /// Bump when the features, split or training change (invalidates cached heads).
@@ -44,23 +44,12 @@ impl HarmExample {
     }
 }
 
-fn csv_files(dir: &str) -> Result<Vec<PathBuf>> {
-    let d = data_file(dir)?;
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&d)
-        .map_err(|e| Error::io(&d, e))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "csv"))
-        .collect();
-    files.sort();
-    Ok(files)
-}
-
 /// PyRIT's harm and objective CSVs (a `# dataset_version` comment line, then a header; score columns
 /// `human_score` or `human_score_1..3`, averaged).
 pub fn pyrit_harm_data() -> Result<Vec<HarmExample>> {
     let mut out = Vec::new();
     let mut seen = std::collections::HashSet::new();
-    for p in csv_files(HARM_DIR)?.into_iter().chain(csv_files(OBJECTIVE_DIR)?) {
+    for p in files_with_ext(HARM_DIR, "csv")?.into_iter().chain(files_with_ext(OBJECTIVE_DIR, "csv")?) {
         let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
         let body = text.split_once('\n').map(|x| x.1).unwrap_or("");
         let mut rd = csv::ReaderBuilder::new().flexible(true).from_reader(body.as_bytes());
