@@ -146,3 +146,22 @@ fn edit_with_bad_case_file_names_the_line_and_writes_nothing() {
     assert!(err.contains("cases.jsonl:2") && err.contains("safe_response"), "{err}");
     assert!(!delta.exists());
 }
+
+#[test]
+fn demo_and_compare_refuse_bad_input_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let keep = dir.path().join("keep.txt");
+    std::fs::write(&keep, "mine").unwrap();
+    let (code, _, err) = pke(&["demo", "--out", dir.path().to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(err.contains("exists and is not empty"), "{err}");
+    assert_eq!(std::fs::read_to_string(&keep).unwrap(), "mine");
+    let out = dir.path().join("cmp");
+    let (code, _, err) = pke(&["compare", "--builtin", "advbench:1", "--chat", "--per-instance", "--out", out.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(err.contains("generalization inputs"), "{err}");
+    let (code, _, err) =
+        pke(&["compare", "--builtin", "advbench:1", "--methods", "vanilla,pke", "--set", "dinm:lr=1", "--out", out.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(err.contains("`dinm` is not one of --methods"), "{err}");
+}
