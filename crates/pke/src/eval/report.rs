@@ -312,7 +312,9 @@ pub fn evaluate_with(
     let jb = jailbreak_prompts(s.n_jailbreak, s.jailbreak_max_chars)?;
     harmful_sets.push(("pyrit_jailbreak_x_harmbench_test".into(), jb.into_iter().map(|x| x.1).collect()));
     for f in &s.extra_harmful {
-        harmful_sets.push((f.display().to_string(), sets::read_prompt_file(f)?));
+        let prompts = sets::read_prompt_file(f)?;
+        check_fits(ck, f, &prompts, s)?;
+        harmful_sets.push((f.display().to_string(), prompts));
     }
     if harmful_sets.iter().all(|(_, v)| v.is_empty()) {
         return Err(Error::Input("no harmful prompts to evaluate (sizes are 0)".into()));
@@ -355,7 +357,9 @@ pub fn evaluate_with(
     }
     let mut benign = take(sets::benign_edgy()?, s.n_benign);
     for f in &s.extra_benign {
-        benign.extend(sets::read_prompt_file(f)?);
+        let prompts = sets::read_prompt_file(f)?;
+        check_fits(ck, f, &prompts, s)?;
+        benign.extend(prompts);
     }
     let benign_replies = if benign.is_empty() { vec![] } else { generate_all(ck, &benign, s, &mut progress)? };
     let refused = benign_replies.iter().filter(|r| s.judge.is_refusal(r)).count();
@@ -452,6 +456,26 @@ pub fn evaluate_with(
         seconds: t0.elapsed().as_secs_f64(),
         samples,
     })
+}
+
+/// A user prompt that does not fit the context with the reply budget is an error naming the file and line.
+fn check_fits(ck: &Checkpoint, file: &std::path::Path, prompts: &[String], s: &EvalSettings) -> Result<()> {
+    let ctx = ck.model.spec.max_position_embeddings;
+    for (i, ids) in texts(ck, prompts, s.chat, None)?.iter().enumerate() {
+        if ids.len() + s.max_new_tokens > ctx {
+            return Err(Error::Data {
+                path: file.into(),
+                line: i + 1,
+                msg: format!(
+                    "prompt {} is {} tokens; with {} new tokens it exceeds the model's context of {ctx}",
+                    i + 1,
+                    ids.len(),
+                    s.max_new_tokens
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Name of the over-refusal set in samples and scores.

@@ -63,6 +63,10 @@ fn bad_eval_inputs_are_clear_errors() {
     std::fs::write(&f, "\n\n").unwrap();
     let e = evaluate(smol, None, &EvalSettings { extra_harmful: vec![f.clone()], ..small() }, |_| {}).unwrap_err().to_string();
     assert!(e.contains("prompts.jsonl") && e.contains("no prompts"), "{e}");
+    // A prompt longer than the context (SmolLM2: 8192) is named, not silently cut.
+    std::fs::write(&f, format!("short prompt\n{}\n", "word ".repeat(9000))).unwrap();
+    let e = evaluate(smol, None, &EvalSettings { extra_harmful: vec![f.clone()], ..small() }, |_| {}).unwrap_err().to_string();
+    assert!(e.contains("prompts.jsonl:2") && e.contains("exceeds the model's context of 8192"), "{e}");
     std::fs::write(&f, "{\"nope\": 1}\n").unwrap();
     let e = evaluate(smol, None, &EvalSettings { extra_harmful: vec![f], ..small() }, |_| {}).unwrap_err().to_string();
     assert!(e.contains("prompts.jsonl:1"), "{e}");
