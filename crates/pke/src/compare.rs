@@ -57,6 +57,10 @@ pub struct CompareRow {
     pub locate_seconds: f64,
     pub edit_seconds: f64,
     pub final_loss: Option<f64>,
+    /// sha256 of the delta file's bytes (the edited model = the base model, `report.model_sha256`, plus this
+    /// delta); None for vanilla.
+    #[serde(default)]
+    pub delta_sha256: Option<String>,
     pub report: ModelReport,
 }
 
@@ -114,6 +118,7 @@ pub fn compare(ck: &Checkpoint, cases: &[EditCase], s: &CompareSettings, mut pro
                 locate_seconds: 0.0,
                 edit_seconds: 0.0,
                 final_loss: None,
+                delta_sha256: None,
                 report: r,
             });
             continue;
@@ -144,6 +149,7 @@ pub fn compare(ck: &Checkpoint, cases: &[EditCase], s: &CompareSettings, mut pro
             locate_seconds: *locate_seconds,
             edit_seconds: outcome.seconds,
             final_loss: outcome.log.last().map(|l| l.loss),
+            delta_sha256: Some(format!("{:x}", <sha2::Sha256 as sha2::Digest>::digest(outcome.delta.to_bytes()?))),
             report: r,
         });
     }

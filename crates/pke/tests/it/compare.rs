@@ -38,6 +38,7 @@ fn compare_runs_each_arm_on_the_same_sets() {
     assert_eq!(c.rows[2].changed_values, width * hidden, "ga edits the whole down_proj");
     for r in &c.rows[1..] {
         assert!(r.edit_seconds > 0.0 && r.locate_seconds > 0.0);
+        assert_eq!(r.delta_sha256.as_ref().map(|h| h.len()), Some(64));
         assert!(r.report.kl_to_base.as_ref().unwrap().value > 0.0, "{} changed the model", r.label);
         assert!(r.report.rouge_l_to_base.is_some());
         // Same prompts for every arm.
