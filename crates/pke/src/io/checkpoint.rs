@@ -136,6 +136,8 @@ pub struct Checkpoint {
     pub tensors: Vec<TensorInfo>,
     /// Original HF `config.json` (HF folders) for export.
     pub hf_config: Option<serde_json::Value>,
+    /// `sha256()` computed once (eval, compare and demo ask for it per report).
+    sha: std::sync::OnceLock<String>,
 }
 
 impl std::fmt::Debug for Checkpoint {
@@ -201,7 +203,7 @@ impl Checkpoint {
         let tok = Tok::from_gguf(&g)?;
         let (weights, tensors) = load_gguf_weights(&g, &spec)?;
         let model = Decoder::new(spec, weights, path)?;
-        Ok(Checkpoint { model, tok, source: Source::Gguf(path.into()), tensors, hf_config: None })
+        Ok(Checkpoint { model, tok, source: Source::Gguf(path.into()), tensors, hf_config: None, sha: Default::default() })
     }
 
     fn load_hf_dir(dir: &Path) -> Result<Self> {
@@ -228,7 +230,7 @@ impl Checkpoint {
             .map(|(n, t)| TensorInfo { hf_name: n.clone(), source_name: n.clone(), dtype: "F32".into(), shape: t.dims().to_vec() })
             .collect();
         let model = Decoder::new(spec, weights, dir)?;
-        Ok(Checkpoint { model, tok, source: Source::HfDir(dir.into()), tensors, hf_config: Some(json) })
+        Ok(Checkpoint { model, tok, source: Source::HfDir(dir.into()), tensors, hf_config: Some(json), sha: Default::default() })
     }
 
     /// Attach the GGUF's quantized blocks for inference-only paths (see
@@ -240,8 +242,16 @@ impl Checkpoint {
         }
     }
 
-    /// sha256 of the source file (GGUF) or of `config.json` + weights files (HF folder).
+    /// sha256 of the source file (GGUF) or of `config.json` + weights files (HF folder), hashed once.
     pub fn sha256(&self) -> Result<String> {
+        if let Some(s) = self.sha.get() {
+            return Ok(s.clone());
+        }
+        let s = self.hash_source()?;
+        Ok(self.sha.get_or_init(|| s).clone())
+    }
+
+    fn hash_source(&self) -> Result<String> {
         let mut h = sha2::Sha256::new();
         let files: Vec<PathBuf> = match &self.source {
             Source::Gguf(p) => vec![p.clone()],
