@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use pke::edit::{compute_delta, EditParams, Method};
 use pke::eval::harm::HarmScorer;
 use pke::eval::report::{evaluate_with, Baseline, ModelReport};
-use pke::locate::{charts, locate, LocateSettings};
+use pke::locate::{locate, LocateSettings};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -92,9 +92,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     bar.finish_and_clear();
     h.model = ck.source.path().display().to_string();
     h.model_sha256 = Some(ck.sha256()?);
-    pke::io::atomic_write(&out.join("locate/hotspots.json"), serde_json::to_string_pretty(&h)?.as_bytes())?;
-    charts::layer_profile(&h, &out.join("locate/layers.svg"))?;
-    charts::neuron_distribution(&h, &out.join("locate/neurons.svg"))?;
+    super::locate::write_hotspots(&h, &out.join("locate"))?;
     for n in &h.neurons {
         println!("hotspot: layer {} ({}), {} of {} neurons of down_proj", n.layer, h.architecture, n.k, n.width);
     }

@@ -75,6 +75,16 @@ pub fn settings(a: &Args) -> Result<LocateSettings> {
     })
 }
 
+/// Write `DIR/hotspots.json`, `layers.svg` and `neurons.svg`; returns the JSON path.
+pub fn write_hotspots(h: &pke::locate::Hotspots, dir: &std::path::Path) -> Result<std::path::PathBuf> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let json_path = dir.join("hotspots.json");
+    pke::io::atomic_write(&json_path, serde_json::to_string_pretty(h)?.as_bytes())?;
+    charts::layer_profile(h, &dir.join("layers.svg"))?;
+    charts::neuron_distribution(h, &dir.join("neurons.svg"))?;
+    Ok(json_path)
+}
+
 pub fn run(a: Args) -> Result<ExitCode> {
     let cases = a.cases.load()?;
     let settings = settings(&a)?;
@@ -86,11 +96,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     bar.finish_and_clear();
     h.model = ck.source.path().display().to_string();
     h.model_sha256 = Some(ck.sha256()?);
-    std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
-    let json_path = a.out.join("hotspots.json");
-    pke::io::atomic_write(&json_path, serde_json::to_string_pretty(&h)?.as_bytes())?;
-    charts::layer_profile(&h, &a.out.join("layers.svg"))?;
-    charts::neuron_distribution(&h, &a.out.join("neurons.svg"))?;
+    let json_path = write_hotspots(&h, &a.out)?;
     if a.json {
         super::print_json(&h)?;
         return Ok(ExitCode::SUCCESS);
