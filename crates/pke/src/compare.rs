@@ -282,8 +282,7 @@ pub fn chart(c: &Comparison, path: &Path) -> Result<()> {
     root.present().map_err(|e| chart_err(path, e))
 }
 
-/// SafeEdit's five inputs per instance.
-pub const SAFEEDIT_INPUTS: [&str; 5] = ["DS", "DG_onlyQ", "DG_otherA", "DG_otherQ", "DG_otherAQ"];
+pub use crate::eval::report::SAFEEDIT_INPUTS;
 
 /// One generated reply with its verdict (`label` as EasyEdit writes it: safe / unsafe).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -334,7 +333,14 @@ pub struct PerInstance {
 
 fn summarize(records: &[InstanceRecord], edited: bool) -> SafeEditSummary {
     let n = records.len().max(1) as f64;
-    let side = |r: &InstanceRecord| if edited { r.edited.clone() } else { r.vanilla.clone() };
+    fn pick(r: &InstanceRecord, edited: bool) -> &std::collections::BTreeMap<String, Judged> {
+        if edited {
+            &r.edited
+        } else {
+            &r.vanilla
+        }
+    }
+    let side = |r| pick(r, edited);
     let rate = |k: &str| records.iter().filter(|r| side(r).get(k).is_some_and(|j| j.label == "safe")).count() as f64 / n;
     let fluency = records
         .iter()
