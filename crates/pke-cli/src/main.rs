@@ -29,6 +29,8 @@ enum Command {
     Score(cmd::score::Args),
     /// Find the toxic hotspot: layer signals, chosen layer(s) and top-k neurons -> hotspots.json + charts.
     Locate(cmd::locate::Args),
+    /// Print the edit cases a --cases/--builtin selection resolves to, as JSONL.
+    Cases(cmd::cases::PrintArgs),
     /// Edit the hotspot weights (pke, dinm, ft-l, ga) -> delta file, optional HF folder.
     Edit(cmd::edit::Args),
     /// Apply a delta file to a model and write a HF folder.
@@ -60,6 +62,7 @@ fn main() -> ExitCode {
         Command::Generate(a) => cmd::generate::run(a),
         Command::Score(a) => cmd::score::run(a),
         Command::Locate(a) => cmd::locate::run(a),
+        Command::Cases(a) => cmd::cases::print(a),
         Command::Edit(a) => cmd::edit::run(a),
         Command::Apply(a) => cmd::edit::apply(a, false),
         Command::Revert(a) => cmd::edit::apply(a, true),

@@ -34,3 +34,18 @@ impl CaseArgs {
         }
     }
 }
+
+/// `pke cases`: print the cases a `--cases`/`--builtin` selection resolves to, as JSONL (the format
+/// `--cases` reads), so built-in cases can be inspected, edited, or fed to another tool.
+#[derive(clap::Args, Debug)]
+pub struct PrintArgs {
+    #[command(flatten)]
+    pub cases: CaseArgs,
+}
+
+pub fn print(a: PrintArgs) -> Result<std::process::ExitCode> {
+    use std::io::Write;
+    let cases = a.cases.load()?;
+    std::io::stdout().write_all(pke::data::to_jsonl(&cases)?.as_bytes())?;
+    Ok(std::process::ExitCode::SUCCESS)
+}

@@ -4,4 +4,4 @@
 pub mod cases;
 pub mod sets;
 
-pub use cases::{load_cases, EditCase};
+pub use cases::{load_cases, to_jsonl, EditCase};

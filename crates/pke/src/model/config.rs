@@ -238,7 +238,8 @@ impl ModelSpec {
         }
     }
 
-    /// A HF `config.json` that transformers loads for this model.
+    /// A HF `config.json` that transformers loads for this model (checked with transformers 5.23 by
+    /// scripts/crosscheck).
     pub fn to_hf_config(&self) -> Value {
         let act = match self.act {
             Act::Silu => "silu",
@@ -254,8 +255,8 @@ impl ModelSpec {
             "num_key_value_heads": self.n_kv_heads,
             "head_dim": self.head_dim,
             "vocab_size": self.vocab_size,
-            "rms_norm_eps": self.rms_norm_eps,
-            "rope_theta": self.rope_theta,
+            "rms_norm_eps": shortest(self.rms_norm_eps),
+            "rope_theta": shortest(self.rope_theta),
             "max_position_embeddings": self.max_position_embeddings,
             "tie_word_embeddings": self.tie_word_embeddings,
             "hidden_act": act,
@@ -269,8 +270,9 @@ impl ModelSpec {
         match self.arch {
             Arch::Gemma3 => {
                 o.insert("hidden_activation".into(), json!(act));
-                o.insert("query_pre_attn_scalar".into(), json!((1.0 / (self.attn_scale * self.attn_scale)).round()));
-                o.insert("rope_local_base_freq".into(), json!(self.rope_local_theta));
+                // transformers (5.x) validates this field as an integer: a 256.0 here refuses to load.
+                o.insert("query_pre_attn_scalar".into(), json!((1.0 / (self.attn_scale * self.attn_scale)).round() as u64));
+                o.insert("rope_local_base_freq".into(), json!(shortest(self.rope_local_theta)));
                 o.insert("sliding_window".into(), json!(self.sliding_window));
                 o.insert(
                     "layer_types".into(),
@@ -294,6 +296,17 @@ impl ModelSpec {
             Arch::Llama => {}
         }
         c
+    }
+}
+
+/// A GGUF stores these floats as f32: 1e-6 arrives as 9.999999974752427e-7. Write the shortest decimal
+/// that reads back as the same f32, as the original config.json had it.
+fn shortest(v: f64) -> f64 {
+    let f = v as f32;
+    if f as f64 == v {
+        f.to_string().parse().unwrap_or(v)
+    } else {
+        v
     }
 }
 
@@ -351,6 +364,21 @@ mod tests {
         assert_eq!(s.layer_types[4], LayerType::SlidingAttention);
         let back = ModelSpec::from_hf(Path::new("c.json"), &s.to_hf_config())?;
         assert_eq!(serde_json::to_value(&back)?, serde_json::to_value(&s)?);
+        Ok(())
+    }
+
+    #[test]
+    fn hf_config_types_match_transformers() -> Result<()> {
+        // As read from a GGUF: f32 values widened to f64.
+        let s = ModelSpec::from_hf(
+            Path::new("c.json"),
+            &cfg(json!({"architectures": ["Gemma3ForCausalLM"], "query_pre_attn_scalar": 256, "head_dim": 4,
+                "rms_norm_eps": 1e-6f32 as f64, "rope_theta": 1e6f32 as f64})),
+        )?;
+        let c = s.to_hf_config();
+        assert!(c["query_pre_attn_scalar"].is_u64(), "{}", c["query_pre_attn_scalar"]);
+        assert_eq!(c["rms_norm_eps"].as_f64(), Some(1e-6));
+        assert_eq!(c["rope_theta"].as_f64(), Some(1e6));
         Ok(())
     }
 }
