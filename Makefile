@@ -2,7 +2,7 @@
 CARGO ?= cargo
 PKE := target/release/pke
 
-.PHONY: setup build demo test bench fmt clippy
+.PHONY: setup build demo test bench crosscheck fmt clippy
 
 setup:
 	scripts/setup.sh all
@@ -20,6 +20,11 @@ test: setup
 
 bench: setup build
 	RAYON_NUM_THREADS=2 $(PKE) bench-runtime -m smollm2 -m qwen2.5-0.5b -m gemma3-270m
+
+# Independent runtimes (transformers, llama.cpp, an EasyEdit-faithful DINM in PyTorch); installs ~4 GB
+# of Python packages once into .data/crosscheck-venv. Not part of `make test`. docs/crosscheck.md.
+crosscheck: setup build
+	scripts/crosscheck/run.sh
 
 fmt:
 	$(CARGO) fmt --all

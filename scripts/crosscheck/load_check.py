@@ -2,7 +2,7 @@
 """Load a model pke wrote in an independent runtime and compare its per-token log-probabilities with pke's.
 
   load_check.py hf   FOLDER  PKE_SCORE_JSON   # Hugging Face transformers (AutoModelForCausalLM, AutoTokenizer)
-  load_check.py gguf FILE    PKE_SCORE_JSON   # llama.cpp (libllama through llama-cpp-py-sync)
+  load_check.py gguf FILE    PKE_SCORE_JSON   # llama.cpp (through llama-cpp-python, built from source)
 
 PKE_SCORE_JSON is `pke score -m SAME_MODEL --text TEXT --json`; the text is taken from it by detokenizing
 in the other runtime, so both sides score the same token ids. Prints one JSON object: whether the
@@ -34,35 +34,20 @@ def hf(folder, ids):
 
 
 def gguf(path, ids):
-    from llama_cpp_py_sync import Llama
+    import llama_cpp
+    import numpy as np
 
-    llm = Llama(model_path=path, n_ctx=max(512, len(ids) + 32), n_batch=max(512, len(ids) + 32), n_threads=2, verbose=False)
-    lib, ffi = llm._lib, llm._ffi
-    text = llm.detokenize(ids).decode() if isinstance(llm.detokenize(ids), bytes) else llm.detokenize(ids)
-    own = llm.tokenize(text, add_special=True)
-    batch = lib.llama_batch_init(len(ids), 0, 1)
-    try:
-        batch.n_tokens = len(ids)
-        for i, t in enumerate(ids):
-            batch.token[i] = t
-            batch.pos[i] = i
-            batch.n_seq_id[i] = 1
-            batch.seq_id[i][0] = 0
-            batch.logits[i] = 1
-        if lib.llama_decode(llm._ctx, batch) != 0:
-            raise RuntimeError("llama_decode failed")
-    finally:
-        lib.llama_batch_free(batch)
-    n_vocab = llm.n_vocab
-    logprobs = []
-    for i in range(len(ids) - 1):
-        row = ffi.unpack(lib.llama_get_logits_ith(llm._ctx, i), n_vocab)
-        m = max(row)
-        lse = m + math.log(sum(math.exp(x - m) for x in row))
-        logprobs.append(row[ids[i + 1]] - lse)
-    llm._clear_context_state()
-    cont = "".join(llm.generate(text, max_tokens=12, temperature=0.0)) if hasattr(llm, "generate") else ""
-    return own, logprobs, cont, {"llama_cpp": __import__("llama_cpp_py_sync").__llama_cpp_tag__}
+    llm = llama_cpp.Llama(model_path=path, n_ctx=max(512, len(ids) + 32), n_threads=2, logits_all=True, verbose=False)
+    text = llm.detokenize(ids).decode("utf-8")
+    own = llm.tokenize(text.encode("utf-8"), add_bos=True, special=False)
+    llm.reset()
+    llm.eval(ids)
+    scores = np.asarray(llm.scores[: len(ids)], dtype=np.float64)
+    lse = scores.max(-1) + np.log(np.exp(scores - scores.max(-1, keepdims=True)).sum(-1))
+    logprobs = [scores[i, ids[i + 1]] - lse[i] for i in range(len(ids) - 1)]
+    llm.reset()
+    out = llm.create_completion(text, max_tokens=12, temperature=0.0)
+    return own, logprobs, out["choices"][0]["text"], {"llama_cpp": "llama-cpp-python " + llama_cpp.__version__}
 
 
 def main():
