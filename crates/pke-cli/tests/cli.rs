@@ -165,3 +165,22 @@ fn demo_and_compare_refuse_bad_input_before_any_work() {
     assert_eq!(code, 2);
     assert!(err.contains("`dinm` is not one of --methods"), "{err}");
 }
+
+#[test]
+fn cases_prints_jsonl_that_edit_reads_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, out, err) = pke(&["cases", "--builtin", "safeedit-style:3"]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 3);
+    assert!(lines.iter().all(|c| c["prompt"].is_string() && c["general_prompts"].as_array().map(|g| g.len()) == Some(4)));
+    // Round trip: the printed file resolves to the same cases.
+    let f = dir.path().join("c.jsonl");
+    std::fs::write(&f, &out).unwrap();
+    let (code, again, err) = pke(&["cases", "--cases", f.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(again, out);
+    let (code, _, err) = pke(&["cases", "--builtin", "advbench:x"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("advbench:x"), "{err}");
+}

@@ -5,7 +5,7 @@ use pke::data::{load_cases, EditCase};
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct CaseArgs {
-    /// Edit cases: JSONL ({prompt, safe_response, unsafe_response, locality_prompt?, locality_answer?}) or
+    /// Edit cases: JSONL ({prompt, safe_response, unsafe_response, locality_prompt?, locality_answer?, general_prompts? (4), id?, category?}) or
     /// a SafeEdit JSON file.
     #[arg(long)]
     pub cases: Option<std::path::PathBuf>,

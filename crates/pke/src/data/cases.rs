@@ -1,6 +1,6 @@
 //! Provides edit cases: a harmful prompt with a safe and an unsafe reply, and optionally a benign
 //! locality prompt/answer that the edit must not disturb. Read from JSONL
-//! (`{prompt, safe_response, unsafe_response, locality_prompt?, locality_answer?}`) or from SafeEdit JSON
+//! (`{prompt, safe_response, unsafe_response, locality_prompt?, locality_answer?, general_prompts? (4), id?, category?}`) or from SafeEdit JSON
 //! files as published (field names with spaces, see method.md section 5).
 
 use std::path::Path;
@@ -49,6 +49,30 @@ fn opt_str(path: &Path, line: usize, v: &Value, key: &str) -> Result<Option<Stri
     }
 }
 
+/// `general_prompts`: absent, or SafeEdit's four generalization inputs (onlyQ, otherA, otherQ, otherAQ) as
+/// non-empty strings, so that `pke cases` output reads back whole.
+fn general_prompts(path: &Path, line: usize, v: &Value) -> Result<Vec<String>> {
+    let g = match v.get("general_prompts") {
+        None | Some(Value::Null) => return Ok(vec![]),
+        Some(Value::Array(a)) => a,
+        Some(_) => return Err(data_err(path, line, "field `general_prompts` is not an array")),
+    };
+    if g.len() != 4 {
+        return Err(data_err(
+            path,
+            line,
+            format!("field `general_prompts` has {} entries; give SafeEdit's four (onlyQ, otherA, otherQ, otherAQ)", g.len()),
+        ));
+    }
+    g.iter()
+        .enumerate()
+        .map(|(i, x)| match x {
+            Value::String(s) if !s.trim().is_empty() => Ok(s.clone()),
+            _ => Err(data_err(path, line, format!("`general_prompts[{i}]` is not a non-empty string"))),
+        })
+        .collect()
+}
+
 /// Parse one JSONL record.
 fn from_jsonl_record(path: &Path, line: usize, v: &Value) -> Result<EditCase> {
     if !v.is_object() {
@@ -70,7 +94,7 @@ fn from_jsonl_record(path: &Path, line: usize, v: &Value) -> Result<EditCase> {
         unsafe_response: req_str(path, line, v, "unsafe_response")?,
         locality_prompt: lp,
         locality_answer: la,
-        general_prompts: vec![],
+        general_prompts: general_prompts(path, line, v)?,
         category: opt_str(path, line, v, "category")?,
     })
 }
@@ -178,6 +202,8 @@ mod tests {
         let c = load_cases(&p).unwrap();
         assert_eq!(c.len(), 2);
         assert_eq!(c[1].locality_answer.as_deref(), Some("a"));
+        let mut c = c;
+        c[0].general_prompts = vec!["q".into(), "aq".into(), "oq".into(), "oaq".into()];
         let (_d, p2) = write("c2.jsonl", &to_jsonl(&c).unwrap());
         assert_eq!(load_cases(&p2).unwrap(), c);
 
@@ -187,6 +213,14 @@ mod tests {
             ("{\"prompt\": 3,\"safe_response\":\"s\",\"unsafe_response\":\"u\"}", "field `prompt` is not a string"),
             ("{not json}", "c.jsonl:1: malformed JSON"),
             ("{\"prompt\":\"p\",\"safe_response\":\"s\",\"unsafe_response\":\"u\",\"locality_prompt\":\"q\"}", "both `locality_prompt`"),
+            (
+                "{\"prompt\":\"p\",\"safe_response\":\"s\",\"unsafe_response\":\"u\",\"general_prompts\":[\"a\"]}",
+                "c.jsonl:1: field `general_prompts` has 1 entries",
+            ),
+            (
+                "{\"prompt\":\"p\",\"safe_response\":\"s\",\"unsafe_response\":\"u\",\"general_prompts\":[\"a\",\"b\",\"c\",1]}",
+                "`general_prompts[3]`",
+            ),
             ("\n\n", "no cases"),
         ] {
             let (_d, p) = write("c.jsonl", text);
