@@ -8,7 +8,7 @@ pub mod params;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use candle_core::{Tensor, Var, D};
+use candle_core::{Tensor, Var};
 use serde::Serialize;
 
 pub use delta::{TensorDelta, WeightDelta};
@@ -19,7 +19,7 @@ use crate::io::tokenizer::Tok;
 use crate::locate::signals::prompt_text;
 use crate::locate::Hotspots;
 use crate::model::decoder::{down_proj_name, token_logprobs};
-use crate::model::ops::log_softmax_last;
+use crate::model::ops::{base_log_probs, kl_rows};
 use crate::model::{Decoder, Input};
 use crate::trace::{Capture, Site};
 use crate::{Error, Result};
@@ -160,8 +160,7 @@ fn unlikelihood(model: &Decoder, seq: &Seq) -> Result<Tensor> {
 
 /// KL(P_original || P_edited), averaged over rows; `base` holds the original log-probabilities.
 fn kl(model: &Decoder, seq: &Seq, base: &Tensor) -> Result<Tensor> {
-    let post = log_softmax_last(&seq_logits(model, seq)?)?;
-    Ok((base.exp()? * (base - post)?)?.sum(D::Minus1)?.mean_all()?)
+    Ok(kl_rows(&seq_logits(model, seq)?, base)?.mean_all()?)
 }
 
 fn scalar(t: &Tensor) -> Result<f64> {
@@ -187,7 +186,7 @@ fn precompute(model: &Decoder, cases: Vec<CaseSeqs>, l0: usize) -> Result<Vec<Pr
         let loc = match c.loc {
             Some(mut seq) => {
                 seq.resume = resume_of(&seq.ids)?;
-                let base = log_softmax_last(&seq_logits(model, &seq)?)?.detach();
+                let base = base_log_probs(&seq_logits(model, &seq)?)?;
                 Some((seq, base))
             }
             None => None,
