@@ -349,8 +349,10 @@ pub fn compute_delta(
                 frozen.set(name, var.as_tensor().detach())?;
             }
             let lazy_kl = p.quirk_inert_kl && p.kl_weight != 0.0 && !p.always_log_inert_kl;
+            let mut max_nll = 0f64;
             for &i in group {
                 let (l, s) = case_loss(&m, &frozen, &prepared[i], method, p, lazy_kl)?;
+                max_nll = max_nll.max(s.nll_safe);
                 entry.loss += s.loss / n;
                 entry.nll_safe += s.nll_safe / n;
                 entry.kl += s.kl / n;
@@ -378,7 +380,8 @@ pub fn compute_delta(
             }
             done += 1;
             progress(done, total_steps, &entry);
-            let stop = entry.loss < p.early_stop_loss;
+            let taken = p.stop_nll > 0.0 && method != Method::Ga && max_nll < p.stop_nll;
+            let stop = entry.loss < p.early_stop_loss || taken;
             log.push(entry);
             if stop {
                 break;

@@ -67,6 +67,10 @@ pub struct EditParams {
     pub unlikelihood_weight: f64,
     /// Stop when the total loss falls below this.
     pub early_stop_loss: f64,
+    /// Stop once every case's NLL of the safe reply (mean per token) is below this: the edit has taken,
+    /// and more steps would only push the weights further from the original. 0 = off. Not for `ga`.
+    #[serde(default)]
+    pub stop_nll: f64,
     /// Clamp edited weights to w0 ± this (0 = off).
     pub norm_constraint: f64,
     pub mode: BatchMode,

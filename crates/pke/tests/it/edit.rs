@@ -151,3 +151,35 @@ fn resuming_from_a_cached_residual_equals_the_full_forward() {
         assert_eq!(d, 0.0, "{arch}");
     }
 }
+
+#[test]
+fn stop_nll_ends_the_edit_once_every_case_has_taken_it() {
+    let ck = crate::common::smollm2();
+    let (cases, h) = smol_setup(2);
+    let run = |extra: &[&str]| {
+        let mut o: Vec<String> = vec!["steps=6".into(), "lr=5e-3".into()];
+        o.extend(extra.iter().map(|s| s.to_string()));
+        let p = EditParams::resolve(Method::Pke, None, &o).unwrap();
+        compute_delta(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, |_, _, _| {}).unwrap()
+    };
+    let full = run(&[]);
+    assert_eq!(full.log.len(), 6);
+    // A threshold above the starting NLL: nothing to do, stop at step 0 before any update.
+    let none = run(&["stop_nll=100"]);
+    assert_eq!(none.log.len(), 1);
+    let t = &none.delta.tensors[0];
+    assert!((&t.after - &t.before).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() == 0.0);
+    // A threshold the mean NLL crosses mid-way: it stops there, on the same trajectory as the full run.
+    let k = full.log.iter().position(|s| s.nll_safe < full.log[0].nll_safe - 0.3).expect("the NLL falls by 0.3 in 6 steps");
+    let thr = full.log[k].nll_safe + 0.3;
+    let part = run(&[&format!("stop_nll={thr}")]);
+    assert!(part.log.len() < 6, "stopped early: {} steps", part.log.len());
+    let last = part.log.last().unwrap();
+    assert!(last.nll_safe < thr, "{} >= {thr}", last.nll_safe);
+    for (a, b) in part.log.iter().zip(&full.log) {
+        assert_eq!(a.nll_safe, b.nll_safe, "same trajectory until the stop");
+    }
+    // Gradient ascent has no safe reply to take: the key is refused for it.
+    let e = EditParams::resolve(Method::Ga, None, &["stop_nll=1".into()]).unwrap_err().to_string();
+    assert!(e.contains("stop_nll"), "{e}");
+}
