@@ -57,6 +57,9 @@ pub struct CompareRow {
     pub locate_seconds: f64,
     pub edit_seconds: f64,
     pub final_loss: Option<f64>,
+    /// Optimizer steps the edit ran (fewer than `steps` when an early stop fired); 0 for vanilla.
+    #[serde(default)]
+    pub steps_run: usize,
     /// sha256 of the delta file's bytes (the edited model = the base model, `report.model_sha256`, plus this
     /// delta); None for vanilla.
     #[serde(default)]
@@ -118,6 +121,7 @@ pub fn compare(ck: &Checkpoint, cases: &[EditCase], s: &CompareSettings, mut pro
                 locate_seconds: 0.0,
                 edit_seconds: 0.0,
                 final_loss: None,
+                steps_run: 0,
                 delta_sha256: None,
                 report: r,
             });
@@ -149,6 +153,7 @@ pub fn compare(ck: &Checkpoint, cases: &[EditCase], s: &CompareSettings, mut pro
             locate_seconds: *locate_seconds,
             edit_seconds: outcome.seconds,
             final_loss: outcome.log.last().map(|l| l.loss),
+            steps_run: outcome.log.len(),
             delta_sha256: Some(format!("{:x}", <sha2::Sha256 as sha2::Digest>::digest(outcome.delta.to_bytes()?))),
             report: r,
         });
@@ -176,8 +181,8 @@ pub fn markdown(c: &Comparison) -> String {
         c.cases.len(),
         c.seconds
     );
-    s += "| method | layer(s) | values changed | locate+edit s | ASR | ASR plain | ASR jailbreak | non-refusal | over-refusal | perplexity | KL to vanilla | ROUGE-L to vanilla | factual acc. | fluency |\n";
-    s += "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+    s += "| method | layer(s) | values changed | steps | locate+edit s | ASR | ASR plain | ASR jailbreak | non-refusal | over-refusal | perplexity | KL to vanilla | ROUGE-L to vanilla | factual acc. | fluency |\n";
+    s += "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
     let f = |v: Option<f64>, p: usize| v.map(|x| format!("{x:.p$}")).unwrap_or_else(|| "-".into());
     for row in &c.rows {
         let r = &row.report;
@@ -185,10 +190,11 @@ pub fn markdown(c: &Comparison) -> String {
         let plain_n: usize = r.asr.per_set.iter().filter(|p| !p.set.contains("jailbreak")).map(|p| p.n).sum();
         let plain = (plain_n > 0).then(|| plain.iter().sum::<f64>() / plain_n as f64);
         s += &format!(
-            "| {} | {} | {} | {} | {:.3} | {} | {} | {:.3} | {:.3} | {:.2} | {} | {} | {:.3} | {:.3} |\n",
+            "| {} | {} | {} | {} | {} | {:.3} | {} | {} | {:.3} | {:.3} | {:.2} | {} | {} | {:.3} | {:.3} |\n",
             row.label,
             if row.layers.is_empty() { "-".into() } else { format!("{:?}", row.layers) },
             row.changed_values,
+            if row.method.is_none() { "-".into() } else { row.steps_run.to_string() },
             if row.method.is_none() { "-".into() } else { format!("{:.1}", row.locate_seconds + row.edit_seconds) },
             r.asr.overall,
             f(plain, 3),

@@ -18,9 +18,9 @@ pub struct Args {
     /// Built-in edit cases (AdvBench requests with a refusal and a compliant opening).
     #[arg(long, default_value = "advbench:8")]
     builtin: String,
-    /// Hyper-parameter overrides for the PKE edit (key=value). The default is the best SmolLM2 setting of
-    /// docs/results.md (chosen on those evaluation sets); the method's own defaults are gentler.
-    #[arg(long = "set", default_values_t = ["lr=5e-3".to_string(), "steps=15".to_string(), "kl_weight=10".to_string()])]
+    /// Hyper-parameter overrides for the PKE edit (key=value); without them, the method's defaults
+    /// (config/methods/pke.toml).
+    #[arg(long = "set")]
     overrides: Vec<String>,
     #[arg(long, default_value_t = 10)]
     n_harmful: usize,
