@@ -387,10 +387,11 @@ pub fn compute_delta(
                 break;
             }
             let grads = total.expect("non-empty group").backward()?;
+            let lr = if p.warmup_steps > 0 { p.lr * ((step + 1) as f64 / p.warmup_steps as f64).min(1.0) } else { p.lr };
             for (name, var, w0, mask, adam) in vars.iter_mut() {
                 let g = grads.get(var.as_tensor()).ok_or_else(|| Error::Input(format!("no gradient reached `{name}`")))?;
                 let g = g.broadcast_mul(mask)?;
-                adam.step(var, &g, p.lr)?;
+                adam.step(var, &g, lr)?;
                 if p.norm_constraint > 0.0 {
                     let lo = (&*w0 - p.norm_constraint)?;
                     let hi = (&*w0 + p.norm_constraint)?;

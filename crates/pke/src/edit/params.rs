@@ -71,6 +71,10 @@ pub struct EditParams {
     /// and more steps would only push the weights further from the original. 0 = off. Not for `ga`.
     #[serde(default)]
     pub stop_nll: f64,
+    /// Linear learning-rate warm-up over the first this-many updates (0 = off): Adam's first update moves
+    /// every trainable weight by about lr, whatever its gradient's size.
+    #[serde(default)]
+    pub warmup_steps: usize,
     /// Clamp edited weights to w0 ± this (0 = off).
     pub norm_constraint: f64,
     pub mode: BatchMode,

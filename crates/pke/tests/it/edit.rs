@@ -183,3 +183,21 @@ fn stop_nll_ends_the_edit_once_every_case_has_taken_it() {
     let e = EditParams::resolve(Method::Ga, None, &["stop_nll=1".into()]).unwrap_err().to_string();
     assert!(e.contains("stop_nll"), "{e}");
 }
+
+#[test]
+fn warmup_scales_the_first_updates() {
+    // Adam's first update moves every hotspot weight by ~lr (lr x sign of its gradient); a warm-up over
+    // 4 updates makes that lr / 4.
+    let ck = crate::common::smollm2();
+    let (cases, h) = smol_setup(1);
+    let first_move = |warmup: usize| {
+        let o = vec!["steps=1".to_string(), "lr=1e-3".into(), format!("warmup_steps={warmup}")];
+        let p = EditParams::resolve(Method::Pke, None, &o).unwrap();
+        let out = compute_delta(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, |_, _, _| {}).unwrap();
+        let t = &out.delta.tensors[0];
+        (&t.after - &t.before).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+    };
+    let (plain, warm) = (first_move(0), first_move(4));
+    assert!((plain - 1e-3).abs() < 1e-5, "first Adam step ~ lr: {plain}");
+    assert!((warm - 2.5e-4).abs() < 1e-5, "warm-up over 4: lr / 4: {warm}");
+}
