@@ -53,9 +53,9 @@ enum Command {
 /// v3, whose default is 1000 ms); checked by its default value in the test below.
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
-/// Keep freed memory committed instead of handing it back to the OS after 10 ms: an edit step frees and
-/// re-allocates ~100 MB tensors (full-vocabulary logits and their gradients), and the kernel zeroed the
-/// returned huge pages again on every step (18% of a `pke` edit's profile on Gemma; 8-11% faster without).
+/// Keep freed memory committed instead of handing it back to the OS after the purge delay (1 s in v3):
+/// an edit step frees and re-allocates ~100 MB tensors (full-vocabulary logits and their gradients), and
+/// the kernel zeroed the returned huge pages again on every step (18% of a `pke` edit's profile on Gemma; 8-11% faster without).
 /// Peak memory is unchanged. `MIMALLOC_PURGE_DELAY` set by the user wins.
 fn keep_freed_memory() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {

@@ -219,7 +219,7 @@ pub fn base_log_probs(z: &Tensor) -> Result<Tensor> {
 /// Per-row `KL(P || softmax(z))`, shape (r,), for logits `z` (r, V) and log-probabilities `b` (r, V) of
 /// a fixed `P` (no gradient to `b`). Fused on CPU; composed from primitives elsewhere.
 pub fn kl_rows(z: &Tensor, b: &Tensor) -> Result<Tensor> {
-    if z.device().is_cpu() && z.dtype() == candle_core::DType::F32 && b.dtype() == candle_core::DType::F32 {
+    if z.device().is_cpu() && z.rank() == 2 && z.dtype() == candle_core::DType::F32 && b.dtype() == candle_core::DType::F32 {
         return Ok(z.contiguous()?.apply_op2_arc(&b.detach().contiguous()?, std::sync::Arc::new(Box::new(KlRows)))?);
     }
     let post = log_softmax_last(z)?;
