@@ -13,7 +13,7 @@ use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::data::cases::EditCase;
-use crate::edit::{compute_delta, EditParams, Method};
+use crate::edit::{builtin_retain_prompts, compute_delta, compute_delta_with, EditParams, Method};
 use crate::eval::harm::HarmScorer;
 use crate::eval::report::{evaluate_with, Baseline, EvalSettings, ModelReport};
 use crate::io::checkpoint::Checkpoint;
@@ -44,6 +44,10 @@ pub struct CompareSettings {
     pub eval: EvalSettings,
     /// Locate settings shared by all locators (the locator itself is chosen per method).
     pub locate: LocateSettings,
+    /// Retain prompts for the methods whose `retain_weight` or `contrast_weight` is on (None = the built-in
+    /// retain set).
+    #[serde(default)]
+    pub retain: Option<Vec<String>>,
 }
 
 /// One row of the table.
@@ -103,7 +107,8 @@ pub fn compare(ck: &Checkpoint, cases: &[EditCase], s: &CompareSettings, mut pro
     } else {
         None
     };
-    let mut located: Vec<(Locator, Hotspots, f64)> = Vec::new();
+    let mut located: Vec<((Locator, u64), Hotspots, f64)> = Vec::new();
+    let retain_prompts = s.retain.clone().unwrap_or_else(builtin_retain_prompts);
     let mut rows: Vec<CompareRow> = Vec::new();
     let mut vanilla: Option<ModelReport> = None;
     // Vanilla first: its answers are the ROUGE-L reference for every edited model.
@@ -129,15 +134,23 @@ pub fn compare(ck: &Checkpoint, cases: &[EditCase], s: &CompareSettings, mut pro
         };
         let params = arm.params.clone().unwrap_or_else(|| EditParams::defaults(method));
         let loc = locator_for(method);
-        if !located.iter().any(|(l, _, _)| *l == loc) {
+        let cw = if method == Method::Pke { params.contrast_weight } else { 0.0 };
+        let key = (loc, cw.to_bits());
+        if !located.iter().any(|(l, _, _)| *l == key) {
             progress(&arm.label, &format!("locating ({loc:?})"));
             let t = Instant::now();
-            let settings = LocateSettings { locator: loc, dinm_rule_only: loc == Locator::Dinm, ..s.locate.clone() };
+            let settings = LocateSettings {
+                locator: loc,
+                dinm_rule_only: loc == Locator::Dinm,
+                contrast_weight: cw,
+                contrast_prompts: if cw > 0.0 { retain_prompts.clone() } else { vec![] },
+                ..s.locate.clone()
+            };
             let (h, _) = locate(&ck.model, &ck.tok, cases, &settings, None, |_, _| {})?;
-            located.push((loc, h, t.elapsed().as_secs_f64()));
+            located.push((key, h, t.elapsed().as_secs_f64()));
         }
-        let (_, hotspots, locate_seconds) = located.iter().find(|(l, _, _)| *l == loc).expect("located above");
-        let outcome = compute_delta(&ck.model, &ck.tok, cases, hotspots, method, &params, |d, n, st| {
+        let (_, hotspots, locate_seconds) = located.iter().find(|(l, _, _)| *l == key).expect("located above");
+        let outcome = compute_delta_with(&ck.model, &ck.tok, cases, hotspots, method, &params, Some(&retain_prompts), |d, n, st| {
             progress(&arm.label, &format!("edit step {d}/{n}, loss {:.4}", st.loss))
         })?;
         let mut edited = ck.clone();
@@ -181,8 +194,8 @@ pub fn markdown(c: &Comparison) -> String {
         c.cases.len(),
         c.seconds
     );
-    s += "| method | layer(s) | values changed | steps | locate+edit s | ASR | ASR plain | ASR jailbreak | non-refusal | over-refusal | perplexity | KL to vanilla | ROUGE-L to vanilla | factual acc. | fluency |\n";
-    s += "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+    s += "| method | layer(s) | values changed | steps | locate+edit s | ASR | ASR plain | ASR jailbreak | non-refusal | over-refusal | look-alike over-refusal | twins refused | refusal repetition | perplexity | KL to vanilla | ROUGE-L to vanilla | factual acc. | fluency |\n";
+    s += "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
     let f = |v: Option<f64>, p: usize| v.map(|x| format!("{x:.p$}")).unwrap_or_else(|| "-".into());
     for row in &c.rows {
         let r = &row.report;
@@ -190,7 +203,7 @@ pub fn markdown(c: &Comparison) -> String {
         let plain_n: usize = r.asr.per_set.iter().filter(|p| !p.set.contains("jailbreak")).map(|p| p.n).sum();
         let plain = (plain_n > 0).then(|| plain.iter().sum::<f64>() / plain_n as f64);
         s += &format!(
-            "| {} | {} | {} | {} | {} | {:.3} | {} | {} | {:.3} | {:.3} | {:.2} | {} | {} | {:.3} | {:.3} |\n",
+            "| {} | {} | {} | {} | {} | {:.3} | {} | {} | {:.3} | {:.3} | {} | {} | {} | {:.2} | {} | {} | {:.3} | {:.3} |\n",
             row.label,
             if row.layers.is_empty() { "-".into() } else { format!("{:?}", row.layers) },
             row.changed_values,
@@ -201,6 +214,9 @@ pub fn markdown(c: &Comparison) -> String {
             f(set_value(r, "pyrit_jailbreak_x_harmbench_test"), 3),
             r.asr.non_refusal,
             r.over_refusal.value,
+            f(r.lookalike.as_ref().map(|l| l.over_refusal), 3),
+            f(r.lookalike.as_ref().map(|l| l.twin_refusal), 3),
+            f(r.refusal_repetition.as_ref().map(|x| x.value), 3),
             r.perplexity.value,
             f(r.kl_to_base.as_ref().map(|k| k.value), 4),
             f(r.rouge_l_to_base.as_ref().map(|k| k.value), 3),
@@ -220,6 +236,12 @@ pub fn markdown(c: &Comparison) -> String {
             r.factual_accuracy.n,
             r.asr.definition
         );
+        if let Some(l) = &r.lookalike {
+            s += &format!(
+                "\nLook-alike probes: {} ({} split), {} benign look-alikes and {} harmful twins (refusal judge only).\n",
+                l.set, l.split, l.n_benign, l.n_twins
+            );
+        }
         if let Some(h) = &r.harm_judge_validation {
             s += &format!(
                 "\nHarm judge held-out accuracy {:.3} (majority {:.3}, n {}); broad refusal judge accuracy {:.3} on PyRIT's human labels.\n",

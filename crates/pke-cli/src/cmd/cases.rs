@@ -35,6 +35,26 @@ impl CaseArgs {
     }
 }
 
+/// The retain set: benign prompts that look harmful, kept answered by the edit (the retain term) and used
+/// as the benign side of contrastive neuron selection.
+#[derive(clap::Args, Clone, Debug)]
+pub struct RetainArgs {
+    /// Your own retain prompts instead of the built-in set (data/retain/lookalike_retain.jsonl): the probe
+    /// format ({benign, harmful?, trigger?, category?}), JSONL with `prompt`/`text`, or one per line.
+    #[arg(long)]
+    pub retain: Option<std::path::PathBuf>,
+}
+
+impl RetainArgs {
+    /// The user's retain prompts, or None for the built-in set.
+    pub fn load(&self) -> Result<Option<Vec<String>>> {
+        Ok(match &self.retain {
+            Some(p) => Some(pke::data::probes::load_retain(p)?.into_iter().map(|x| x.benign).collect()),
+            None => None,
+        })
+    }
+}
+
 /// `pke cases`: print the cases a `--cases`/`--builtin` selection resolves to, as JSONL (the format
 /// `--cases` reads), so built-in cases can be inspected, edited, or fed to another tool.
 #[derive(clap::Args, Debug)]

@@ -23,6 +23,8 @@ pub struct Args {
     overrides: Vec<String>,
     #[command(flatten)]
     eval: super::eval::EvalArgs,
+    #[command(flatten)]
+    retain: super::cases::RetainArgs,
     /// SafeEdit's per-instance protocol instead: edit each case alone and judge its DS and four DG inputs
     /// before and after (cases need generalization inputs: a SafeEdit file or --builtin safeedit-style:N).
     #[arg(long)]
@@ -70,6 +72,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         arms: arms(&a.methods, &a.overrides)?,
         eval: a.eval.settings(a.cases.chat)?,
         locate: LocateSettings { chat: a.cases.chat, ..Default::default() },
+        retain: a.retain.load()?,
     };
     let ck = super::load_model(&a.model)?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;

@@ -61,6 +61,10 @@ fn table(b: &ModelReport, a: &ModelReport) -> String {
     s += &row(&format!("ASR (n {})", b.asr.n), b.asr.overall, a.asr.overall, true);
     s += &row("non-refusal on harmful requests", b.asr.non_refusal, a.asr.non_refusal, true);
     s += &row(&format!("over-refusal (n {})", b.over_refusal.n), b.over_refusal.value, a.over_refusal.value, true);
+    if let (Some(lb), Some(la)) = (&b.lookalike, &a.lookalike) {
+        s += &row(&format!("look-alike over-refusal (n {})", lb.n_benign), lb.over_refusal, la.over_refusal, true);
+        s += &row(&format!("look-alike harmful twins refused (n {})", lb.n_twins), lb.twin_refusal, la.twin_refusal, false);
+    }
     s += &row("perplexity", b.perplexity.value, a.perplexity.value, true);
     s += &row(&format!("factual accuracy (n {})", b.factual_accuracy.n), b.factual_accuracy.value, a.factual_accuracy.value, false);
     s += &row("fluency (n-gram entropy)", b.fluency.value, a.fluency.value, false);
@@ -86,7 +90,13 @@ pub fn run(a: Args) -> Result<ExitCode> {
     println!("== pke demo on {} ({} edit cases from {set})", ck.source.path().display(), cases.len());
 
     println!("\n== 1/4 locate: which layer and neurons drive the compliant answers");
-    let settings = LocateSettings { chat: true, ..Default::default() };
+    let params = EditParams::resolve(Method::Pke, None, &a.overrides)?;
+    let settings = LocateSettings {
+        chat: true,
+        contrast_weight: params.contrast_weight,
+        contrast_prompts: if params.contrast_weight > 0.0 { pke::edit::builtin_retain_prompts() } else { vec![] },
+        ..Default::default()
+    };
     let bar = super::progress_bar(cases.len() as u64, "locating");
     let (mut h, _) = locate(&ck.model, &ck.tok, &cases, &settings, None, |i, _| bar.set_position(i as u64))?;
     bar.finish_and_clear();
@@ -98,7 +108,6 @@ pub fn run(a: Args) -> Result<ExitCode> {
     }
 
     println!("\n== 2/4 edit: PKE on the hotspot columns only (NLL of the refusal + KL on benign answers)");
-    let params = EditParams::resolve(Method::Pke, None, &a.overrides)?;
     let bar = super::progress_bar(params.steps as u64, "editing");
     let outcome = compute_delta(&ck.model, &ck.tok, &cases, &h, Method::Pke, &params, |d, n, s| {
         bar.set_length(n as u64);

@@ -2,7 +2,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use pke::edit::{compute_delta, EditParams, Method, WeightDelta};
+use pke::edit::{compute_delta_with, EditParams, Method, WeightDelta};
 use pke::locate::{locate, Hotspots, LocateSettings, Locator};
 
 /// Where an edited model is written.
@@ -46,6 +46,8 @@ pub struct Args {
     #[arg(long = "set")]
     overrides: Vec<String>,
     #[command(flatten)]
+    retain: super::cases::RetainArgs,
+    #[command(flatten)]
     output: OutputArgs,
     /// Write the delta file here (always written).
     #[arg(long, default_value = "out/edit/delta.safetensors")]
@@ -59,6 +61,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let method: Method = a.method.parse()?;
     let params = EditParams::resolve(method, a.config.as_deref(), &a.overrides)?;
     let cases = a.cases.load()?;
+    let retain = a.retain.load()?;
     if let Some(out) = &a.output.out {
         if out.exists() && std::fs::read_dir(out).map(|mut d| d.next().is_some()).unwrap_or(true) {
             bail!("output folder {} exists and is not empty; choose a new path", out.display());
@@ -96,6 +99,12 @@ pub fn run(a: Args) -> Result<ExitCode> {
                 layers: a.layers.clone(),
                 top_fraction: a.top_fraction,
                 chat: a.cases.chat,
+                contrast_weight: if method == Method::Pke { params.contrast_weight } else { 0.0 },
+                contrast_prompts: if method == Method::Pke && params.contrast_weight > 0.0 {
+                    retain.clone().unwrap_or_else(pke::edit::builtin_retain_prompts)
+                } else {
+                    vec![]
+                },
                 ..Default::default()
             };
             let bar = super::progress_bar(cases.len() as u64, "locating");
@@ -108,7 +117,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     };
     let locate_seconds = if a.hotspots.is_some() { 0.0 } else { t_locate.elapsed().as_secs_f64() };
     let bar = super::progress_bar(1, "editing");
-    let outcome = compute_delta(&ck.model, &ck.tok, &cases, &hotspots, method, &params, |done, total, s| {
+    let outcome = compute_delta_with(&ck.model, &ck.tok, &cases, &hotspots, method, &params, retain.as_deref(), |done, total, s| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
         bar.set_message(format!("editing  loss {:.4} (nll_safe {:.3}, kl {:.4})", s.loss, s.nll_safe, s.kl));

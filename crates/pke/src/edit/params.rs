@@ -75,6 +75,25 @@ pub struct EditParams {
     /// every trainable weight by about lr, whatever its gradient's size.
     #[serde(default)]
     pub warmup_steps: usize,
+    /// Weight of KL(original || edited) on the retain set: benign prompts that look harmful, with the
+    /// original model's own greedy reply (its first `retain_tokens` tokens), so the edit keeps answering
+    /// them (0 = off). The built-in retain set is `data/retain/lookalike_retain.jsonl`; `--retain FILE`
+    /// replaces it.
+    #[serde(default)]
+    pub retain_weight: f64,
+    /// Retain prompts per step (cycled through the set in order; 0 = all every step).
+    #[serde(default)]
+    pub retain_per_step: usize,
+    /// Tokens of the original reply the retain term keeps (the first ones decide answer vs refusal).
+    #[serde(default = "default_retain_tokens")]
+    pub retain_tokens: usize,
+    /// Contrastive neuron selection when edit/compare locate for this method (`LocateSettings::contrast_weight`,
+    /// with the retain set's prompts as the benign side); 0 = off. Only pke's hotspot columns depend on it.
+    #[serde(default)]
+    pub contrast_weight: f64,
+    /// Append the end-of-turn token to the safe reply, so the learned refusal ends instead of rambling on.
+    #[serde(default)]
+    pub target_eos: bool,
     /// Clamp edited weights to w0 ± this (0 = off).
     pub norm_constraint: f64,
     pub mode: BatchMode,
@@ -93,6 +112,10 @@ pub struct EditParams {
     /// other steps log `kl` as null. True computes it every step, as EasyEdit does.
     #[serde(default)]
     pub always_log_inert_kl: bool,
+}
+
+fn default_retain_tokens() -> usize {
+    16
 }
 
 fn defaults_text(m: Method) -> &'static str {
@@ -147,6 +170,12 @@ impl EditParams {
         }
         if p.steps == 0 {
             return Err(Error::Input("steps must be at least 1".into()));
+        }
+        if p.retain_weight < 0.0 || !p.retain_weight.is_finite() {
+            return Err(Error::Input(format!("retain_weight must be >= 0, got {}", p.retain_weight)));
+        }
+        if p.retain_weight > 0.0 && p.retain_tokens == 0 {
+            return Err(Error::Input("retain_tokens must be at least 1 when retain_weight > 0".into()));
         }
         Ok(p)
     }

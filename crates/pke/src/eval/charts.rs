@@ -19,6 +19,10 @@ pub fn rates(r: &ModelReport) -> Vec<(String, f64)> {
     v.push(("ASR overall".into(), r.asr.overall));
     v.push(("non-refusal".into(), r.asr.non_refusal));
     v.push(("over-refusal".into(), r.over_refusal.value));
+    if let Some(l) = &r.lookalike {
+        v.push(("look-alike over-refusal".into(), l.over_refusal));
+        v.push(("look-alike twins refused".into(), l.twin_refusal));
+    }
     v.push(("factual accuracy".into(), r.factual_accuracy.value));
     if let Some(x) = &r.rouge_l_to_base {
         v.push(("ROUGE-L to base".into(), x.value));

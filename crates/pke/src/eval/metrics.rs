@@ -19,6 +19,19 @@ pub fn ngram_entropy(text: &str) -> f64 {
     (2.0 / 3.0 * h(2) + 4.0 / 3.0 * h(3)) / 2.0
 }
 
+/// Share of a reply's word n-grams that repeat an earlier n-gram of the same reply (0 = no repetition;
+/// "I'm sorry, I can't. I'm sorry, I can't." scores high). None when the reply has fewer than n+1 words.
+pub fn repeated_ngram_rate(text: &str, n: usize) -> Option<f64> {
+    let tokens: Vec<String> = word_tokens(text).into_iter().map(|w| w.to_lowercase()).collect();
+    if n == 0 || tokens.len() < n + 1 {
+        return None;
+    }
+    let mut seen = std::collections::HashSet::new();
+    let total = tokens.len() + 1 - n;
+    let repeated = tokens.windows(n).filter(|w| !seen.insert(*w)).count();
+    Some(repeated as f64 / total as f64)
+}
+
 /// Words (letters, digits, apostrophes inside words) and single punctuation characters.
 pub fn word_tokens(text: &str) -> Vec<String> {
     let mut out = Vec::new();
@@ -80,6 +93,16 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn repeated_ngrams_measure_rambling() {
+        assert_eq!(repeated_ngram_rate("I'm sorry, but I can't help with that.", 3), Some(0.0));
+        // 12 words -> 10 trigrams; the second "I'm sorry , I can't ." repeats 4 of the first's trigrams... counted exactly:
+        let r = repeated_ngram_rate("I'm sorry, I can't. I'm sorry, I can't.", 3).unwrap();
+        // tokens: i'm sorry , i can't . i'm sorry , i can't . (12) -> 10 trigrams, the last 4 repeat.
+        assert!((r - 0.4).abs() < 1e-12, "{r}");
+        assert_eq!(repeated_ngram_rate("too short", 3), None);
+    }
 
     #[test]
     fn entropy_rewards_variety() {

@@ -59,6 +59,15 @@ pub struct LocateSettings {
     /// neuron ranking, the other padding side and the stability figures are then left at zero / empty.
     #[serde(default)]
     pub dinm_rule_only: bool,
+    /// Contrastive neuron selection: a neuron's score is its harmful-side rank score minus this times its
+    /// rank on the benign side (how strongly its column would move to make `contrast_prompts`, benign
+    /// look-alikes, refuse), so neurons that carry the trigger words rather than the intent are left
+    /// alone. 0 = off (the layer choice is never affected).
+    #[serde(default)]
+    pub contrast_weight: f64,
+    /// Benign look-alike prompts for `contrast_weight` (by default the built-in retain set's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub contrast_prompts: Vec<String>,
 }
 
 impl Default for LocateSettings {
@@ -75,6 +84,8 @@ impl Default for LocateSettings {
             neuron_signals: vec![],
             aggregation: "per-case signals normalized to sum 1, then averaged over cases".into(),
             dinm_rule_only: false,
+            contrast_weight: 0.0,
+            contrast_prompts: vec![],
         }
     }
 }
@@ -106,6 +117,9 @@ pub struct Neuron {
     pub attribution: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub weight_drift: Option<f64>,
+    /// Benign-side signal (contrastive selection), when on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub benign_weight_change: Option<f64>,
 }
 
 /// Hotspot neurons of one chosen layer.
@@ -122,6 +136,9 @@ pub struct LayerNeurons {
     /// Aggregated `weight_change` and `attribution` of every neuron, by index.
     pub all_weight_change: Vec<f64>,
     pub all_attribution: Vec<f64>,
+    /// Benign-side signal of every neuron (contrastive selection), empty when off.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub all_benign_weight_change: Vec<f64>,
 }
 
 /// DINM's layer under both padding sides: a locator whose answer flips on padding is not precise.

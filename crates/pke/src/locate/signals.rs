@@ -130,6 +130,30 @@ fn case_signals(model: &Decoder, c: &CaseInputs) -> Result<CaseSignals> {
     Ok(CaseSignals { grad_norm, weight_change, attribution, neuron_attr })
 }
 
+/// The benign side of contrastive neuron selection on layer `l`: per column of `down_proj`, the norm of
+/// the gradient of NLL(a refusal | benign look-alike prompt), normalized per prompt and averaged. A large
+/// value means moving that column toward refusing would also make harmless look-alikes refuse. The
+/// refusals are the cases' own safe replies, rotated over the prompts.
+fn benign_column_grads(model: &Decoder, tok: &Tok, inputs: &[CaseInputs], settings: &LocateSettings, l: usize) -> Result<Vec<f64>> {
+    let mut m = model.clone();
+    let vars = make_trainable(&mut m, &[down_proj_name(l)])?;
+    let mut rows = Vec::with_capacity(settings.contrast_prompts.len());
+    for (j, p) in settings.contrast_prompts.iter().enumerate() {
+        let text = prompt_text(tok, p, settings.chat, settings.suffix.as_deref())?;
+        let ids = tok.encode(&text, !settings.chat)?;
+        if ids.is_empty() {
+            return Err(Error::Input(format!("contrast prompt {} tokenizes to zero tokens", j + 1)));
+        }
+        let loss = response_nll(&m, &ids, &inputs[j % inputs.len()].safe_ids, &mut crate::trace::Noop)?;
+        finite("a contrast prompt's loss", loss.to_scalar::<f32>()?)?;
+        let grads = loss.backward()?;
+        let g = grads.get(vars[0].1.as_tensor()).ok_or_else(|| Error::Input("no gradient reached the contrast layer".into()))?;
+        let col: Vec<f64> = g.sqr()?.sum(0)?.to_vec1::<f32>()?.into_iter().map(|x| (x as f64).sqrt()).collect();
+        rows.push(normalized(&col));
+    }
+    Ok(mean_of(&rows))
+}
+
 /// Per-layer and per-neuron weight drift of `down_proj` against a reference model of the same shapes.
 pub fn weight_drift(model: &Decoder, reference: &Decoder) -> Result<(Vec<f64>, Vec<Vec<f64>>)> {
     let (a, b) = (&model.spec, &reference.spec);
@@ -302,9 +326,16 @@ pub fn locate(
         top_k(&profile, settings.n_layers)
     };
 
+    if settings.contrast_weight < 0.0 || !settings.contrast_weight.is_finite() {
+        return Err(Error::Input(format!("contrast weight must be >= 0, got {}", settings.contrast_weight)));
+    }
+    if settings.contrast_weight > 0.0 && settings.contrast_prompts.is_empty() {
+        return Err(Error::Input("contrastive neuron selection needs benign contrast prompts".into()));
+    }
     // Per-neuron scores in each chosen layer.
     let mut neurons = Vec::new();
     for &l in &chosen_layers {
+        let benign = if settings.contrast_weight > 0.0 { Some(benign_column_grads(model, tok, &inputs, settings, l)?) } else { None };
         let wc = mean_of(&per_case.iter().map(|c| normalized(&c.weight_change[l])).collect::<Vec<_>>());
         let at = mean_of(&per_case.iter().map(|c| normalized(&c.neuron_attr[l])).collect::<Vec<_>>());
         let dr = drift.as_ref().map(|d| d.1[l].clone());
@@ -318,8 +349,15 @@ pub fn locate(
             .collect();
         let combined = rank_sum(&sigs);
         let max = ((f - 1) * sigs.len()) as f64;
-        let all_scores: Vec<f64> = combined.iter().map(|x| x / max.max(1.0)).collect();
-        let top = top_k(&combined, k)
+        let mut all_scores: Vec<f64> = combined.iter().map(|x| x / max.max(1.0)).collect();
+        if let Some(b) = &benign {
+            let rb = super::score::ranks(b);
+            let denom = (f - 1).max(1) as f64;
+            for (sc, r) in all_scores.iter_mut().zip(rb) {
+                *sc -= settings.contrast_weight * r / denom;
+            }
+        }
+        let top = top_k(&all_scores, k)
             .into_iter()
             .map(|i| Neuron {
                 index: i,
@@ -327,9 +365,19 @@ pub fn locate(
                 weight_change: wc[i],
                 attribution: at[i],
                 weight_drift: dr.as_ref().map(|d| d[i]),
+                benign_weight_change: benign.as_ref().map(|b| b[i]),
             })
             .collect();
-        neurons.push(LayerNeurons { layer: l, width: f, k, top, all_scores, all_weight_change: wc, all_attribution: at });
+        neurons.push(LayerNeurons {
+            layer: l,
+            width: f,
+            k,
+            top,
+            all_scores,
+            all_weight_change: wc,
+            all_attribution: at,
+            all_benign_weight_change: benign.unwrap_or_default(),
+        });
     }
 
     // Stability across cases.
