@@ -181,10 +181,6 @@ pub fn compare(ck: &Checkpoint, cases: &[EditCase], s: &CompareSettings, mut pro
     })
 }
 
-fn set_value(r: &ModelReport, set: &str) -> Option<f64> {
-    r.asr.per_set.iter().find(|p| p.set == set).map(|p| p.value)
-}
-
 /// The method x metric table in markdown.
 pub fn markdown(c: &Comparison) -> String {
     let mut s = format!(
@@ -211,7 +207,7 @@ pub fn markdown(c: &Comparison) -> String {
             if row.method.is_none() { "-".into() } else { format!("{:.1}", row.locate_seconds + row.edit_seconds) },
             r.asr.overall,
             f(plain, 3),
-            f(set_value(r, "pyrit_jailbreak_x_harmbench_test"), 3),
+            f(r.asr.per_set.iter().find(|p| p.set.contains("jailbreak")).map(|p| p.value), 3),
             r.asr.non_refusal,
             r.over_refusal.value,
             f(r.lookalike.as_ref().map(|l| l.over_refusal), 3),

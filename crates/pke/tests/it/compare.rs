@@ -7,7 +7,16 @@ use pke::eval::report::EvalSettings;
 use pke::locate::LocateSettings;
 
 fn tiny_eval() -> EvalSettings {
-    EvalSettings { n_harmful: 1, n_jailbreak: 1, n_benign: 2, n_factual: 2, ppl_tokens: 32, max_new_tokens: 6, ..Default::default() }
+    EvalSettings {
+        n_harmful: 1,
+        n_jailbreak: 1,
+        n_benign: 2,
+        n_factual: 2,
+        ppl_tokens: 32,
+        max_new_tokens: 6,
+        n_probes_per_category: 1,
+        ..Default::default()
+    }
 }
 
 #[test]
@@ -19,6 +28,7 @@ fn compare_runs_each_arm_on_the_same_sets() {
         arms: vec![Arm::edit(Method::Pke, p(Method::Pke)), Arm::vanilla(), Arm::edit(Method::Ga, p(Method::Ga))],
         eval: tiny_eval(),
         locate: LocateSettings { chat: true, ..Default::default() },
+        retain: None,
     };
     let before = ck.model.get("model.layers.11.mlp.down_proj.weight").unwrap().to_vec2::<f32>().unwrap();
     let c = compare(ck, &cases, &s, |_, _| {}).unwrap();
@@ -58,7 +68,12 @@ fn compare_runs_each_arm_on_the_same_sets() {
 fn compare_bad_inputs_are_clear_errors() {
     let ck = crate::common::smollm2();
     let cases = pke::data::sets::builtin_cases("advbench", 1).unwrap();
-    let s = CompareSettings { arms: vec![Arm::vanilla()], eval: tiny_eval(), locate: LocateSettings { chat: true, ..Default::default() } };
+    let s = CompareSettings {
+        arms: vec![Arm::vanilla()],
+        eval: tiny_eval(),
+        locate: LocateSettings { chat: true, ..Default::default() },
+        retain: None,
+    };
     let e = compare(ck, &[], &s, |_, _| {}).unwrap_err().to_string();
     assert!(e.contains("no edit cases"), "{e}");
     let e = compare(ck, &cases, &CompareSettings { arms: vec![], ..s.clone() }, |_, _| {}).unwrap_err().to_string();

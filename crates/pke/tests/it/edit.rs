@@ -4,7 +4,7 @@
 //! residual equals the full forward.
 
 use pke::data::EditCase;
-use pke::edit::{compute_delta, EditParams, Method, WeightDelta};
+use pke::edit::{compute_delta, compute_delta_with, training_labels, EditParams, Method, WeightDelta};
 use pke::locate::{locate, LocateSettings};
 use pke::model::decoder::down_proj_name;
 use pke::model::{Arch, Decoder, Input};
@@ -200,4 +200,52 @@ fn warmup_scales_the_first_updates() {
     let (plain, warm) = (first_move(0), first_move(4));
     assert!((plain - 1e-3).abs() < 1e-5, "first Adam step ~ lr: {plain}");
     assert!((warm - 2.5e-4).abs() < 1e-5, "warm-up over 4: lr / 4: {warm}");
+}
+
+#[test]
+fn retain_term_keeps_the_lookalike_replies_closer() {
+    let ck = crate::common::smollm2();
+    let (cases, h) = smol_setup(2);
+    let retain: Vec<String> = pke::edit::builtin_retain_prompts().into_iter().take(3).collect();
+    let run = |w: &str| {
+        let o = vec!["steps=8".to_string(), "lr=5e-3".into(), "stop_nll=0".into(), format!("retain_weight={w}"), "retain_tokens=8".into()];
+        let p = EditParams::resolve(Method::Pke, None, &o).unwrap();
+        compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, Some(&retain), |_, _, _| {}).unwrap()
+    };
+    // A negligible weight logs the term without steering; a real weight keeps the replies closer.
+    let (watch, keep) = (run("1e-12"), run("30"));
+    assert!(watch.log[0].retain_kl.abs() < 1e-5, "unchanged weights: KL 0 at step 0, got {}", watch.log[0].retain_kl);
+    // Adam steps of ~lr make the term oscillate step to step: compare the mean of the last four steps.
+    let tail = |o: &pke::edit::EditOutcome| o.log[4..].iter().map(|s| s.retain_kl).sum::<f64>() / 4.0;
+    let (a, b) = (tail(&watch), tail(&keep));
+    assert!(a > 0.0 && b < 0.5 * a, "retain KL with the term {b} < half of without {a}");
+    assert!(keep.delta.metadata["retain"].contains("user retain set, 3 prompts"), "{:?}", keep.delta.metadata.get("retain"));
+    // Off: nothing is generated or logged.
+    let p = EditParams::resolve(Method::Pke, None, &["steps=1".into()]).unwrap();
+    let off = compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, Some(&[]), |_, _, _| {}).unwrap();
+    assert!(off.log.iter().all(|s| s.retain_kl == 0.0) && !off.delta.metadata.contains_key("retain"));
+    // Bad retain input: an empty set, a prompt too long for the context.
+    let p = EditParams::resolve(Method::Pke, None, &["steps=1".into(), "retain_weight=1".into()]).unwrap();
+    let e = compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, Some(&[]), |_, _, _| {}).unwrap_err().to_string();
+    assert!(e.contains("retain set has no prompts"), "{e}");
+    let long = vec!["word ".repeat(9000)];
+    let e = compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, Some(&long), |_, _, _| {}).unwrap_err().to_string();
+    assert!(e.contains("retain prompt 1") && e.contains("8192"), "{e}");
+    let e = EditParams::resolve(Method::Pke, None, &["retain_weight=-1".into()]).unwrap_err().to_string();
+    assert!(e.contains("retain_weight"), "{e}");
+}
+
+#[test]
+fn target_eos_ends_the_safe_reply_with_the_end_of_turn_token() {
+    let ck = crate::common::smollm2();
+    let case = &pke::data::sets::builtin_cases("advbench", 1).unwrap()[0];
+    let plain = EditParams::defaults(Method::Pke);
+    let eos = EditParams { target_eos: true, ..plain.clone() };
+    let a = training_labels(&ck.tok, case, true, &plain, Method::Pke).unwrap();
+    let b = training_labels(&ck.tok, case, true, &eos, Method::Pke).unwrap();
+    assert_eq!(&b[..a.len()], &a[..]);
+    assert_eq!(b.len(), a.len() + 1);
+    // SmolLM2's end of turn: <|im_end|> (id 2), the token generation stops on.
+    assert_eq!(*b.last().unwrap(), 2);
+    assert_eq!(ck.tok.stop_token_ids()[0], 2);
 }

@@ -210,3 +210,28 @@ fn bad_locate_settings_are_clear_errors() {
     let e = run(LocateSettings { chat: true, ..Default::default() }, &cases);
     assert!(e.contains("no chat template"), "{e}");
 }
+
+#[test]
+fn contrastive_selection_avoids_neurons_that_would_make_lookalikes_refuse() {
+    let ck = crate::common::smollm2();
+    let cases = pke::data::sets::builtin_cases("advbench", 2).unwrap();
+    let prompts: Vec<String> = pke::edit::builtin_retain_prompts().into_iter().take(4).collect();
+    let base = LocateSettings { top_k: Some(64), chat: true, ..Default::default() };
+    let (plain, _) = locate(&ck.model, &ck.tok, &cases, &base, None, |_, _| {}).unwrap();
+    let s = LocateSettings { contrast_weight: 1.0, contrast_prompts: prompts.clone(), ..base.clone() };
+    let (con, _) = locate(&ck.model, &ck.tok, &cases, &s, None, |_, _| {}).unwrap();
+    // The layer choice never depends on the contrast; only the neurons do.
+    assert_eq!(con.chosen_layers, plain.chosen_layers);
+    let b = &con.neurons[0].all_benign_weight_change;
+    assert_eq!(b.len(), 1536);
+    assert!(plain.neurons[0].all_benign_weight_change.is_empty());
+    // The benign side's rank of the chosen neurons is lower with the contrast than without it.
+    let ranks = pke::locate::score::ranks(b);
+    let mean_rank = |h: &pke::locate::Hotspots| h.neurons[0].top.iter().map(|n| ranks[n.index]).sum::<f64>() / 64.0;
+    assert!(mean_rank(&con) < mean_rank(&plain) - 100.0, "{} vs {}", mean_rank(&con), mean_rank(&plain));
+    assert!(con.neurons[0].top.iter().all(|n| n.benign_weight_change.is_some()));
+    let e = locate(&ck.model, &ck.tok, &cases, &LocateSettings { contrast_weight: 1.0, ..base.clone() }, None, |_, _| {})
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("needs benign contrast prompts"), "{e}");
+}
