@@ -505,7 +505,7 @@ pub fn compute_delta_with(
             }
             done += 1;
             progress(done, total_steps, &entry);
-            let taken = p.stop_nll > 0.0 && method != Method::Ga && max_nll < p.stop_nll;
+            let taken = p.stop_nll > 0.0 && method != Method::Ga && max_nll < p.stop_nll && step >= p.min_steps;
             let stop = entry.loss < p.early_stop_loss || taken;
             log.push(entry);
             if stop {

@@ -71,6 +71,10 @@ pub struct EditParams {
     /// and more steps would only push the weights further from the original. 0 = off. Not for `ga`.
     #[serde(default)]
     pub stop_nll: f64,
+    /// `stop_nll` is not checked before this many steps have run (so a model that learns the refusal in
+    /// 3 steps still trains long enough for it to generalize beyond the cases' wording). 0 = no minimum.
+    #[serde(default)]
+    pub min_steps: usize,
     /// Linear learning-rate warm-up over the first this-many updates (0 = off): Adam's first update moves
     /// every trainable weight by about lr, whatever its gradient's size.
     #[serde(default)]

@@ -169,6 +169,8 @@ fn stop_nll_ends_the_edit_once_every_case_has_taken_it() {
     assert_eq!(none.log.len(), 1);
     let t = &none.delta.tensors[0];
     assert!((&t.after - &t.before).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() == 0.0);
+    // With a minimum step count, the same threshold is first checked at step 3: four log entries.
+    assert_eq!(run(&["stop_nll=100", "min_steps=3"]).log.len(), 4);
     // A threshold the mean NLL crosses mid-way: it stops there, on the same trajectory as the full run.
     let k = full.log.iter().position(|s| s.nll_safe < full.log[0].nll_safe - 0.3).expect("the NLL falls by 0.3 in 6 steps");
     let thr = full.log[k].nll_safe + 0.3;
