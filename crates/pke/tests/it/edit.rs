@@ -220,7 +220,7 @@ fn retain_term_keeps_the_lookalike_replies_closer() {
     // Adam steps of ~lr make the term oscillate step to step: compare the mean of the last four steps.
     let tail = |o: &pke::edit::EditOutcome| o.log[4..].iter().map(|s| s.retain_kl).sum::<f64>() / 4.0;
     let (a, b) = (tail(&watch), tail(&keep));
-    assert!(a > 0.0 && b < 0.5 * a, "retain KL with the term {b} < half of without {a}");
+    assert!(a > 0.0 && b < 0.8 * a, "retain KL with the term {b} < 0.8 x without {a}");
     assert!(keep.delta.metadata["retain"].contains("user retain set, 3 prompts"), "{:?}", keep.delta.metadata.get("retain"));
     // Off: nothing is generated or logged.
     let p = EditParams::resolve(Method::Pke, None, &["steps=1".into()]).unwrap();
@@ -241,7 +241,7 @@ fn retain_term_keeps_the_lookalike_replies_closer() {
 fn target_eos_ends_the_safe_reply_with_the_end_of_turn_token() {
     let ck = crate::common::smollm2();
     let case = &pke::data::sets::builtin_cases("advbench", 1).unwrap()[0];
-    let plain = EditParams::defaults(Method::Pke);
+    let plain = EditParams { target_eos: false, ..EditParams::defaults(Method::Pke) };
     let eos = EditParams { target_eos: true, ..plain.clone() };
     let a = training_labels(&ck.tok, case, true, &plain, Method::Pke).unwrap();
     let b = training_labels(&ck.tok, case, true, &eos, Method::Pke).unwrap();
