@@ -139,13 +139,8 @@ pub fn compare(ck: &Checkpoint, cases: &[EditCase], s: &CompareSettings, mut pro
         if !located.iter().any(|(l, _, _)| *l == key) {
             progress(&arm.label, &format!("locating ({loc:?})"));
             let t = Instant::now();
-            let settings = LocateSettings {
-                locator: loc,
-                dinm_rule_only: loc == Locator::Dinm,
-                contrast_weight: cw,
-                contrast_prompts: if cw > 0.0 { retain_prompts.clone() } else { vec![] },
-                ..s.locate.clone()
-            };
+            let settings = LocateSettings { locator: loc, dinm_rule_only: loc == Locator::Dinm, ..s.locate.clone() }
+                .with_contrast(cw, Some(&retain_prompts));
             let (h, _) = locate(&ck.model, &ck.tok, cases, &settings, None, |_, _| {})?;
             located.push((key, h, t.elapsed().as_secs_f64()));
         }

@@ -91,12 +91,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
 
     println!("\n== 1/4 locate: which layer and neurons drive the compliant answers");
     let params = EditParams::resolve(Method::Pke, None, &a.overrides)?;
-    let settings = LocateSettings {
-        chat: true,
-        contrast_weight: params.contrast_weight,
-        contrast_prompts: if params.contrast_weight > 0.0 { pke::edit::builtin_retain_prompts() } else { vec![] },
-        ..Default::default()
-    };
+    let settings = LocateSettings { chat: true, ..Default::default() }.with_contrast(params.contrast_weight, None);
     let bar = super::progress_bar(cases.len() as u64, "locating");
     let (mut h, _) = locate(&ck.model, &ck.tok, &cases, &settings, None, |i, _| bar.set_position(i as u64))?;
     bar.finish_and_clear();

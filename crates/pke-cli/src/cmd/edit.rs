@@ -99,14 +99,9 @@ pub fn run(a: Args) -> Result<ExitCode> {
                 layers: a.layers.clone(),
                 top_fraction: a.top_fraction,
                 chat: a.cases.chat,
-                contrast_weight: if method == Method::Pke { params.contrast_weight } else { 0.0 },
-                contrast_prompts: if method == Method::Pke && params.contrast_weight > 0.0 {
-                    retain.clone().unwrap_or_else(pke::edit::builtin_retain_prompts)
-                } else {
-                    vec![]
-                },
                 ..Default::default()
-            };
+            }
+            .with_contrast(if method == Method::Pke { params.contrast_weight } else { 0.0 }, retain.as_deref());
             let bar = super::progress_bar(cases.len() as u64, "locating");
             let (mut h, _) = locate(&ck.model, &ck.tok, &cases, &settings, None, |i, _| bar.set_position(i as u64))?;
             bar.finish_and_clear();

@@ -60,9 +60,9 @@ pub struct Args {
 
 pub fn settings(a: &Args) -> Result<LocateSettings> {
     let cw = a.contrast_weight.unwrap_or(pke::edit::EditParams::defaults(pke::edit::Method::Pke).contrast_weight);
+    // The retain file is read only when the contrast needs it.
+    let retain = if cw > 0.0 { a.retain.load()? } else { None };
     Ok(LocateSettings {
-        contrast_weight: cw,
-        contrast_prompts: if cw > 0.0 { a.retain.load()?.unwrap_or_else(pke::edit::builtin_retain_prompts) } else { vec![] },
         locator: a.locator.parse::<Locator>()?,
         n_layers: a.n_layers,
         layers: a.layers.clone(),
@@ -81,7 +81,8 @@ pub fn settings(a: &Args) -> Result<LocateSettings> {
             masked_rows: if a.eager { MaskedRows::Uniform } else { MaskedRows::Zero },
         },
         ..Default::default()
-    })
+    }
+    .with_contrast(cw, retain.as_deref()))
 }
 
 /// Write `DIR/hotspots.json`, `layers.svg` and `neurons.svg`; returns the JSON path.

@@ -159,6 +159,12 @@ pub fn builtin_retain() -> Vec<Probe> {
     parse_probes(RETAIN_TEXT, &PathBuf::from("data/retain/lookalike_retain.jsonl")).expect("built-in retain set parses")
 }
 
+/// The benign prompts of the built-in retain set: what the retain term keeps answered and the benign side
+/// of contrastive neuron selection, unless the user gives a retain file.
+pub fn builtin_retain_prompts() -> Vec<String> {
+    builtin_retain().into_iter().map(|x| x.benign).collect()
+}
+
 /// One part of `probes` under the fixed split (stratified by category, order kept).
 pub fn split(probes: &[Probe], part: Split) -> Vec<Probe> {
     split_half(probes, SPLIT_SALT, |p| p.id.clone(), |p| p.category.clone(), part)

