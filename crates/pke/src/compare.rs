@@ -13,7 +13,7 @@ use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::data::cases::EditCase;
-use crate::edit::{builtin_retain_prompts, compute_delta, compute_delta_with, EditParams, Method};
+use crate::edit::{builtin_retain, compute_delta, compute_delta_with, EditParams, Method, Probe};
 use crate::eval::harm::HarmScorer;
 use crate::eval::report::{evaluate_with, Baseline, EvalSettings, ModelReport};
 use crate::io::checkpoint::Checkpoint;
@@ -47,7 +47,7 @@ pub struct CompareSettings {
     /// Retain prompts for the methods whose `retain_weight` or `contrast_weight` is on (None = the built-in
     /// retain set).
     #[serde(default)]
-    pub retain: Option<Vec<String>>,
+    pub retain: Option<Vec<Probe>>,
 }
 
 /// One row of the table.
@@ -108,7 +108,8 @@ pub fn compare(ck: &Checkpoint, cases: &[EditCase], s: &CompareSettings, mut pro
         None
     };
     let mut located: Vec<((Locator, u64), Hotspots, f64)> = Vec::new();
-    let retain_prompts = s.retain.clone().unwrap_or_else(builtin_retain_prompts);
+    let retain_set = s.retain.clone().unwrap_or_else(builtin_retain);
+    let retain_prompts: Vec<String> = retain_set.iter().map(|x| x.benign.clone()).collect();
     let mut rows: Vec<CompareRow> = Vec::new();
     let mut vanilla: Option<ModelReport> = None;
     // Vanilla first: its answers are the ROUGE-L reference for every edited model.
@@ -145,7 +146,7 @@ pub fn compare(ck: &Checkpoint, cases: &[EditCase], s: &CompareSettings, mut pro
             located.push((key, h, t.elapsed().as_secs_f64()));
         }
         let (_, hotspots, locate_seconds) = located.iter().find(|(l, _, _)| *l == key).expect("located above");
-        let outcome = compute_delta_with(&ck.model, &ck.tok, cases, hotspots, method, &params, Some(&retain_prompts), |d, n, st| {
+        let outcome = compute_delta_with(&ck.model, &ck.tok, cases, hotspots, method, &params, Some(&retain_set), |d, n, st| {
             progress(&arm.label, &format!("edit step {d}/{n}, loss {:.4}", st.loss))
         })?;
         let mut edited = ck.clone();

@@ -52,12 +52,17 @@ pub struct RetainArgs {
 }
 
 impl RetainArgs {
-    /// The user's retain prompts, or None for the built-in set.
-    pub fn load(&self) -> Result<Option<Vec<String>>> {
+    /// The user's retain set (benign prompts and any harmful twins), or None for the built-in set.
+    pub fn load(&self) -> Result<Option<Vec<pke::data::probes::Probe>>> {
         Ok(match &self.retain {
-            Some(p) => Some(pke::data::probes::load_retain(p)?.into_iter().map(|x| x.benign).collect()),
+            Some(p) => Some(pke::data::probes::load_retain(p)?),
             None => None,
         })
+    }
+
+    /// The benign prompts of the user's retain set, or None for the built-in set.
+    pub fn load_prompts(&self) -> Result<Option<Vec<String>>> {
+        Ok(self.load()?.map(|v| v.into_iter().map(|x| x.benign).collect()))
     }
 }
 

@@ -62,6 +62,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let params = EditParams::resolve(method, a.config.as_deref(), &a.overrides)?;
     let cases = a.cases.load()?;
     let retain = a.retain.load()?;
+    let retain_prompts: Option<Vec<String>> = retain.as_ref().map(|v| v.iter().map(|x| x.benign.clone()).collect());
     if let Some(out) = &a.output.out {
         if out.exists() && std::fs::read_dir(out).map(|mut d| d.next().is_some()).unwrap_or(true) {
             bail!("output folder {} exists and is not empty; choose a new path", out.display());
@@ -101,7 +102,10 @@ pub fn run(a: Args) -> Result<ExitCode> {
                 chat: a.cases.chat,
                 ..Default::default()
             }
-            .with_contrast(if method == Method::Pke { params.contrast_weight } else { 0.0 }, retain.as_deref());
+            .with_contrast(
+                if method == Method::Pke { params.contrast_weight } else { 0.0 },
+                retain_prompts.as_deref(),
+            );
             let bar = super::progress_bar(cases.len() as u64, "locating");
             let (mut h, _) = locate(&ck.model, &ck.tok, &cases, &settings, None, |i, _| bar.set_position(i as u64))?;
             bar.finish_and_clear();

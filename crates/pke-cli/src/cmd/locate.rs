@@ -61,7 +61,7 @@ pub struct Args {
 pub fn settings(a: &Args) -> Result<LocateSettings> {
     let cw = a.contrast_weight.unwrap_or(pke::edit::EditParams::defaults(pke::edit::Method::Pke).contrast_weight);
     // The retain file is read only when the contrast needs it.
-    let retain = if cw > 0.0 { a.retain.load()? } else { None };
+    let retain = if cw > 0.0 { a.retain.load_prompts()? } else { None };
     Ok(LocateSettings {
         locator: a.locator.parse::<Locator>()?,
         n_layers: a.n_layers,

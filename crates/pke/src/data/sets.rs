@@ -322,6 +322,28 @@ pub fn builtin_cases(set: &str, n: usize) -> Result<Vec<EditCase>> {
     builtin_cases_excluding(set, n, &[])
 }
 
+/// Contrastive training cases: the harmful twins of the first `n` pairs of a retain set that have one,
+/// each with a refusal as the safe reply and a compliance opening as the unsafe one (no locality pair:
+/// their benign sides are the retain term's job). Fewer than `n` when the set has fewer twins.
+pub fn twin_cases(pairs: &[crate::data::probes::Probe], n: usize) -> Vec<EditCase> {
+    pairs
+        .iter()
+        .filter_map(|p| p.harmful.as_ref().map(|h| (p, h)))
+        .take(n)
+        .enumerate()
+        .map(|(i, (p, h))| EditCase {
+            id: format!("twin-{}", p.id),
+            prompt: h.clone(),
+            safe_response: REFUSALS[i % REFUSALS.len()].to_string(),
+            unsafe_response: compliance_opening(h),
+            locality_prompt: None,
+            locality_answer: None,
+            general_prompts: vec![],
+            category: Some(p.category.clone()),
+        })
+        .collect()
+}
+
 /// The project-written harmful requests in eight harm categories (`data/cases/harm_categories.jsonl`:
 /// harassment, hate, privacy, misinformation, self-harm, sexual, cyber, weapons; 8 each), interleaved by
 /// category, as (prompt, category).

@@ -14,7 +14,7 @@ use serde::Serialize;
 pub use delta::{TensorDelta, WeightDelta};
 pub use params::{BatchMode, EditParams, Method};
 
-pub use crate::data::probes::builtin_retain_prompts;
+pub use crate::data::probes::{builtin_retain, builtin_retain_prompts, Probe};
 
 use crate::data::EditCase;
 use crate::io::tokenizer::Tok;
@@ -363,8 +363,8 @@ pub fn edit_targets(model: &Decoder, hotspots: &Hotspots, method: Method) -> Res
         .collect()
 }
 
-/// Compute the delta of an edit. The model is not modified. With `p.retain_weight > 0`, the retain term
-/// uses the built-in retain set (see [`compute_delta_with`]).
+/// Compute the delta of an edit. The model is not modified. With `p.retain_weight > 0` or
+/// `p.twin_cases > 0`, the built-in retain set is used (see [`compute_delta_with`]).
 pub fn compute_delta(
     model: &Decoder,
     tok: &Tok,
@@ -377,8 +377,8 @@ pub fn compute_delta(
     compute_delta_with(model, tok, cases, hotspots, method, p, None, progress)
 }
 
-/// As [`compute_delta`], with the retain prompts given (`None` = the built-in retain set). They are
-/// used only when `p.retain_weight > 0`.
+/// As [`compute_delta`], with the retain set given (`None` = the built-in one). Its benign prompts are
+/// used only when `p.retain_weight > 0`, its harmful twins only when `p.twin_cases > 0`.
 #[allow(clippy::too_many_arguments)]
 pub fn compute_delta_with(
     model: &Decoder,
@@ -387,7 +387,7 @@ pub fn compute_delta_with(
     hotspots: &Hotspots,
     method: Method,
     p: &EditParams,
-    retain: Option<&[String]>,
+    retain: Option<&[Probe]>,
     mut progress: impl FnMut(usize, usize, &StepLog),
 ) -> Result<EditOutcome> {
     if cases.is_empty() {
@@ -396,22 +396,35 @@ pub fn compute_delta_with(
     let t0 = Instant::now();
     let chat = hotspots.settings.chat;
     let targets = edit_targets(model, hotspots, method)?;
-    let seqs: Vec<CaseSeqs> = cases.iter().map(|c| prepare(tok, c, chat, p, method)).collect::<Result<_>>()?;
+    let owned_retain;
+    let retain_set: &[Probe] = match retain {
+        Some(r) => r,
+        None if p.retain_weight > 0.0 || p.twin_cases > 0 => {
+            owned_retain = builtin_retain();
+            &owned_retain[..]
+        }
+        None => &[],
+    };
+    let twins = if p.twin_cases > 0 {
+        let t = crate::data::sets::twin_cases(retain_set, p.twin_cases);
+        if t.is_empty() {
+            return Err(Error::Input(
+                "twin_cases > 0 but the retain set has no harmful twins (a retain file in the probe format with `harmful` fields has them)".into(),
+            ));
+        }
+        t
+    } else {
+        vec![]
+    };
+    let seqs: Vec<CaseSeqs> = cases.iter().chain(&twins).map(|c| prepare(tok, c, chat, p, method)).collect::<Result<_>>()?;
     let l0 = *hotspots.chosen_layers.iter().min().expect("non-empty");
     let prepared = precompute(model, seqs, l0)?;
     let retain_seqs = if p.retain_weight > 0.0 {
-        let owned;
-        let prompts = match retain {
-            Some(r) => r,
-            None => {
-                owned = builtin_retain_prompts();
-                &owned[..]
-            }
-        };
+        let prompts: Vec<String> = retain_set.iter().map(|x| x.benign.clone()).collect();
         if prompts.is_empty() {
             return Err(Error::Input("retain_weight > 0 but the retain set has no prompts".into()));
         }
-        prepare_retain(model, tok, prompts, chat, p, l0)?
+        prepare_retain(model, tok, &prompts, chat, p, l0)?
     } else {
         vec![]
     };
@@ -529,12 +542,15 @@ pub fn compute_delta_with(
         serde_json::to_string(&hotspots.chosen_layers.iter().map(|l| (l, hotspots.neuron_indices(*l))).collect::<Vec<_>>())?,
     );
     metadata.insert("n_cases".into(), cases.len().to_string());
-    if p.retain_weight > 0.0 {
+    if !twins.is_empty() {
+        metadata.insert("twin_cases".into(), twins.len().to_string());
+    }
+    if p.retain_weight > 0.0 || !twins.is_empty() {
         metadata.insert(
             "retain".into(),
             match retain {
                 Some(r) => format!("user retain set, {} prompts ({} with a reply)", r.len(), retain_seqs.len()),
-                None => format!("{} ({} prompts)", crate::data::probes::BUILTIN_RETAIN, retain_seqs.len()),
+                None => format!("{} ({} prompts)", crate::data::probes::BUILTIN_RETAIN, retain_set.len()),
             },
         );
     }

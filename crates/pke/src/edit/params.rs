@@ -95,6 +95,11 @@ pub struct EditParams {
     /// with the retain set's prompts as the benign side); 0 = off. Only pke's hotspot columns depend on it.
     #[serde(default)]
     pub contrast_weight: f64,
+    /// Contrastive training pairs: this many harmful twins of the retain set (its `harmful` side, in
+    /// order) become extra edit cases with a refusal as the safe reply, while their benign sides stay in
+    /// the retain term, so the edit is trained on "same trigger word, different intent" (0 = off).
+    #[serde(default)]
+    pub twin_cases: usize,
     /// Append the end-of-turn token to the safe reply, so the learned refusal ends instead of rambling on.
     #[serde(default)]
     pub target_eos: bool,

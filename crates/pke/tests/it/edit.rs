@@ -208,7 +208,7 @@ fn warmup_scales_the_first_updates() {
 fn retain_term_keeps_the_lookalike_replies_closer() {
     let ck = crate::common::smollm2();
     let (cases, h) = smol_setup(2);
-    let retain: Vec<String> = pke::edit::builtin_retain_prompts().into_iter().take(3).collect();
+    let retain: Vec<pke::edit::Probe> = pke::edit::builtin_retain().into_iter().take(3).collect();
     let run = |w: &str| {
         let o = vec!["steps=8".to_string(), "lr=5e-3".into(), "stop_nll=0".into(), format!("retain_weight={w}"), "retain_tokens=8".into()];
         let p = EditParams::resolve(Method::Pke, None, &o).unwrap();
@@ -230,11 +230,48 @@ fn retain_term_keeps_the_lookalike_replies_closer() {
     let p = EditParams::resolve(Method::Pke, None, &["steps=1".into(), "retain_weight=1".into()]).unwrap();
     let e = compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, Some(&[]), |_, _, _| {}).unwrap_err().to_string();
     assert!(e.contains("retain set has no prompts"), "{e}");
-    let long = vec!["word ".repeat(9000)];
+    let long = vec![pke::edit::Probe { benign: "word ".repeat(9000), ..retain[0].clone() }];
     let e = compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, Some(&long), |_, _, _| {}).unwrap_err().to_string();
     assert!(e.contains("retain prompt 1") && e.contains("8192"), "{e}");
     let e = EditParams::resolve(Method::Pke, None, &["retain_weight=-1".into()]).unwrap_err().to_string();
     assert!(e.contains("retain_weight"), "{e}");
+}
+
+#[test]
+fn twin_cases_train_the_harmful_twins_as_extra_cases() {
+    let ck = crate::common::smollm2();
+    let (cases, h) = smol_setup(2);
+    let retain: Vec<pke::edit::Probe> = pke::edit::builtin_retain().into_iter().take(4).collect();
+    let twins = pke::data::sets::twin_cases(&retain, 3);
+    assert_eq!(twins.len(), 3);
+    assert_eq!(twins[0].prompt, retain[0].harmful.clone().unwrap());
+    assert!(twins[0].locality_prompt.is_none() && twins[0].safe_response.contains("can't"));
+    let o = vec!["steps=4".to_string(), "stop_nll=0".into(), "twin_cases=3".into()];
+    let p = EditParams::resolve(Method::Pke, None, &o).unwrap();
+    let with = compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, Some(&retain), |_, _, _| {}).unwrap();
+    assert_eq!(with.delta.metadata["twin_cases"], "3");
+    assert_eq!(with.delta.metadata["n_cases"], "2");
+    // The twins are trained: their refusal NLL falls more than without them (averaged with the cases').
+    let off = EditParams::resolve(Method::Pke, None, &o[..2]).unwrap();
+    let without = compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::Pke, &off, Some(&retain), |_, _, _| {}).unwrap();
+    assert!(!without.delta.metadata.contains_key("twin_cases"));
+    assert_ne!(with.log[0].nll_safe, without.log[0].nll_safe, "step 0 averages over 5 cases, not 2");
+    let labels = pke::edit::training_labels(&ck.tok, &twins[0], false, &p, Method::Pke).unwrap();
+    let nll_twin = |d: &WeightDelta| {
+        let mut m = ck.clone();
+        d.apply(&mut m.model, false).unwrap();
+        let text = pke::locate::signals::prompt_text(&ck.tok, &twins[0].prompt, false, None).unwrap();
+        let mut ids = ck.tok.encode(&text, true).unwrap();
+        ids.extend(&labels);
+        let s = pke::score::score_ids(&m.model, &ids).unwrap();
+        -s.logprobs[s.logprobs.len() - labels.len()..].iter().sum::<f64>() / labels.len() as f64
+    };
+    let (a, b) = (nll_twin(&with.delta), nll_twin(&without.delta));
+    assert!(a < b, "twin refusal NLL with twin cases {a} < without {b}");
+    // A retain set without harmful twins cannot give them.
+    let plain: Vec<pke::edit::Probe> = retain.iter().map(|x| pke::edit::Probe { harmful: None, ..x.clone() }).collect();
+    let e = compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, Some(&plain), |_, _, _| {}).unwrap_err().to_string();
+    assert!(e.contains("no harmful twins"), "{e}");
 }
 
 #[test]
