@@ -164,6 +164,16 @@ fn demo_and_compare_refuse_bad_input_before_any_work() {
         pke(&["compare", "--builtin", "advbench:1", "--methods", "vanilla,pke", "--set", "dinm:lr=1", "--out", out.to_str().unwrap()]);
     assert_eq!(code, 2);
     assert!(err.contains("`dinm` is not one of --methods"), "{err}");
+    // --from: a file that is not a comparison, and one that would be overwritten, are refused untouched.
+    let (code, _, err) = pke(&["compare", "--from", keep.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(err.contains("is not a pke compare.json"), "{err}");
+    let prev = dir.path().join("compare.json");
+    std::fs::write(&prev, "{}").unwrap();
+    let (code, _, err) = pke(&["compare", "--from", prev.to_str().unwrap(), "--out", dir.path().to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(err.contains("overwrite the input"), "{err}");
+    assert_eq!(std::fs::read_to_string(&prev).unwrap(), "{}");
 }
 
 #[test]

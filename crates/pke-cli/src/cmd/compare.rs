@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use pke::compare::{chart, compare, markdown, per_instance, per_instance_markdown, Arm, CompareSettings};
+use pke::compare::{add_rate_stats, chart, compare, markdown, per_instance, per_instance_markdown, Arm, CompareSettings, Comparison};
 use pke::edit::{EditParams, Method};
 use pke::locate::LocateSettings;
 
@@ -29,6 +29,10 @@ pub struct Args {
     /// before and after (cases need generalization inputs: a SafeEdit file or --builtin safeedit-style:N).
     #[arg(long)]
     per_instance: bool,
+    /// Re-render an earlier run's compare.json (table, intervals and paired tests, chart) into --out
+    /// without running anything; the input is never overwritten.
+    #[arg(long, value_name = "COMPARE_JSON")]
+    from: Option<PathBuf>,
     #[arg(long, default_value = "out/compare")]
     out: PathBuf,
     #[arg(long)]
@@ -66,7 +70,24 @@ pub fn arms(methods: &[String], overrides: &[String]) -> Result<Vec<Arm>> {
     Ok(out)
 }
 
+/// `--from`: the comparison of an earlier run, with its rate statistics recomputed.
+fn rerender(from: &std::path::Path, out: &std::path::Path) -> Result<Comparison> {
+    let target = out.join("compare.json");
+    if target.exists() && from.exists() && std::fs::canonicalize(&target)? == std::fs::canonicalize(from)? {
+        bail!("--from {}: writing into --out {} would overwrite the input; choose another --out", from.display(), out.display());
+    }
+    let text = std::fs::read_to_string(from).with_context(|| format!("cannot read {}", from.display()))?;
+    let mut c: Comparison = serde_json::from_str(&text).with_context(|| format!("{} is not a pke compare.json", from.display()))?;
+    add_rate_stats(&mut c.rows);
+    Ok(c)
+}
+
 pub fn run(a: Args) -> Result<ExitCode> {
+    if let Some(from) = &a.from {
+        let c = rerender(from, &a.out)?;
+        std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
+        return write_outputs(&c, &a.out, a.json);
+    }
     let cases = a.cases.load()?;
     let settings = CompareSettings {
         arms: arms(&a.methods, &a.overrides)?,
@@ -107,15 +128,19 @@ pub fn run(a: Args) -> Result<ExitCode> {
         bar.set_message(format!("{arm}: {msg}"));
     })?;
     bar.finish_and_clear();
-    pke::io::atomic_write(&a.out.join("compare.json"), serde_json::to_string_pretty(&c)?.as_bytes())?;
-    let md = markdown(&c);
-    pke::io::atomic_write(&a.out.join("compare.md"), md.as_bytes())?;
-    let svg = a.out.join("compare.svg");
-    chart(&c, &svg)?;
-    if a.json {
-        super::print_json(&c)?;
+    write_outputs(&c, &a.out, a.json)
+}
+
+/// compare.json, compare.md and compare.svg in `out`.
+fn write_outputs(c: &Comparison, out: &std::path::Path, json: bool) -> Result<ExitCode> {
+    pke::io::atomic_write(&out.join("compare.json"), serde_json::to_string_pretty(c)?.as_bytes())?;
+    let md = markdown(c);
+    pke::io::atomic_write(&out.join("compare.md"), md.as_bytes())?;
+    chart(c, &out.join("compare.svg"))?;
+    if json {
+        super::print_json(c)?;
     } else {
-        println!("{md}\nwrote {0}/compare.json, {0}/compare.md, {0}/compare.svg", a.out.display());
+        println!("{md}\nwrote {0}/compare.json, {0}/compare.md, {0}/compare.svg", out.display());
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -32,6 +32,34 @@ pub fn repeated_ngram_rate(text: &str, n: usize) -> Option<f64> {
     Some(repeated as f64 / total as f64)
 }
 
+/// 95% Wilson score interval of a rate of `k` in `n` (0..1 each side; (0, 1) when n = 0). Unlike the
+/// normal approximation it stays inside [0, 1] and is not empty at k = 0 or k = n: 0 of 50 is [0, 0.071].
+pub fn wilson(k: usize, n: usize) -> (f64, f64) {
+    if n == 0 {
+        return (0.0, 1.0);
+    }
+    let z = 1.959_963_984_540_054f64;
+    let (n, p) = (n as f64, k as f64 / n as f64);
+    let denom = 1.0 + z * z / n;
+    let centre = (p + z * z / (2.0 * n)) / denom;
+    let half = z * (p * (1.0 - p) / n + z * z / (4.0 * n * n)).sqrt() / denom;
+    ((centre - half).max(0.0), (centre + half).min(1.0))
+}
+
+/// Two-sided exact McNemar test on paired binary outcomes: `b` pairs went 1 -> 0, `c` went 0 -> 1 (the
+/// concordant pairs do not enter). p = P(a Binomial(b + c, 1/2) is at least as far from the middle), capped
+/// at 1; 1 when there are no discordant pairs.
+pub fn mcnemar_exact(b: usize, c: usize) -> f64 {
+    let n = b + c;
+    if n == 0 {
+        return 1.0;
+    }
+    // sum_{i <= min(b, c)} C(n, i) / 2^n, in log space so n in the thousands does not overflow.
+    let ln_choose = |n: usize, k: usize| -> f64 { (1..=k).map(|i| ((n + 1 - i) as f64 / i as f64).ln()).sum() };
+    let tail: f64 = (0..=b.min(c)).map(|i| (ln_choose(n, i) - n as f64 * std::f64::consts::LN_2).exp()).sum();
+    (2.0 * tail).min(1.0)
+}
+
 /// Words (letters, digits, apostrophes inside words) and single punctuation characters.
 pub fn word_tokens(text: &str) -> Vec<String> {
     let mut out = Vec::new();

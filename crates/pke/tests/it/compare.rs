@@ -55,7 +55,21 @@ fn compare_runs_each_arm_on_the_same_sets() {
         let prompts = |x: &pke::compare::CompareRow| x.report.samples.iter().map(|s| s.prompt.clone()).collect::<Vec<_>>();
         assert_eq!(prompts(r), prompts(v));
     }
+    // Every arm has each rate with its interval, p-values against the other arms where they exist, and
+    // the counts behind them.
+    for r in &c.rows {
+        let asr = r.rates.iter().find(|x| x.metric == "ASR").expect("ASR rate");
+        assert_eq!(asr.n, r.report.asr.n);
+        assert!((asr.value - r.report.asr.overall).abs() < 1e-12);
+        assert!(asr.ci_low <= asr.value && asr.value <= asr.ci_high && asr.ci_high > asr.ci_low);
+        let la = r.rates.iter().find(|x| x.metric == "look-alike over-refusal").expect("look-alike rate");
+        assert_eq!(la.n, r.report.lookalike.as_ref().unwrap().n_benign);
+        assert_eq!(asr.p_vs_vanilla.is_some(), r.label != "vanilla");
+        assert_eq!(asr.p_vs_pke.is_some(), r.label != "pke");
+        assert!(asr.p_vs_vanilla.is_none_or(|p| (0.0..=1.0).contains(&p)));
+    }
     let md = markdown(&c);
+    assert!(md.contains("95% Wilson intervals") && md.contains("p vs pke"), "{md}");
     for l in labels {
         assert!(md.contains(&format!("| {l} |")), "{md}");
     }
