@@ -262,6 +262,17 @@ fn prepare_retain(model: &Decoder, tok: &Tok, prompts: &[String], chat: bool, p:
     Ok(out)
 }
 
+/// Back-propagate one loss term and add its gradient for each trainable tensor to `acc`.
+fn backprop(term: &Tensor, vars: &[(String, Var, Tensor, Tensor, Adam)], acc: &mut [Option<Tensor>]) -> Result<()> {
+    let g = term.backward()?;
+    for ((_, var, ..), a) in vars.iter().zip(acc.iter_mut()) {
+        if let Some(x) = g.get(var.as_tensor()) {
+            accumulate(a, x.clone())?;
+        }
+    }
+    Ok(())
+}
+
 /// Minimal Adam (betas 0.9/0.999, eps 1e-8, no weight decay) as torch.optim.Adam, updating in place.
 struct Adam {
     m: Tensor,
@@ -454,7 +465,6 @@ pub fn compute_delta_with(
     let mut done = 0;
     for group in &groups {
         for step in 0..p.steps {
-            let mut total: Option<Tensor> = None;
             let mut entry = StepLog { step, ..Default::default() };
             let n = group.len() as f64;
             let mut frozen = m.clone();
@@ -463,6 +473,10 @@ pub fn compute_delta_with(
             }
             let lazy_kl = p.quirk_inert_kl && p.kl_weight != 0.0 && !p.always_log_inert_kl;
             let mut max_nll = 0f64;
+            // The loss is a mean over cases (and retain prompts), so its gradient is the sum of each
+            // term's: each term is back-propagated as soon as it is computed, and only one term's graph
+            // (activations and full-vocabulary logits) is alive at a time.
+            let mut grads: Vec<Option<Tensor>> = vec![None; vars.len()];
             for &i in group {
                 let (l, s) = case_loss(&m, &frozen, &prepared[i], method, p, lazy_kl)?;
                 max_nll = max_nll.max(s.nll_safe);
@@ -471,24 +485,24 @@ pub fn compute_delta_with(
                 entry.kl += s.kl / n;
                 entry.unlikelihood += s.unlikelihood / n;
                 entry.nll_unsafe += s.nll_unsafe / n;
-                accumulate(&mut total, (l / n)?)?;
+                backprop(&(l / n)?, &vars, &mut grads)?;
             }
             if !retain_seqs.is_empty() {
                 let k = if p.retain_per_step == 0 { retain_seqs.len() } else { p.retain_per_step.min(retain_seqs.len()) };
-                let mut sum: Option<Tensor> = None;
+                let mut rv = 0f64;
                 for j in 0..k {
                     let (seq, base) = &retain_seqs[(retain_cursor + j) % retain_seqs.len()];
-                    accumulate(&mut sum, kl(&m, seq, base)?)?;
+                    let r = kl(&m, seq, base)?;
+                    let v = scalar(&r)?;
+                    if !v.is_finite() {
+                        return Err(Error::NonFinite(format!("the retain KL is {v} (try a smaller lr); nothing was written")));
+                    }
+                    rv += v / k as f64;
+                    backprop(&(r * (p.retain_weight / k as f64))?, &vars, &mut grads)?;
                 }
                 retain_cursor = (retain_cursor + k) % retain_seqs.len();
-                let r = (sum.expect("k >= 1") / k as f64)?;
-                let rv = scalar(&r)?;
-                if !rv.is_finite() {
-                    return Err(Error::NonFinite(format!("the retain KL is {rv} (try a smaller lr); nothing was written")));
-                }
                 entry.retain_kl = rv;
                 entry.loss += p.retain_weight * rv;
-                accumulate(&mut total, (r * p.retain_weight)?)?;
             }
             if lazy_kl && entry.loss < p.early_stop_loss + 1e-6 {
                 // The inert KL (>= 0, no gradient) could decide the early stop: add its value now.
@@ -512,10 +526,9 @@ pub fn compute_delta_with(
             if stop {
                 break;
             }
-            let grads = total.expect("non-empty group").backward()?;
             let lr = if p.warmup_steps > 0 { p.lr * ((step + 1) as f64 / p.warmup_steps as f64).min(1.0) } else { p.lr };
-            for (name, var, w0, mask, adam) in vars.iter_mut() {
-                let g = grads.get(var.as_tensor()).ok_or_else(|| Error::Input(format!("no gradient reached `{name}`")))?;
+            for ((name, var, w0, mask, adam), g) in vars.iter_mut().zip(&grads) {
+                let g = g.as_ref().ok_or_else(|| Error::Input(format!("no gradient reached `{name}`")))?;
                 let g = g.broadcast_mul(mask)?;
                 adam.step(var, &g, lr)?;
                 if p.norm_constraint > 0.0 {
