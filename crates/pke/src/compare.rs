@@ -146,6 +146,34 @@ pub fn add_rate_stats(rows: &mut [CompareRow]) {
     }
 }
 
+/// ASR per harm category (the harmful sets' own categories), one column per arm, `value (n)`; empty when
+/// no set has categories. This is where an edit made from some kinds of harm shows whether it transfers to
+/// the others.
+pub fn per_category_markdown(rows: &[CompareRow]) -> String {
+    let mut cats: Vec<&str> = rows.iter().flat_map(|r| r.report.asr.per_category.iter().map(|c| c.set.as_str())).collect();
+    cats.sort_unstable();
+    cats.dedup();
+    if cats.is_empty() {
+        return String::new();
+    }
+    let mut s = String::from("\nASR per harm category (n prompts):\n\n| category |");
+    for r in rows {
+        s += &format!(" {} |", r.label);
+    }
+    s += &format!("\n|---|{}\n", "---|".repeat(rows.len()));
+    for c in cats {
+        s += &format!("| {c} |");
+        for r in rows {
+            match r.report.asr.per_category.iter().find(|x| x.set == c) {
+                Some(x) => s += &format!(" {:.2} ({}) |", x.value, x.n),
+                None => s += " - |",
+            }
+        }
+        s += "\n";
+    }
+    s
+}
+
 /// The intervals-and-tests table: per arm and rate, `value [low, high]` and the p-values, "n.s." when
 /// p >= 0.05.
 pub fn rates_markdown(rows: &[CompareRow]) -> String {
@@ -359,6 +387,7 @@ pub fn markdown(c: &Comparison) -> String {
         }
     }
     s += &rates_markdown(&c.rows);
+    s += &per_category_markdown(&c.rows);
     s += "\nHyper-parameters per method:\n\n";
     for a in &c.settings.arms {
         if let Some(p) = &a.params {

@@ -70,6 +70,7 @@ fn compare_runs_each_arm_on_the_same_sets() {
     }
     let md = markdown(&c);
     assert!(md.contains("95% Wilson intervals") && md.contains("p vs pke"), "{md}");
+    assert!(md.contains("ASR per harm category"), "{md}");
     for l in labels {
         assert!(md.contains(&format!("| {l} |")), "{md}");
     }
