@@ -229,7 +229,19 @@ fn locator_for(m: Method) -> Locator {
 }
 
 /// Run the comparison. `progress(arm label, message)`.
-pub fn compare(ck: &Checkpoint, cases: &[EditCase], s: &CompareSettings, mut progress: impl FnMut(&str, &str)) -> Result<Comparison> {
+pub fn compare(ck: &Checkpoint, cases: &[EditCase], s: &CompareSettings, progress: impl FnMut(&str, &str)) -> Result<Comparison> {
+    compare_with(ck, cases, s, progress, |_| Ok(()))
+}
+
+/// As [`compare`], calling `finished` with the comparison so far after each arm (a long run that is
+/// stopped keeps the arms it finished).
+pub fn compare_with(
+    ck: &Checkpoint,
+    cases: &[EditCase],
+    s: &CompareSettings,
+    mut progress: impl FnMut(&str, &str),
+    mut finished: impl FnMut(&Comparison) -> Result<()>,
+) -> Result<Comparison> {
     let t0 = Instant::now();
     if cases.is_empty() {
         return Err(Error::Input("no edit cases to compare methods on".into()));
@@ -271,6 +283,7 @@ pub fn compare(ck: &Checkpoint, cases: &[EditCase], s: &CompareSettings, mut pro
                 report: r,
                 rates: vec![],
             });
+            finished(&snapshot(ck, cases, s, &rows, t0)?)?;
             continue;
         };
         let params = arm.params.clone().unwrap_or_else(|| EditParams::defaults(method));
@@ -307,7 +320,14 @@ pub fn compare(ck: &Checkpoint, cases: &[EditCase], s: &CompareSettings, mut pro
             report: r,
             rates: vec![],
         });
+        finished(&snapshot(ck, cases, s, &rows, t0)?)?;
     }
+    snapshot(ck, cases, s, &rows, t0)
+}
+
+/// The comparison of the rows so far, with their rate statistics.
+fn snapshot(ck: &Checkpoint, cases: &[EditCase], s: &CompareSettings, rows: &[CompareRow], t0: Instant) -> Result<Comparison> {
+    let mut rows = rows.to_vec();
     add_rate_stats(&mut rows);
     Ok(Comparison {
         model: ck.source.path().display().to_string(),

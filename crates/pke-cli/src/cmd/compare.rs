@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use pke::compare::{add_rate_stats, chart, compare, markdown, per_instance, per_instance_markdown, Arm, CompareSettings, Comparison};
+use pke::compare::{add_rate_stats, chart, compare_with, markdown, per_instance, per_instance_markdown, Arm, CompareSettings, Comparison};
 use pke::edit::{EditParams, Method};
 use pke::locate::LocateSettings;
 
@@ -118,16 +118,29 @@ pub fn run(a: Args) -> Result<ExitCode> {
     }
     let bar = super::progress_bar(settings.arms.len() as u64, "comparing");
     let mut current = String::new();
-    let c = compare(&ck, &cases, &settings, |arm, msg| {
-        if arm != current {
-            if !current.is_empty() {
-                bar.inc(1);
+    // After each arm, the rows so far go to compare.partial.json (removed at the end), so a run that is
+    // stopped or killed keeps the arms it finished (`pke compare --from` renders them).
+    let partial = a.out.join("compare.partial.json");
+    let c = compare_with(
+        &ck,
+        &cases,
+        &settings,
+        |arm, msg| {
+            if arm != current {
+                if !current.is_empty() {
+                    bar.inc(1);
+                }
+                current = arm.to_string();
             }
-            current = arm.to_string();
-        }
-        bar.set_message(format!("{arm}: {msg}"));
-    })?;
+            bar.set_message(format!("{arm}: {msg}"));
+        },
+        |so_far| {
+            pke::io::atomic_write(&partial, serde_json::to_string(so_far)?.as_bytes())?;
+            Ok(())
+        },
+    )?;
     bar.finish_and_clear();
+    let _ = std::fs::remove_file(&partial);
     write_outputs(&c, &a.out, a.json)
 }
 
