@@ -72,6 +72,10 @@ pub struct StepLog {
     /// Mean KL(original || edited) over this step's retain prompts (0 when the retain term is off).
     #[serde(default)]
     pub retain_kl: f64,
+    /// Every case's safe reply opens the greedy reply (its first `stop_greedy_tokens` tokens are each the
+    /// top token); true when that check is off.
+    #[serde(default)]
+    pub greedy_opening: bool,
 }
 
 /// The result of an edit.
@@ -169,6 +173,19 @@ fn seq_logits(model: &Decoder, seq: &Seq) -> Result<Tensor> {
 
 fn nll(model: &Decoder, seq: &Seq) -> Result<Tensor> {
     Ok(token_logprobs(&seq_logits(model, seq)?, &seq.labels)?.mean_all()?.neg()?)
+}
+
+/// NLL of `seq`'s labels, and whether the first `k` labels are each the model's top token (teacher
+/// forced): the greedy reply would open with them. `k = 0` skips the check (true).
+fn nll_and_greedy_opening(model: &Decoder, seq: &Seq, k: usize) -> Result<(Tensor, bool)> {
+    let logits = seq_logits(model, seq)?;
+    let n = token_logprobs(&logits, &seq.labels)?.mean_all()?.neg()?;
+    let k = k.min(seq.labels.len());
+    let opens = k == 0 || {
+        let top: Vec<u32> = logits.narrow(0, 0, k)?.detach().argmax(candle_core::D::Minus1)?.to_vec1()?;
+        top == seq.labels[..k]
+    };
+    Ok((n, opens))
 }
 
 /// −mean_t log(1 − p(y_t)).
@@ -319,7 +336,8 @@ fn case_loss(
             loss = (loss - (n * p.edit_weight)?)?;
         }
         _ => {
-            let n = nll(model, &c.safe)?;
+            let (n, opens) = nll_and_greedy_opening(model, &c.safe, p.stop_greedy_tokens)?;
+            log.greedy_opening = opens;
             log.nll_safe = scalar(&n)?;
             loss = (loss + (n * p.edit_weight)?)?;
         }
@@ -473,6 +491,7 @@ pub fn compute_delta_with(
             }
             let lazy_kl = p.quirk_inert_kl && p.kl_weight != 0.0 && !p.always_log_inert_kl;
             let mut max_nll = 0f64;
+            let mut all_open = true;
             // The loss is a mean over cases (and retain prompts), so its gradient is the sum of each
             // term's: each term is back-propagated as soon as it is computed, and only one term's graph
             // (activations and full-vocabulary logits) is alive at a time.
@@ -480,6 +499,7 @@ pub fn compute_delta_with(
             for &i in group {
                 let (l, s) = case_loss(&m, &frozen, &prepared[i], method, p, lazy_kl)?;
                 max_nll = max_nll.max(s.nll_safe);
+                all_open &= s.greedy_opening || method == Method::Ga;
                 entry.loss += s.loss / n;
                 entry.nll_safe += s.nll_safe / n;
                 entry.kl += s.kl / n;
@@ -520,7 +540,8 @@ pub fn compute_delta_with(
             }
             done += 1;
             progress(done, total_steps, &entry);
-            let taken = p.stop_nll > 0.0 && method != Method::Ga && max_nll < p.stop_nll && step >= p.min_steps;
+            entry.greedy_opening = all_open;
+            let taken = p.stop_nll > 0.0 && method != Method::Ga && max_nll < p.stop_nll && all_open && step >= p.min_steps;
             let stop = entry.loss < p.early_stop_loss || taken;
             log.push(entry);
             if stop {

@@ -75,6 +75,11 @@ pub struct EditParams {
     /// 3 steps still trains long enough for it to generalize beyond the cases' wording). 0 = no minimum.
     #[serde(default)]
     pub min_steps: usize,
+    /// `stop_nll` also waits until, for every case, the first this-many tokens of the safe reply are each
+    /// the model's top token (teacher forced), i.e. the greedy reply opens with the refusal. A per-token
+    /// mean NLL below 1.5 can hide a first token that still prefers compliance. 0 = off.
+    #[serde(default)]
+    pub stop_greedy_tokens: usize,
     /// Linear learning-rate warm-up over the first this-many updates (0 = off): Adam's first update moves
     /// every trainable weight by about lr, whatever its gradient's size.
     #[serde(default)]

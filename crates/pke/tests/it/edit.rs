@@ -181,6 +181,15 @@ fn stop_nll_ends_the_edit_once_every_case_has_taken_it() {
     for (a, b) in part.log.iter().zip(&full.log) {
         assert_eq!(a.nll_safe, b.nll_safe, "same trajectory until the stop");
     }
+    // stop_greedy_tokens: the same huge threshold now also waits for the refusal's first tokens to be the
+    // top tokens. At step 0 the unedited model does not open with the refusal, so it does not stop there;
+    // wherever it stops, the opening holds, and every step before that logged it as not holding.
+    let greedy = run(&["stop_nll=100", "stop_greedy_tokens=2"]);
+    assert!(!greedy.log[0].greedy_opening && greedy.log.len() > 1, "{:?}", greedy.log.iter().map(|s| s.greedy_opening).collect::<Vec<_>>());
+    if greedy.log.len() < 6 {
+        assert!(greedy.log.last().unwrap().greedy_opening);
+    }
+    assert!(greedy.log[..greedy.log.len() - 1].iter().all(|s| !s.greedy_opening));
     // Gradient ascent has no safe reply to take: the key is refused for it.
     let e = EditParams::resolve(Method::Ga, None, &["stop_nll=1".into()]).unwrap_err().to_string();
     assert!(e.contains("stop_nll"), "{e}");
