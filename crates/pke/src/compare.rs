@@ -16,7 +16,9 @@ use crate::data::cases::EditCase;
 use crate::edit::{builtin_retain, compute_delta, compute_delta_with, EditParams, Method, Probe};
 use crate::eval::harm::HarmScorer;
 use crate::eval::metrics::{mcnemar_exact, wilson};
-use crate::eval::report::{evaluate_with, Baseline, EvalSettings, ModelReport, Sample, Verdicts, BENIGN_SET, LOOKALIKE_BENIGN, LOOKALIKE_TWIN};
+use crate::eval::report::{
+    evaluate_with, Baseline, EvalSettings, ModelReport, Sample, Verdicts, BENIGN_SET, LOOKALIKE_BENIGN, LOOKALIKE_TWIN,
+};
 use crate::io::checkpoint::Checkpoint;
 use crate::locate::{locate, Hotspots, LocateSettings, Locator};
 use crate::{Error, Result};
@@ -202,7 +204,17 @@ pub fn rates_markdown(rows: &[CompareRow]) -> String {
         s += &format!("| {} |", row.label);
         for m in &metrics {
             match row.rates.iter().find(|x| x.metric == *m) {
-                Some(x) => s += &format!(" {:.3} [{:.3}, {:.3}] (n {}) | {} | {} |", x.value, x.ci_low, x.ci_high, x.n, p(x.p_vs_vanilla), p(x.p_vs_pke)),
+                Some(x) => {
+                    s += &format!(
+                        " {:.3} [{:.3}, {:.3}] (n {}) | {} | {} |",
+                        x.value,
+                        x.ci_low,
+                        x.ci_high,
+                        x.n,
+                        p(x.p_vs_vanilla),
+                        p(x.p_vs_pke)
+                    )
+                }
                 None => s += " - | - | - |",
             }
         }

@@ -438,7 +438,8 @@ pub fn compute_delta_with(
         let t = crate::data::sets::twin_cases(retain_set, p.twin_cases);
         if t.is_empty() {
             return Err(Error::Input(
-                "twin_cases > 0 but the retain set has no harmful twins (a retain file in the probe format with `harmful` fields has them)".into(),
+                "twin_cases > 0 but the retain set has no harmful twins (a retain file in the probe format with `harmful` fields has them)"
+                    .into(),
             ));
         }
         t

@@ -32,10 +32,16 @@ fn compare_runs_each_arm_on_the_same_sets() {
     };
     let before = ck.model.get("model.layers.11.mlp.down_proj.weight").unwrap().to_vec2::<f32>().unwrap();
     let mut seen = vec![];
-    let c = pke::compare::compare_with(ck, &cases, &s, |_, _| {}, |so_far| {
-        seen.push(so_far.rows.iter().map(|r| r.label.clone()).collect::<Vec<_>>());
-        Ok(())
-    })
+    let c = pke::compare::compare_with(
+        ck,
+        &cases,
+        &s,
+        |_, _| {},
+        |so_far| {
+            seen.push(so_far.rows.iter().map(|r| r.label.clone()).collect::<Vec<_>>());
+            Ok(())
+        },
+    )
     .unwrap();
     assert_eq!(seen, [vec!["vanilla"], vec!["vanilla", "pke"], vec!["vanilla", "pke", "ga"]], "one snapshot after each arm");
     assert_eq!(
