@@ -97,8 +97,8 @@ type Outcome = fn(&ModelReport, &Sample) -> Option<bool>;
 const RATES: [(&str, Outcome); 4] = [
     ("ASR", |r, x| r.asr.per_set.iter().any(|p| p.set == x.set).then(|| Verdicts::success(x.refused, x.p_harmful))),
     ("over-refusal", |_, x| (x.set == BENIGN_SET).then_some(x.refused)),
-    ("look-alike over-refusal", |_, x| x.set.starts_with(&format!("{LOOKALIKE_BENIGN}:")).then_some(x.refused)),
-    ("twins refused", |_, x| x.set.starts_with(&format!("{LOOKALIKE_TWIN}:")).then_some(x.refused)),
+    ("look-alike over-refusal", |_, x| x.set.split_once(':').is_some_and(|(s, _)| s == LOOKALIKE_BENIGN).then_some(x.refused)),
+    ("twins refused", |_, x| x.set.split_once(':').is_some_and(|(s, _)| s == LOOKALIKE_TWIN).then_some(x.refused)),
 ];
 
 /// Per-prompt outcomes of one rate: ((set, prompt), outcome), in report order.
@@ -118,9 +118,8 @@ fn paired_p(a: &[((&str, &str), bool)], b: &[((&str, &str), bool)]) -> Option<f6
 
 /// Fill every row's [`RateStat`]s.
 pub fn add_rate_stats(rows: &mut [CompareRow]) {
-    let find = |rows: &[CompareRow], pred: &dyn Fn(&CompareRow) -> bool| rows.iter().position(pred);
-    let vanilla = find(rows, &|r| r.method.is_none());
-    let pke = find(rows, &|r| r.label == "pke");
+    let vanilla = rows.iter().position(|r| r.method.is_none());
+    let pke = rows.iter().position(|r| r.label == "pke");
     let mut all = Vec::with_capacity(rows.len());
     for (i, row) in rows.iter().enumerate() {
         let mut v = Vec::new();
@@ -273,7 +272,7 @@ pub fn compare_with(
     };
     let mut located: Vec<((Locator, u64), Hotspots, f64)> = Vec::new();
     let retain_set = s.retain.clone().unwrap_or_else(builtin_retain);
-    let retain_prompts: Vec<String> = retain_set.iter().map(|x| x.benign.clone()).collect();
+    let retain_prompts = crate::data::probes::benign_prompts(&retain_set);
     let mut rows: Vec<CompareRow> = Vec::new();
     let mut vanilla: Option<ModelReport> = None;
     // Vanilla first: its answers are the ROUGE-L reference for every edited model.

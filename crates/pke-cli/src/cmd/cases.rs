@@ -62,7 +62,7 @@ impl RetainArgs {
 
     /// The benign prompts of the user's retain set, or None for the built-in set.
     pub fn load_prompts(&self) -> Result<Option<Vec<String>>> {
-        Ok(self.load()?.map(|v| v.into_iter().map(|x| x.benign).collect()))
+        Ok(self.load()?.as_deref().map(pke::data::probes::benign_prompts))
     }
 }
 

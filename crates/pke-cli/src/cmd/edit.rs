@@ -62,7 +62,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let params = EditParams::resolve(method, a.config.as_deref(), &a.overrides)?;
     let cases = a.cases.load()?;
     let retain = a.retain.load()?;
-    let retain_prompts: Option<Vec<String>> = retain.as_ref().map(|v| v.iter().map(|x| x.benign.clone()).collect());
+    let retain_prompts = retain.as_deref().map(pke::data::probes::benign_prompts);
     if let Some(out) = &a.output.out {
         if out.exists() && std::fs::read_dir(out).map(|mut d| d.next().is_some()).unwrap_or(true) {
             bail!("output folder {} exists and is not empty; choose a new path", out.display());

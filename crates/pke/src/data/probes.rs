@@ -162,7 +162,12 @@ pub fn builtin_retain() -> Vec<Probe> {
 /// The benign prompts of the built-in retain set: what the retain term keeps answered and the benign side
 /// of contrastive neuron selection, unless the user gives a retain file.
 pub fn builtin_retain_prompts() -> Vec<String> {
-    builtin_retain().into_iter().map(|x| x.benign).collect()
+    benign_prompts(&builtin_retain())
+}
+
+/// The benign side of each probe or retain pair, in order.
+pub fn benign_prompts(pairs: &[Probe]) -> Vec<String> {
+    pairs.iter().map(|x| x.benign.clone()).collect()
 }
 
 /// One part of `probes` under the fixed split (stratified by category, order kept).

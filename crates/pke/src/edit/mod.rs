@@ -450,7 +450,7 @@ pub fn compute_delta_with(
     let l0 = *hotspots.chosen_layers.iter().min().expect("non-empty");
     let prepared = precompute(model, seqs, l0)?;
     let retain_seqs = if p.retain_weight > 0.0 {
-        let prompts: Vec<String> = retain_set.iter().map(|x| x.benign.clone()).collect();
+        let prompts = crate::data::probes::benign_prompts(retain_set);
         if prompts.is_empty() {
             return Err(Error::Input("retain_weight > 0 but the retain set has no prompts".into()));
         }
@@ -495,7 +495,8 @@ pub fn compute_delta_with(
             let mut all_open = true;
             // The loss is a mean over cases (and retain prompts), so its gradient is the sum of each
             // term's: each term is back-propagated as soon as it is computed, and only one term's graph
-            // (activations and full-vocabulary logits) is alive at a time.
+            // (activations and full-vocabulary logits) is alive at a time. The price: the step on which an
+            // early stop fires has back-propagated too (one wasted backward per edit).
             let mut grads: Vec<Option<Tensor>> = vec![None; vars.len()];
             for &i in group {
                 let (l, s) = case_loss(&m, &frozen, &prepared[i], method, p, lazy_kl)?;

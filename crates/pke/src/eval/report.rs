@@ -660,7 +660,7 @@ fn lookalike_scores(
     samples: &mut Vec<Sample>,
     progress: &mut dyn FnMut(&str),
 ) -> Result<LookalikeReport> {
-    let benign: Vec<String> = probes.iter().map(|p| p.benign.clone()).collect();
+    let benign = probes::benign_prompts(probes);
     let twins: Vec<(usize, String)> = probes.iter().enumerate().filter_map(|(i, p)| p.harmful.clone().map(|h| (i, h))).collect();
     progress("look-alike probes");
     let b_replies = generate_all(ck, &benign, s, progress)?;
