@@ -270,7 +270,7 @@ pub fn compare_with(
     } else {
         None
     };
-    let mut located: Vec<((Locator, u64), Hotspots, f64)> = Vec::new();
+    let mut located: Vec<(String, Hotspots, f64)> = Vec::new();
     let retain_set = s.retain.clone().unwrap_or_else(builtin_retain);
     let retain_prompts = crate::data::probes::benign_prompts(&retain_set);
     let mut rows: Vec<CompareRow> = Vec::new();
@@ -300,15 +300,18 @@ pub fn compare_with(
         };
         let params = arm.params.clone().unwrap_or_else(|| EditParams::defaults(method));
         let loc = locator_for(method);
-        let cw = if method == Method::Pke { params.contrast_weight } else { 0.0 };
-        let key = (loc, cw.to_bits());
+        let settings = LocateSettings { locator: loc, dinm_rule_only: loc == Locator::Dinm, ..s.locate.clone() }.for_edit(
+            method,
+            &params,
+            Some(&retain_prompts),
+        );
+        // Arms whose locate settings agree share one locate.
+        let key = serde_json::to_string(&settings)?;
         if !located.iter().any(|(l, _, _)| *l == key) {
             progress(&arm.label, &format!("locating ({loc:?})"));
             let t = Instant::now();
-            let settings = LocateSettings { locator: loc, dinm_rule_only: loc == Locator::Dinm, ..s.locate.clone() }
-                .with_contrast(cw, Some(&retain_prompts));
             let (h, _) = locate(&ck.model, &ck.tok, cases, &settings, None, |_, _| {})?;
-            located.push((key, h, t.elapsed().as_secs_f64()));
+            located.push((key.clone(), h, t.elapsed().as_secs_f64()));
         }
         let (_, hotspots, locate_seconds) = located.iter().find(|(l, _, _)| *l == key).expect("located above");
         let outcome = compute_delta_with(&ck.model, &ck.tok, cases, hotspots, method, &params, Some(&retain_set), |d, n, st| {
@@ -592,7 +595,8 @@ pub fn per_instance(
         let Some(method) = arm.method else { continue };
         let params = arm.params.clone().unwrap_or_else(|| EditParams::defaults(method));
         let loc = locator_for(method);
-        let settings = LocateSettings { locator: loc, dinm_rule_only: loc == Locator::Dinm, ..locate_settings.clone() };
+        let settings = LocateSettings { locator: loc, dinm_rule_only: loc == Locator::Dinm, ..locate_settings.clone() }
+            .for_edit(method, &params, None);
         let suffix = (method == Method::Dinm && params.quirk_suffix).then_some(crate::edit::DINM_SUFFIX);
         let mut records = Vec::with_capacity(cases.len());
         for (i, c) in cases.iter().enumerate() {

@@ -102,7 +102,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
                 chat: a.cases.chat,
                 ..Default::default()
             }
-            .with_contrast(if method == Method::Pke { params.contrast_weight } else { 0.0 }, retain_prompts.as_deref());
+            .for_edit(method, &params, retain_prompts.as_deref());
             let bar = super::progress_bar(cases.len() as u64, "locating");
             let (mut h, _) = locate(&ck.model, &ck.tok, &cases, &settings, None, |i, _| bar.set_position(i as u64))?;
             bar.finish_and_clear();

@@ -11,11 +11,15 @@ use crate::io::safetensors::{read_raw, serialize, RawTensor};
 use crate::model::Decoder;
 use crate::{Error, Result};
 
-/// The change to one weight tensor: columns `columns` held `before` and now hold `after` (both (rows, k)).
+/// The change to one weight tensor: the slices `columns` along `axis` held `before` and now hold `after`.
+/// `axis` 1 (the usual case): columns of a (rows, cols) weight, `before`/`after` (rows, k), e.g. the
+/// hotspot neurons' columns of `down_proj`. `axis` 0: rows, `before`/`after` (k, cols), e.g. the same
+/// neurons' input rows of `gate_proj`/`up_proj`. Stored as `N::columns` or `N::rows`.
 #[derive(Clone, Debug)]
 pub struct TensorDelta {
     pub name: String,
     pub columns: Vec<usize>,
+    pub axis: usize,
     pub before: Tensor,
     pub after: Tensor,
 }
@@ -32,28 +36,45 @@ fn cols_tensor(idx: &[usize], dev: &Device) -> Result<Tensor> {
 }
 
 impl TensorDelta {
-    /// The delta between `w0` and `w1` restricted to `columns`.
-    pub fn between(name: &str, w0: &Tensor, w1: &Tensor, columns: &[usize]) -> Result<Self> {
+    /// The delta between `w0` and `w1` restricted to the slices `columns` along `axis` (0 rows, 1 columns).
+    pub fn between(name: &str, w0: &Tensor, w1: &Tensor, columns: &[usize], axis: usize) -> Result<Self> {
         let idx = cols_tensor(columns, w0.device())?;
         Ok(TensorDelta {
             name: name.into(),
             columns: columns.to_vec(),
-            before: w0.index_select(&idx, 1)?,
-            after: w1.index_select(&idx, 1)?,
+            axis,
+            before: w0.index_select(&idx, axis)?,
+            after: w1.index_select(&idx, axis)?,
         })
     }
 
-    /// `w` with columns set to `vals` (rows, k).
+    /// The key suffix of the stored indices.
+    fn index_key(&self) -> &'static str {
+        if self.axis == 0 {
+            "rows"
+        } else {
+            "columns"
+        }
+    }
+
+    /// `w` with the delta's slices set to `vals` ((rows, k) for columns, (k, cols) for rows).
     fn with_columns(&self, w: &Tensor, vals: &Tensor) -> Result<Tensor> {
         let (rows, cols) = w.dims2()?;
         let mut m = w.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?;
         let v = vals.to_vec2::<f32>()?;
-        for (r, row) in m.iter_mut().enumerate().take(rows) {
-            for (j, &c) in self.columns.iter().enumerate() {
-                if c >= cols {
-                    return Err(Error::Input(format!("delta column {c} outside `{}` width {cols}", self.name)));
+        let width = if self.axis == 0 { rows } else { cols };
+        if let Some(&c) = self.columns.iter().find(|&&c| c >= width) {
+            return Err(Error::Input(format!("delta {} {c} outside `{}` ({rows} x {cols})", &self.index_key()[..3], self.name)));
+        }
+        if self.axis == 0 {
+            for (j, &r) in self.columns.iter().enumerate() {
+                m[r].copy_from_slice(&v[j]);
+            }
+        } else {
+            for (r, row) in m.iter_mut().enumerate().take(rows) {
+                for (j, &c) in self.columns.iter().enumerate() {
+                    row[c] = v[r][j];
                 }
-                row[c] = v[r][j];
             }
         }
         Ok(Tensor::new(m, w.device())?)
@@ -61,7 +82,7 @@ impl TensorDelta {
 
     fn check_current(&self, w: &Tensor, expect: &Tensor, what: &str) -> Result<()> {
         let idx = cols_tensor(&self.columns, w.device())?;
-        let cur = w.index_select(&idx, 1)?.flatten_all()?.to_vec1::<f32>()?;
+        let cur = w.index_select(&idx, self.axis)?.flatten_all()?.to_vec1::<f32>()?;
         let exp = expect.flatten_all()?.to_vec1::<f32>()?;
         if cur.iter().zip(&exp).any(|(a, b)| a.to_bits() != b.to_bits()) {
             return Err(Error::Input(format!("`{}` does not hold the delta's {what} values; is this the right model?", self.name)));
@@ -110,7 +131,7 @@ impl WeightDelta {
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
         let mut raw = Vec::new();
         for t in &self.tensors {
-            raw.push(RawTensor::i64(&format!("{}::columns", t.name), &t.columns.iter().map(|&c| c as i64).collect::<Vec<_>>()));
+            raw.push(RawTensor::i64(&format!("{}::{}", t.name, t.index_key()), &t.columns.iter().map(|&c| c as i64).collect::<Vec<_>>()));
             raw.push(RawTensor::f32(&format!("{}::before", t.name), &t.before)?);
             raw.push(RawTensor::f32(&format!("{}::after", t.name), &t.after)?);
             raw.push(RawTensor::f32(&format!("{}::delta", t.name), &(&t.after - &t.before)?)?);
@@ -146,17 +167,24 @@ impl WeightDelta {
         };
         let mut tensors = Vec::new();
         for n in names {
-            let (dt, _, bytes) = raw.get(&format!("{n}::columns")).ok_or_else(|| bad(format!("missing `{n}::columns`")))?;
+            let (axis, key) = if raw.contains_key(&format!("{n}::rows")) { (0, "rows") } else { (1, "columns") };
+            let (dt, _, bytes) = raw.get(&format!("{n}::{key}")).ok_or_else(|| bad(format!("missing `{n}::columns`")))?;
             if *dt != Dtype::I64 {
-                return Err(bad(format!("`{n}::columns` is {dt:?}, expected I64")));
+                return Err(bad(format!("`{n}::{key}` is {dt:?}, expected I64")));
             }
             let columns = bytes.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")) as usize).collect();
-            tensors.push(TensorDelta {
-                columns,
-                before: f32_tensor(&format!("{n}::before"))?,
-                after: f32_tensor(&format!("{n}::after"))?,
-                name: n,
-            });
+            let columns: Vec<usize> = columns;
+            let (before, after) = (f32_tensor(&format!("{n}::before"))?, f32_tensor(&format!("{n}::after"))?);
+            let fits = |t: &Tensor| t.dims().len() == 2 && t.dims()[axis] == columns.len();
+            if !fits(&before) || before.dims() != after.dims() {
+                return Err(bad(format!(
+                    "`{n}`: before {:?} / after {:?} do not hold one slice per index of `{n}::{key}` ({})",
+                    before.dims(),
+                    after.dims(),
+                    columns.len()
+                )));
+            }
+            tensors.push(TensorDelta { columns, axis, before, after, name: n });
         }
         let mut metadata: BTreeMap<String, String> = meta.into_iter().collect();
         metadata.remove("edited_tensors");

@@ -364,32 +364,42 @@ fn case_loss(
     Ok((loss, log))
 }
 
-/// The trainable tensors and their column masks for a method: pke edits the hotspot columns of the
-/// chosen layers; the others the whole `down_proj` of the chosen layers.
-pub fn edit_targets(model: &Decoder, hotspots: &Hotspots, method: Method) -> Result<Vec<(String, Vec<usize>)>> {
+/// One trainable slice of a weight: the indices along `axis` (1 columns, 0 rows) that may change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EditTarget {
+    pub name: String,
+    pub index: Vec<usize>,
+    pub axis: usize,
+}
+
+/// The trainable tensors and their slices for a method: pke edits the hotspot columns of the chosen
+/// layers' `down_proj` (with `p.edit_keys`, also the same neurons' rows of `gate_proj` and `up_proj`);
+/// the others the whole `down_proj` of the chosen layers.
+pub fn edit_targets(model: &Decoder, hotspots: &Hotspots, method: Method, p: &EditParams) -> Result<Vec<EditTarget>> {
     let f = model.spec.intermediate_size;
     if hotspots.chosen_layers.is_empty() {
         return Err(Error::Input("the hotspots name no layer".into()));
     }
-    hotspots
-        .chosen_layers
-        .iter()
-        .map(|&l| {
-            if l >= model.spec.n_layers {
-                return Err(Error::Input(format!("hotspot layer {l} is out of range (0..={})", model.spec.n_layers - 1)));
+    let mut out = Vec::new();
+    for &l in &hotspots.chosen_layers {
+        if l >= model.spec.n_layers {
+            return Err(Error::Input(format!("hotspot layer {l} is out of range (0..={})", model.spec.n_layers - 1)));
+        }
+        let cols = match method {
+            Method::Pke => hotspots.neuron_indices(l).ok_or_else(|| Error::Input(format!("the hotspots list no neurons for layer {l}")))?,
+            _ => (0..f).collect(),
+        };
+        if let Some(&bad) = cols.iter().find(|&&c| c >= f) {
+            return Err(Error::Input(format!("hotspot neuron {bad} is outside the MLP width {f}")));
+        }
+        if method == Method::Pke && p.edit_keys {
+            for proj in ["gate_proj", "up_proj"] {
+                out.push(EditTarget { name: format!("model.layers.{l}.mlp.{proj}.weight"), index: cols.clone(), axis: 0 });
             }
-            let cols = match method {
-                Method::Pke => {
-                    hotspots.neuron_indices(l).ok_or_else(|| Error::Input(format!("the hotspots list no neurons for layer {l}")))?
-                }
-                _ => (0..f).collect(),
-            };
-            if let Some(&bad) = cols.iter().find(|&&c| c >= f) {
-                return Err(Error::Input(format!("hotspot neuron {bad} is outside the MLP width {f}")));
-            }
-            Ok((down_proj_name(l), cols))
-        })
-        .collect()
+        }
+        out.push(EditTarget { name: down_proj_name(l), index: cols, axis: 1 });
+    }
+    Ok(out)
 }
 
 /// Compute the delta of an edit. The model is not modified. With `p.retain_weight > 0` or
@@ -424,7 +434,7 @@ pub fn compute_delta_with(
     }
     let t0 = Instant::now();
     let chat = hotspots.settings.chat;
-    let targets = edit_targets(model, hotspots, method)?;
+    let targets = edit_targets(model, hotspots, method, p)?;
     let owned_retain;
     let retain_set: &[Probe] = match retain {
         Some(r) => r,
@@ -462,18 +472,19 @@ pub fn compute_delta_with(
 
     let mut m = model.clone();
     let mut vars = Vec::new();
-    for (name, cols) in &targets {
-        let w0 = model.get(name)?.detach();
+    for t in &targets {
+        let w0 = model.get(&t.name)?.detach();
         let var = Var::from_tensor(&w0)?;
-        m.set(name, var.as_tensor().clone())?;
-        let f = w0.dim(1)?;
+        m.set(&t.name, var.as_tensor().clone())?;
+        let f = w0.dim(t.axis)?;
         let mut mask = vec![0f32; f];
-        for &c in cols {
+        for &c in &t.index {
             mask[c] = 1.0;
         }
-        let mask = Tensor::from_vec(mask, (1, f), w0.device())?;
+        let shape = if t.axis == 0 { (f, 1) } else { (1, f) };
+        let mask = Tensor::from_vec(mask, shape, w0.device())?;
         let adam = Adam::new(&w0)?;
-        vars.push((name.clone(), var, w0, mask, adam));
+        vars.push((t.name.clone(), var, w0, mask, adam));
     }
     let groups: Vec<Vec<usize>> = match p.mode {
         BatchMode::Joint => vec![(0..prepared.len()).collect()],
@@ -567,8 +578,8 @@ pub fn compute_delta_with(
         }
     }
     let mut tensors = Vec::new();
-    for ((name, var, w0, _, _), (_, cols)) in vars.iter().zip(&targets) {
-        tensors.push(TensorDelta::between(name, w0, &var.as_tensor().detach(), cols)?);
+    for ((name, var, w0, _, _), t) in vars.iter().zip(&targets) {
+        tensors.push(TensorDelta::between(name, w0, &var.as_tensor().detach(), &t.index, t.axis)?);
     }
     let mut metadata = BTreeMap::new();
     metadata.insert("method".into(), method.to_string());

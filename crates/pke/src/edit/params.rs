@@ -108,6 +108,19 @@ pub struct EditParams {
     /// Append the end-of-turn token to the safe reply, so the learned refusal ends instead of rambling on.
     #[serde(default)]
     pub target_eos: bool,
+    /// Hotspot layers to edit, overriding the locator's choice (empty = located). Lets a compare arm try
+    /// later or several layers.
+    #[serde(default)]
+    pub layers: Vec<usize>,
+    /// Number of layers the locator chooses (its top-scoring ones; 0 = the locate settings' own).
+    #[serde(default)]
+    pub n_layers: usize,
+    /// pke only: also train the hotspot neurons' input weights (their rows of `gate_proj` and `up_proj`),
+    /// so the edit can change *when* a neuron fires, not only what it writes when it does. Editing
+    /// `down_proj` columns alone keeps each neuron's firing pattern, so any prompt that fires the hotspot
+    /// neurons (a harmful request or a benign look-alike with the same words) gets the same added output.
+    #[serde(default)]
+    pub edit_keys: bool,
     /// Clamp edited weights to w0 ± this (0 = off).
     pub norm_constraint: f64,
     pub mode: BatchMode,

@@ -99,6 +99,19 @@ impl LocateSettings {
             if weight > 0.0 { retain.map(<[String]>::to_vec).unwrap_or_else(crate::data::probes::builtin_retain_prompts) } else { vec![] };
         self
     }
+
+    /// The settings an edit with `method` and `p` locates with: `p.contrast_weight` (pke only; the
+    /// benign side `retain` or the built-in retain set) and `p.layers` / `p.n_layers` where set.
+    pub fn for_edit(self, method: crate::edit::Method, p: &crate::edit::EditParams, retain: Option<&[String]>) -> Self {
+        let mut s = self.with_contrast(if method == crate::edit::Method::Pke { p.contrast_weight } else { 0.0 }, retain);
+        if !p.layers.is_empty() {
+            s.layers = p.layers.clone();
+        }
+        if p.n_layers > 0 {
+            s.n_layers = p.n_layers;
+        }
+        s
+    }
 }
 
 /// Per-layer signals (0-based decoder blocks, HF numbering).
@@ -199,5 +212,25 @@ impl Hotspots {
             v.sort_unstable();
             v
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::edit::{EditParams, Method};
+
+    #[test]
+    fn for_edit_takes_layers_and_contrast_from_the_hyper_parameters() {
+        let base = LocateSettings { layers: vec![11], ..Default::default() };
+        let p = EditParams::resolve(Method::Pke, None, &["layers=[3, 9]".into(), "n_layers=2".into(), "contrast_weight=1".into()]).unwrap();
+        let s = base.clone().for_edit(Method::Pke, &p, Some(&["benign".to_string()]));
+        assert_eq!((s.layers.clone(), s.n_layers, s.contrast_weight), (vec![3, 9], 2, 1.0));
+        assert_eq!(s.contrast_prompts, vec!["benign".to_string()]);
+        // Unset: the locate settings' own; contrast is pke's only.
+        let d = EditParams::resolve(Method::Dinm, None, &[]).unwrap();
+        let s = base.for_edit(Method::Dinm, &d, None);
+        assert_eq!((s.layers, s.n_layers, s.contrast_weight), (vec![11], 1, 0.0));
+        assert!(s.contrast_prompts.is_empty());
     }
 }

@@ -297,3 +297,60 @@ fn target_eos_ends_the_safe_reply_with_the_end_of_turn_token() {
     assert_eq!(*b.last().unwrap(), 2);
     assert_eq!(ck.tok.stop_token_ids()[0], 2);
 }
+
+/// The (row or column) indices at which two (rows, cols) weights differ, along `axis`.
+fn changed_along(a: &Decoder, b: &Decoder, name: &str, axis: usize) -> std::collections::BTreeSet<usize> {
+    let w0 = a.get(name).unwrap().to_vec2::<f32>().unwrap();
+    let w1 = b.get(name).unwrap().to_vec2::<f32>().unwrap();
+    let mut out = std::collections::BTreeSet::new();
+    for (r, (r0, r1)) in w0.iter().zip(&w1).enumerate() {
+        for (c, (x, y)) in r0.iter().zip(r1).enumerate() {
+            if x.to_bits() != y.to_bits() {
+                out.insert(if axis == 0 { r } else { c });
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn edit_keys_trains_the_hotspot_neurons_input_rows_and_round_trips() {
+    let ck = crate::common::smollm2();
+    let (cases, h) = smol_setup(2);
+    let before = bits(&ck.model);
+    let p = EditParams::resolve(Method::Pke, None, &["steps=3".into(), "lr=1e-3".into(), "edit_keys=true".into()]).unwrap();
+    let out = compute_delta(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, |_, _, _| {}).unwrap();
+    let hot = h.neuron_indices(11).unwrap();
+    let gate = "model.layers.11.mlp.gate_proj.weight";
+    let up = "model.layers.11.mlp.up_proj.weight";
+    let mut names = out.delta.names();
+    names.sort();
+    assert_eq!(names, vec![down_proj_name(11), gate.to_string(), up.to_string()]);
+    assert_eq!(out.delta.n_values(), 3 * hot.len() * ck.model.spec.hidden_size);
+    let mut edited = ck.model.clone();
+    out.delta.apply(&mut edited, false).unwrap();
+    // Only the hotspot rows of gate/up_proj and the hotspot columns of down_proj move; nothing else.
+    for (n, axis) in [(gate, 0), (up, 0), (down_proj_name(11).as_str(), 1)] {
+        let ch = changed_along(&ck.model, &edited, n, axis);
+        assert!(ch.iter().all(|i| hot.contains(i)), "{n}: a non-hotspot slice changed");
+        assert!(ch.len() > hot.len() / 2, "{n}: too few hotspot slices changed: {}", ch.len());
+    }
+    for ((n, a), (_, b)) in before.iter().zip(bits(&edited).iter()) {
+        if !names.contains(n) {
+            assert!(a == b, "{n} changed");
+        }
+    }
+    // The edit learned something.
+    assert!(out.log.last().unwrap().nll_safe < out.log[0].nll_safe, "{:?}", out.log);
+    // The file keeps the axis: load, apply, revert give the original bits.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("d.safetensors");
+    out.delta.save(&path).unwrap();
+    let loaded = WeightDelta::load(&path).unwrap();
+    assert_eq!(loaded.to_bytes().unwrap(), out.delta.to_bytes().unwrap());
+    let mut again = ck.model.clone();
+    loaded.apply(&mut again, false).unwrap();
+    assert!(bits(&again) == bits(&edited));
+    loaded.revert(&mut again, false).unwrap();
+    assert!(bits(&again) == before);
+}

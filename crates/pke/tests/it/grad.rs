@@ -50,9 +50,12 @@ fn loss_f64(model: &Decoder) -> f64 {
 fn weight_gradients_match_finite_differences_for_every_arch() {
     for arch in [Arch::Llama, Arch::Qwen2, Arch::Qwen3, Arch::Gemma3] {
         let base = Decoder::random(tiny_spec(arch), 7).unwrap();
-        // Tensors on every path: MLP, attention (through softmax and RoPE), norms, embedding.
+        // Tensors on every path: MLP (both sides of the activation), attention (through softmax and RoPE), norms, embedding.
         for name in [
             "model.layers.1.mlp.down_proj.weight",
+            // Through the activation (silu / gelu-tanh): what `edit_keys` trains.
+            "model.layers.1.mlp.gate_proj.weight",
+            "model.layers.1.mlp.up_proj.weight",
             "model.layers.0.self_attn.q_proj.weight",
             "model.layers.0.self_attn.k_proj.weight",
             "model.layers.2.input_layernorm.weight",
