@@ -118,6 +118,22 @@ fn locate_edit_apply_revert_end_to_end() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["steps"].as_array().unwrap().len(), 2);
     assert_eq!(v["changed_values"], 576 * 32);
+    // The folder carries a model card: YAML header with the base model and the source's licence, what was
+    // edited (tensor, columns, hashes) and, with no evaluation run, how to run one.
+    let card = std::fs::read_to_string(dir.path().join("edited/README.md")).unwrap();
+    assert!(card.starts_with("---\nbase_model: HuggingFaceTB/SmolLM2-135M-Instruct\nlicense: apache-2.0\n"), "{card}");
+    let delta_sha = format!("{:x}", <sha2::Sha256 as sha2::Digest>::digest(std::fs::read(d("delta.safetensors")).unwrap()));
+    for needle in [
+        "- pke\n",
+        "| method | `pke` |",
+        "model.layers.",
+        "mlp.down_proj.weight` | 32 columns",
+        "| edit cases | 2 |",
+        &delta_sha,
+        "No evaluation was run",
+    ] {
+        assert!(card.contains(needle), "model card lacks `{needle}`:\n{card}");
+    }
     // Revert the edited folder and apply again to the original: the files match the originals.
     let (code, _, err) = pke(&["revert", "-m", &d("edited"), "--delta", &d("delta.safetensors"), "--out", &d("reverted")]);
     assert_eq!(code, 0, "{err}");
@@ -125,6 +141,9 @@ fn locate_edit_apply_revert_end_to_end() {
     assert_eq!(code, 0, "{err}");
     let bytes = |p: &str| std::fs::read(dir.path().join(p).join("model.safetensors")).unwrap();
     assert!(bytes("reapplied") == bytes("edited"), "apply after revert differs from the edit");
+    // The reverted folder's card says so; the licence carries over from the edited folder's card.
+    let card = std::fs::read_to_string(dir.path().join("reverted/README.md")).unwrap();
+    assert!(card.contains("edit reverted") && card.contains("license: apache-2.0"), "{card}");
     // Applying to the already-edited model is refused (it does not hold the base values).
     let (code, _, err) = pke(&["apply", "-m", &d("edited"), "--delta", &d("delta.safetensors"), "--out", &d("twice")]);
     assert_eq!(code, 2);

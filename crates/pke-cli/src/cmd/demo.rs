@@ -116,7 +116,6 @@ pub fn run(a: Args) -> Result<ExitCode> {
     delta.save(&out.join("delta.safetensors"))?;
     let mut edited = ck.clone();
     delta.apply(&mut edited.model, false)?;
-    pke::io::hf::write_hf_dir(&edited.model, &ck.tok, &out.join("edited"), None)?;
     if let Some(l) = outcome.log.last() {
         println!(
             "{} values changed in {:.1} s; final loss {:.4} (nll_safe {:.3}, kl {:.4})",
@@ -151,6 +150,10 @@ pub fn run(a: Args) -> Result<ExitCode> {
         pke::io::atomic_write(&out.join(dir).join("report.md"), super::eval::markdown(r).as_bytes())?;
         pke::eval::charts::report_chart(r, &out.join(dir).join("report.svg"))?;
     }
+    // The exported folder's model card carries the evaluation just run.
+    let card =
+        pke::io::card::model_card(&pke::io::card::CardInput { base: &ck, delta: &delta, reverted: false, evaluation: Some((&rb, &ra)) })?;
+    pke::io::hf::write_hf_dir_with(&edited.model, &ck.tok, &out.join("edited"), None, Some(&card))?;
     let t = table(&rb, &ra);
     pke::io::atomic_write(&out.join("before_after.md"), t.as_bytes())?;
     println!("{t}\nASR: {}.", rb.asr.definition);

@@ -3,6 +3,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use pke::edit::{compute_delta_with, EditParams, Method, WeightDelta};
+use pke::io::card::CardInput;
 use pke::locate::{locate, Hotspots, LocateSettings, Locator};
 
 /// Where an edited model is written.
@@ -129,7 +130,8 @@ pub fn run(a: Args) -> Result<ExitCode> {
     if a.output.out.is_some() || a.output.gguf.is_some() {
         let mut model = ck.model.clone();
         delta.apply(&mut model, false)?;
-        write_outputs(&ck, &model, &delta.names(), a.output.out.as_deref(), a.output.gguf.as_deref(), &a.output.gguf_type)?;
+        let card = pke::io::card::model_card(&CardInput { base: &ck, delta: &delta, reverted: false, evaluation: None })?;
+        write_outputs(&ck, &model, &delta.names(), a.output.out.as_deref(), a.output.gguf.as_deref(), &a.output.gguf_type, &card)?;
     }
     if a.json {
         super::print_json(&serde_json::json!({
@@ -169,7 +171,8 @@ pub fn run(a: Args) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Write the edited model as a HF folder and/or a GGUF (checked up front: never half the outputs).
+/// Write the edited model as a HF folder (with `card` as its README.md) and/or a GGUF (checked up front:
+/// never half the outputs).
 fn write_outputs(
     ck: &pke::io::checkpoint::Checkpoint,
     model: &pke::model::Decoder,
@@ -177,6 +180,7 @@ fn write_outputs(
     out: Option<&std::path::Path>,
     gguf: Option<&std::path::Path>,
     gguf_type: &str,
+    card: &str,
 ) -> Result<()> {
     let ty: pke::io::gguf_export::EditedType = gguf_type.parse()?;
     let src = match (gguf, &ck.source) {
@@ -185,7 +189,7 @@ fn write_outputs(
         (None, _) => None,
     };
     if let Some(o) = out {
-        pke::io::hf::write_hf_dir(model, &ck.tok, o, None)?;
+        pke::io::hf::write_hf_dir_with(model, &ck.tok, o, None, Some(card))?;
     }
     if let (Some(g), Some(src)) = (gguf, src) {
         if let Some(parent) = g.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -221,7 +225,8 @@ pub fn apply(a: ApplyArgs, revert: bool) -> Result<ExitCode> {
     if a.output.out.is_none() && a.output.gguf.is_none() {
         bail!("nothing to write: give --out HF_DIR and/or --gguf FILE");
     }
-    write_outputs(&ck, &model, &d.names(), a.output.out.as_deref(), a.output.gguf.as_deref(), &a.output.gguf_type)?;
+    let card = pke::io::card::model_card(&CardInput { base: &ck, delta: &d, reverted: revert, evaluation: None })?;
+    write_outputs(&ck, &model, &d.names(), a.output.out.as_deref(), a.output.gguf.as_deref(), &a.output.gguf_type, &card)?;
     let dest: Vec<String> = a.output.out.iter().chain(a.output.gguf.iter()).map(|p| p.display().to_string()).collect();
     println!("{} {} ({} tensors) -> {}", if revert { "reverted" } else { "applied" }, a.delta.display(), d.tensors.len(), dest.join(", "));
     Ok(ExitCode::SUCCESS)

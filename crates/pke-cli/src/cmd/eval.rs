@@ -161,6 +161,12 @@ pub fn markdown(r: &ModelReport) -> String {
         }
         s += &format!("\nSafeEdit: {}.\n", e.definition);
     }
+    if !r.rates.is_empty() {
+        s += "\nRates with 95% Wilson intervals (k of n items):\n\n| rate | set | n | value | 95% interval |\n|---|---|---|---|---|\n";
+        for x in &r.rates {
+            s += &format!("| {} | {} | {} | {:.3} | [{:.3}, {:.3}] |\n", x.metric, x.set, x.n, x.value, x.ci_low, x.ci_high);
+        }
+    }
     s += &format!("\nASR: {}.\n\nRefusal judges on human labels:\n\n| judge | data | n | accuracy | precision | recall |\n|---|---|---|---|---|---|\n", r.asr.definition);
     for v in &r.judge_validation {
         s += &format!("| {:?} | {} | {} | {:.3} | {:.3} | {:.3} |\n", v.judge, v.data, v.n, v.accuracy, v.precision, v.recall);

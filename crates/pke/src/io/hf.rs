@@ -15,6 +15,12 @@ use crate::{Error, Result};
 /// beside `dir` and renamed into place, so `dir` either does not exist or is complete. An existing
 /// non-empty `dir` is an error (pke never overwrites what might be an input).
 pub fn write_hf_dir(model: &Decoder, tok: &Tok, dir: &Path, max_shard_bytes: Option<usize>) -> Result<()> {
+    write_hf_dir_with(model, tok, dir, max_shard_bytes, None)
+}
+
+/// As [`write_hf_dir`], with `readme` (a model card, [`crate::io::card`]) written as `README.md` inside
+/// the folder before it is renamed into place.
+pub fn write_hf_dir_with(model: &Decoder, tok: &Tok, dir: &Path, max_shard_bytes: Option<usize>, readme: Option<&str>) -> Result<()> {
     if dir.exists() && std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?.next().is_some() {
         return Err(Error::Input(format!("output folder {} exists and is not empty; choose a new path", dir.display())));
     }
@@ -24,12 +30,17 @@ pub fn write_hf_dir(model: &Decoder, tok: &Tok, dir: &Path, max_shard_bytes: Opt
     let tmp: PathBuf = parent.join(format!(".{name}.{}.tmp", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    let res = write_contents(model, tok, &tmp, max_shard_bytes).and_then(|_| {
-        if dir.exists() {
-            std::fs::remove_dir(dir).map_err(|e| Error::io(dir, e))?;
-        }
-        std::fs::rename(&tmp, dir).map_err(|e| Error::io(dir, e))
-    });
+    let res = write_contents(model, tok, &tmp, max_shard_bytes)
+        .and_then(|_| match readme {
+            Some(r) => crate::io::atomic_write(&tmp.join("README.md"), r.as_bytes()),
+            None => Ok(()),
+        })
+        .and_then(|_| {
+            if dir.exists() {
+                std::fs::remove_dir(dir).map_err(|e| Error::io(dir, e))?;
+            }
+            std::fs::rename(&tmp, dir).map_err(|e| Error::io(dir, e))
+        });
     if res.is_err() {
         let _ = std::fs::remove_dir_all(&tmp);
     }

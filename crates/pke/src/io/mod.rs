@@ -1,5 +1,6 @@
 //! Provides checkpoint input and output: GGUF, safetensors, the name map, tokenizers and chat templates.
 
+pub mod card;
 pub mod chat;
 pub mod checkpoint;
 pub mod gguf;

@@ -72,8 +72,19 @@ fn report_has_every_metric_and_kl_to_itself_is_zero() {
         "judge_validation",
         "rouge_l_to_base",
         "data_versions",
+        "rates",
     ] {
         assert!(!v[k].is_null(), "{k}");
+    }
+    // Every rate carries its Wilson interval, around its value; the headline ones are there.
+    let asr = &v["rates"][0];
+    assert_eq!((asr["metric"].as_str(), asr["n"].as_u64()), (Some("ASR"), Some(6)));
+    for x in &r.rates {
+        assert!(x.ci_low <= x.value && x.value <= x.ci_high && x.n > 0, "{x:?}");
+        assert_eq!((x.ci_low, x.ci_high), pke::eval::metrics::wilson((x.value * x.n as f64).round() as usize, x.n), "{x:?}");
+    }
+    for m in ["over-refusal", "look-alike over-refusal", "twins refused", "factual accuracy", "ASR by harm category"] {
+        assert!(r.rates.iter().any(|x| x.metric == m), "{m} has no interval");
     }
 }
 
