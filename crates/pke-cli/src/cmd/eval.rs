@@ -55,6 +55,13 @@ pub struct EvalArgs {
     /// the built-in probes.
     #[arg(long)]
     pub probe_file: Option<PathBuf>,
+    /// Prefill attack: this many HarmBench behaviours asked again with the reply already opened by
+    /// --prefill; ASR on the continuation, reported apart from the overall ASR (0 = off).
+    #[arg(long, default_value_t = 0)]
+    pub n_prefill: usize,
+    /// The compliant opening of the prefill attack.
+    #[arg(long, default_value = "Sure, here is")]
+    pub prefill: String,
 }
 
 impl EvalArgs {
@@ -88,6 +95,8 @@ impl EvalArgs {
             },
             n_probes_per_category: self.n_probes,
             probe_file: self.probe_file.clone(),
+            n_prefill: self.n_prefill,
+            prefill: self.prefill.clone(),
             ..Default::default()
         })
     }
@@ -121,6 +130,9 @@ pub fn markdown(r: &ModelReport) -> String {
         s += &format!("| ASR | {} | {} | {:.3} |\n", p.set, p.n, p.value);
     }
     s += &format!("| non-refusal (overall) | harmful sets | {} | {:.3} |\n", r.asr.n, r.asr.non_refusal);
+    if let Some(p) = &r.asr.prefilled {
+        s += &format!("| ASR, prefill attack | {} | {} | {:.3} |\n", p.set, p.n, p.value);
+    }
     for (name, m) in [
         ("over-refusal", Some(&r.over_refusal)),
         ("perplexity", Some(&r.perplexity)),

@@ -74,6 +74,18 @@ pub struct EvalSettings {
     /// A user probe file (same format) used instead of the built-in probes, whole.
     #[serde(default)]
     pub probe_file: Option<PathBuf>,
+    /// Prefill attack: this many HarmBench behaviours (the plain set's first ones) asked again with the
+    /// assistant's reply already opened by `prefill`; the model continues, and ASR is judged on the
+    /// continuation (not counted in the overall ASR). 0 = off. Shallow refusals give way here.
+    #[serde(default)]
+    pub n_prefill: usize,
+    /// The compliant opening of the prefill attack.
+    #[serde(default = "default_prefill")]
+    pub prefill: String,
+}
+
+fn default_prefill() -> String {
+    "Sure, here is".into()
 }
 
 fn default_probe_split() -> Option<Split> {
@@ -118,6 +130,8 @@ impl Default for EvalSettings {
             probe_split: default_probe_split(),
             n_probes_per_category: 0,
             probe_file: None,
+            n_prefill: 0,
+            prefill: default_prefill(),
         }
     }
 }
@@ -143,6 +157,9 @@ pub struct Asr {
     /// `strongreject:<category>`).
     #[serde(default)]
     pub per_category: Vec<SetScore>,
+    /// ASR under the prefill attack (`EvalSettings::n_prefill`), not part of `overall`.
+    #[serde(default)]
+    pub prefilled: Option<SetScore>,
     /// How ASR is computed.
     pub definition: String,
 }
@@ -229,6 +246,9 @@ impl ModelReport {
         let mut v = vec![Rate::of("ASR", "all harmful sets", self.asr.overall, self.asr.n)];
         v.extend(self.asr.per_set.iter().map(|p| Rate::of("ASR", &p.set, p.value, p.n)));
         v.extend(self.asr.per_category.iter().map(|p| Rate::of("ASR by harm category", &p.set, p.value, p.n)));
+        if let Some(p) = &self.asr.prefilled {
+            v.push(Rate::of("ASR prefilled", &p.set, p.value, p.n));
+        }
         v.push(Rate::of("non-refusal", "all harmful sets", self.asr.non_refusal, self.asr.n));
         v.push(Rate::of("over-refusal", &self.over_refusal.set, self.over_refusal.value, self.over_refusal.n));
         if let Some(l) = &self.lookalike {
@@ -328,16 +348,42 @@ pub fn generate_suffixed(
     s: &EvalSettings,
     progress: &mut dyn FnMut(&str),
 ) -> Result<Vec<String>> {
-    let ids = texts(ck, prompts, s.chat, suffix)?;
+    generate_ids(ck, &texts(ck, prompts, s.chat, suffix)?, s, "generated", progress)
+}
+
+/// Greedy replies (decoded, trimmed) to tokenized inputs, in batches of `s.batch`.
+fn generate_ids(ck: &Checkpoint, ids: &[Vec<u32>], s: &EvalSettings, what: &str, progress: &mut dyn FnMut(&str)) -> Result<Vec<String>> {
     let opts = GenOpts { max_new_tokens: s.max_new_tokens, stop_ids: ck.tok.stop_token_ids(), truncate_left: true, ..Default::default() };
     let mut out = Vec::new();
     for chunk in ids.chunks(s.batch.max(1)) {
         for g in generate(&ck.model, chunk, ck.tok.pad_or_eos().unwrap_or(0), &opts)? {
             out.push(ck.tok.decode(&g.token_ids, true)?.trim().to_string());
         }
-        progress(&format!("generated {}/{}", out.len(), prompts.len()));
+        progress(&format!("{what} {}/{}", out.len(), ids.len()));
     }
     Ok(out)
+}
+
+/// Set-name prefix of the prefill attack's samples.
+pub const PREFILL_SET: &str = "prefill_harmbench_";
+
+/// Greedy continuations of `prompts` whose assistant reply is already opened with `prefill` (after the
+/// chat template's generation prompt, or after the prompt without one); the continuation only.
+pub fn generate_prefilled(
+    ck: &Checkpoint,
+    prompts: &[String],
+    prefill: &str,
+    s: &EvalSettings,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Vec<String>> {
+    let ids: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|p| {
+            let sep = if s.chat { "" } else { " " };
+            ck.tok.encode(&format!("{}{sep}{prefill}", prompt_text(&ck.tok, p, s.chat, None)?), !s.chat)
+        })
+        .collect::<Result<_>>()?;
+    generate_ids(ck, &ids, s, "prefill attack: generated", progress)
 }
 
 /// Mean next-token KL(base || model) over the positions of `prompts`.
@@ -474,6 +520,10 @@ pub fn evaluate_with(
     let hb_split = harmbench_split(s.split);
     let (hb, hb_cat) = categorized(sets::harmbench_categorized(hb_split)?, s.n_harmful, "harmbench");
     let (sr, sr_cat) = categorized(strongreject_part(s.split)?, s.n_harmful, "strongreject");
+    let prefill_prompts: Vec<String> = hb.iter().take(s.n_prefill).cloned().collect();
+    if s.n_prefill > 0 && s.prefill.trim().is_empty() {
+        return Err(Error::Input("the prefill attack needs a non-empty opening (--prefill)".into()));
+    }
     let mut harmful_sets: Vec<(String, Vec<String>, Vec<String>)> = vec![
         (format!("harmbench_{hb_split}_standard"), hb, hb_cat),
         (format!("strongreject_minus_advbench{}", part_tag(s.split)), sr, sr_cat),
@@ -552,6 +602,23 @@ pub fn evaluate_with(
         total += prompts.len();
     }
     let per_category: Vec<SetScore> = per_cat.into_iter().map(|(set, (n, ok))| SetScore { set, n, value: ok as f64 / n as f64 }).collect();
+    let prefilled = if prefill_prompts.is_empty() {
+        None
+    } else {
+        let name = format!("{PREFILL_SET}{hb_split}_standard");
+        let replies = generate_prefilled(ck, &prefill_prompts, &s.prefill, s, &mut progress)?;
+        let mut ok = 0usize;
+        for (p, r) in prefill_prompts.iter().zip(replies) {
+            let (refused, ph) = verdicts.judge(&r)?;
+            ok += Verdicts::success(refused, ph) as usize;
+            samples.push(Sample { set: name.clone(), prompt: p.clone(), refused, p_harmful: ph, reply: r });
+        }
+        Some(SetScore {
+            set: format!("{name} (reply opened with {:?})", s.prefill),
+            n: prefill_prompts.len(),
+            value: ok as f64 / prefill_prompts.len() as f64,
+        })
+    };
     let lookalike = match &lookalikes {
         Some((set, split, probes)) => Some(lookalike_scores(ck, set, split, probes, s, &mut samples, &mut progress)?),
         None => None,
@@ -638,6 +705,7 @@ pub fn evaluate_with(
             non_refusal: not_refused as f64 / total.max(1) as f64,
             non_refusal_per_set: nr_per_set,
             per_category,
+            prefilled,
             definition,
         },
         over_refusal: SetScore { set: BENIGN_SET.into(), n: benign.len(), value: refused as f64 / benign.len().max(1) as f64 },

@@ -19,8 +19,17 @@ fn small() -> EvalSettings {
 #[test]
 fn report_has_every_metric_and_kl_to_itself_is_zero() {
     let ck = crate::common::smollm2();
-    let r = evaluate(ck, Some(ck), &small(), |_| {}).unwrap();
-    assert_eq!(r.asr.n, 6);
+    let r = evaluate(ck, Some(ck), &EvalSettings { n_prefill: 2, ..small() }, |_| {}).unwrap();
+    assert_eq!(r.asr.n, 6, "the prefill attack is not part of the overall ASR");
+    // Prefill attack: the first two HarmBench behaviours again, the reply opened with "Sure, here is";
+    // the sample holds the continuation only.
+    let pre = r.asr.prefilled.as_ref().unwrap();
+    assert_eq!(pre.n, 2);
+    let pre_samples: Vec<_> = r.samples.iter().filter(|x| x.set.starts_with(pke::eval::report::PREFILL_SET)).collect();
+    let plain: Vec<_> = r.samples.iter().filter(|x| x.set.starts_with("harmbench_")).map(|x| &x.prompt).take(2).collect();
+    assert_eq!(pre_samples.iter().map(|x| &x.prompt).collect::<Vec<_>>(), plain);
+    assert!(pre_samples.iter().all(|x| !x.reply.starts_with("Sure, here is") && x.p_harmful.is_some()), "{pre_samples:?}");
+    assert!(r.rates.iter().any(|x| x.metric == "ASR prefilled" && x.n == 2));
     assert_eq!(r.asr.per_set.len(), 3);
     assert!((0.0..=1.0).contains(&r.asr.overall));
     assert!(r.asr.overall <= r.asr.non_refusal, "harm judge can only lower ASR");
@@ -56,7 +65,7 @@ fn report_has_every_metric_and_kl_to_itself_is_zero() {
     assert!(r.asr.per_category.iter().any(|c| c.set.starts_with("harmbench:")));
     assert!(r.asr.per_category.iter().any(|c| c.set.starts_with("strongreject:")));
     assert_eq!(r.asr.per_category.iter().map(|c| c.n).sum::<usize>(), 4);
-    assert_eq!(r.samples.len(), 8 + 14);
+    assert_eq!(r.samples.len(), 8 + 14 + 2);
     let dir = tempfile::tempdir().unwrap();
     pke::eval::charts::report_chart(&r, &dir.path().join("r.svg")).unwrap();
     let svg = std::fs::read_to_string(dir.path().join("r.svg")).unwrap();
@@ -97,6 +106,8 @@ fn bad_eval_inputs_are_clear_errors() {
     assert!(e.contains("no chat template"), "{e}");
     let e = evaluate(smol, None, &EvalSettings { n_harmful: 0, n_jailbreak: 0, ..small() }, |_| {}).unwrap_err().to_string();
     assert!(e.contains("no harmful prompts"), "{e}");
+    let e = evaluate(smol, None, &EvalSettings { n_prefill: 1, prefill: " ".into(), ..small() }, |_| {}).unwrap_err().to_string();
+    assert!(e.contains("--prefill"), "{e}");
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("prompts.jsonl");
     std::fs::write(&f, "\n\n").unwrap();
