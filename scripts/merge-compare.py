@@ -11,7 +11,8 @@ import sys
 
 
 def prompts(row):
-    return [(s["set"], s["prompt"]) for s in row["report"]["samples"]]
+    # The prefill attack is optional per run (--n-prefill); the other sets must match.
+    return [(s["set"], s["prompt"]) for s in row["report"]["samples"] if not s["set"].startswith("prefill_")]
 
 
 def main(argv):

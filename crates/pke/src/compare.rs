@@ -51,6 +51,81 @@ pub struct CompareSettings {
     /// retain set).
     #[serde(default)]
     pub retain: Option<Vec<Probe>>,
+    /// Each editing arm runs this many times, on disjoint subsets of the cases (case i in subset i mod N)
+    /// with seeds `seed`, `seed + 1`, ...: rows `LABEL` (subset 1), `LABEL@r2`, ... and a mean/spread
+    /// summary. 1 = every arm once on all cases.
+    #[serde(default = "one")]
+    pub repeats: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+/// Mean and spread of one rate of one arm over its repeats.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RepeatSummary {
+    pub label: String,
+    pub metric: String,
+    /// Per repeat, in order.
+    pub values: Vec<f64>,
+    pub mean: f64,
+    /// Sample standard deviation (n - 1); 0 with one value.
+    pub sd: f64,
+}
+
+/// The label of repeat `r` (0-based) of an arm.
+fn repeat_label(label: &str, r: usize) -> String {
+    if r == 0 {
+        label.to_string()
+    } else {
+        format!("{label}@r{}", r + 1)
+    }
+}
+
+/// Per arm with repeats and per headline rate (plus perplexity), the values over its repeats.
+pub fn repeat_summaries(c: &Comparison) -> Vec<RepeatSummary> {
+    if c.settings.repeats <= 1 {
+        return vec![];
+    }
+    let mut out = Vec::new();
+    for arm in c.settings.arms.iter().filter(|a| a.method.is_some()) {
+        let rows: Vec<&CompareRow> =
+            (0..c.settings.repeats).filter_map(|r| c.rows.iter().find(|x| x.label == repeat_label(&arm.label, r))).collect();
+        if rows.is_empty() {
+            continue;
+        }
+        let mut metrics: Vec<(String, Vec<f64>)> = RATES
+            .iter()
+            .map(|(m, _)| (m.to_string(), rows.iter().filter_map(|x| x.rates.iter().find(|r| r.metric == *m).map(|r| r.value)).collect()))
+            .collect();
+        metrics.push(("perplexity".into(), rows.iter().map(|x| x.report.perplexity.value).collect()));
+        metrics.push(("factual accuracy".into(), rows.iter().map(|x| x.report.factual_accuracy.value).collect()));
+        for (metric, values) in metrics.into_iter().filter(|(_, v)| v.len() == rows.len()) {
+            let n = values.len() as f64;
+            let mean = values.iter().sum::<f64>() / n;
+            let sd = if values.len() > 1 { (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt() } else { 0.0 };
+            out.push(RepeatSummary { label: arm.label.clone(), metric, values, mean, sd });
+        }
+    }
+    out
+}
+
+/// The repeats' mean and spread in markdown (empty without repeats).
+pub fn repeats_markdown(c: &Comparison) -> String {
+    let v = repeat_summaries(c);
+    if v.is_empty() {
+        return String::new();
+    }
+    let mut s = format!(
+        "\nRepeats: each editing arm on {} disjoint case subsets (seeds seed, seed+1, ...); mean ± sd (per repeat):\n\n| method | metric | mean ± sd | values |\n|---|---|---|---|\n",
+        c.settings.repeats
+    );
+    for x in v {
+        let vals = x.values.iter().map(|v| format!("{v:.3}")).collect::<Vec<_>>().join(", ");
+        s += &format!("| {} | {} | {:.3} ± {:.3} | {vals} |\n", x.label, x.metric, x.mean, x.sd);
+    }
+    s
 }
 
 /// One row of the table.
@@ -231,6 +306,9 @@ pub struct Comparison {
     pub cases: Vec<String>,
     pub settings: CompareSettings,
     pub rows: Vec<CompareRow>,
+    /// With `settings.repeats > 1`: per arm and rate, the mean and spread over the repeats.
+    #[serde(default)]
+    pub repeats: Vec<RepeatSummary>,
     pub seconds: f64,
 }
 
@@ -261,6 +339,17 @@ pub fn compare_with(
     }
     if s.arms.is_empty() {
         return Err(Error::Input("no methods to compare".into()));
+    }
+    if s.repeats == 0 {
+        return Err(Error::Input("--repeats must be at least 1".into()));
+    }
+    if s.repeats > cases.len() && s.arms.iter().any(|a| a.method.is_some()) {
+        return Err(Error::Input(format!(
+            "--repeats {} needs at least {} edit cases (one per disjoint subset); there are {}",
+            s.repeats,
+            s.repeats,
+            cases.len()
+        )));
     }
     if s.eval.chat != s.locate.chat {
         return Err(Error::Input("edit cases and evaluation must both use the chat template, or both not".into()));
@@ -299,44 +388,50 @@ pub fn compare_with(
             finished(&snapshot(ck, cases, s, &rows, t0)?)?;
             continue;
         };
-        let params = arm.params.clone().unwrap_or_else(|| EditParams::defaults(method));
+        let base_params = arm.params.clone().unwrap_or_else(|| EditParams::defaults(method));
         let loc = locator_for(method);
         let settings = LocateSettings { locator: loc, dinm_rule_only: loc == Locator::Dinm, ..s.locate.clone() }.for_edit(
             method,
-            &params,
+            &base_params,
             Some(&retain_prompts),
         );
-        // Arms whose locate settings agree share one locate.
-        let key = serde_json::to_string(&settings)?;
-        if !located.iter().any(|(l, _, _)| *l == key) {
-            progress(&arm.label, &format!("locating ({loc:?})"));
-            let t = Instant::now();
-            let (h, _) = locate(&ck.model, &ck.tok, cases, &settings, None, |_, _| {})?;
-            located.push((key.clone(), h, t.elapsed().as_secs_f64()));
+        for r in 0..s.repeats {
+            let label = repeat_label(&arm.label, r);
+            // Repeat r: the cases i with i mod N = r (all of them without repeats), seed + r.
+            let subset: Vec<EditCase> = cases.iter().skip(r).step_by(s.repeats).cloned().collect();
+            let params = EditParams { seed: base_params.seed + r as u64, ..base_params.clone() };
+            // Arms whose locate settings (and case subset) agree share one locate.
+            let key = format!("{r}:{}", serde_json::to_string(&settings)?);
+            if !located.iter().any(|(l, _, _)| *l == key) {
+                progress(&label, &format!("locating ({loc:?})"));
+                let t = Instant::now();
+                let (h, _) = locate(&ck.model, &ck.tok, &subset, &settings, None, |_, _| {})?;
+                located.push((key.clone(), h, t.elapsed().as_secs_f64()));
+            }
+            let (_, hotspots, locate_seconds) = located.iter().find(|(l, _, _)| *l == key).expect("located above");
+            let outcome = compute_delta_with(&ck.model, &ck.tok, &subset, hotspots, method, &params, Some(&retain_set), |d, n, st| {
+                progress(&label, &format!("edit step {d}/{n}, loss {:.4}", st.loss))
+            })?;
+            let mut edited = ck.clone();
+            outcome.delta.apply(&mut edited.model, false)?;
+            let base = Baseline { model: Some(ck), report: vanilla.as_ref() };
+            let mut rep = evaluate_with(&edited, base, harm.as_ref(), &s.eval, |m| progress(&label, m))?;
+            rep.model = format!("{} + {} delta", rep.model, label);
+            rows.push(CompareRow {
+                label,
+                method: Some(method),
+                layers: hotspots.chosen_layers.clone(),
+                changed_values: outcome.delta.n_values(),
+                locate_seconds: *locate_seconds,
+                edit_seconds: outcome.seconds,
+                final_loss: outcome.log.last().map(|l| l.loss),
+                steps_run: outcome.log.len(),
+                delta_sha256: Some(format!("{:x}", <sha2::Sha256 as sha2::Digest>::digest(outcome.delta.to_bytes()?))),
+                report: rep,
+                rates: vec![],
+            });
+            finished(&snapshot(ck, cases, s, &rows, t0)?)?;
         }
-        let (_, hotspots, locate_seconds) = located.iter().find(|(l, _, _)| *l == key).expect("located above");
-        let outcome = compute_delta_with(&ck.model, &ck.tok, cases, hotspots, method, &params, Some(&retain_set), |d, n, st| {
-            progress(&arm.label, &format!("edit step {d}/{n}, loss {:.4}", st.loss))
-        })?;
-        let mut edited = ck.clone();
-        outcome.delta.apply(&mut edited.model, false)?;
-        let base = Baseline { model: Some(ck), report: vanilla.as_ref() };
-        let mut r = evaluate_with(&edited, base, harm.as_ref(), &s.eval, |m| progress(&arm.label, m))?;
-        r.model = format!("{} + {} delta", r.model, arm.label);
-        rows.push(CompareRow {
-            label: arm.label.clone(),
-            method: Some(method),
-            layers: hotspots.chosen_layers.clone(),
-            changed_values: outcome.delta.n_values(),
-            locate_seconds: *locate_seconds,
-            edit_seconds: outcome.seconds,
-            final_loss: outcome.log.last().map(|l| l.loss),
-            steps_run: outcome.log.len(),
-            delta_sha256: Some(format!("{:x}", <sha2::Sha256 as sha2::Digest>::digest(outcome.delta.to_bytes()?))),
-            report: r,
-            rates: vec![],
-        });
-        finished(&snapshot(ck, cases, s, &rows, t0)?)?;
     }
     snapshot(ck, cases, s, &rows, t0)
 }
@@ -345,14 +440,17 @@ pub fn compare_with(
 fn snapshot(ck: &Checkpoint, cases: &[EditCase], s: &CompareSettings, rows: &[CompareRow], t0: Instant) -> Result<Comparison> {
     let mut rows = rows.to_vec();
     add_rate_stats(&mut rows);
-    Ok(Comparison {
+    let mut c = Comparison {
         model: ck.source.path().display().to_string(),
         model_sha256: ck.sha256()?,
         cases: cases.iter().map(|c| c.prompt.clone()).collect(),
         settings: s.clone(),
         rows,
+        repeats: vec![],
         seconds: t0.elapsed().as_secs_f64(),
-    })
+    };
+    c.repeats = repeat_summaries(&c);
+    Ok(c)
 }
 
 /// The method x metric table in markdown.
@@ -424,6 +522,7 @@ pub fn markdown(c: &Comparison) -> String {
     }
     s += &rates_markdown(&c.rows);
     s += &per_category_markdown(&c.rows);
+    s += &repeats_markdown(c);
     s += "\nHyper-parameters per method:\n\n";
     for a in &c.settings.arms {
         if let Some(p) = &a.params {

@@ -29,6 +29,10 @@ pub struct Args {
     /// before and after (cases need generalization inputs: a SafeEdit file or --builtin safeedit-style:N).
     #[arg(long)]
     per_instance: bool,
+    /// Run each editing arm N times, on N disjoint subsets of the cases (case i in subset i mod N) with
+    /// seeds seed, seed+1, ...; rows LABEL, LABEL@r2, ... and the mean and spread per rate.
+    #[arg(long, default_value_t = 1)]
+    repeats: usize,
     /// Re-render an earlier run's compare.json (table, intervals and paired tests, chart) into --out
     /// without running anything; the input is never overwritten.
     #[arg(long, value_name = "COMPARE_JSON")]
@@ -79,6 +83,7 @@ fn rerender(from: &std::path::Path, out: &std::path::Path) -> Result<Comparison>
     let text = std::fs::read_to_string(from).with_context(|| format!("cannot read {}", from.display()))?;
     let mut c: Comparison = serde_json::from_str(&text).with_context(|| format!("{} is not a pke compare.json", from.display()))?;
     add_rate_stats(&mut c.rows);
+    c.repeats = pke::compare::repeat_summaries(&c);
     Ok(c)
 }
 
@@ -94,9 +99,13 @@ pub fn run(a: Args) -> Result<ExitCode> {
         eval: a.eval.settings(a.cases.chat)?,
         locate: LocateSettings { chat: a.cases.chat, ..Default::default() },
         retain: a.retain.load()?,
+        repeats: a.repeats,
     };
     let ck = super::load_model(&a.model)?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
+    if a.per_instance && a.repeats > 1 {
+        bail!("--repeats applies to the pooled comparison, not to --per-instance (which already edits each case alone)");
+    }
     if a.per_instance {
         let bar = super::progress_bar(cases.len() as u64, "per-instance");
         let runs = per_instance(&ck, &cases, &settings.arms, &settings.eval, &settings.locate, |label, i, n| {

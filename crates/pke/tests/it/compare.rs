@@ -29,6 +29,7 @@ fn compare_runs_each_arm_on_the_same_sets() {
         eval: tiny_eval(),
         locate: LocateSettings { chat: true, ..Default::default() },
         retain: None,
+        repeats: 1,
     };
     let before = ck.model.get("model.layers.11.mlp.down_proj.weight").unwrap().to_vec2::<f32>().unwrap();
     let mut seen = vec![];
@@ -100,13 +101,47 @@ fn compare_bad_inputs_are_clear_errors() {
         eval: tiny_eval(),
         locate: LocateSettings { chat: true, ..Default::default() },
         retain: None,
+        repeats: 1,
     };
     let e = compare(ck, &[], &s, |_, _| {}).unwrap_err().to_string();
     assert!(e.contains("no edit cases"), "{e}");
     let e = compare(ck, &cases, &CompareSettings { arms: vec![], ..s.clone() }, |_, _| {}).unwrap_err().to_string();
     assert!(e.contains("no methods"), "{e}");
-    let e = compare(ck, &cases, &CompareSettings { locate: LocateSettings::default(), ..s }, |_, _| {}).unwrap_err().to_string();
+    let e = compare(ck, &cases, &CompareSettings { locate: LocateSettings::default(), ..s.clone() }, |_, _| {}).unwrap_err().to_string();
     assert!(e.contains("chat template"), "{e}");
+    let e = compare(ck, &cases, &CompareSettings { repeats: 0, ..s.clone() }, |_, _| {}).unwrap_err().to_string();
+    assert!(e.contains("at least 1"), "{e}");
+    let edit = vec![Arm::vanilla(), Arm::edit(Method::Pke, EditParams::defaults(Method::Pke))];
+    let e = compare(ck, &cases, &CompareSettings { repeats: 2, arms: edit, ..s }, |_, _| {}).unwrap_err().to_string();
+    assert!(e.contains("--repeats 2 needs at least 2 edit cases") && e.contains("there are 1"), "{e}");
+}
+
+/// `repeats`: each editing arm once per disjoint case subset, with its own seed; rows LABEL and LABEL@r2,
+/// and the per-rate mean and spread over them.
+#[test]
+fn repeats_edit_disjoint_case_subsets_and_summarize() {
+    let ck = crate::common::smollm2();
+    let cases = pke::data::sets::builtin_cases("advbench", 2).unwrap();
+    let p = EditParams { steps: 2, ..EditParams::defaults(Method::Pke) };
+    let s = CompareSettings {
+        arms: vec![Arm::vanilla(), Arm::edit(Method::Pke, p)],
+        eval: tiny_eval(),
+        locate: LocateSettings { chat: true, ..Default::default() },
+        retain: None,
+        repeats: 2,
+    };
+    let c = compare(ck, &cases, &s, |_, _| {}).unwrap();
+    let labels: Vec<&str> = c.rows.iter().map(|r| r.label.as_str()).collect();
+    assert_eq!(labels, vec!["vanilla", "pke", "pke@r2"]);
+    // One case each: two different edits.
+    assert_ne!(c.rows[1].delta_sha256, c.rows[2].delta_sha256);
+    let asr = c.repeats.iter().find(|x| x.label == "pke" && x.metric == "ASR").unwrap();
+    let per_row: Vec<f64> = c.rows[1..].iter().map(|r| r.report.asr.overall).collect();
+    assert_eq!(asr.values, per_row);
+    assert!((asr.mean - (per_row[0] + per_row[1]) / 2.0).abs() < 1e-12);
+    assert!((asr.sd - (per_row[0] - per_row[1]).abs() / 2f64.sqrt()).abs() < 1e-12);
+    assert!(c.repeats.iter().any(|x| x.metric == "perplexity" && x.values.len() == 2));
+    assert!(markdown(&c).contains("Repeats: each editing arm on 2 disjoint case subsets"));
 }
 
 /// SafeEdit's per-instance protocol on built-in SafeEdit-style cases: five judged replies per side, the
