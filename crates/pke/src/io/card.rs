@@ -85,7 +85,7 @@ pub fn model_card(c: &CardInput) -> Result<String> {
         );
     } else {
         s += &format!(
-            "# {base_name} + pke `{method}` safety edit\n\nThis folder is {base_name} with a safety edit made by \
+            "# {base_name} + a pke safety edit (method `{method}`)\n\nThis folder is {base_name} with a safety edit made by \
              pke (Precision Knowledge Editing, in Rust): only the weights listed below changed, so that the \
              model refuses harmful requests; everything else is the base model's.\n\n"
         );
@@ -104,7 +104,10 @@ pub fn model_card(c: &CardInput) -> Result<String> {
     if let Some(r) = d.metadata.get("retain") {
         s += &format!("| retain set | {r} |\n");
     }
-    s += &format!("| hotspots (layer, neurons) | `{}` |\n", meta("hotspots"));
+    // The hotspots metadata is [[layer, [neuron, ...]], ...]: a short summary here, the indices below.
+    let hot: Vec<(usize, Option<Vec<usize>>)> = serde_json::from_str(meta("hotspots")).unwrap_or_default();
+    let summary: Vec<String> = hot.iter().map(|(l, n)| format!("layer {l}: {} neurons", n.as_ref().map(Vec::len).unwrap_or(0))).collect();
+    s += &format!("| hotspots | {} |\n", if summary.is_empty() { "-".into() } else { summary.join("; ") });
     s += &format!("| base model file | `{}` |\n", meta("base_model"));
     s += &format!("| base sha256 | `{}` |\n", meta("base_sha256"));
     s += &format!("| delta sha256 | `{delta_sha}` |\n");
@@ -113,6 +116,9 @@ pub fn model_card(c: &CardInput) -> Result<String> {
         let pretty =
             serde_json::from_str::<serde_json::Value>(h).and_then(|v| serde_json::to_string_pretty(&v)).unwrap_or_else(|_| h.clone());
         s += &format!("Hyper-parameters:\n\n```json\n{pretty}\n```\n\n");
+    }
+    if !hot.is_empty() {
+        s += &format!("<details><summary>Hotspot neuron indices</summary>\n\n`{}`\n\n</details>\n\n", meta("hotspots"));
     }
     s += "## Evaluation\n\n";
     match c.evaluation {
