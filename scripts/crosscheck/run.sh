@@ -4,8 +4,8 @@
 #      the same per-token log-probabilities as pke computes (all three default models);
 #   2. `pke edit --method dinm` against DINM as EasyEdit runs it in PyTorch (dinm_reference.py), side by
 #      side on the same case and the same weights: chosen layer, per-step loss, delta, time per edit.
-# Not part of `make test`: it installs PyTorch (+ its CUDA wheels from PyPI, ~4 GB) and builds llama.cpp
-# (llama-cpp-python's sdist; the prebuilt llama.cpp wheels on PyPI need glibc 2.38, Debian 12 has 2.36)
+# Not part of `make test`: it installs PyTorch (+ its CUDA wheels, ~4 GB) and builds llama.cpp
+# (llama-cpp-python's sdist; the prebuilt llama.cpp wheels need glibc 2.38, Debian 12 has 2.36)
 # from source (~10 min on 2 cores) into .data/crosscheck-venv, once.
 #
 # Usage: scripts/crosscheck/run.sh [OUT]     (default OUT=out/crosscheck; needs `make setup build`)
