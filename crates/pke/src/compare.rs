@@ -113,7 +113,7 @@ pub fn repeat_summaries(c: &Comparison) -> Vec<RepeatSummary> {
 
 /// The repeats' mean and spread in markdown (empty without repeats).
 pub fn repeats_markdown(c: &Comparison) -> String {
-    let v = repeat_summaries(c);
+    let v = &c.repeats;
     if v.is_empty() {
         return String::new();
     }
@@ -319,6 +319,13 @@ fn locator_for(m: Method) -> Locator {
     }
 }
 
+/// The locate settings of an arm: the method's locator (DINM's rule alone for dinm) on top of the shared
+/// settings, with the arm's layer and contrast hyper-parameters.
+fn arm_locate_settings(shared: &LocateSettings, method: Method, p: &EditParams, retain: Option<&[String]>) -> LocateSettings {
+    let loc = locator_for(method);
+    LocateSettings { locator: loc, dinm_rule_only: loc == Locator::Dinm, ..shared.clone() }.for_edit(method, p, retain)
+}
+
 /// Run the comparison. `progress(arm label, message)`.
 pub fn compare(ck: &Checkpoint, cases: &[EditCase], s: &CompareSettings, progress: impl FnMut(&str, &str)) -> Result<Comparison> {
     compare_with(ck, cases, s, progress, |_| Ok(()))
@@ -389,12 +396,7 @@ pub fn compare_with(
             continue;
         };
         let base_params = arm.params.clone().unwrap_or_else(|| EditParams::defaults(method));
-        let loc = locator_for(method);
-        let settings = LocateSettings { locator: loc, dinm_rule_only: loc == Locator::Dinm, ..s.locate.clone() }.for_edit(
-            method,
-            &base_params,
-            Some(&retain_prompts),
-        );
+        let settings = arm_locate_settings(&s.locate, method, &base_params, Some(&retain_prompts));
         for r in 0..s.repeats {
             let label = repeat_label(&arm.label, r);
             // Repeat r: the cases i with i mod N = r (all of them without repeats), seed + r.
@@ -403,7 +405,7 @@ pub fn compare_with(
             // Arms whose locate settings (and case subset) agree share one locate.
             let key = format!("{r}:{}", serde_json::to_string(&settings)?);
             if !located.iter().any(|(l, _, _)| *l == key) {
-                progress(&label, &format!("locating ({loc:?})"));
+                progress(&label, &format!("locating ({:?})", settings.locator));
                 let t = Instant::now();
                 let (h, _) = locate(&ck.model, &ck.tok, &subset, &settings, None, |_, _| {})?;
                 located.push((key.clone(), h, t.elapsed().as_secs_f64()));
@@ -426,7 +428,7 @@ pub fn compare_with(
                 edit_seconds: outcome.seconds,
                 final_loss: outcome.log.last().map(|l| l.loss),
                 steps_run: outcome.log.len(),
-                delta_sha256: Some(format!("{:x}", <sha2::Sha256 as sha2::Digest>::digest(outcome.delta.to_bytes()?))),
+                delta_sha256: Some(outcome.delta.sha256()?),
                 report: rep,
                 rates: vec![],
             });
@@ -694,9 +696,7 @@ pub fn per_instance(
     for arm in arms {
         let Some(method) = arm.method else { continue };
         let params = arm.params.clone().unwrap_or_else(|| EditParams::defaults(method));
-        let loc = locator_for(method);
-        let settings = LocateSettings { locator: loc, dinm_rule_only: loc == Locator::Dinm, ..locate_settings.clone() }
-            .for_edit(method, &params, None);
+        let settings = arm_locate_settings(locate_settings, method, &params, None);
         let suffix = (method == Method::Dinm && params.quirk_suffix).then_some(crate::edit::DINM_SUFFIX);
         let mut records = Vec::with_capacity(cases.len());
         for (i, c) in cases.iter().enumerate() {

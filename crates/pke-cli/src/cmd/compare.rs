@@ -101,11 +101,11 @@ pub fn run(a: Args) -> Result<ExitCode> {
         retain: a.retain.load()?,
         repeats: a.repeats,
     };
-    let ck = super::load_model(&a.model)?;
-    std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
     if a.per_instance && a.repeats > 1 {
         bail!("--repeats applies to the pooled comparison, not to --per-instance (which already edits each case alone)");
     }
+    let ck = super::load_model(&a.model)?;
+    std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
     if a.per_instance {
         let bar = super::progress_bar(cases.len() as u64, "per-instance");
         let runs = per_instance(&ck, &cases, &settings.arms, &settings.eval, &settings.locate, |label, i, n| {

@@ -161,14 +161,7 @@ pub fn markdown(r: &ModelReport) -> String {
         }
     }
     if let Some(e) = &r.safeedit {
-        for (name, v) in [
-            ("DS", e.ds),
-            ("DG_onlyQ", e.dg_only_q),
-            ("DG_otherA", e.dg_other_a),
-            ("DG_otherQ", e.dg_other_q),
-            ("DG_otherAQ", e.dg_other_aq),
-            ("DG-Avg (4 DG)", e.dg_avg),
-        ] {
+        for (name, v) in e.rates().into_iter().chain([("DG-Avg (4 DG)", e.dg_avg)]) {
             s += &format!("| SafeEdit {name} | {} | {} | {:.3} |\n", e.file, e.n, v);
         }
         s += &format!("\nSafeEdit: {}.\n", e.definition);

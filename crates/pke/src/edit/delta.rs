@@ -64,7 +64,7 @@ impl TensorDelta {
         let v = vals.to_vec2::<f32>()?;
         let width = if self.axis == 0 { rows } else { cols };
         if let Some(&c) = self.columns.iter().find(|&&c| c >= width) {
-            return Err(Error::Input(format!("delta {} {c} outside `{}` ({rows} x {cols})", &self.index_key()[..3], self.name)));
+            return Err(Error::Input(format!("delta index {c} ({}) outside `{}` ({rows} x {cols})", self.index_key(), self.name)));
         }
         if self.axis == 0 {
             for (j, &r) in self.columns.iter().enumerate() {
@@ -142,6 +142,11 @@ impl WeightDelta {
         serialize(&raw, &meta)
     }
 
+    /// sha256 of the delta file's bytes (hex): what identifies an edit beside its base model's sha256.
+    pub fn sha256(&self) -> Result<String> {
+        Ok(format!("{:x}", <sha2::Sha256 as sha2::Digest>::digest(self.to_bytes()?)))
+    }
+
     /// Write atomically.
     pub fn save(&self, path: &Path) -> Result<()> {
         crate::io::atomic_write(path, &self.to_bytes()?)
@@ -172,8 +177,7 @@ impl WeightDelta {
             if *dt != Dtype::I64 {
                 return Err(bad(format!("`{n}::{key}` is {dt:?}, expected I64")));
             }
-            let columns = bytes.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")) as usize).collect();
-            let columns: Vec<usize> = columns;
+            let columns: Vec<usize> = bytes.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")) as usize).collect();
             let (before, after) = (f32_tensor(&format!("{n}::before"))?, f32_tensor(&format!("{n}::after"))?);
             let fits = |t: &Tensor| t.dims().len() == 2 && t.dims()[axis] == columns.len();
             if !fits(&before) || before.dims() != after.dims() {

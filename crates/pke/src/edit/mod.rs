@@ -172,7 +172,7 @@ fn seq_logits(model: &Decoder, seq: &Seq) -> Result<Tensor> {
 }
 
 fn nll(model: &Decoder, seq: &Seq) -> Result<Tensor> {
-    Ok(token_logprobs(&seq_logits(model, seq)?, &seq.labels)?.mean_all()?.neg()?)
+    Ok(nll_and_greedy_opening(model, seq, 0)?.0)
 }
 
 /// NLL of `seq`'s labels, and whether the first `k` labels are each the model's top token (teacher

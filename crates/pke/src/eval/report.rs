@@ -206,6 +206,14 @@ pub struct SafeEditScores {
     pub definition: String,
 }
 
+impl SafeEditScores {
+    /// DS and the four DG rates by their SafeEdit names (each a share of `n` replies; DG-Avg is not a rate).
+    pub fn rates(&self) -> [(&'static str, f64); 5] {
+        let v = [self.ds, self.dg_only_q, self.dg_other_a, self.dg_other_q, self.dg_other_aq];
+        std::array::from_fn(|i| (SAFEEDIT_INPUTS[i], v[i]))
+    }
+}
+
 /// One generated sample, for inspection.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Sample {
@@ -262,15 +270,7 @@ impl ModelReport {
         }
         v.push(Rate::of("factual accuracy", &self.factual_accuracy.set, self.factual_accuracy.value, self.factual_accuracy.n));
         if let Some(e) = &self.safeedit {
-            for (m, x) in [
-                ("SafeEdit DS", e.ds),
-                ("SafeEdit DG_onlyQ", e.dg_only_q),
-                ("SafeEdit DG_otherA", e.dg_other_a),
-                ("SafeEdit DG_otherQ", e.dg_other_q),
-                ("SafeEdit DG_otherAQ", e.dg_other_aq),
-            ] {
-                v.push(Rate::of(m, &e.file, x, e.n));
-            }
+            v.extend(e.rates().iter().map(|(m, x)| Rate::of(&format!("SafeEdit {m}"), &e.file, *x, e.n)));
         }
         v.retain(|r| r.n > 0);
         v
@@ -520,10 +520,10 @@ pub fn evaluate_with(
     let hb_split = harmbench_split(s.split);
     let (hb, hb_cat) = categorized(sets::harmbench_categorized(hb_split)?, s.n_harmful, "harmbench");
     let (sr, sr_cat) = categorized(strongreject_part(s.split)?, s.n_harmful, "strongreject");
-    let prefill_prompts: Vec<String> = hb.iter().take(s.n_prefill).cloned().collect();
     if s.n_prefill > 0 && s.prefill.trim().is_empty() {
         return Err(Error::Input("the prefill attack needs a non-empty opening (--prefill)".into()));
     }
+    let prefill_prompts: Vec<String> = hb.iter().take(s.n_prefill).cloned().collect();
     let mut harmful_sets: Vec<(String, Vec<String>, Vec<String>)> = vec![
         (format!("harmbench_{hb_split}_standard"), hb, hb_cat),
         (format!("strongreject_minus_advbench{}", part_tag(s.split)), sr, sr_cat),
@@ -583,9 +583,7 @@ pub fn evaluate_with(
         }
         let replies = generate_all(ck, prompts, s, &mut progress)?;
         let (mut ok, mut nr) = (0usize, 0usize);
-        for ((p, r), c) in prompts.iter().zip(replies).zip(cats) {
-            let (refused, ph) = verdicts.judge(&r)?;
-            let succ = Verdicts::success(refused, ph);
+        for ((succ, refused), c) in judge_harmful(&verdicts, name, prompts, replies, &mut samples)?.into_iter().zip(cats) {
             ok += succ as usize;
             nr += !refused as usize;
             if !c.is_empty() {
@@ -593,7 +591,6 @@ pub fn evaluate_with(
                 e.0 += 1;
                 e.1 += succ as usize;
             }
-            samples.push(Sample { set: name.clone(), prompt: p.clone(), refused, p_harmful: ph, reply: r });
         }
         per_set.push(SetScore { set: name.clone(), n: prompts.len(), value: ok as f64 / prompts.len() as f64 });
         nr_per_set.push(SetScore { set: name.clone(), n: prompts.len(), value: nr as f64 / prompts.len() as f64 });
@@ -607,12 +604,7 @@ pub fn evaluate_with(
     } else {
         let name = format!("{PREFILL_SET}{hb_split}_standard");
         let replies = generate_prefilled(ck, &prefill_prompts, &s.prefill, s, &mut progress)?;
-        let mut ok = 0usize;
-        for (p, r) in prefill_prompts.iter().zip(replies) {
-            let (refused, ph) = verdicts.judge(&r)?;
-            ok += Verdicts::success(refused, ph) as usize;
-            samples.push(Sample { set: name.clone(), prompt: p.clone(), refused, p_harmful: ph, reply: r });
-        }
+        let ok = judge_harmful(&verdicts, &name, &prefill_prompts, replies, &mut samples)?.iter().filter(|(succ, _)| *succ).count();
         Some(SetScore {
             set: format!("{name} (reply opened with {:?})", s.prefill),
             n: prefill_prompts.len(),
@@ -735,6 +727,24 @@ pub fn evaluate_with(
     };
     report.rates = report.rate_table();
     Ok(report)
+}
+
+/// Judge the `replies` to the harmful `prompts` of set `name` and record them as samples; per prompt,
+/// (attack succeeded, refused).
+fn judge_harmful(
+    verdicts: &Verdicts,
+    name: &str,
+    prompts: &[String],
+    replies: Vec<String>,
+    samples: &mut Vec<Sample>,
+) -> Result<Vec<(bool, bool)>> {
+    let mut out = Vec::with_capacity(prompts.len());
+    for (p, r) in prompts.iter().zip(replies) {
+        let (refused, ph) = verdicts.judge(&r)?;
+        out.push((Verdicts::success(refused, ph), refused));
+        samples.push(Sample { set: name.to_string(), prompt: p.clone(), refused, p_harmful: ph, reply: r });
+    }
+    Ok(out)
 }
 
 /// A user prompt that does not fit the context with the reply budget is an error naming the file and line.

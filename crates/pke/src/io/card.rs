@@ -62,7 +62,7 @@ pub fn model_card(c: &CardInput) -> Result<String> {
     let d = c.delta;
     let meta = |k: &str| d.metadata.get(k).map(String::as_str).unwrap_or("-");
     let method = meta("method");
-    let delta_sha = format!("{:x}", <sha2::Sha256 as sha2::Digest>::digest(d.to_bytes()?));
+    let delta_sha = d.sha256()?;
     let mut s = String::from("---\n");
     if let Some(r) = &repo {
         s += &format!("base_model: {}\n", yaml_str(r));
