@@ -29,7 +29,7 @@ def main(argv):
         if missing:
             sys.exit(f"{path}: no row labelled {sorted(missing)}")
         if merged is None:
-            merged = {**c, "rows": [], "settings": {**c["settings"], "arms": []}}
+            merged = {**c, "rows": [], "settings": {**c["settings"], "arms": []}, "seconds": 0}
             ref = prompts(c["rows"][0])
         if c["model_sha256"] != merged["model_sha256"]:
             sys.exit(f"{path}: another model (sha256 {c['model_sha256']})")
@@ -38,7 +38,7 @@ def main(argv):
                 sys.exit(f"{path}: row {r['label']} was evaluated on other prompts")
             merged["rows"].append(r)
             merged["settings"]["arms"] += [a for a in c["settings"]["arms"] if a["label"] == r["label"]]
-        merged["seconds"] = merged.get("seconds", 0) + (c["seconds"] if merged is not c else 0)
+        merged["seconds"] += c["seconds"]
     json.dump(merged, open(out, "w"), indent=1)
 
 
