@@ -183,6 +183,10 @@ fn demo_and_compare_refuse_bad_input_before_any_work() {
         pke(&["compare", "--builtin", "advbench:1", "--methods", "vanilla,pke", "--set", "dinm:lr=1", "--out", out.to_str().unwrap()]);
     assert_eq!(code, 2);
     assert!(err.contains("`dinm` is not one of --methods"), "{err}");
+    let (code, _, err) =
+        pke(&["compare", "--builtin", "advbench:2", "--chat", "--per-instance", "--repeats", "2", "--out", out.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--repeats applies to the pooled comparison"), "{err}");
     // --from: a file that is not a comparison, and one that would be overwritten, are refused untouched.
     let (code, _, err) = pke(&["compare", "--from", keep.to_str().unwrap(), "--out", out.to_str().unwrap()]);
     assert_eq!(code, 2);

@@ -354,3 +354,21 @@ fn edit_keys_trains_the_hotspot_neurons_input_rows_and_round_trips() {
     loaded.revert(&mut again, false).unwrap();
     assert!(bits(&again) == before);
 }
+
+/// A delta file whose before/after do not hold one slice per stored index is refused on load, naming the
+/// tensor (it would otherwise write garbage or panic on apply).
+#[test]
+fn delta_with_mismatched_slices_is_a_clear_error() {
+    use candle_core::{Device, Tensor};
+    use pke::edit::TensorDelta;
+    let w = Tensor::zeros((4, 6), candle_core::DType::F32, &Device::Cpu).unwrap();
+    let good = TensorDelta::between("w.weight", &w, &w, &[1, 3], 0).unwrap();
+    // Two row indices, but three rows stored.
+    let bad = TensorDelta { columns: vec![1, 3], before: w.narrow(0, 0, 3).unwrap(), after: w.narrow(0, 0, 3).unwrap(), ..good };
+    let d = WeightDelta { tensors: vec![bad], metadata: Default::default() };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.safetensors");
+    d.save(&path).unwrap();
+    let e = WeightDelta::load(&path).unwrap_err().to_string();
+    assert!(e.contains("bad.safetensors") && e.contains("w.weight") && e.contains("w.weight::rows"), "{e}");
+}
