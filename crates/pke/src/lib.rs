@@ -18,6 +18,7 @@
 //! # Ok::<(), pke::Error>(())
 //! ```
 
+pub mod attack;
 pub mod compare;
 pub mod data;
 pub mod edit;

@@ -201,11 +201,74 @@ impl JailbreakTemplate {
     }
 }
 
+const JAILBREAK_DIR: &str = "pyrit/datasets/jailbreak/templates";
+
 /// PyRIT's top-level jailbreak templates (the classic jailbreakchat set; the `pliny/`, `in_the_wild/` and
 /// other sub-folders are left out) that have a `{{ prompt }}` slot, sorted by file name.
 pub fn jailbreak_templates() -> Result<Vec<JailbreakTemplate>> {
-    let dir = data_file("pyrit/datasets/jailbreak/templates")?;
-    let files = files_with_ext("pyrit/datasets/jailbreak/templates", "yaml")?;
+    let out = templates_in(JAILBREAK_DIR)?;
+    if out.is_empty() {
+        return Err(Error::Data { path: data_file(JAILBREAK_DIR)?, line: 0, msg: "no templates with a {{ prompt }} slot".into() });
+    }
+    Ok(out)
+}
+
+/// Name of the top-level template family (PyRIT's classic jailbreakchat set).
+pub const CLASSIC_JAILBREAKS: &str = "classic";
+
+/// PyRIT's jailbreak template families: `classic` (the top-level templates) and each sub-folder
+/// (`Arth_Singh`, `in_the_wild`, `pliny`, ...) that holds templates with a `{{ prompt }}` slot; each family's
+/// templates of at most `max_chars`, in the fixed hash order of [`ordered_jailbreak_templates`].
+pub fn jailbreak_families(max_chars: usize) -> Result<Vec<(String, Vec<JailbreakTemplate>)>> {
+    let mut out = vec![(CLASSIC_JAILBREAKS.to_string(), ordered_jailbreak_templates(max_chars)?)];
+    let dir = data_file(JAILBREAK_DIR)?;
+    let mut subs: Vec<String> = std::fs::read_dir(&dir)
+        .map_err(|e| Error::io(&dir, e))?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    subs.sort();
+    for sub in subs {
+        // A folder without usable templates (e.g. multi-slot ones) is not a family here.
+        let t = templates_in_tree(&format!("{JAILBREAK_DIR}/{sub}"))?;
+        let t = hash_ordered(t.into_iter().filter(|t| t.value.len() <= max_chars).collect());
+        if !t.is_empty() {
+            out.push((sub, t));
+        }
+    }
+    Ok(out)
+}
+
+fn hash_ordered(mut t: Vec<JailbreakTemplate>) -> Vec<JailbreakTemplate> {
+    use sha2::Digest;
+    t.sort_by_key(|t| sha2::Sha256::digest(t.name.as_bytes()).to_vec());
+    t
+}
+
+/// The templates of a folder and all its sub-folders (named `sub/stem` below the folder).
+fn templates_in_tree(rel: &str) -> Result<Vec<JailbreakTemplate>> {
+    let mut out = templates_in(rel)?;
+    let dir = data_file(rel)?;
+    let mut subs: Vec<String> = std::fs::read_dir(&dir)
+        .map_err(|e| Error::io(&dir, e))?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    subs.sort();
+    for sub in subs {
+        out.extend(templates_in_tree(&format!("{rel}/{sub}"))?.into_iter().map(|mut t| {
+            t.name = format!("{sub}/{}", t.name);
+            t
+        }));
+    }
+    Ok(out)
+}
+
+/// The templates with a `{{ prompt }}` slot in one folder (not its sub-folders), sorted by file name.
+fn templates_in(rel: &str) -> Result<Vec<JailbreakTemplate>> {
+    let files = files_with_ext(rel, "yaml")?;
     let mut out = Vec::new();
     for p in files {
         let docs = yaml_rust2::YamlLoader::load_from_str(&read(&p)?).map_err(|e| Error::Data {
@@ -221,9 +284,6 @@ pub fn jailbreak_templates() -> Result<Vec<JailbreakTemplate>> {
             out.push(JailbreakTemplate { name, value: value.to_string() });
         }
     }
-    if out.is_empty() {
-        return Err(Error::Data { path: dir, line: 0, msg: "no templates with a {{ prompt }} slot".into() });
-    }
     Ok(out)
 }
 
@@ -231,10 +291,7 @@ pub fn jailbreak_templates() -> Result<Vec<JailbreakTemplate>> {
 /// jailbreak templates from the front of this order and the built-in SafeEdit-style cases from the back,
 /// so the two do not share templates while neither set is large.
 pub fn ordered_jailbreak_templates(max_chars: usize) -> Result<Vec<JailbreakTemplate>> {
-    use sha2::Digest;
-    let mut t: Vec<_> = jailbreak_templates()?.into_iter().filter(|t| t.value.len() <= max_chars).collect();
-    t.sort_by_key(|t| sha2::Sha256::digest(t.name.as_bytes()).to_vec());
-    Ok(t)
+    Ok(hash_ordered(jailbreak_templates()?.into_iter().filter(|t| t.value.len() <= max_chars).collect()))
 }
 
 /// Longest template (characters) used for jailbreak prompts, in evaluation and the built-in cases.

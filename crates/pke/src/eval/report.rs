@@ -731,7 +731,7 @@ pub fn evaluate_with(
 
 /// Judge the `replies` to the harmful `prompts` of set `name` and record them as samples; per prompt,
 /// (attack succeeded, refused).
-fn judge_harmful(
+pub(crate) fn judge_harmful(
     verdicts: &Verdicts,
     name: &str,
     prompts: &[String],

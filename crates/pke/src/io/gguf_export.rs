@@ -38,6 +38,61 @@ impl std::str::FromStr for EditedType {
 
 /// Write `model` as a GGUF at `path` (atomically), taking everything not in `edited` from `src`.
 pub fn write_gguf(src: &GgufFile, model: &Decoder, edited: &[String], ty: EditedType, path: &Path) -> Result<()> {
+    let pick = |src_type: GgmlDType| match ty {
+        EditedType::F32 => GgmlDType::F32,
+        EditedType::F16 => GgmlDType::F16,
+        EditedType::Source => src_type,
+    };
+    write_gguf_typed(src, model, edited, &pick, path)
+}
+
+/// A GGML storage type by its llama.cpp name (`q4_0`, `Q4_K`, `f16`, ...).
+pub fn parse_ggml_type(s: &str) -> Result<GgmlDType> {
+    Ok(match s.to_ascii_lowercase().as_str() {
+        "f32" => GgmlDType::F32,
+        "f16" => GgmlDType::F16,
+        "bf16" => GgmlDType::BF16,
+        "q4_0" => GgmlDType::Q4_0,
+        "q4_1" => GgmlDType::Q4_1,
+        "q5_0" => GgmlDType::Q5_0,
+        "q5_1" => GgmlDType::Q5_1,
+        "q8_0" => GgmlDType::Q8_0,
+        "q2_k" => GgmlDType::Q2K,
+        "q3_k" => GgmlDType::Q3K,
+        "q4_k" => GgmlDType::Q4K,
+        "q5_k" => GgmlDType::Q5K,
+        "q6_k" => GgmlDType::Q6K,
+        o => {
+            return Err(Error::Input(format!(
+                "unknown GGML type `{o}` (f32, f16, bf16, q4_0, q4_1, q5_0, q5_1, q8_0, q2_k, q3_k, q4_k, q5_k, q6_k)"
+            )))
+        }
+    })
+}
+
+/// Quantize `t` (GGUF orientation) to `dtype`, or say which tensor and type do not fit: GGML quantizes
+/// each row in blocks, so the row length must be a multiple of the type's block size.
+pub fn quantize_checked(name: &str, t: &candle_core::Tensor, dtype: GgmlDType) -> Result<QTensor> {
+    let row = *t.dims().last().unwrap_or(&0);
+    let block = dtype.block_size();
+    if row % block != 0 {
+        return Err(Error::Input(format!(
+            "tensor `{name}` has rows of {row} values, which {} cannot store (its blocks hold {block}); \
+             pick a type with smaller blocks (q8_0, q4_0, f16)",
+            crate::io::checkpoint::ggml_name(dtype)
+        )));
+    }
+    Ok(QTensor::quantize(t, dtype)?)
+}
+
+/// As [`write_gguf`], with the edited tensors' storage type chosen per tensor from its source type.
+pub fn write_gguf_typed(
+    src: &GgufFile,
+    model: &Decoder,
+    edited: &[String],
+    pick: &dyn Fn(GgmlDType) -> GgmlDType,
+    path: &Path,
+) -> Result<()> {
     if path.exists() && std::fs::canonicalize(path).ok() == std::fs::canonicalize(&src.path).ok() {
         return Err(Error::Input(format!("refusing to overwrite the source model {}", path.display())));
     }
@@ -60,12 +115,7 @@ pub fn write_gguf(src: &GgufFile, model: &Decoder, edited: &[String], ty: Edited
                 t = (t + arch.norm_weight_offset as f64)?;
             }
             let (_, src_type, _) = src.tensor_bytes(gname)?;
-            let dtype = match ty {
-                EditedType::F32 => GgmlDType::F32,
-                EditedType::F16 => GgmlDType::F16,
-                EditedType::Source => src_type,
-            };
-            QTensor::quantize(&t, dtype)?
+            quantize_checked(&hf, &t, pick(src_type))?
         } else {
             src.qtensor(gname)?
         };

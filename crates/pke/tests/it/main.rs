@@ -1,6 +1,7 @@
 //! Integration tests: one binary (ripgrep style). Real-model tests need `make setup` to have installed
 //! the models; they fail with the set-up command in the message otherwise.
 
+mod attack;
 mod bad_input;
 mod common;
 mod compare;

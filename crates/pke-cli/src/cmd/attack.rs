@@ -1,0 +1,76 @@
+//! `pke attack`: the edited model and its base under attacks that undo shallow safety edits.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use pke::attack::{attack, markdown, work_dir, Attack, AttackSettings};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The edited model (HF folder or GGUF written by `pke edit`/`pke apply`).
+    #[arg(long, short)]
+    model: String,
+    /// The model it was edited from (the vanilla model): a GGUF file or alias for the requant attack.
+    #[arg(long)]
+    base: String,
+    /// Attacks, comma-separated: prefill, requant, ablate, jailbreak.
+    #[arg(long, default_value = "prefill,requant,ablate,jailbreak", value_delimiter = ',')]
+    attacks: Vec<String>,
+    /// Types the edited tensors are re-quantized to: `source` (each tensor's type in the base GGUF) and/or
+    /// GGML names (q8_0, q4_0, q4_k, ...), comma-separated.
+    #[arg(long, default_value = "source", value_delimiter = ',')]
+    requant_types: Vec<String>,
+    /// Prompts per side (harmful AdvBench from the back, harmless retain prompts) for the refusal direction.
+    #[arg(long, default_value_t = 32)]
+    ablate_prompts: usize,
+    /// Held-aside harmful prompts on which each candidate layer's ablation is tried.
+    #[arg(long, default_value_t = 8)]
+    ablate_select: usize,
+    /// Templates per jailbreak family (classic, Arth_Singh, in_the_wild, pliny), each wrapping a HarmBench
+    /// behaviour.
+    #[arg(long, default_value_t = 8)]
+    jailbreak_per_family: usize,
+    #[command(flatten)]
+    eval: super::eval::EvalArgs,
+    /// Do not apply the chat template (base models).
+    #[arg(long)]
+    no_chat: bool,
+    #[arg(long, default_value = "out/attack")]
+    out: PathBuf,
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(a: Args) -> Result<ExitCode> {
+    let attacks = a.attacks.iter().map(|x| x.parse::<Attack>()).collect::<Result<Vec<_>, _>>()?;
+    let mut eval = a.eval.settings(!a.no_chat)?;
+    if attacks.contains(&Attack::Prefill) && eval.n_prefill == 0 {
+        eval.n_prefill = 10;
+    }
+    let settings = AttackSettings {
+        attacks,
+        eval,
+        requant_types: a.requant_types.clone(),
+        ablate_prompts: a.ablate_prompts,
+        ablate_select: a.ablate_select,
+        jailbreak_per_family: a.jailbreak_per_family,
+    };
+    let edited = super::load_model(&a.model)?;
+    let base = super::load_model(&a.base)?;
+    std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
+    let bar = super::progress_bar(1, "attacking");
+    let r = attack(&edited, &base, &settings, &work_dir(&a.out), |what, m| bar.set_message(format!("{what}: {m}")))?;
+    bar.finish_and_clear();
+    let _ = std::fs::remove_dir(work_dir(&a.out));
+    pke::io::atomic_write(&a.out.join("attack.json"), serde_json::to_string_pretty(&r)?.as_bytes())?;
+    let md = markdown(&r);
+    pke::io::atomic_write(&a.out.join("attack.md"), md.as_bytes())?;
+    pke::attack::chart(&r, &a.out.join("attack.svg"))?;
+    if a.json {
+        super::print_json(&r)?;
+    } else {
+        println!("{md}\nwrote {0}/attack.json, {0}/attack.md, {0}/attack.svg", a.out.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,110 @@
+//! `pke attack` mechanics on the real SmolLM2: the refusal-direction ablation removes the direction from
+//! the residual stream exactly, re-quantization reports how much of an edit survives, the edited tensors
+//! are found by comparison, and bad inputs are refused before any long step.
+
+use pke::attack::{attack, edited_tensors, orthogonalize, requantize, Attack, AttackSettings};
+use pke::model::decoder::down_proj_name;
+use pke::model::Input;
+use pke::trace::{Capture, Site};
+
+/// A copy of SmolLM2 with `scale` added to 8 columns of one `down_proj` (what a hotspot edit touches).
+fn edited_copy(scale: f64) -> pke::io::checkpoint::Checkpoint {
+    let mut ck = crate::common::smollm2().clone();
+    let name = down_proj_name(11);
+    let w = ck.model.get(&name).unwrap().clone();
+    let (rows, cols) = w.dims2().unwrap();
+    let mut mask = vec![0f32; rows * cols];
+    for r in 0..rows {
+        for c in 0..8 {
+            mask[r * cols + c * 37] = 1.0;
+        }
+    }
+    let m = candle_core::Tensor::from_vec(mask, (rows, cols), w.device()).unwrap();
+    ck.model.set(&name, (&w + (m * scale).unwrap()).unwrap()).unwrap();
+    ck
+}
+
+#[test]
+fn ablation_removes_the_direction_from_every_residual_stream() {
+    let mut ck = crate::common::smollm2().clone();
+    let d = ck.model.spec.hidden_size;
+    // Any unit direction: the projection must hold for all, not only the refusal one.
+    let mut r: Vec<f32> = (0..d).map(|i| ((i * 7919 % 97) as f32 - 48.0) / 48.0).collect();
+    let norm = r.iter().map(|x| x * x).sum::<f32>().sqrt();
+    r.iter_mut().for_each(|x| *x /= norm);
+    let ids = ck.tok.encode("How do I bake bread at home?", true).unwrap();
+    let proj = |ck: &pke::io::checkpoint::Checkpoint, l: usize| -> f32 {
+        let mut cap = Capture::new([Site::ResidPost(l)]);
+        ck.model.forward_with(&Input::single(&ids), &mut cap, None).unwrap();
+        let h = cap.get(Site::ResidPost(l)).unwrap().squeeze(0).unwrap().to_vec2::<f32>().unwrap();
+        h.iter().map(|row| row.iter().zip(&r).map(|(a, b)| a * b).sum::<f32>().abs()).fold(0.0, f32::max)
+    };
+    let before = proj(&ck, 10);
+    orthogonalize(&mut ck, &r).unwrap();
+    for l in [0, 10, 20] {
+        let after = proj(&ck, l);
+        assert!(after < 1e-3 * before.max(1.0), "layer {l}: |h.r| = {after} after ablation (before, layer 10: {before})");
+    }
+    // Everything orthogonal to r still flows: the model is not zeroed.
+    let logits = ck.model.last_logits(&ck.model.forward(&Input::single(&ids)).unwrap()).unwrap();
+    assert!(logits.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() > 1.0);
+}
+
+#[test]
+fn requant_reports_how_much_of_the_edit_survives() {
+    let base = crate::common::smollm2();
+    let dir = tempfile::tempdir().unwrap();
+    // A large edit survives Q4_1 (SmolLM2's type) mostly; a tiny one is rounded away.
+    let big = edited_copy(0.5);
+    let names = edited_tensors(&big, base).unwrap();
+    assert_eq!(names, vec![down_proj_name(11)]);
+    let (ck, info) = requantize(&big, base, &names, "source", dir.path()).unwrap();
+    assert_eq!(info.stored_as, vec!["Q4_1".to_string()]);
+    assert!(info.kept > 0.7 && info.rel_error < 0.7, "{info:?}");
+    assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none(), "the temporary GGUF is removed");
+    // Untouched tensors are the base's own.
+    let n = "model.layers.3.mlp.up_proj.weight";
+    let same = (ck.model.get(n).unwrap() - base.model.get(n).unwrap()).unwrap().abs().unwrap().max_all().unwrap();
+    assert_eq!(same.to_scalar::<f32>().unwrap(), 0.0);
+    let tiny = edited_copy(1e-4);
+    let (_, info) = requantize(&tiny, base, &names, "source", dir.path()).unwrap();
+    assert!(info.kept < 0.5, "a 1e-4 edit should not survive Q4_1: {info:?}");
+    // Q8_0 keeps most of the tiny edit (its rounding of the touched blocks adds noise: rel_error > 1).
+    let (_, q8) = requantize(&tiny, base, &names, "q8_0", dir.path()).unwrap();
+    assert_eq!(q8.stored_as, vec!["Q8_0".to_string()]);
+    assert!(q8.kept > 0.5 && info.kept < 0.5, "q8_0 {q8:?} vs source {info:?}");
+}
+
+#[test]
+fn attack_refuses_bad_inputs_before_any_long_step() {
+    let base = crate::common::smollm2();
+    let edited = edited_copy(0.5);
+    let dir = tempfile::tempdir().unwrap();
+    let run = |e: &pke::io::checkpoint::Checkpoint, b: &pke::io::checkpoint::Checkpoint, s: &AttackSettings| {
+        attack(e, b, s, dir.path(), |_, _| {}).unwrap_err().to_string()
+    };
+    let s = AttackSettings::default();
+    // Nothing edited.
+    let e = run(base, base, &s);
+    assert!(e.contains("same weights as the base"), "{e}");
+    // Another architecture / tokenizer.
+    let e = run(&edited, crate::common::gemma(), &s);
+    assert!(e.contains("not comparable"), "{e}");
+    // A type the rows cannot take: SmolLM2's down_proj rows are 1536 = 6 x 256 long, so q4_k fits them, but
+    // its o_proj rows (576) do not.
+    let mut o = crate::common::smollm2().clone();
+    let name = "model.layers.2.self_attn.o_proj.weight";
+    o.model.set(name, (o.model.get(name).unwrap() * 1.5).unwrap()).unwrap();
+    let e = requantize(&o, base, &[name.to_string()], "q4_k", dir.path()).unwrap_err().to_string();
+    assert!(e.contains(name) && e.contains("Q4_K") && e.contains("576"), "{e}");
+    let e = run(&edited, base, &AttackSettings { requant_types: vec!["q9_9".into()], ..s.clone() });
+    assert!(e.contains("unknown GGML type `q9_9`"), "{e}");
+    // requant needs a GGUF base: an HF folder of the same model is refused, by name.
+    let hf = dir.path().join("base-hf");
+    pke::io::hf::write_hf_dir(&base.model, &base.tok, &hf, None).unwrap();
+    let hf_base = pke::io::checkpoint::Checkpoint::load(&hf).unwrap();
+    let e = run(&edited, &hf_base, &AttackSettings { attacks: vec![Attack::Requant], ..s.clone() });
+    assert!(e.contains("needs the base model as a GGUF") && e.contains("base-hf"), "{e}");
+    let e = run(&edited, base, &AttackSettings { attacks: vec![], ..s });
+    assert!(e.contains("no attacks"), "{e}");
+}
