@@ -43,6 +43,12 @@ enum Command {
     Demo(cmd::demo::Args),
     /// Compare vanilla, dinm, pke, ft-l and ga on the same model, cases and sets -> compare.md/.json/.svg.
     Compare(cmd::compare::Args),
+    /// Attack an edited model and its base side by side (prefill, re-quantization, refusal-direction
+    /// ablation, jailbreak families) -> attack.md/.json/.svg.
+    Attack(cmd::attack::Args),
+    /// Write a GGUF with a large model's configuration (llama-2-7b, llama-3-8b, mistral-7b) and random
+    /// weights, for benchmarks at full size.
+    Synth(cmd::synth::Args),
     /// Runtime benchmark: load, prefill, decode, forward+backward, peak RSS.
     BenchRuntime(cmd::bench::Args),
     /// List the model aliases and whether they are installed.
@@ -84,6 +90,8 @@ fn main() -> ExitCode {
         Command::Revert(a) => cmd::edit::apply(a, true),
         Command::Eval(a) => cmd::eval::run(a),
         Command::Compare(a) => cmd::compare::run(a),
+        Command::Attack(a) => cmd::attack::run(a),
+        Command::Synth(a) => cmd::synth::run(a),
         Command::Demo(a) => cmd::demo::run(a),
         Command::BenchRuntime(a) => cmd::bench::run(a),
         Command::Models => cmd::models(),

@@ -217,3 +217,43 @@ fn cases_prints_jsonl_that_edit_reads_back() {
     assert_eq!(code, 2);
     assert!(err.contains("advbench:x"), "{err}");
 }
+
+#[test]
+fn attack_refuses_bad_input_before_loading_anything() {
+    // No base: clap names the missing flag.
+    let (code, _, err) = pke(&["attack", "-m", "smollm2"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--base"), "{err}");
+    // An unknown attack is named with the available ones, before any model loads.
+    let (code, _, err) = pke(&["attack", "-m", "smollm2", "--base", "smollm2", "--attacks", "prefill,requantize"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("unknown attack `requantize`") && err.contains("prefill, requant, ablate, jailbreak"), "{err}");
+    // The same model as its own base: nothing was edited.
+    let (code, _, err) = pke(&["attack", "-m", "smollm2", "--base", "smollm2", "--attacks", "prefill"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("nothing was edited"), "{err}");
+}
+
+#[test]
+fn a_model_too_large_for_memory_is_refused_before_loading_and_inspect_reads_only_the_header() {
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_pke")).env("PKE_MEMORY_AVAILABLE", "100000000").args(args).output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    // 135M parameters need ~0.6 GB as float32; with 100 MB "available" loading is refused, with the sizes.
+    let (code, _, err) = run(&["score", "-m", "smollm2", "--text", "Hello there."]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("SmolLM2-135M-Instruct.Q4_1.gguf") && err.contains("134515008 parameters") && err.contains("0.1 GiB"), "{err}");
+    // inspect never loads weights, so it still works, and says what loading would need.
+    let (code, out, err) = run(&["inspect", "-m", "smollm2", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["n_params"], 134515008);
+    assert_eq!(v["f32_bytes"], 134515008u64 * 4);
+    assert_eq!(v["available_memory_bytes"], 100000000);
+    assert!(v["stored_bytes"].as_u64().unwrap() < 134515008 * 4 / 5, "Q4_1 is ~5 bits per weight: {}", v["stored_bytes"]);
+}

@@ -1,7 +1,7 @@
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -16,9 +16,13 @@ pub struct Args {
     tensors: bool,
 }
 
+/// Reads the header only (metadata, tokenizer, tensor list), so it works on models too large to load.
 pub fn run(a: Args) -> Result<ExitCode> {
-    let ck = super::load_model(&a.model)?;
-    let s = &ck.model.spec;
+    let ck = pke::io::checkpoint::Header::open(&a.model).with_context(|| format!("cannot read model `{}`", a.model))?;
+    let s = &ck.spec;
+    let gib = |b: f64| b / (1u64 << 30) as f64;
+    let f32_bytes = ck.n_params as f64 * 4.0;
+    let available = pke::io::checkpoint::available_memory();
     let mut dtypes: BTreeMap<String, usize> = BTreeMap::new();
     for t in &ck.tensors {
         *dtypes.entry(t.dtype.clone()).or_default() += 1;
@@ -37,7 +41,10 @@ pub fn run(a: Args) -> Result<ExitCode> {
         "context_length": s.max_position_embeddings,
         "rope_theta": s.rope_theta,
         "tie_word_embeddings": s.tie_word_embeddings,
-        "n_params": ck.model.n_params(),
+        "n_params": ck.n_params,
+        "stored_bytes": ck.stored_bytes,
+        "f32_bytes": ck.n_params as u64 * 4,
+        "available_memory_bytes": available,
         "tensor_dtypes": dtypes,
         "tokenizer": ck.tok.kind(),
         "bos_token_id": ck.tok.bos_id,
@@ -58,7 +65,13 @@ pub fn run(a: Args) -> Result<ExitCode> {
     );
     println!("vocab         {} ({})", s.vocab_size, ck.tok.kind());
     println!("context       {} (rope theta {})", s.max_position_embeddings, s.rope_theta);
-    println!("parameters    {:.1} M{}", ck.model.n_params() as f64 / 1e6, if s.tie_word_embeddings { " (tied embeddings)" } else { "" });
+    println!("parameters    {:.1} M{}", ck.n_params as f64 / 1e6, if s.tie_word_embeddings { " (tied embeddings)" } else { "" });
+    println!(
+        "memory        {:.2} GiB stored; {:.2} GiB as float32 (how pke holds weights){}",
+        gib(ck.stored_bytes as f64),
+        gib(f32_bytes),
+        available.map_or(String::new(), |a| format!("; {:.1} GiB available", gib(a as f64)))
+    );
     println!("tensor types  {}", dtypes.iter().map(|(k, v)| format!("{k} x{v}")).collect::<Vec<_>>().join(", "));
     println!("chat template {}", if ck.tok.chat_template.is_some() { "yes" } else { "no" });
     if a.tensors {

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use pke::io::checkpoint::{data_dir, Checkpoint, KNOWN_MODELS};
 
+pub mod attack;
 pub mod bench;
 pub mod cases;
 pub mod compare;
@@ -15,6 +16,7 @@ pub mod generate;
 pub mod inspect;
 pub mod locate;
 pub mod score;
+pub mod synth;
 
 /// Load `--model` with a message naming it on failure.
 pub fn load_model(arg: &str) -> Result<Checkpoint> {

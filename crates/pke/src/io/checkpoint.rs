@@ -193,6 +193,158 @@ pub fn load_gguf_weights(g: &GgufFile, spec: &ModelSpec) -> Result<(HashMap<Stri
     Ok((out, infos))
 }
 
+/// A checkpoint described from its header alone: architecture, tokenizer and tensor list, no weight read.
+#[derive(Clone, Debug)]
+pub struct Header {
+    pub source: Source,
+    pub spec: ModelSpec,
+    pub tok: Tok,
+    pub tensors: Vec<TensorInfo>,
+    /// Parameters (a tied head counted once).
+    pub n_params: usize,
+    /// Bytes the weights take in the checkpoint (quantized blocks, f16, ...).
+    pub stored_bytes: u64,
+}
+
+/// Bytes of memory available for a model: `$PKE_MEMORY_AVAILABLE` (bytes; for tests and for capping pke),
+/// else the kernel's `MemAvailable`; None when neither is known (then nothing is checked).
+pub fn available_memory() -> Option<u64> {
+    if let Some(v) = std::env::var_os("PKE_MEMORY_AVAILABLE") {
+        return v.to_str().and_then(|s| s.trim().parse().ok());
+    }
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Refuse, before any weight is read, to load `n_params` float32 weights (plus 10% for activations and
+/// the tokenizer) into less memory than that: a clear error instead of the kernel's OOM killer.
+pub fn check_memory(path: &Path, n_params: usize, available: Option<u64>) -> Result<()> {
+    let need = n_params as f64 * 4.0 * 1.1;
+    match available {
+        Some(a) if need > a as f64 => {
+            let gib = |b: f64| b / (1u64 << 30) as f64;
+            Err(Error::OutOfMemory { path: path.into(), n_params, need_gib: gib(need), available_gib: gib(a as f64) })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Mapped GGUF tensors: HF name, storage facts, stored bytes (tensors pke does not use are left out).
+fn gguf_tensor_infos(g: &GgufFile, spec: &ModelSpec) -> Result<Vec<(TensorInfo, u64)>> {
+    let mut out = Vec::new();
+    for gname in g.tensor_names() {
+        let Some(hf) = names::gguf_to_hf(spec.arch, gname) else { continue };
+        let info = &g.content.tensor_infos[gname];
+        let n = info.shape.elem_count();
+        let bytes = crate::io::gguf::ggml_nbytes(info.ggml_dtype, n).unwrap_or(0) as u64;
+        out.push((
+            TensorInfo {
+                hf_name: hf,
+                source_name: gname.to_string(),
+                dtype: ggml_name(info.ggml_dtype),
+                shape: info.shape.dims().to_vec(),
+            },
+            bytes,
+        ));
+    }
+    Ok(out)
+}
+
+/// The safetensors files of a HF folder (`model.safetensors` or the shards of its index).
+fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let single = dir.join("model.safetensors");
+    if single.exists() {
+        return Ok(vec![single]);
+    }
+    let index = dir.join("model.safetensors.index.json");
+    let text = std::fs::read_to_string(&index).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => {
+            Error::NotFound { what: "weights (model.safetensors or model.safetensors.index.json)", path: dir.into(), hint: String::new() }
+        }
+        _ => Error::io(&index, e),
+    })?;
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Config {
+        path: index.clone(),
+        key: "<file>".into(),
+        msg: format!("malformed JSON: {e}"),
+    })?;
+    let map = json.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| Error::Config {
+        path: index.clone(),
+        key: "weight_map".into(),
+        msg: "missing or not an object".into(),
+    })?;
+    let mut files: Vec<PathBuf> = map.values().filter_map(|v| v.as_str()).map(|f| dir.join(f)).collect();
+    files.sort();
+    files.dedup();
+    Ok(files)
+}
+
+/// Tensor list of a HF folder from the safetensors headers (the data is mapped, not read).
+fn hf_tensor_infos(dir: &Path, spec: &ModelSpec) -> Result<Vec<(TensorInfo, u64)>> {
+    let mut out = Vec::new();
+    for f in safetensors_files(dir)? {
+        let file = std::fs::File::open(&f).map_err(|e| Error::io(&f, e))?;
+        // SAFETY: read-only mapping; only the header is parsed here.
+        let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(&f, e))?;
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&mmap[..])
+            .map_err(|e| Error::Safetensors { path: f.clone(), msg: format!("malformed or truncated header: {e}") })?;
+        for (name, info) in meta.tensors() {
+            if name.ends_with("rotary_emb.inv_freq") || (spec.tie_word_embeddings && name == "lm_head.weight") {
+                continue;
+            }
+            let bytes = (info.data_offsets.1 - info.data_offsets.0) as u64;
+            out.push((
+                TensorInfo { hf_name: name.clone(), source_name: name, dtype: format!("{:?}", info.dtype), shape: info.shape.clone() },
+                bytes,
+            ));
+        }
+    }
+    out.sort_by(|a, b| a.0.hf_name.cmp(&b.0.hf_name));
+    Ok(out)
+}
+
+fn read_hf_config(dir: &Path) -> Result<serde_json::Value> {
+    let cfg_path = dir.join("config.json");
+    let text = std::fs::read_to_string(&cfg_path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::NotFound { what: "config.json", path: cfg_path.clone(), hint: String::new() },
+        _ => Error::io(&cfg_path, e),
+    })?;
+    serde_json::from_str(&text).map_err(|e| Error::Config {
+        path: cfg_path.clone(),
+        key: "<file>".into(),
+        msg: format!("malformed JSON: {e}"),
+    })
+}
+
+impl Header {
+    /// Read a GGUF file's or HF folder's header: metadata, tokenizer and tensor list.
+    pub fn read(path: &Path) -> Result<Self> {
+        let (source, spec, tok, infos) = if path.is_dir() {
+            let json = read_hf_config(path)?;
+            let spec = ModelSpec::from_hf(&path.join("config.json"), &json)?;
+            let tok = Tok::from_hf_dir(path, &json)?;
+            let infos = hf_tensor_infos(path, &spec)?;
+            (Source::HfDir(path.into()), spec, tok, infos)
+        } else {
+            let g = GgufFile::open(path)?;
+            let spec = g.model_spec()?;
+            let tok = Tok::from_gguf(&g)?;
+            let infos = gguf_tensor_infos(&g, &spec)?;
+            (Source::Gguf(path.into()), spec, tok, infos)
+        };
+        let n_params = infos.iter().map(|(t, _)| t.shape.iter().product::<usize>()).sum();
+        let stored_bytes = infos.iter().map(|(_, b)| b).sum();
+        Ok(Header { source, spec, tok, tensors: infos.into_iter().map(|(t, _)| t).collect(), n_params, stored_bytes })
+    }
+
+    /// Read the header of `--model` (path or alias).
+    pub fn open(arg: &str) -> Result<Self> {
+        Self::read(&resolve_model(arg)?)
+    }
+}
+
 impl Checkpoint {
     /// Load a GGUF file or HF folder.
     pub fn load(path: &Path) -> Result<Self> {
@@ -211,6 +363,8 @@ impl Checkpoint {
     fn load_gguf(path: &Path) -> Result<Self> {
         let g = GgufFile::open(path)?;
         let spec = g.model_spec()?;
+        let n_params = gguf_tensor_infos(&g, &spec)?.iter().map(|(t, _)| t.shape.iter().product::<usize>()).sum();
+        check_memory(path, n_params, available_memory())?;
         let tok = Tok::from_gguf(&g)?;
         let (weights, tensors) = load_gguf_weights(&g, &spec)?;
         let model = Decoder::new(spec, weights, path)?;
@@ -219,16 +373,10 @@ impl Checkpoint {
 
     fn load_hf_dir(dir: &Path) -> Result<Self> {
         let cfg_path = dir.join("config.json");
-        let text = std::fs::read_to_string(&cfg_path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => Error::NotFound { what: "config.json", path: cfg_path.clone(), hint: String::new() },
-            _ => Error::io(&cfg_path, e),
-        })?;
-        let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Config {
-            path: cfg_path.clone(),
-            key: "<file>".into(),
-            msg: format!("malformed JSON: {e}"),
-        })?;
+        let json = read_hf_config(dir)?;
         let spec = ModelSpec::from_hf(&cfg_path, &json)?;
+        let n_params = hf_tensor_infos(dir, &spec)?.iter().map(|(t, _)| t.shape.iter().product::<usize>()).sum();
+        check_memory(dir, n_params, available_memory())?;
         let tok = Tok::from_hf_dir(dir, &json)?;
         let weights = crate::io::safetensors::read_folder(dir)?;
         let mut weights: HashMap<String, Tensor> = weights.into_iter().filter(|(n, _)| !n.ends_with("rotary_emb.inv_freq")).collect();
@@ -281,5 +429,22 @@ impl Checkpoint {
             std::io::copy(&mut file, &mut h).map_err(|e| Error::io(&f, e))?;
         }
         Ok(format!("{:x}", h.finalize()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_check_refuses_with_the_sizes_and_passes_when_it_fits_or_is_unknown() {
+        let p = Path::new("big.gguf");
+        // 8B parameters as f32 (~32 GB + 10%) into 24 GiB: refused, naming file, count and both sizes.
+        let e = check_memory(p, 8_000_000_000, Some(24 << 30)).unwrap_err().to_string();
+        assert!(e.contains("big.gguf") && e.contains("8000000000 parameters") && e.contains("32.8 GiB") && e.contains("24.0 GiB"), "{e}");
+        check_memory(p, 135_000_000, Some(24 << 30)).unwrap();
+        check_memory(p, 8_000_000_000, None).unwrap();
+        // The 10% headroom: exactly 4 bytes per parameter is not enough.
+        assert!(check_memory(p, 1 << 20, Some(4 << 20)).is_err());
     }
 }

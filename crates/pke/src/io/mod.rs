@@ -8,6 +8,7 @@ pub mod gguf_export;
 pub mod hf;
 pub mod names;
 pub mod safetensors;
+pub mod synth;
 pub mod tokenizer;
 
 use std::path::Path;

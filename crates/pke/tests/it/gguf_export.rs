@@ -65,3 +65,40 @@ fn edited_gguf_round_trips() {
         assert!(e.contains("refusing to overwrite"), "{e}");
     }
 }
+
+#[test]
+fn synthetic_gguf_loads_with_its_shape_types_and_the_borrowed_tokenizer() {
+    use pke::io::synth::{shape, write_synthetic, SynthType};
+    let smol = crate::common::smollm2();
+    let src = GgufFile::open(smol.source.path()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let s = shape("tiny").unwrap();
+    for (ty, want) in [(SynthType::Q4KM, ["Q4_K", "Q6_K"]), (SynthType::Q8_0, ["Q8_0", "Q8_0"])] {
+        let out = dir.path().join(format!("tiny-{ty:?}.gguf"));
+        let n = write_synthetic(s, ty, &src, 7, &out).unwrap();
+        let h = pke::io::checkpoint::Header::read(&out).unwrap();
+        assert_eq!(h.n_params, n);
+        assert_eq!((h.spec.hidden_size, h.spec.intermediate_size, h.spec.n_layers, h.spec.n_kv_heads), (256, 512, 2, 2));
+        assert_eq!(h.spec.vocab_size, smol.model.spec.vocab_size);
+        let dtype = |name: &str| h.tensors.iter().find(|t| t.hf_name == name).unwrap().dtype.clone();
+        assert_eq!(dtype("model.layers.1.self_attn.q_proj.weight"), want[0]);
+        assert_eq!(dtype("model.layers.1.mlp.down_proj.weight"), want[1], "the last eighth of the layers gets more bits in Q4_K_M");
+        assert_eq!(dtype("model.layers.0.mlp.down_proj.weight"), want[0]);
+        assert_eq!(dtype("lm_head.weight"), want[1]);
+        let ck = Checkpoint::load(&out).unwrap();
+        let ids = ck.tok.encode("The capital of France is", true).unwrap();
+        assert_eq!(ids, smol.tok.encode("The capital of France is", true).unwrap());
+        let l = logits(&ck.model, &ids);
+        assert!(l.iter().all(|x| x.is_finite()), "non-finite logits");
+        let (mean, var) = {
+            let w = ck.model.get("model.layers.0.mlp.gate_proj.weight").unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let m = w.iter().sum::<f32>() / w.len() as f32;
+            (m, w.iter().map(|x| (x - m).powi(2)).sum::<f32>() / w.len() as f32)
+        };
+        assert!(mean.abs() < 0.01 && (0.005..0.05).contains(&var.sqrt()), "{ty:?}: mean {mean}, std {}", var.sqrt());
+        // Same seed, same bytes.
+        let again = dir.path().join("again.gguf");
+        write_synthetic(s, ty, &src, 7, &again).unwrap();
+        assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&again).unwrap());
+    }
+}

@@ -22,6 +22,17 @@ fn gguf_to_hf_folder_round_trip_is_exact() {
         }
         let back = Checkpoint::load(&out).unwrap();
         assert_eq!(back.model.spec.arch, ck.model.spec.arch);
+        // The header alone (no weight read) counts the parameters the loaded model has, for both forms,
+        // and lists every tensor with its shape.
+        for (path, stored) in [(ck.source.path(), "quantized"), (out.as_path(), "f32")] {
+            let h = pke::io::checkpoint::Header::read(path).unwrap();
+            assert_eq!(h.n_params, ck.model.n_params(), "{stored}");
+            assert_eq!(h.tensors.len(), ck.model.weights().len(), "{stored}");
+            for t in &h.tensors {
+                assert_eq!(&t.shape[..], ck.model.get(&t.hf_name).unwrap().dims(), "{stored} {}", t.hf_name);
+            }
+        }
+        assert_eq!(pke::io::checkpoint::Header::read(&out).unwrap().stored_bytes, ck.model.n_params() as u64 * 4);
         // Untouched weights: bit-identical; the tokenizer gives the same ids (BOS included); same logits.
         for (n, t) in ck.model.weights() {
             let a = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
