@@ -46,6 +46,8 @@ enum Command {
     /// Attack an edited model and its base side by side (prefill, re-quantization, refusal-direction
     /// ablation, jailbreak families) -> attack.md/.json/.svg.
     Attack(cmd::attack::Args),
+    /// Can this machine do it? Memory and rough time of an edit and an evaluation, from the header alone.
+    Plan(cmd::plan::Args),
     /// Write a GGUF with a large model's configuration (llama-2-7b, llama-3-8b, mistral-7b) and random
     /// weights, for benchmarks at full size.
     Synth(cmd::synth::Args),
@@ -92,6 +94,7 @@ fn main() -> ExitCode {
         Command::Compare(a) => cmd::compare::run(a),
         Command::Attack(a) => cmd::attack::run(a),
         Command::Synth(a) => cmd::synth::run(a),
+        Command::Plan(a) => cmd::plan::run(a),
         Command::Demo(a) => cmd::demo::run(a),
         Command::BenchRuntime(a) => cmd::bench::run(a),
         Command::Models => cmd::models(),

@@ -227,7 +227,7 @@ fn attack_refuses_bad_input_before_loading_anything() {
     // An unknown attack is named with the available ones, before any model loads.
     let (code, _, err) = pke(&["attack", "-m", "smollm2", "--base", "smollm2", "--attacks", "prefill,requantize"]);
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("unknown attack `requantize`") && err.contains("prefill, requant, ablate, jailbreak"), "{err}");
+    assert!(err.contains("unknown attack `requantize`") && err.contains("prefill, requant, ablate, jailbreak, finetune"), "{err}");
     // The same model as its own base: nothing was edited.
     let (code, _, err) = pke(&["attack", "-m", "smollm2", "--base", "smollm2", "--attacks", "prefill"]);
     assert_eq!(code, 2, "{err}");
@@ -256,4 +256,18 @@ fn a_model_too_large_for_memory_is_refused_before_loading_and_inspect_reads_only
     assert_eq!(v["f32_bytes"], 134515008u64 * 4);
     assert_eq!(v["available_memory_bytes"], 100000000);
     assert!(v["stored_bytes"].as_u64().unwrap() < 134515008 * 4 / 5, "Q4_1 is ~5 bits per weight: {}", v["stored_bytes"]);
+    // plan reads only the header too, and says the edit does not fit.
+    let (code, out, err) = run(&["plan", "-m", "smollm2", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["fits"], false);
+    assert_eq!(v["model"]["n_params"], 134515008);
+    // A published 70B configuration split over 8 devices: an eighth of the memory per device.
+    let per = |devices: &str| {
+        let (code, out, err) = run(&["plan", "--shape", "llama-3-70b", "--devices", devices, "--json"]);
+        assert_eq!(code, 0, "{err}");
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()["edit_peak_gib"].as_f64().unwrap()
+    };
+    let (one, eight) = (per("1"), per("8"));
+    assert!(one > 250.0 && (one / eight - 8.0).abs() < 1e-9, "{one} {eight}");
 }

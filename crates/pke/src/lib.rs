@@ -28,6 +28,7 @@ pub mod generate;
 pub mod io;
 pub mod locate;
 pub mod model;
+pub mod plan;
 pub mod score;
 pub mod trace;
 

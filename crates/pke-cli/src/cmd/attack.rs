@@ -14,8 +14,8 @@ pub struct Args {
     /// The model it was edited from (the vanilla model): a GGUF file or alias for the requant attack.
     #[arg(long)]
     base: String,
-    /// Attacks, comma-separated: prefill, requant, ablate, jailbreak.
-    #[arg(long, default_value = "prefill,requant,ablate,jailbreak", value_delimiter = ',')]
+    /// Attacks, comma-separated: prefill, requant, ablate, jailbreak, finetune.
+    #[arg(long, default_value = "prefill,requant,ablate,jailbreak,finetune", value_delimiter = ',')]
     attacks: Vec<String>,
     /// Types the edited tensors are re-quantized to: `source` (each tensor's type in the base GGUF) and/or
     /// GGML names (q8_0, q4_0, q4_k, ...), comma-separated.
@@ -31,6 +31,19 @@ pub struct Args {
     /// behaviour.
     #[arg(long, default_value_t = 8)]
     jailbreak_per_family: usize,
+    /// Benign fine-tuning of every MLP weight on GSM8K with reference answers: evaluate after these
+    /// numbers of steps, comma-separated.
+    #[arg(long, default_value = "10,50,100", value_delimiter = ',')]
+    finetune_steps: Vec<usize>,
+    /// Adam learning rate of the fine-tuning attack.
+    #[arg(long, default_value_t = 2e-5)]
+    finetune_lr: f64,
+    /// Examples per fine-tuning step.
+    #[arg(long, default_value_t = 2)]
+    finetune_batch: usize,
+    /// Seed of the fine-tuning example order.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
     #[command(flatten)]
     eval: super::eval::EvalArgs,
     /// Do not apply the chat template (base models).
@@ -55,6 +68,10 @@ pub fn run(a: Args) -> Result<ExitCode> {
         ablate_prompts: a.ablate_prompts,
         ablate_select: a.ablate_select,
         jailbreak_per_family: a.jailbreak_per_family,
+        finetune_steps: a.finetune_steps.clone(),
+        finetune_lr: a.finetune_lr,
+        finetune_batch: a.finetune_batch,
+        seed: a.seed,
     };
     let edited = super::load_model(&a.model)?;
     let base = super::load_model(&a.base)?;

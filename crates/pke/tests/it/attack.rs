@@ -108,3 +108,35 @@ fn attack_refuses_bad_inputs_before_any_long_step() {
     let e = run(&edited, base, &AttackSettings { attacks: vec![], ..s });
     assert!(e.contains("no attacks"), "{e}");
 }
+
+#[test]
+fn benign_finetuning_changes_every_mlp_and_nothing_else() {
+    use pke::attack::finetune;
+    let base = crate::common::smollm2();
+    let s = AttackSettings { finetune_steps: vec![1, 2], ..AttackSettings::default() };
+    let mut seen = Vec::new();
+    finetune(base, &s, "vanilla", &mut |_| {}, &mut |step, tuned| {
+        let changed = edited_tensors(&tuned, base).unwrap();
+        seen.push((step, changed, tuned.model.get(&down_proj_name(3)).unwrap().clone()));
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(seen.iter().map(|x| x.0).collect::<Vec<_>>(), vec![1, 2]);
+    let n_layers = base.model.spec.n_layers;
+    for (step, changed, _) in &seen {
+        assert_eq!(changed.len(), 3 * n_layers, "step {step}: {changed:?}");
+        assert!(changed.iter().all(|n| n.contains(".mlp.")), "step {step}: {changed:?}");
+    }
+    let d = (&seen[1].2 - &seen[0].2).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(d > 0.0, "the second step changed nothing");
+    // Bad settings are refused before any step.
+    let dir = tempfile::tempdir().unwrap();
+    let edited = edited_copy(0.5);
+    for bad in [
+        AttackSettings { attacks: vec![Attack::Finetune], finetune_steps: vec![0, 10], ..AttackSettings::default() },
+        AttackSettings { attacks: vec![Attack::Finetune], finetune_lr: f64::NAN, ..AttackSettings::default() },
+    ] {
+        let e = attack(&edited, base, &bad, dir.path(), |_, _| {}).unwrap_err().to_string();
+        assert!(e.contains("finetune attack needs"), "{e}");
+    }
+}

@@ -1,0 +1,182 @@
+//! Provides `pke plan`: from a checkpoint's header (or a named shape) alone, the memory and rough time an
+//! edit and an evaluation will take on this kind of machine, and whether they fit.
+//!
+//! The figures are fits to measurements on the project's 2-core development machine (AMD EPYC, 2 threads,
+//! float32; docs/benchmarks.md): a default `pke` edit step costs ~5.3e-9 s per parameter (SmolLM2 0.71 s,
+//! Gemma 3 270M 1.6 s, Qwen2.5-0.5B 2.5 s), a `dinm` step ~1.5e-9, a `pke` locate ~8e-9 per case, and a
+//! default-size evaluation ~2e-6 s per parameter (mostly greedy decoding, ~5.5e9 parameter-tokens per
+//! second). Peak memory: an edit ~1.8x the float32 weights plus four copies of the trained tensors (value,
+//! gradient, two Adam moments); an evaluation ~1.3x the float32 weights. Rough by design: within a factor
+//! of ~1.5 on the measured models; nothing was measured on a GPU.
+
+use serde::Serialize;
+
+use crate::edit::Method;
+
+/// What the plan needs to know about a model.
+#[derive(Clone, Debug, Serialize)]
+pub struct PlanModel {
+    pub name: String,
+    pub n_params: usize,
+    pub n_layers: usize,
+    pub hidden: usize,
+    pub ff: usize,
+    /// Bytes of the checkpoint's weights as stored (quantized, f16, ...).
+    pub stored_bytes: u64,
+}
+
+/// The plan.
+#[derive(Clone, Debug, Serialize)]
+pub struct Plan {
+    pub model: PlanModel,
+    pub method: String,
+    pub cases: usize,
+    pub steps: usize,
+    pub devices: usize,
+    /// How pke would hold the weights: `f32` (the only mode today).
+    pub weights_mode: String,
+    pub f32_weights_gib: f64,
+    pub stored_gib: f64,
+    /// Per device.
+    pub edit_peak_gib: f64,
+    pub eval_peak_gib: f64,
+    pub available_gib: Option<f64>,
+    /// Whether the edit fits the available memory (None when it is unknown).
+    pub fits: Option<bool>,
+    /// Rough times on the measured CPU (None on other devices: not measured).
+    pub locate_s: Option<f64>,
+    pub edit_s: Option<f64>,
+    pub eval_s: Option<f64>,
+    pub notes: Vec<String>,
+}
+
+const GIB: f64 = (1u64 << 30) as f64;
+
+/// Plan an edit of `cases` cases (`steps` optimizer steps) with `method`, and a default-size evaluation,
+/// on `device` (`cpu` or `cuda`) split over `devices` (tensor-parallel: every weight divided evenly).
+pub fn plan(m: &PlanModel, method: Method, cases: usize, steps: usize, device: &str, devices: usize, available: Option<u64>) -> Plan {
+    let devices = devices.max(1);
+    let f32_bytes = m.n_params as f64 * 4.0;
+    // The trained tensors: one layer's down_proj (pke, dinm, ft-l, ga all train the hotspot layer's columns
+    // through the whole tensor as a Var).
+    let trained = (m.hidden * m.ff) as f64 * 4.0;
+    let edit_peak = (1.8 * f32_bytes + 4.0 * trained) / devices as f64;
+    let eval_peak = 1.3 * f32_bytes / devices as f64;
+    let per_step = match method {
+        Method::Dinm => 1.5e-9,
+        _ => 5.3e-9,
+    } * m.n_params as f64
+        * cases as f64;
+    let cpu = device == "cpu";
+    let mut notes = vec![];
+    // `available` is host memory; a GPU's own memory is not read.
+    let available = if cpu { available } else { None };
+    if !cpu {
+        notes.push(format!("no timing was measured on {device}: times are not estimated"));
+        notes.push(format!("{device} memory is not read: compare the peak per device with the device's memory"));
+    }
+    if devices > 1 {
+        notes.push(format!(
+            "memory per device with every weight split over {devices} devices (tensor parallel); pke runs on one device today"
+        ));
+    }
+    let avail = available.map(|a| a as f64);
+    let fits = avail.map(|a| edit_peak <= a);
+    if fits == Some(false) || (avail.is_none() && edit_peak > 80.0 * GIB) {
+        let native = (m.stored_bytes as f64 + 4.0 * trained) * 1.5 / devices as f64;
+        notes.push(format!(
+            "does not fit in float32; with frozen weights kept as stored (not implemented yet) an edit would need about {:.1} GiB",
+            native / GIB
+        ));
+    }
+    Plan {
+        model: m.clone(),
+        method: method.to_string(),
+        cases,
+        steps,
+        devices,
+        weights_mode: "f32".into(),
+        f32_weights_gib: f32_bytes / GIB,
+        stored_gib: m.stored_bytes as f64 / GIB,
+        edit_peak_gib: edit_peak / GIB,
+        eval_peak_gib: eval_peak / GIB,
+        available_gib: avail.map(|a| a / GIB),
+        fits,
+        locate_s: cpu.then(|| 8e-9 * m.n_params as f64 * cases as f64),
+        edit_s: cpu.then(|| per_step * steps as f64),
+        eval_s: cpu.then(|| 2e-6 * m.n_params as f64),
+        notes,
+    }
+}
+
+/// The plan as text.
+pub fn render(p: &Plan) -> String {
+    let t = |x: Option<f64>| match x {
+        Some(s) if s >= 3600.0 => format!("~{:.1} h", s / 3600.0),
+        Some(s) if s >= 60.0 => format!("~{:.0} min", s / 60.0),
+        Some(s) => format!("~{s:.0} s"),
+        None => "not estimated".into(),
+    };
+    let mut s = format!(
+        "model         {} ({:.2} B parameters, {} layers, d={}, d_ff={})\n\
+         stored        {:.2} GiB; float32 {:.2} GiB (weights mode: {})\n\
+         edit          {} x {} case(s), {} steps: peak ~{:.1} GiB{}; locate {}, edit {}\n\
+         evaluation    default sizes: peak ~{:.1} GiB{}; {}\n\
+         available     {}\n\
+         verdict       {}\n",
+        p.model.name,
+        p.model.n_params as f64 / 1e9,
+        p.model.n_layers,
+        p.model.hidden,
+        p.model.ff,
+        p.stored_gib,
+        p.f32_weights_gib,
+        p.weights_mode,
+        p.method,
+        p.cases,
+        p.steps,
+        p.edit_peak_gib,
+        if p.devices > 1 { format!(" per device ({} devices)", p.devices) } else { String::new() },
+        t(p.locate_s),
+        t(p.edit_s),
+        p.eval_peak_gib,
+        if p.devices > 1 { " per device" } else { "" },
+        t(p.eval_s),
+        p.available_gib.map_or("unknown".into(), |a| format!("{a:.1} GiB")),
+        match p.fits {
+            Some(true) => "fits",
+            Some(false) => "does not fit: pke refuses to load it (no OOM kill)",
+            None => "memory unknown",
+        }
+    );
+    for n in &p.notes {
+        s += &format!("note          {n}\n");
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model(n: usize) -> PlanModel {
+        PlanModel { name: "m".into(), n_params: n, n_layers: 30, hidden: 576, ff: 1536, stored_bytes: n as u64 / 2 }
+    }
+
+    #[test]
+    fn plan_scales_with_size_and_says_when_it_does_not_fit() {
+        let small = plan(&model(135_000_000), Method::Pke, 1, 10, "cpu", 1, Some(24 << 30));
+        assert_eq!(small.fits, Some(true));
+        // The fit reproduces the measured SmolLM2 pke step (0.71 s) within 10%.
+        assert!((small.edit_s.unwrap() / 10.0 - 0.71).abs() < 0.071, "{:?}", small.edit_s);
+        let big = plan(&model(8_000_000_000), Method::Pke, 1, 10, "cpu", 1, Some(24 << 30));
+        assert_eq!(big.fits, Some(false));
+        assert!(big.notes.iter().any(|n| n.contains("does not fit in float32")), "{:?}", big.notes);
+        assert!(render(&big).contains("does not fit"));
+        // Split over 8 devices: an eighth per device; on cuda no time is claimed.
+        let tp = plan(&model(8_000_000_000), Method::Pke, 1, 10, "cuda", 8, None);
+        assert!((tp.edit_peak_gib * 8.0 - big.edit_peak_gib).abs() < 1e-9);
+        assert!(tp.edit_s.is_none() && tp.fits.is_none());
+        assert!(plan(&model(135_000_000), Method::Dinm, 1, 10, "cpu", 1, None).edit_s < small.edit_s);
+    }
+}
