@@ -871,14 +871,7 @@ pub fn chart(r: &AttackReport, path: &Path) -> Result<()> {
         .configure_mesh()
         .disable_y_mesh()
         .y_labels(n)
-        .y_label_formatter(&|y| {
-            let i = y.floor() as usize;
-            if (*y - i as f64 - 0.5).abs() < 0.26 || y.fract() == 0.0 {
-                labels.get(n.saturating_sub(i + 1)).cloned().unwrap_or_default()
-            } else {
-                String::new()
-            }
-        })
+        .y_label_formatter(&|y| crate::eval::charts::bar_label(&labels, *y))
         .x_desc("attack success rate")
         .draw()
         .map_err(|e| err(&e))?;

@@ -248,15 +248,7 @@ pub const CLASSIC_JAILBREAKS: &str = "classic";
 /// templates of at most `max_chars`, in the fixed hash order of [`ordered_jailbreak_templates`].
 pub fn jailbreak_families(max_chars: usize) -> Result<Vec<(String, Vec<JailbreakTemplate>)>> {
     let mut out = vec![(CLASSIC_JAILBREAKS.to_string(), ordered_jailbreak_templates(max_chars)?)];
-    let dir = data_file(JAILBREAK_DIR)?;
-    let mut subs: Vec<String> = std::fs::read_dir(&dir)
-        .map_err(|e| Error::io(&dir, e))?
-        .filter_map(|e| e.ok())
-        .filter(|e| e.path().is_dir())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    subs.sort();
-    for sub in subs {
+    for sub in subdirs(JAILBREAK_DIR)? {
         // A folder without usable templates (e.g. multi-slot ones) is not a family here.
         let t = templates_in_tree(&format!("{JAILBREAK_DIR}/{sub}"))?;
         let t = hash_ordered(t.into_iter().filter(|t| t.value.len() <= max_chars).collect());
@@ -265,6 +257,19 @@ pub fn jailbreak_families(max_chars: usize) -> Result<Vec<(String, Vec<Jailbreak
         }
     }
     Ok(out)
+}
+
+/// The sub-folders of an installed data folder, sorted by name.
+fn subdirs(rel: &str) -> Result<Vec<String>> {
+    let dir = data_file(rel)?;
+    let mut subs: Vec<String> = std::fs::read_dir(&dir)
+        .map_err(|e| Error::io(&dir, e))?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    subs.sort();
+    Ok(subs)
 }
 
 fn hash_ordered(mut t: Vec<JailbreakTemplate>) -> Vec<JailbreakTemplate> {
@@ -276,15 +281,7 @@ fn hash_ordered(mut t: Vec<JailbreakTemplate>) -> Vec<JailbreakTemplate> {
 /// The templates of a folder and all its sub-folders (named `sub/stem` below the folder).
 fn templates_in_tree(rel: &str) -> Result<Vec<JailbreakTemplate>> {
     let mut out = templates_in(rel)?;
-    let dir = data_file(rel)?;
-    let mut subs: Vec<String> = std::fs::read_dir(&dir)
-        .map_err(|e| Error::io(&dir, e))?
-        .filter_map(|e| e.ok())
-        .filter(|e| e.path().is_dir())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    subs.sort();
-    for sub in subs {
+    for sub in subdirs(rel)? {
         out.extend(templates_in_tree(&format!("{rel}/{sub}"))?.into_iter().map(|mut t| {
             t.name = format!("{sub}/{}", t.name);
             t

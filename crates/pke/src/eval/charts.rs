@@ -34,6 +34,18 @@ pub fn rates(r: &ModelReport) -> Vec<(String, f64)> {
     v
 }
 
+/// The label of the horizontal bar at axis value `y`, bars drawn top to bottom in `labels` order (bar i
+/// spans `[n - i - 1, n - i]`).
+pub(crate) fn bar_label(labels: &[String], y: f64) -> String {
+    let n = labels.len();
+    let i = y.floor() as usize;
+    if (y - i as f64 - 0.5).abs() < 0.26 || y.fract() == 0.0 {
+        labels.get(n.saturating_sub(i + 1)).cloned().unwrap_or_default()
+    } else {
+        String::new()
+    }
+}
+
 /// Horizontal bars of `rates(r)`.
 pub fn report_chart(r: &ModelReport, path: &Path) -> Result<()> {
     let v = rates(r);
@@ -52,14 +64,7 @@ pub fn report_chart(r: &ModelReport, path: &Path) -> Result<()> {
         .configure_mesh()
         .disable_y_mesh()
         .y_labels(n)
-        .y_label_formatter(&|y| {
-            let i = y.floor() as usize;
-            if (*y - i as f64 - 0.5).abs() < 0.26 || y.fract() == 0.0 {
-                labels.get(n.saturating_sub(i + 1)).cloned().unwrap_or_default()
-            } else {
-                String::new()
-            }
-        })
+        .y_label_formatter(&|y| bar_label(&labels, *y))
         .x_desc("rate")
         .draw()
         .map_err(|e| chart_err(path, e))?;

@@ -252,39 +252,10 @@ fn gguf_tensor_infos(g: &GgufFile, spec: &ModelSpec) -> Result<Vec<(TensorInfo, 
     Ok(out)
 }
 
-/// The safetensors files of a HF folder (`model.safetensors` or the shards of its index).
-fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    let single = dir.join("model.safetensors");
-    if single.exists() {
-        return Ok(vec![single]);
-    }
-    let index = dir.join("model.safetensors.index.json");
-    let text = std::fs::read_to_string(&index).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => {
-            Error::NotFound { what: "weights (model.safetensors or model.safetensors.index.json)", path: dir.into(), hint: String::new() }
-        }
-        _ => Error::io(&index, e),
-    })?;
-    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Config {
-        path: index.clone(),
-        key: "<file>".into(),
-        msg: format!("malformed JSON: {e}"),
-    })?;
-    let map = json.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| Error::Config {
-        path: index.clone(),
-        key: "weight_map".into(),
-        msg: "missing or not an object".into(),
-    })?;
-    let mut files: Vec<PathBuf> = map.values().filter_map(|v| v.as_str()).map(|f| dir.join(f)).collect();
-    files.sort();
-    files.dedup();
-    Ok(files)
-}
-
 /// Tensor list of a HF folder from the safetensors headers (the data is mapped, not read).
 fn hf_tensor_infos(dir: &Path, spec: &ModelSpec) -> Result<Vec<(TensorInfo, u64)>> {
     let mut out = Vec::new();
-    for f in safetensors_files(dir)? {
+    for f in crate::io::safetensors::weight_files(dir)? {
         let file = std::fs::File::open(&f).map_err(|e| Error::io(&f, e))?;
         // SAFETY: read-only mapping; only the header is parsed here.
         let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(&f, e))?;

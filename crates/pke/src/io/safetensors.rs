@@ -60,14 +60,9 @@ pub fn read_file(path: &Path, keep: &dyn Fn(&str) -> bool) -> Result<(HashMap<St
     Ok((out, meta.metadata().clone().unwrap_or_default()))
 }
 
-/// Read a HF checkpoint folder's weights: `model.safetensors`, or the shards named by
-/// `model.safetensors.index.json`.
-pub fn read_folder(dir: &Path) -> Result<HashMap<String, Tensor>> {
-    let single = dir.join("model.safetensors");
+/// The shards of a sharded HF folder (`model.safetensors.index.json`): file name -> tensor names.
+fn index_shards(dir: &Path) -> Result<BTreeMap<String, Vec<String>>> {
     let index = dir.join("model.safetensors.index.json");
-    if single.exists() {
-        return Ok(read_file(&single, &|_| true)?.0);
-    }
     if !index.exists() {
         return Err(Error::NotFound {
             what: "weights (model.safetensors or model.safetensors.index.json)",
@@ -95,6 +90,26 @@ pub fn read_folder(dir: &Path) -> Result<HashMap<String, Tensor>> {
         })?;
         shards.entry(f.to_string()).or_default().push(name.clone());
     }
+    Ok(shards)
+}
+
+/// The weight files of a HF folder: `model.safetensors`, or the shards its index names.
+pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let single = dir.join("model.safetensors");
+    if single.exists() {
+        return Ok(vec![single]);
+    }
+    Ok(index_shards(dir)?.keys().map(|f| dir.join(f)).collect())
+}
+
+/// Read a HF checkpoint folder's weights: `model.safetensors`, or the shards named by
+/// `model.safetensors.index.json`.
+pub fn read_folder(dir: &Path) -> Result<HashMap<String, Tensor>> {
+    let single = dir.join("model.safetensors");
+    if single.exists() {
+        return Ok(read_file(&single, &|_| true)?.0);
+    }
+    let shards = index_shards(dir)?;
     let mut out = HashMap::new();
     for (shard, names) in shards {
         let p: PathBuf = dir.join(&shard);
