@@ -836,7 +836,10 @@ pub fn markdown(r: &AttackReport) -> String {
                 format!("{} {}", &x.attack["requant:".len()..], if held { "holds" } else { "does not hold" })
             })
             .collect();
-        s += &format!("\nRe-quantization (the edit holds where ASR stays within 2 points of the float32 edit's {e:.3}): {}.\n", verdict.join(", "));
+        s += &format!(
+            "\nRe-quantization (the edit holds where ASR stays within 2 points of the float32 edit's {e:.3}): {}.\n",
+            verdict.join(", ")
+        );
     }
     if let Some(f) = &r.finetune_undo {
         s += &format!(

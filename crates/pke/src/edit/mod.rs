@@ -72,6 +72,10 @@ pub struct StepLog {
     /// Mean KL(original || edited) over this step's retain prompts (0 when the retain term is off).
     #[serde(default)]
     pub retain_kl: f64,
+    /// The representation term (`direction_weight`): mean squared shortfall of the harmful cases plus mean
+    /// squared drift of the benign retain prompts, in units of the gap (0 when off).
+    #[serde(default)]
+    pub direction: f64,
     /// Every case's safe reply opens the greedy reply (its first `stop_greedy_tokens` tokens are each the
     /// top token); true when that check is off.
     #[serde(default)]
@@ -364,6 +368,76 @@ fn case_loss(
     Ok((loss, log))
 }
 
+/// The representation term's fixed parts, from the original model: the block whose output is read, the
+/// unit direction, the harmful cases' target projection, the gap between the means, and per benign prompt
+/// its ids, resume residual and original projection.
+struct Direction {
+    layer: usize,
+    r: Tensor,
+    target: f64,
+    gap: f64,
+    benign: Vec<(Vec<u32>, Option<(usize, Tensor)>, f64)>,
+    harmful: Vec<(Vec<u32>, Option<(usize, Tensor)>)>,
+}
+
+/// Residual stream after block `layer` at the last token of `ids` (with graph when `model` has Vars).
+fn last_token_state(model: &Decoder, ids: &[u32], resume: &Option<(usize, Tensor)>, layer: usize) -> Result<Tensor> {
+    let input = Input { ids: vec![ids.to_vec()], mask: None, positions: None, resume: resume.clone() };
+    let mut tap = crate::trace::Tap { layer, x: None };
+    let h = model.forward_with(&input, &mut tap, None)?;
+    Ok(h.squeeze(0)?.get(ids.len() - 1)?)
+}
+
+fn projection(x: &Tensor, r: &Tensor) -> Result<Tensor> {
+    Ok((x * r)?.sum_all()?)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn prepare_direction(
+    model: &Decoder,
+    tok: &Tok,
+    prepared: &[Prepared],
+    benign_prompts: &[String],
+    chat: bool,
+    p: &EditParams,
+    l0: usize,
+    last_layer: usize,
+) -> Result<Direction> {
+    let layer = (last_layer + p.direction_offset).min(model.spec.n_layers - 1);
+    let harmful: Vec<(Vec<u32>, Option<(usize, Tensor)>)> = prepared
+        .iter()
+        .map(|c| {
+            let ids = c.safe.ids[..c.safe.rows[0] + 1].to_vec();
+            let res = resume_at(model, &ids, l0)?;
+            Ok((ids, res))
+        })
+        .collect::<Result<_>>()?;
+    let mut benign = Vec::new();
+    for (i, b) in benign_prompts.iter().enumerate() {
+        let ids = tok.encode(&prompt_text(tok, b, chat, None)?, !chat)?;
+        if ids.is_empty() {
+            return Err(Error::Input(format!("retain prompt {} tokenizes to zero tokens", i + 1)));
+        }
+        let res = resume_at(model, &ids, l0)?;
+        benign.push((ids, res));
+    }
+    if harmful.is_empty() || benign.is_empty() {
+        return Err(Error::Input("direction_weight > 0 needs edit cases and benign retain prompts".into()));
+    }
+    let mean = |v: &[Tensor]| -> Result<Tensor> { Ok((Tensor::stack(v, 0)?.sum(0)? / v.len() as f64)?) };
+    let hs: Vec<Tensor> = harmful.iter().map(|(ids, r)| last_token_state(model, ids, r, layer)).collect::<Result<_>>()?;
+    let bs: Vec<Tensor> = benign.iter().map(|(ids, r)| last_token_state(model, ids, r, layer)).collect::<Result<_>>()?;
+    let diff = (mean(&hs)? - mean(&bs)?)?;
+    let gap = diff.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()? as f64;
+    if !(gap > 0.0 && gap.is_finite()) {
+        return Err(Error::Input(format!("direction_weight: harmful and benign prompts have the same mean after block {layer}")));
+    }
+    let r = (diff / gap)?;
+    let mh = scalar(&projection(&mean(&hs)?, &r)?)?;
+    let benign = benign.into_iter().zip(&bs).map(|((ids, res), x)| Ok((ids, res, scalar(&projection(x, &r)?)?))).collect::<Result<_>>()?;
+    Ok(Direction { layer, r, target: mh + p.direction_margin * gap, gap, benign, harmful })
+}
+
 /// One trainable slice of a weight: the indices along `axis` (1 columns, 0 rows) that may change.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EditTarget {
@@ -438,7 +512,7 @@ pub fn compute_delta_with(
     let owned_retain;
     let retain_set: &[Probe] = match retain {
         Some(r) => r,
-        None if p.retain_weight > 0.0 || p.twin_cases > 0 => {
+        None if p.retain_weight > 0.0 || p.twin_cases > 0 || p.direction_weight > 0.0 => {
             owned_retain = builtin_retain();
             &owned_retain[..]
         }
@@ -469,6 +543,17 @@ pub fn compute_delta_with(
         vec![]
     };
     let mut retain_cursor = 0usize;
+    let direction = if p.direction_weight > 0.0 {
+        if method == Method::Dinm {
+            return Err(Error::Input("direction_weight is not available for dinm (its inputs follow EasyEdit's strings)".into()));
+        }
+        let prompts = crate::data::probes::benign_prompts(retain_set);
+        let last = *hotspots.chosen_layers.iter().max().expect("non-empty");
+        Some(prepare_direction(model, tok, &prepared, &prompts, chat, p, l0, last)?)
+    } else {
+        None
+    };
+    let mut direction_cursor = 0usize;
 
     let mut m = model.clone();
     let mut vars = Vec::new();
@@ -536,6 +621,32 @@ pub fn compute_delta_with(
                 retain_cursor = (retain_cursor + k) % retain_seqs.len();
                 entry.retain_kl = rv;
                 entry.loss += p.retain_weight * rv;
+            }
+            if let Some(d) = &direction {
+                let w = p.direction_weight;
+                let mut dv = 0f64;
+                for &i in group {
+                    let (ids, res) = &d.harmful[i];
+                    let proj = projection(&last_token_state(&m, ids, res, d.layer)?, &d.r)?;
+                    let short = ((proj * -1.0)? + d.target)?.relu()?;
+                    let term = (short / d.gap)?.sqr()?;
+                    dv += scalar(&term)? / n;
+                    backprop(&(term * (w / n))?, &vars, &mut grads)?;
+                }
+                let k = if p.retain_per_step == 0 { d.benign.len() } else { p.retain_per_step.min(d.benign.len()) };
+                for j in 0..k {
+                    let (ids, res, p0) = &d.benign[(direction_cursor + j) % d.benign.len()];
+                    let proj = projection(&last_token_state(&m, ids, res, d.layer)?, &d.r)?;
+                    let term = ((proj - *p0)? / d.gap)?.sqr()?;
+                    dv += scalar(&term)? / k as f64;
+                    backprop(&(term * (w / k as f64))?, &vars, &mut grads)?;
+                }
+                direction_cursor = (direction_cursor + k) % d.benign.len();
+                if !dv.is_finite() {
+                    return Err(Error::NonFinite(format!("the direction term is {dv} (try a smaller lr); nothing was written")));
+                }
+                entry.direction = dv;
+                entry.loss += w * dv;
             }
             if lazy_kl && entry.loss < p.early_stop_loss + 1e-6 {
                 // The inert KL (>= 0, no gradient) could decide the early stop: add its value now.

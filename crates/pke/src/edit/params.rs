@@ -121,6 +121,17 @@ pub struct EditParams {
     /// neurons (a harmful request or a benign look-alike with the same words) gets the same added output.
     #[serde(default)]
     pub edit_keys: bool,
+    /// Representation-level term (0 = off; not for dinm): the direction r from the benign look-alikes' mean
+    /// to the harmful cases' mean of the residual stream at the last prompt token, after block
+    /// (last edited layer + `direction_offset`), in the original model. Harmful cases are pushed along r to
+    /// `direction_margin` gaps beyond their mean, benign retain prompts keep their original projection;
+    /// both squared and in units of the gap between the means.
+    #[serde(default)]
+    pub direction_weight: f64,
+    #[serde(default = "default_direction_offset")]
+    pub direction_offset: usize,
+    #[serde(default = "default_direction_margin")]
+    pub direction_margin: f64,
     /// Clamp edited weights to w0 ± this (0 = off).
     pub norm_constraint: f64,
     pub mode: BatchMode,
@@ -139,6 +150,13 @@ pub struct EditParams {
     /// other steps log `kl` as null. True computes it every step, as EasyEdit does.
     #[serde(default)]
     pub always_log_inert_kl: bool,
+}
+
+fn default_direction_offset() -> usize {
+    2
+}
+fn default_direction_margin() -> f64 {
+    1.0
 }
 
 fn default_retain_tokens() -> usize {
@@ -197,6 +215,12 @@ impl EditParams {
         }
         if p.steps == 0 {
             return Err(Error::Input("steps must be at least 1".into()));
+        }
+        if p.direction_weight < 0.0 || !p.direction_weight.is_finite() || !p.direction_margin.is_finite() {
+            return Err(Error::Input(format!(
+                "direction_weight must be >= 0 and direction_margin finite, got {} and {}",
+                p.direction_weight, p.direction_margin
+            )));
         }
         if p.retain_weight < 0.0 || !p.retain_weight.is_finite() {
             return Err(Error::Input(format!("retain_weight must be >= 0, got {}", p.retain_weight)));

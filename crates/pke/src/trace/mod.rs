@@ -120,6 +120,26 @@ impl Recorder for Capture {
     }
 }
 
+/// Keeps the activation at one site *with* its graph (a loss on it back-propagates into the weights
+/// below it), and stops the forward pass after that block.
+pub struct Tap {
+    pub layer: usize,
+    pub x: Option<Tensor>,
+}
+
+impl Recorder for Tap {
+    fn wants(&self, site: Site) -> bool {
+        site == Site::ResidPost(self.layer)
+    }
+    fn on(&mut self, _site: Site, x: Tensor) -> Result<Tensor> {
+        self.x = Some(x.clone());
+        Ok(x)
+    }
+    fn stop_after(&self) -> Option<usize> {
+        Some(self.layer)
+    }
+}
+
 /// Adds a zero `Var` probe at each chosen site so `grads.get(probe)` is the gradient of the loss with
 /// respect to that activation; also keeps the activation value.
 #[derive(Default)]

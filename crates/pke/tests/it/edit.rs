@@ -372,3 +372,36 @@ fn delta_with_mismatched_slices_is_a_clear_error() {
     let e = WeightDelta::load(&path).unwrap_err().to_string();
     assert!(e.contains("bad.safetensors") && e.contains("w.weight") && e.contains("w.weight::rows"), "{e}");
 }
+
+#[test]
+fn direction_term_pushes_harmful_cases_along_the_direction_and_holds_the_benign_ones() {
+    let ck = crate::common::smollm2();
+    let (cases, h) = smol_setup(2);
+    let retain: Vec<pke::edit::Probe> = pke::edit::builtin_retain().into_iter().take(4).collect();
+    // The representation term alone (no refusal text): its logged value must fall.
+    let o = |w: &str| {
+        vec![
+            "steps=10".to_string(),
+            "stop_nll=0".into(),
+            "edit_weight=0".into(),
+            "kl_weight=0".into(),
+            format!("direction_weight={w}"),
+            "lr=3e-2".into(),
+        ]
+    };
+    let p = EditParams::resolve(Method::Pke, None, &o("1")).unwrap();
+    let out = compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, Some(&retain), |_, _, _| {}).unwrap();
+    let first = out.log[0].direction;
+    let last = out.log.last().unwrap().direction;
+    // At step 0 the benign prompts have not moved and the harmful cases sit at their mean, one gap short
+    // of the target: the term is about (1 gap)^2 averaged over the cases.
+    assert!(first > 0.1 && first.is_finite(), "{first}");
+    assert!(last < 0.5 * first, "the direction term should fall: {first} -> {last}");
+    // Off: logged as 0.
+    let p = EditParams::resolve(Method::Pke, None, &o("0")[..2]).unwrap();
+    let off = compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, Some(&retain), |_, _, _| {}).unwrap();
+    assert!(off.log.iter().all(|s| s.direction == 0.0));
+    // A pke hyper-parameter: other methods do not take it.
+    let e = EditParams::resolve(Method::Dinm, None, &["direction_weight=1".into()]).unwrap_err().to_string();
+    assert!(e.contains("unknown hyper-parameter `direction_weight` for method dinm"), "{e}");
+}
