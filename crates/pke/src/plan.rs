@@ -102,9 +102,9 @@ pub fn plan(m: &PlanModel, method: Method, cases: usize, steps: usize, device: &
         eval_peak_gib: eval_peak / GIB,
         available_gib: avail.map(|a| a / GIB),
         fits,
-        locate_s: cpu.then(|| 8e-9 * m.n_params as f64 * cases as f64),
-        edit_s: cpu.then(|| per_step * steps as f64),
-        eval_s: cpu.then(|| 2e-6 * m.n_params as f64),
+        locate_s: cpu.then_some(8e-9 * m.n_params as f64 * cases as f64),
+        edit_s: cpu.then_some(per_step * steps as f64),
+        eval_s: cpu.then_some(2e-6 * m.n_params as f64),
         notes,
     }
 }

@@ -371,13 +371,17 @@ fn case_loss(
 /// The representation term's fixed parts, from the original model: the block whose output is read, the
 /// unit direction, the harmful cases' target projection, the gap between the means, and per benign prompt
 /// its ids, resume residual and original projection.
+/// A prompt's ids and the residual entering the lowest edited block (None for block 0).
+type PromptAt = (Vec<u32>, Option<(usize, Tensor)>);
+
 struct Direction {
     layer: usize,
     r: Tensor,
     target: f64,
     gap: f64,
-    benign: Vec<(Vec<u32>, Option<(usize, Tensor)>, f64)>,
-    harmful: Vec<(Vec<u32>, Option<(usize, Tensor)>)>,
+    /// Benign prompts with their original projection.
+    benign: Vec<(PromptAt, f64)>,
+    harmful: Vec<PromptAt>,
 }
 
 /// Residual stream after block `layer` at the last token of `ids` (with graph when `model` has Vars).
@@ -404,7 +408,7 @@ fn prepare_direction(
     last_layer: usize,
 ) -> Result<Direction> {
     let layer = (last_layer + p.direction_offset).min(model.spec.n_layers - 1);
-    let harmful: Vec<(Vec<u32>, Option<(usize, Tensor)>)> = prepared
+    let harmful: Vec<PromptAt> = prepared
         .iter()
         .map(|c| {
             let ids = c.safe.ids[..c.safe.rows[0] + 1].to_vec();
@@ -434,7 +438,7 @@ fn prepare_direction(
     }
     let r = (diff / gap)?;
     let mh = scalar(&projection(&mean(&hs)?, &r)?)?;
-    let benign = benign.into_iter().zip(&bs).map(|((ids, res), x)| Ok((ids, res, scalar(&projection(x, &r)?)?))).collect::<Result<_>>()?;
+    let benign = benign.into_iter().zip(&bs).map(|(at, x)| Ok((at, scalar(&projection(x, &r)?)?))).collect::<Result<_>>()?;
     Ok(Direction { layer, r, target: mh + p.direction_margin * gap, gap, benign, harmful })
 }
 
@@ -635,7 +639,7 @@ pub fn compute_delta_with(
                 }
                 let k = if p.retain_per_step == 0 { d.benign.len() } else { p.retain_per_step.min(d.benign.len()) };
                 for j in 0..k {
-                    let (ids, res, p0) = &d.benign[(direction_cursor + j) % d.benign.len()];
+                    let ((ids, res), p0) = &d.benign[(direction_cursor + j) % d.benign.len()];
                     let proj = projection(&last_token_state(&m, ids, res, d.layer)?, &d.r)?;
                     let term = ((proj - *p0)? / d.gap)?.sqr()?;
                     dv += scalar(&term)? / k as f64;

@@ -75,7 +75,7 @@ pub fn parse_ggml_type(s: &str) -> Result<GgmlDType> {
 pub fn quantize_checked(name: &str, t: &candle_core::Tensor, dtype: GgmlDType) -> Result<QTensor> {
     let row = *t.dims().last().unwrap_or(&0);
     let block = dtype.block_size();
-    if row % block != 0 {
+    if !row.is_multiple_of(block) {
         return Err(Error::Input(format!(
             "tensor `{name}` has rows of {row} values, which {} cannot store (its blocks hold {block}); \
              pick a type with smaller blocks (q8_0, q4_0, f16)",

@@ -135,7 +135,7 @@ impl std::str::FromStr for SynthType {
 
 /// llama.cpp's `use_more_bits`: the first and last eighth of the layers and every third in between.
 fn more_bits(i: usize, n: usize) -> bool {
-    i < n / 8 || i >= 7 * n / 8 || (i >= n / 8 && (i - n / 8) % 3 == 2)
+    i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2
 }
 
 /// Parameters and Q4_K_M bytes of a shape with its own vocabulary (for `pke plan --shape`).
