@@ -398,7 +398,7 @@ fn direction_term_pushes_harmful_cases_along_the_direction_and_holds_the_benign_
     assert!(first > 0.1 && first.is_finite(), "{first}");
     assert!(last < 0.5 * first, "the direction term should fall: {first} -> {last}");
     // Off: logged as 0.
-    let p = EditParams::resolve(Method::Pke, None, &o("0")[..2]).unwrap();
+    let p = EditParams::resolve(Method::Pke, None, &["steps=1".into()]).unwrap();
     let off = compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, Some(&retain), |_, _, _| {}).unwrap();
     assert!(off.log.iter().all(|s| s.direction == 0.0));
     // A pke hyper-parameter: other methods do not take it.
