@@ -240,16 +240,33 @@ pub fn edited_tensors(edited: &Checkpoint, base: &Checkpoint) -> Result<Vec<Stri
     Ok(out)
 }
 
+/// The base model's GGUF file, which the requant attack takes each tensor's type from.
+fn requant_source(base: &Checkpoint) -> Result<&Path> {
+    match &base.source {
+        Source::Gguf(p) => Ok(p),
+        Source::HfDir(p) => Err(Error::Input(format!(
+            "the requant attack needs the base model as a GGUF file (it takes each tensor's type from it); {} is a HF folder",
+            p.display()
+        ))),
+    }
+}
+
+/// The ablate attack projects a direction out of what o_proj and down_proj write; post-norms (Gemma 3)
+/// rescale that output per dimension, so the projection would not remove the direction.
+fn check_ablatable(spec: &crate::model::ModelSpec) -> Result<()> {
+    if spec.arch.spec().sandwich_norms {
+        return Err(Error::Input(format!(
+            "the ablate attack does not support {}: its post-norms rescale what o_proj and down_proj write, so projecting their weights does not remove a direction",
+            spec.arch
+        )));
+    }
+    Ok(())
+}
+
 /// Re-quantize the edited tensors of `edited` to `ty` (`source` = each tensor's type in the base GGUF),
 /// write the GGUF under `dir`, and load it back. The file is removed once loaded and hashed.
 pub fn requantize(edited: &Checkpoint, base: &Checkpoint, names: &[String], ty: &str, dir: &Path) -> Result<(Checkpoint, Requant)> {
-    let Source::Gguf(base_path) = &base.source else {
-        return Err(Error::Input(format!(
-            "the requant attack needs the base model as a GGUF file (it takes each tensor's type from it); {} is a HF folder",
-            base.source.path().display()
-        )));
-    };
-    let g = GgufFile::open(base_path)?;
+    let g = GgufFile::open(requant_source(base)?)?;
     let fixed = if ty == "source" { None } else { Some(parse_ggml_type(ty)?) };
     let stored = std::cell::RefCell::new(std::collections::BTreeSet::new());
     let pick = |src| {
@@ -299,14 +316,17 @@ fn last_token_logprobs(ck: &Checkpoint, prompts: &[String], chat: bool) -> Resul
         .collect()
 }
 
-/// Last-prompt-token residual stream after every block, per prompt: `[prompt][layer]` vectors.
-fn last_token_resid(ck: &Checkpoint, prompts: &[String], chat: bool) -> Result<Vec<Vec<Vec<f32>>>> {
+/// Last-prompt-token residual stream after every block, per prompt: `[prompt][layer]` vectors, and the
+/// next-token log-probabilities there (the same forward pass).
+type Resid = Vec<Vec<Vec<f32>>>;
+fn last_token_resid(ck: &Checkpoint, prompts: &[String], chat: bool) -> Result<(Resid, Vec<Tensor>)> {
     let n_layers = ck.model.spec.n_layers;
-    let mut out = Vec::with_capacity(prompts.len());
+    let (mut out, mut lps) = (Vec::with_capacity(prompts.len()), Vec::with_capacity(prompts.len()));
     for p in prompts {
         let ids = ck.tok.encode(&prompt_text(&ck.tok, p, chat, None)?, !chat)?;
         let mut cap = Capture::new((0..n_layers).map(Site::ResidPost));
-        ck.model.forward_with(&Input::single(&ids), &mut cap, None)?;
+        let h = ck.model.forward_with(&Input::single(&ids), &mut cap, None)?;
+        lps.push(crate::model::ops::log_softmax_last(&ck.model.last_logits(&h)?.flatten_all()?)?);
         let mut per_layer = Vec::with_capacity(n_layers);
         for l in 0..n_layers {
             let x = cap.get(Site::ResidPost(l)).ok_or_else(|| Error::Input(format!("no residual stream captured after block {l}")))?;
@@ -314,7 +334,7 @@ fn last_token_resid(ck: &Checkpoint, prompts: &[String], chat: bool) -> Result<V
         }
         out.push(per_layer);
     }
-    Ok(out)
+    Ok((out, lps))
 }
 
 /// Project the unit vector `r` (hidden size) out of every weight that writes to the residual stream: the
@@ -322,12 +342,7 @@ fn last_token_resid(ck: &Checkpoint, prompts: &[String], chat: bool) -> Result<V
 /// tied embeddings the unembedding changes too (it then ignores the residual's `r` component).
 pub fn orthogonalize(ck: &mut Checkpoint, r: &[f32]) -> Result<()> {
     let spec = ck.model.spec.clone();
-    if spec.arch.spec().sandwich_norms {
-        return Err(Error::Input(format!(
-            "the ablate attack does not support {}: its post-norms rescale what o_proj and down_proj write, so projecting their weights does not remove a direction",
-            spec.arch
-        )));
-    }
+    check_ablatable(&spec)?;
     let d = spec.hidden_size;
     if r.len() != d {
         return Err(Error::Input(format!("direction has {} values; the model's hidden size is {d}", r.len())));
@@ -370,8 +385,8 @@ fn direction_prompts(n: usize, n_select: usize) -> Result<(Vec<String>, Vec<Stri
 pub fn ablate(ck: &Checkpoint, s: &AttackSettings, label: &str, progress: &mut dyn FnMut(&str)) -> Result<(Checkpoint, Ablation)> {
     let (harmful, harmless, select) = direction_prompts(s.ablate_prompts, s.ablate_select)?;
     progress(&format!("ablate {label}: residual streams of {} + {} prompts", harmful.len(), harmless.len()));
-    let h = last_token_resid(ck, &harmful, s.eval.chat)?;
-    let b = last_token_resid(ck, &harmless, s.eval.chat)?;
+    let (h, _) = last_token_resid(ck, &harmful, s.eval.chat)?;
+    let (b, orig_lp) = last_token_resid(ck, &harmless, s.eval.chat)?;
     let n_layers = ck.model.spec.n_layers;
     // Arditi et al. take the direction from the first 80% of the layers; one candidate in at most 8.
     let (lo, hi) = (n_layers / 5, (n_layers * 4 / 5).max(n_layers / 5 + 1));
@@ -387,7 +402,6 @@ pub fn ablate(ck: &Checkpoint, s: &AttackSettings, label: &str, progress: &mut d
         m
     };
     let verdict_settings = EvalSettings { max_new_tokens: 24, ..s.eval.clone() };
-    let orig_lp = last_token_logprobs(ck, &harmless, s.eval.chat)?;
     let mut candidates: Vec<AblationCandidate> = Vec::new();
     let mut best: Option<(AblationCandidate, Checkpoint)> = None;
     for l in (lo..hi).step_by(step) {
@@ -465,15 +479,11 @@ pub fn finetune(
     if last == 0 || s.finetune_batch == 0 || seqs.is_empty() {
         return Err(Error::Input("the finetune attack needs at least one step, one example per step and some data".into()));
     }
-    // A fixed order from the seed (Fisher-Yates with SplitMix64).
+    // A fixed order from the seed (Fisher-Yates).
     let mut order: Vec<usize> = (0..seqs.len()).collect();
-    let mut z = s.seed;
+    let mut rng = crate::io::synth::SplitMix64(s.seed);
     for i in (1..order.len()).rev() {
-        z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut x = z;
-        x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        order.swap(i, ((x ^ (x >> 31)) % (i as u64 + 1)) as usize);
+        order.swap(i, (rng.next() % (i as u64 + 1)) as usize);
     }
     let mut model = ck.clone();
     let names = mlp_names(ck.model.spec.n_layers);
@@ -586,12 +596,7 @@ pub fn attack(
     }
     // Check every input before the first long step.
     let requant_types: Vec<String> = if s.attacks.contains(&Attack::Requant) {
-        if !matches!(base.source, Source::Gguf(_)) {
-            return Err(Error::Input(format!(
-                "the requant attack needs the base model as a GGUF file (it takes each tensor's type from it); {} is a HF folder",
-                base.source.path().display()
-            )));
-        }
+        requant_source(base)?;
         for t in &s.requant_types {
             if t != "source" {
                 parse_ggml_type(t)?;
@@ -605,12 +610,7 @@ pub fn attack(
         vec![]
     };
     if s.attacks.contains(&Attack::Ablate) {
-        if base.model.spec.arch.spec().sandwich_norms {
-            return Err(Error::Input(format!(
-                "the ablate attack does not support {} (post-norms rescale what o_proj and down_proj write)",
-                base.model.spec.arch
-            )));
-        }
+        check_ablatable(&base.model.spec)?;
         direction_prompts(s.ablate_prompts, s.ablate_select)?;
     }
     let jb = if s.attacks.contains(&Attack::Jailbreak) {

@@ -171,10 +171,9 @@ pub fn ggml_name(t: GgmlDType) -> String {
 
 /// Load GGUF weights as HF-named f32 tensors in HF orientation (q/k un-permuted for llama-type files,
 /// Gemma norms shifted back by 1 so the stored value is transformers' `w`).
-pub fn load_gguf_weights(g: &GgufFile, spec: &ModelSpec) -> Result<(HashMap<String, Tensor>, Vec<TensorInfo>)> {
+pub fn load_gguf_weights(g: &GgufFile, spec: &ModelSpec) -> Result<HashMap<String, Tensor>> {
     let arch = spec.arch.spec();
     let mut out = HashMap::new();
-    let mut infos = Vec::new();
     for gname in g.tensor_names() {
         let Some(hf) = names::gguf_to_hf(spec.arch, gname) else {
             continue;
@@ -186,11 +185,9 @@ pub fn load_gguf_weights(g: &GgufFile, spec: &ModelSpec) -> Result<(HashMap<Stri
         if arch.norm_weight_offset != 0.0 && hf.contains("norm") {
             t = (t - arch.norm_weight_offset as f64)?;
         }
-        let (_, dtype, _) = g.tensor_bytes(gname)?;
-        infos.push(TensorInfo { hf_name: hf.clone(), source_name: gname.to_string(), dtype: ggml_name(dtype), shape: t.dims().to_vec() });
         out.insert(hf, t);
     }
-    Ok((out, infos))
+    Ok(out)
 }
 
 /// A checkpoint described from its header alone: architecture, tokenizer and tensor list, no weight read.
@@ -276,6 +273,11 @@ fn hf_tensor_infos(dir: &Path, spec: &ModelSpec) -> Result<Vec<(TensorInfo, u64)
     Ok(out)
 }
 
+/// Parameters in a tensor list.
+fn param_count(infos: &[(TensorInfo, u64)]) -> usize {
+    infos.iter().map(|(t, _)| t.shape.iter().product::<usize>()).sum()
+}
+
 fn read_hf_config(dir: &Path) -> Result<serde_json::Value> {
     let cfg_path = dir.join("config.json");
     let text = std::fs::read_to_string(&cfg_path).map_err(|e| match e.kind() {
@@ -305,7 +307,7 @@ impl Header {
             let infos = gguf_tensor_infos(&g, &spec)?;
             (Source::Gguf(path.into()), spec, tok, infos)
         };
-        let n_params = infos.iter().map(|(t, _)| t.shape.iter().product::<usize>()).sum();
+        let n_params = param_count(&infos);
         let stored_bytes = infos.iter().map(|(_, b)| b).sum();
         Ok(Header { source, spec, tok, tensors: infos.into_iter().map(|(t, _)| t).collect(), n_params, stored_bytes })
     }
@@ -334,10 +336,11 @@ impl Checkpoint {
     fn load_gguf(path: &Path) -> Result<Self> {
         let g = GgufFile::open(path)?;
         let spec = g.model_spec()?;
-        let n_params = gguf_tensor_infos(&g, &spec)?.iter().map(|(t, _)| t.shape.iter().product::<usize>()).sum();
-        check_memory(path, n_params, available_memory())?;
+        let infos = gguf_tensor_infos(&g, &spec)?;
+        check_memory(path, param_count(&infos), available_memory())?;
         let tok = Tok::from_gguf(&g)?;
-        let (weights, tensors) = load_gguf_weights(&g, &spec)?;
+        let weights = load_gguf_weights(&g, &spec)?;
+        let tensors = infos.into_iter().map(|(t, _)| t).collect();
         let model = Decoder::new(spec, weights, path)?;
         Ok(Checkpoint { model, tok, source: Source::Gguf(path.into()), tensors, hf_config: None, sha: Default::default() })
     }
@@ -346,8 +349,8 @@ impl Checkpoint {
         let cfg_path = dir.join("config.json");
         let json = read_hf_config(dir)?;
         let spec = ModelSpec::from_hf(&cfg_path, &json)?;
-        let n_params = hf_tensor_infos(dir, &spec)?.iter().map(|(t, _)| t.shape.iter().product::<usize>()).sum();
-        check_memory(dir, n_params, available_memory())?;
+        let infos = hf_tensor_infos(dir, &spec)?;
+        check_memory(dir, param_count(&infos), available_memory())?;
         let tok = Tok::from_hf_dir(dir, &json)?;
         let weights = crate::io::safetensors::read_folder(dir)?;
         let mut weights: HashMap<String, Tensor> = weights.into_iter().filter(|(n, _)| !n.ends_with("rotary_emb.inv_freq")).collect();
@@ -355,10 +358,7 @@ impl Checkpoint {
         if spec.tie_word_embeddings {
             weights.remove("lm_head.weight");
         }
-        let tensors = weights
-            .iter()
-            .map(|(n, t)| TensorInfo { hf_name: n.clone(), source_name: n.clone(), dtype: "F32".into(), shape: t.dims().to_vec() })
-            .collect();
+        let tensors = infos.into_iter().map(|(t, _)| t).collect();
         let model = Decoder::new(spec, weights, dir)?;
         Ok(Checkpoint { model, tok, source: Source::HfDir(dir.into()), tensors, hf_config: Some(json), sha: Default::default() })
     }

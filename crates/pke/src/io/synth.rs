@@ -243,10 +243,10 @@ fn write_value(w: &mut impl Write, v: &Value) -> std::io::Result<()> {
     }
 }
 
-/// SplitMix64: fast, seeded, good enough for noise.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
+/// SplitMix64: fast, seeded, good enough for noise and for fixed example orders.
+pub(crate) struct SplitMix64(pub(crate) u64);
+impl SplitMix64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -263,7 +263,7 @@ impl Rng {
 
 /// Random blocks of `t` holding `n` values: random quants with fixed block scales chosen so that the
 /// weights are centred with a standard deviation near 0.02 (a typical initialisation); F32 = ones (norms).
-fn random_tensor(t: GgmlDType, n: usize, rng: &mut Rng) -> Vec<u8> {
+fn random_tensor(t: GgmlDType, n: usize, rng: &mut SplitMix64) -> Vec<u8> {
     let nbytes = ggml_nbytes(t, n).expect("planned shapes fit their blocks");
     if t == GgmlDType::F32 {
         return std::iter::repeat_n(1f32.to_le_bytes(), n).flatten().collect();
@@ -351,7 +351,7 @@ pub fn write_synthetic(s: &SynthShape, ty: SynthType, tokenizer: &GgufFile, seed
         }
         let pos = w.stream_position().map_err(&e)?;
         w.write_all(&vec![0u8; pad(pos) as usize]).map_err(&e)?;
-        let mut rng = Rng(seed);
+        let mut rng = SplitMix64(seed);
         let mut n_params = 0;
         for (_, shape, t) in &plan {
             let n: usize = shape.iter().product();
