@@ -17,6 +17,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// How frozen weights are held: `f32` (every weight dequantized: the exact reference), `native` (GGUF
+    /// blocks kept as stored, gradients flow through them; only trained tensors are float32) or `auto`
+    /// (native when float32 would take more than 60% of the available memory).
+    #[arg(long, global = true, default_value = "auto")]
+    weights: pke::model::Weights,
 }
 
 #[derive(Subcommand)]
@@ -81,6 +86,7 @@ fn main() -> ExitCode {
         std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "0");
     }
     let cli = Cli::parse();
+    cmd::set_weights(cli.weights);
     let res = match cli.command {
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::Generate(a) => cmd::generate::run(a),

@@ -284,13 +284,13 @@ pub fn requantize(edited: &Checkpoint, base: &Checkpoint, names: &[String], ty: 
     let (mut dot, mut dd, mut err) = (0f64, 0f64, 0f64);
     for n in names {
         let w0 = base.model.get(n)?;
-        let d = (edited.model.get(n)? - w0)?;
+        let d = (edited.model.get(n)? - &w0)?;
         // The base re-quantized the same way, so that a type other than the source's does not count its
         // own rounding of every untouched value as a change of the edit. Rows are quantized independently,
         // so HF orientation gives the same values as GGUF's row-permuted one.
         let q0 = match fixed {
             None => w0.clone(),
-            Some(t) => crate::io::gguf_export::quantize_checked(n, w0, t)?.dequantize(w0.device())?,
+            Some(t) => crate::io::gguf_export::quantize_checked(n, &w0, t)?.dequantize(w0.device())?,
         };
         let dq = (ck.model.get(n)? - q0)?;
         dot += (&dq * &d)?.sum_all()?.to_scalar::<f32>()? as f64;
@@ -486,6 +486,7 @@ pub fn finetune(
         order.swap(i, (rng.next() % (i as u64 + 1)) as usize);
     }
     let mut model = ck.clone();
+    model.model.detach_quantized();
     let names = mlp_names(ck.model.spec.n_layers);
     let vars = make_trainable(&mut model.model, &names)?;
     let mut adam: Vec<Adam> = vars.iter().map(|(_, v)| Adam::new(v.as_tensor())).collect::<Result<_>>()?;

@@ -69,11 +69,10 @@ pub enum Error {
 
     /// Loading a model would need more memory than the machine has available.
     #[error(
-        "loading {path} needs about {need_gib:.1} GiB ({n_params} parameters as float32, the form pke holds weights in), \
-         but {available_gib:.1} GiB of memory is available; choose a smaller model or a machine with more memory \
-         (`pke inspect` reads only the header)"
+        "loading {path} needs about {need_gib:.1} GiB ({n_params} parameters {form}), \
+         but {available_gib:.1} GiB of memory is available; {hint} (`pke inspect` and `pke plan` read only the header)"
     )]
-    OutOfMemory { path: PathBuf, n_params: usize, need_gib: f64, available_gib: f64 },
+    OutOfMemory { path: PathBuf, n_params: usize, form: &'static str, hint: &'static str, need_gib: f64, available_gib: f64 },
 
     /// A loss or value became NaN or infinite.
     #[error("non-finite value: {0}")]

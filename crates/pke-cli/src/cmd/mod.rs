@@ -19,9 +19,17 @@ pub mod plan;
 pub mod score;
 pub mod synth;
 
-/// Load `--model` with a message naming it on failure.
+static WEIGHTS: std::sync::OnceLock<pke::model::Weights> = std::sync::OnceLock::new();
+
+/// The global `--weights` mode, set once from the command line.
+pub fn set_weights(w: pke::model::Weights) {
+    let _ = WEIGHTS.set(w);
+}
+
+/// Load `--model` (frozen weights as `--weights` says) with a message naming it on failure.
 pub fn load_model(arg: &str) -> Result<Checkpoint> {
-    Checkpoint::open(arg).with_context(|| format!("cannot load model `{arg}`"))
+    let w = WEIGHTS.get().copied().unwrap_or(pke::model::Weights::Auto);
+    Checkpoint::open_with(arg, w).with_context(|| format!("cannot load model `{arg}`"))
 }
 
 /// A progress bar on stderr (hidden when stderr is not a terminal).

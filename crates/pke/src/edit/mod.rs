@@ -511,6 +511,9 @@ pub fn compute_delta_with(
         return Err(Error::Input("no edit cases".into()));
     }
     let t0 = Instant::now();
+    // Natively held weights: every linear exactly on its dequantized blocks, as the float32 path.
+    let exact = model.exact();
+    let model = &exact;
     let chat = hotspots.settings.chat;
     let targets = edit_targets(model, hotspots, method, p)?;
     let owned_retain;

@@ -11,7 +11,7 @@ use sha2::Digest;
 use crate::io::gguf::GgufFile;
 use crate::io::names;
 use crate::io::tokenizer::Tok;
-use crate::model::{Decoder, ModelSpec};
+use crate::model::{Decoder, ModelSpec, Weights};
 use crate::{Error, Result};
 
 /// A model that `scripts/setup.sh` installs, reachable by a short alias.
@@ -222,7 +222,33 @@ pub fn check_memory(path: &Path, n_params: usize, available: Option<u64>) -> Res
     match available {
         Some(a) if need > a as f64 => {
             let gib = |b: f64| b / (1u64 << 30) as f64;
-            Err(Error::OutOfMemory { path: path.into(), n_params, need_gib: gib(need), available_gib: gib(a as f64) })
+            Err(Error::OutOfMemory {
+                path: path.into(),
+                n_params,
+                form: "as float32",
+                hint: "hold the frozen weights as stored with `--weights native` (GGUF files), or choose a smaller model or a machine with more memory",
+                need_gib: gib(need),
+                available_gib: gib(a as f64),
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// As [`check_memory`] for a model held natively in `bytes` (+10%).
+pub fn check_native_memory(path: &Path, n_params: usize, bytes: u64, available: Option<u64>) -> Result<()> {
+    let need = bytes as f64 * 1.1;
+    match available {
+        Some(a) if need > a as f64 => {
+            let gib = |b: f64| b / (1u64 << 30) as f64;
+            Err(Error::OutOfMemory {
+                path: path.into(),
+                n_params,
+                form: "held as stored (--weights native)",
+                hint: "choose a smaller model, a smaller quantization type, or a machine with more memory",
+                need_gib: gib(need),
+                available_gib: gib(a as f64),
+            })
         }
         _ => Ok(()),
     }
@@ -318,13 +344,50 @@ impl Header {
     }
 }
 
+/// Bytes a GGUF model takes held natively: the block tensors as stored, a Q8_0 twin for the block types
+/// without SIMD kernels (Q4_1, Q5_0, Q5_1: 8.5 bits per value), float32 for float-stored tensors.
+fn native_bytes(infos: &[(TensorInfo, u64)]) -> u64 {
+    infos
+        .iter()
+        .map(|(t, b)| {
+            let n = t.shape.iter().product::<usize>() as u64;
+            match t.dtype.as_str() {
+                "F32" | "F16" | "BF16" => 4 * n,
+                "Q4_1" | "Q5_0" | "Q5_1" => b + n * 17 / 16,
+                _ => *b,
+            }
+        })
+        .sum()
+}
+
+/// The weights mode `Auto` picks: native when the float32 weights (+10%) would take more than 60% of
+/// the available memory (an edit also holds activations, gradients and a reference copy of the edited
+/// tensors, and an evaluation a KV cache), else float32. Unknown memory: float32.
+pub fn auto_weights(n_params: usize, available: Option<u64>) -> Weights {
+    match available {
+        Some(a) if n_params as f64 * 4.0 * 1.1 > 0.6 * a as f64 => Weights::Native,
+        _ => Weights::F32,
+    }
+}
+
 impl Checkpoint {
-    /// Load a GGUF file or HF folder.
+    /// Load a GGUF file or HF folder, frozen weights as [`Weights::Auto`] picks.
     pub fn load(path: &Path) -> Result<Self> {
+        Self::load_with(path, Weights::Auto)
+    }
+
+    /// Load a GGUF file or HF folder with its frozen weights held as `weights` says.
+    pub fn load_with(path: &Path, weights: Weights) -> Result<Self> {
         if path.is_dir() {
+            if weights == Weights::Native {
+                return Err(Error::Input(format!(
+                    "--weights native needs a GGUF file; {} is a HF folder, which loads as float32 (convert it with llama.cpp's convert_hf_to_gguf.py, or use --weights f32)",
+                    path.display()
+                )));
+            }
             Self::load_hf_dir(path)
         } else {
-            Self::load_gguf(path)
+            Self::load_gguf(path, weights)
         }
     }
 
@@ -333,15 +396,30 @@ impl Checkpoint {
         Self::load(&resolve_model(arg)?)
     }
 
-    fn load_gguf(path: &Path) -> Result<Self> {
+    /// Load from `--model` (path or alias) with the given weights mode.
+    pub fn open_with(arg: &str, weights: Weights) -> Result<Self> {
+        Self::load_with(&resolve_model(arg)?, weights)
+    }
+
+    fn load_gguf(path: &Path, weights: Weights) -> Result<Self> {
         let g = GgufFile::open(path)?;
         let spec = g.model_spec()?;
         let infos = gguf_tensor_infos(&g, &spec)?;
-        check_memory(path, param_count(&infos), available_memory())?;
+        let n_params = param_count(&infos);
+        let available = available_memory();
+        let mode = match weights {
+            Weights::Auto => auto_weights(n_params, available),
+            w => w,
+        };
         let tok = Tok::from_gguf(&g)?;
-        let weights = load_gguf_weights(&g, &spec)?;
+        let model = if mode == Weights::Native {
+            check_native_memory(path, n_params, native_bytes(&infos), available)?;
+            Decoder::from_gguf_native(&g, spec)?
+        } else {
+            check_memory(path, n_params, available)?;
+            Decoder::new(spec.clone(), load_gguf_weights(&g, &spec)?, path)?
+        };
         let tensors = infos.into_iter().map(|(t, _)| t).collect();
-        let model = Decoder::new(spec, weights, path)?;
         Ok(Checkpoint { model, tok, source: Source::Gguf(path.into()), tensors, hf_config: None, sha: Default::default() })
     }
 

@@ -96,17 +96,19 @@ fn finite(name: &str, v: f32) -> Result<f32> {
 
 fn case_signals(model: &Decoder, c: &CaseInputs) -> Result<CaseSignals> {
     let n = model.spec.n_layers;
-    // L⁺ with every down_proj trainable: one backward gives all per-layer weight gradients.
-    let mut m = model.clone();
-    let names: Vec<String> = (0..n).map(down_proj_name).collect();
-    let vars = make_trainable(&mut m, &names)?;
-    let loss = response_nll(&m, &c.prompt_ids, &c.safe_ids, &mut crate::trace::Noop)?;
+    // L⁺ with probes on every down_proj's input and output: ∂L⁺/∂W_down = Σ_t g_out[t]ᵀ a[t], so one
+    // backward gives every layer's weight gradient without a float32 copy of any weight to train.
+    let mut probe = GradProbe::new((0..n).flat_map(|l| [Site::MlpAct(l), Site::MlpDown(l)]));
+    let loss = response_nll(model, &c.prompt_ids, &c.safe_ids, &mut probe)?;
     finite("the safe-reply loss", loss.to_scalar::<f32>()?)?;
     let grads = loss.backward()?;
     let mut grad_norm = Vec::with_capacity(n);
     let mut weight_change = Vec::with_capacity(n);
-    for (_, v) in &vars {
-        let g = grads.get(v.as_tensor()).ok_or_else(|| Error::Input("no gradient reached a down_proj".into()))?; // (d, f)
+    for l in 0..n {
+        let a = probe.values[&Site::MlpAct(l)].squeeze(0)?; // (s, f)
+        let g_out =
+            probe.grad(&grads, Site::MlpDown(l)).ok_or_else(|| Error::Input(format!("no gradient reached layer {l}'s down_proj")))?;
+        let g = g_out.squeeze(0)?.t()?.matmul(&a)?; // (d, f)
         let col = g.sqr()?.sum(0)?.to_vec1::<f32>()?; // (f,)
         grad_norm.push(col.iter().map(|x| *x as f64).sum::<f64>().sqrt());
         weight_change.push(col.iter().map(|x| (*x as f64).sqrt()).collect());
@@ -195,6 +197,9 @@ pub fn locate(
     reference: Option<&Decoder>,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<(Hotspots, Vec<CaseInputs>)> {
+    // Natively held weights: every linear exactly on its dequantized blocks, as the float32 path.
+    let exact = model.exact();
+    let model = &exact;
     let spec = &model.spec;
     let (n, f) = (spec.n_layers, spec.intermediate_size);
     if cases.is_empty() {

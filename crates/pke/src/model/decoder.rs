@@ -119,9 +119,59 @@ pub struct Decoder {
     /// Convention for fully masked query rows (default: `Zero`, as transformers' SDPA).
     pub masked_rows: MaskedRows,
     device: Device,
-    /// Quantized copies of untouched linear weights (GGUF blocks), used on paths without gradients
-    /// when attached; a weight replaced through [`Decoder::set`] loses its quantized copy.
-    quant: HashMap<String, std::sync::Arc<candle_core::quantized::QMatMul>>,
+    /// Weights in their GGUF blocks. Either a copy beside the float32 weight (attached for inference-only
+    /// paths, see [`Decoder::attach_quantized`]) or, with [`Weights::Native`], the only form of a frozen
+    /// weight (see [`Decoder::from_gguf_native`]). A weight replaced through [`Decoder::set`] loses it.
+    quant: HashMap<String, QWeight>,
+    /// Whether paths without gradients run the linears through candle's quantized kernels (fast,
+    /// activations quantized to 8 bits as llama.cpp does) instead of exactly on dequantized weights.
+    quant_kernels: bool,
+}
+
+/// How a checkpoint's frozen weights are held in memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Weights {
+    /// Every weight dequantized to float32 (exact reference path; 4 bytes per parameter).
+    F32,
+    /// Frozen linear and embedding weights stay in their GGUF blocks; gradients flow through them
+    /// (`dX = dY W`, one weight dequantized at a time); only trained or edited tensors are float32.
+    Native,
+    /// `native` when the float32 weights would not fit comfortably in memory, else `f32`.
+    Auto,
+}
+
+impl std::fmt::Display for Weights {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Weights::F32 => "f32",
+            Weights::Native => "native",
+            Weights::Auto => "auto",
+        })
+    }
+}
+
+impl std::str::FromStr for Weights {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "f32" => Ok(Weights::F32),
+            "native" => Ok(Weights::Native),
+            "auto" => Ok(Weights::Auto),
+            _ => Err(Error::Input(format!("unknown weights mode `{s}` (f32, native or auto)"))),
+        }
+    }
+}
+
+/// One weight in GGUF blocks: `stored` as in the file (what [`Decoder::get`] dequantizes, so an
+/// untouched weight reads back exactly as transformers would see the file) and `fast`, the same
+/// values in a block type with SIMD kernels for the matmuls (the same tensor when `stored` has them).
+#[derive(Clone)]
+struct QWeight {
+    stored: std::sync::Arc<candle_core::quantized::QTensor>,
+    fast: std::sync::Arc<candle_core::quantized::QTensor>,
+    /// True when the decoder holds no float copy of this weight.
+    only: bool,
 }
 
 impl std::fmt::Debug for Decoder {
@@ -169,7 +219,7 @@ impl Decoder {
         }
         let device = weights["model.embed_tokens.weight"].device().clone();
         let names = (0..spec.n_layers).map(LayerNames::new).collect();
-        Ok(Decoder { spec, weights, names, masked_rows: MaskedRows::Zero, device, quant: HashMap::new() })
+        Ok(Decoder { spec, weights, names, masked_rows: MaskedRows::Zero, device, quant: HashMap::new(), quant_kernels: false })
     }
 
     /// A small random model (fixed seed) for tests: weights ~ N(0, 0.02·scale), norms = 1.
@@ -200,9 +250,66 @@ impl Decoder {
     }
 
     /// A weight by HF name (`lm_head.weight` resolves to the embedding when tied).
-    pub fn get(&self, name: &str) -> Result<&Tensor> {
+    /// A weight kept only in GGUF blocks is dequantized for the call (float32, dropped with the result).
+    pub fn get(&self, name: &str) -> Result<Tensor> {
         let name = if name == "lm_head.weight" && self.spec.tie_word_embeddings { "model.embed_tokens.weight" } else { name };
-        self.weights.get(name).ok_or_else(|| Error::Input(format!("model has no tensor `{name}`")))
+        if let Some(t) = self.weights.get(name) {
+            return Ok(t.clone());
+        }
+        match self.quant.get(name) {
+            Some(q) if q.only => {
+                let mut v = q.stored.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
+                crate::io::gguf::flush_denormals(&mut v);
+                Ok(Tensor::from_vec(v, q.stored.shape().clone(), &Device::Cpu)?.to_device(&self.device)?)
+            }
+            _ => Err(Error::Input(format!("model has no tensor `{name}`"))),
+        }
+    }
+
+    /// Names of all weights (HF names; a tied lm_head not listed), sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.weights.keys().cloned().collect();
+        v.extend(
+            self.quant.iter().filter(|(n, q)| q.only && !(self.spec.tie_word_embeddings && *n == "lm_head.weight")).map(|(n, _)| n.clone()),
+        );
+        v.sort();
+        v
+    }
+
+    /// Shape of a weight without reading it.
+    pub fn shape_of(&self, name: &str) -> Result<Vec<usize>> {
+        let name = if name == "lm_head.weight" && self.spec.tie_word_embeddings { "model.embed_tokens.weight" } else { name };
+        if let Some(t) = self.weights.get(name) {
+            return Ok(t.dims().to_vec());
+        }
+        match self.quant.get(name) {
+            Some(q) if q.only => Ok(q.stored.shape().dims().to_vec()),
+            _ => Err(Error::Input(format!("model has no tensor `{name}`"))),
+        }
+    }
+
+    /// Which form the frozen weights are in: `Native` when any weight is held only in GGUF blocks.
+    pub fn weights_mode(&self) -> Weights {
+        if self.quant.values().any(|q| q.only) {
+            Weights::Native
+        } else {
+            Weights::F32
+        }
+    }
+
+    /// Bytes the weights take in memory (float tensors plus GGUF blocks; a shared block tensor once).
+    pub fn resident_bytes(&self) -> usize {
+        let f: usize = self.weights.values().map(|t| t.elem_count() * t.dtype().size_in_bytes()).sum();
+        let mut seen = std::collections::HashSet::new();
+        let mut q = 0;
+        for w in self.quant.values() {
+            for t in [&w.stored, &w.fast] {
+                if seen.insert(std::sync::Arc::as_ptr(t) as usize) {
+                    q += t.storage_size_in_bytes();
+                }
+            }
+        }
+        f + q
     }
 
     fn opt(&self, name: &str) -> Option<&Tensor> {
@@ -211,9 +318,9 @@ impl Decoder {
 
     /// Replace a weight (same shape), e.g. with a `Var` to make it trainable or with an edited value.
     pub fn set(&mut self, name: &str, t: Tensor) -> Result<()> {
-        let old = self.get(name)?;
-        if old.dims() != t.dims() {
-            return Err(Error::Input(format!("tensor `{name}` has shape {:?}; got {:?}", old.dims(), t.dims())));
+        let old = self.shape_of(name)?;
+        if old != t.dims() {
+            return Err(Error::Input(format!("tensor `{name}` has shape {:?}; got {:?}", old, t.dims())));
         }
         let key = if name == "lm_head.weight" && self.spec.tie_word_embeddings { "model.embed_tokens.weight" } else { name };
         self.weights.insert(key.to_string(), t);
@@ -227,48 +334,118 @@ impl Decoder {
     /// Use the GGUF file's quantized blocks for the linear layers on inference-only paths (no tensor
     /// on the path carries a gradient): activations are quantized to 8 bits as llama.cpp does, so
     /// outputs differ from the float32 path by quantization noise, and decoding reads ~4-8x fewer bytes.
-    /// Layers whose rows llama.cpp permuted (llama q/k) and weights already edited stay float32.
-    /// Returns the number of weights attached.
+    /// Weights already edited stay float32. Returns the number of weights attached.
     pub fn attach_quantized(&mut self, g: &crate::io::gguf::GgufFile) -> Result<usize> {
-        let arch = self.spec.arch.spec();
-        for gname in g.tensor_names() {
-            let Some(hf) = names::gguf_to_hf(self.spec.arch, gname) else { continue };
-            let linear_name = hf.ends_with("_proj.weight") || hf == "lm_head.weight";
-            if !linear_name || names::qk_permutation_heads(arch, &hf, self.spec.n_heads, self.spec.n_kv_heads).is_some() {
-                continue;
+        for (hf, w) in gguf_linear_blocks(g, &self.spec)? {
+            // An edited weight (or one already held natively) keeps what it has.
+            if self.weights.get(&hf).is_some_and(|t| !t.track_op()) && !self.quant.contains_key(&hf) {
+                self.quant.insert(hf, QWeight { only: false, ..w });
             }
-            let q = fast_qtensor(g, gname)?;
-            self.quant.insert(hf, std::sync::Arc::new(candle_core::quantized::QMatMul::from_qtensor(q)?));
         }
-        if self.spec.tie_word_embeddings && g.content.tensor_infos.contains_key("token_embd.weight") {
-            let q = fast_qtensor(g, "token_embd.weight")?;
-            self.quant.insert("lm_head.weight".into(), std::sync::Arc::new(candle_core::quantized::QMatMul::from_qtensor(q)?));
+        if self.spec.tie_word_embeddings
+            && !self.quant.contains_key("lm_head.weight")
+            && self.weights.contains_key("model.embed_tokens.weight")
+        {
+            if let Some((_, w)) = gguf_blocks(g, &self.spec, "token_embd.weight")? {
+                self.quant.insert("lm_head.weight".into(), QWeight { only: false, ..w });
+            }
         }
+        self.quant_kernels = true;
         Ok(self.quant.len())
     }
 
-    /// Drop all quantized copies (back to the float32 path everywhere).
+    /// Drop the quantized copies of float32 weights and compute every linear exactly (float32 matmuls;
+    /// weights held only in GGUF blocks, [`Weights::Native`], are dequantized one product at a time).
     pub fn detach_quantized(&mut self) {
-        self.quant.clear();
+        self.quant.retain(|_, q| q.only);
+        self.quant_kernels = false;
     }
 
-    /// `x @ W^T (+ b)` for the weight `name`, through its quantized copy when one is attached and no
-    /// gradient flows through `x`.
+    /// This model with every linear computed exactly (see [`Decoder::detach_quantized`]): what locate
+    /// and edit run on, so that a natively held model gives the float32 path's numbers.
+    pub fn exact(&self) -> Decoder {
+        let mut m = self.clone();
+        m.detach_quantized();
+        m
+    }
+
+    /// Build from a GGUF file keeping every linear weight and the embedding in their blocks (see
+    /// [`Weights::Native`]); the rest (norms, biases, float32-stored tensors) is float32.
+    pub fn from_gguf_native(g: &crate::io::gguf::GgufFile, spec: ModelSpec) -> Result<Self> {
+        let blocks = gguf_linear_blocks(g, &spec)?;
+        let embed = gguf_blocks(g, &spec, "token_embd.weight")?;
+        let mut small = HashMap::new();
+        let arch = spec.arch.spec();
+        for gname in g.tensor_names() {
+            let Some(hf) = names::gguf_to_hf(spec.arch, gname) else { continue };
+            if blocks.iter().any(|(n, _)| *n == hf) || (hf == "model.embed_tokens.weight" && embed.is_some()) {
+                continue;
+            }
+            let mut t = g.dequantize(gname)?;
+            if let Some(heads) = names::qk_permutation_heads(arch, &hf, spec.n_heads, spec.n_kv_heads) {
+                t = names::unpermute_qk(&t, heads)?;
+            }
+            if arch.norm_weight_offset != 0.0 && hf.contains("norm") {
+                t = (t - arch.norm_weight_offset as f64)?;
+            }
+            small.insert(hf, t);
+        }
+        let mut quant: HashMap<String, QWeight> = blocks.into_iter().collect();
+        if let Some((hf, w)) = embed {
+            if spec.tie_word_embeddings {
+                quant.insert("lm_head.weight".into(), w.clone());
+            }
+            quant.insert(hf, w);
+        }
+        // Shapes as Decoder::new checks them, from the block tensors.
+        for (name, shape) in expected_shapes(&spec) {
+            let got = match (small.get(&name), quant.get(&name)) {
+                (Some(t), _) => t.dims().to_vec(),
+                (None, Some(q)) => q.stored.shape().dims().to_vec(),
+                (None, None) if name == "lm_head.weight" && spec.tie_word_embeddings => continue,
+                (None, None) => return Err(Error::MissingTensor { name, path: g.path.clone() }),
+            };
+            if got != shape {
+                return Err(Error::TensorShape { name, path: g.path.clone(), got, expected: shape });
+            }
+        }
+        let names = (0..spec.n_layers).map(LayerNames::new).collect();
+        Ok(Decoder { spec, weights: small, names, masked_rows: MaskedRows::Zero, device: Device::Cpu, quant, quant_kernels: true })
+    }
+
+    /// `x @ W^T (+ b)` for the weight `name`: through candle's quantized kernels when they are on and no
+    /// gradient flows through `x`; exactly on the dequantized blocks ([`QuantLinear`](super::ops::QuantLinear),
+    /// which also carries `x`'s gradient) when the blocks are the weight's only form; else the float32 weight.
     fn lin(&self, x: &Tensor, name: &str, bias: Option<&Tensor>) -> Result<Tensor> {
         if let Some(q) = self.quant.get(name) {
-            if !x.track_op() {
-                use candle_core::Module;
-                let y = q.forward(&x.contiguous()?)?;
+            if self.quant_kernels && !x.track_op() {
+                let y = x.contiguous()?.apply_op1_no_bwd(q.fast.as_ref())?;
                 return Ok(match bias {
                     Some(b) => y.broadcast_add(b)?,
                     None => y,
                 });
             }
+            if q.only {
+                return super::ops::quant_linear(x, &q.stored, bias);
+            }
         }
-        linear(x, self.get(name)?, bias)
+        linear(x, &self.get(name)?, bias)
     }
 
-    /// All weights, by HF name (tied lm_head not repeated).
+    /// Embedding rows for `ids` (flat): (n, d).
+    fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        const E: &str = "model.embed_tokens.weight";
+        if let Some(t) = self.weights.get(E) {
+            return Ok(t.index_select(ids, 0)?);
+        }
+        match self.quant.get(E) {
+            Some(q) => Ok(q.stored.embedding(ids)?),
+            None => Err(Error::Input(format!("model has no tensor `{E}`"))),
+        }
+    }
+
+    /// The float weights, by HF name (tied lm_head not repeated): every weight with [`Weights::F32`];
+    /// with [`Weights::Native`] only those not held in GGUF blocks (see [`Decoder::names`]).
     pub fn weights(&self) -> &HashMap<String, Tensor> {
         &self.weights
     }
@@ -292,12 +469,18 @@ impl Decoder {
 
     /// The weights' dtype.
     pub fn dtype(&self) -> DType {
-        self.weights["model.embed_tokens.weight"].dtype()
+        self.weights["model.norm.weight"].dtype()
     }
 
     /// Number of parameters (tied head counted once).
     pub fn n_params(&self) -> usize {
-        self.weights.values().map(|t| t.elem_count()).sum()
+        let q: usize = self
+            .quant
+            .iter()
+            .filter(|(n, q)| q.only && !(self.spec.tie_word_embeddings && *n == "lm_head.weight"))
+            .map(|(_, q)| q.stored.shape().elem_count())
+            .sum();
+        self.weights.values().map(|t| t.elem_count()).sum::<usize>() + q
     }
 
     fn build_mask(&self, input: &Input, cache_len: usize, key_mask: &[Vec<u8>], window: Option<usize>) -> Result<(Tensor, Option<Tensor>)> {
@@ -392,7 +575,7 @@ impl Decoder {
                 // Embedding: (b, s, d)
                 let flat: Vec<u32> = input.ids.iter().flatten().copied().collect();
                 let ids = Tensor::from_vec(flat, b * s, &self.device)?;
-                let mut h = self.get("model.embed_tokens.weight")?.index_select(&ids, 0)?.reshape((b, s, spec.hidden_size))?;
+                let mut h = self.embed(&ids)?.reshape((b, s, spec.hidden_size))?;
                 if arch.embed_scale {
                     let scale = (spec.hidden_size as f64).sqrt() as f32;
                     h = (h * scale as f64)?;
@@ -415,12 +598,12 @@ impl Decoder {
             let (mask, rows) = if spec.window_of(l).is_some() { (&mask_slide, &rows_slide) } else { (&mask_full, &rows_full) };
 
             // --- attention ---
-            let x = rms_norm(&h, self.get(&nm.input_layernorm)?, off, eps)?;
+            let x = rms_norm(&h, &self.get(&nm.input_layernorm)?, off, eps)?;
             let q = self.lin(&x, &nm.q_proj, self.opt(&nm.q_bias))?.reshape((b, s, nh, hd))?;
             let k = self.lin(&x, &nm.k_proj, self.opt(&nm.k_bias))?.reshape((b, s, nkv, hd))?;
             let v = self.lin(&x, &nm.v_proj, self.opt(&nm.v_bias))?.reshape((b, s, nkv, hd))?;
             let (q, k) = if arch.qk_norm {
-                (rms_norm(&q, self.get(&nm.q_norm)?, off, eps)?, rms_norm(&k, self.get(&nm.k_norm)?, off, eps)?)
+                (rms_norm(&q, &self.get(&nm.q_norm)?, off, eps)?, rms_norm(&k, &self.get(&nm.k_norm)?, off, eps)?)
             } else {
                 (q, k)
             };
@@ -461,7 +644,7 @@ impl Decoder {
             let att = att.transpose(1, 2)?.reshape((b, s, nh * hd))?;
             let mut att = self.lin(&att, &nm.o_proj, None)?;
             if arch.sandwich_norms {
-                att = rms_norm(&att, self.get(&nm.post_attention_layernorm)?, off, eps)?;
+                att = rms_norm(&att, &self.get(&nm.post_attention_layernorm)?, off, eps)?;
             }
             if rec.wants(Site::AttnOut(l)) {
                 att = rec.on(Site::AttnOut(l), att)?;
@@ -470,7 +653,7 @@ impl Decoder {
 
             // --- MLP ---
             let pre = if arch.sandwich_norms { &nm.pre_feedforward_layernorm } else { &nm.post_attention_layernorm };
-            let x = rms_norm(&h, self.get(pre)?, off, eps)?;
+            let x = rms_norm(&h, &self.get(pre)?, off, eps)?;
             let gate = self.lin(&x, &nm.gate_proj, None)?;
             let gate = match spec.act {
                 Act::Silu => gate.silu()?,
@@ -481,8 +664,11 @@ impl Decoder {
                 act = rec.on(Site::MlpAct(l), act)?;
             }
             let mut mlp = self.lin(&act, &nm.down_proj, None)?;
+            if rec.wants(Site::MlpDown(l)) {
+                mlp = rec.on(Site::MlpDown(l), mlp)?;
+            }
             if arch.sandwich_norms {
-                mlp = rms_norm(&mlp, self.get(&nm.post_feedforward_layernorm)?, off, eps)?;
+                mlp = rms_norm(&mlp, &self.get(&nm.post_feedforward_layernorm)?, off, eps)?;
             }
             if rec.wants(Site::MlpOut(l)) {
                 mlp = rec.on(Site::MlpOut(l), mlp)?;
@@ -501,7 +687,7 @@ impl Decoder {
         if let Some(c) = cache {
             c.key_mask = key_mask;
         }
-        let mut h = rms_norm(&h, self.get("model.norm.weight")?, off, eps)?;
+        let mut h = rms_norm(&h, &self.get("model.norm.weight")?, off, eps)?;
         if rec.wants(Site::FinalNorm) {
             h = rec.on(Site::FinalNorm, h)?;
         }
@@ -526,15 +712,56 @@ impl Decoder {
     }
 }
 
-/// A GGUF tensor in a block type that candle has SIMD dot products for: Q4_1, Q5_0 and Q5_1 have
-/// none, so they are re-quantized to Q8_0 (8.5 bits, still 4x fewer bytes than f32).
-fn fast_qtensor(g: &crate::io::gguf::GgufFile, name: &str) -> Result<candle_core::quantized::QTensor> {
+/// A GGUF tensor in its blocks (q/k rows un-permuted as [`names::unpermute_qk`] does, moving whole rows
+/// of blocks, which is exact), with its `fast` twin: Q4_1, Q5_0 and Q5_1 have no SIMD dot products in
+/// candle, so their matmuls run on a Q8_0 copy (8.5 bits, still 4x fewer bytes than f32). None for a
+/// tensor stored as float (F32/F16/BF16), which the float path handles.
+fn gguf_blocks(g: &crate::io::gguf::GgufFile, spec: &ModelSpec, gname: &str) -> Result<Option<(String, QWeight)>> {
     use candle_core::quantized::{GgmlDType, QTensor};
-    let q = g.qtensor(name)?;
-    Ok(match q.dtype() {
-        GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1 => QTensor::quantize(&g.dequantize(name)?, GgmlDType::Q8_0)?,
-        _ => q,
-    })
+    let Some(hf) = names::gguf_to_hf(spec.arch, gname) else { return Ok(None) };
+    if !g.content.tensor_infos.contains_key(gname) {
+        return Ok(None);
+    }
+    let (bytes, dtype, dims) = g.tensor_bytes(gname)?;
+    if matches!(dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) {
+        return Ok(None);
+    }
+    let q = match names::qk_permutation_heads(spec.arch.spec(), &hf, spec.n_heads, spec.n_kv_heads) {
+        Some(heads) => {
+            let rows = dims[0];
+            let row_bytes = bytes.len() / rows;
+            let order = names::unpermute_qk(&Tensor::arange(0f32, rows as f32, &Device::Cpu)?.reshape((rows, 1))?, heads)?;
+            let mut out = Vec::with_capacity(bytes.len());
+            for r in order.flatten_all()?.to_vec1::<f32>()? {
+                let r = r as usize;
+                out.extend_from_slice(&bytes[r * row_bytes..(r + 1) * row_bytes]);
+            }
+            candle_core::quantized::ggml_file::qtensor_from_ggml(dtype, &out, dims, &Device::Cpu)?
+        }
+        None => g.qtensor(gname)?,
+    };
+    let stored = std::sync::Arc::new(q);
+    let fast = match dtype {
+        GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1 => {
+            std::sync::Arc::new(QTensor::quantize(&stored.dequantize(&Device::Cpu)?, GgmlDType::Q8_0)?)
+        }
+        _ => stored.clone(),
+    };
+    Ok(Some((hf, QWeight { stored, fast, only: true })))
+}
+
+/// Every linear weight of a GGUF file in its blocks (see [`gguf_blocks`]).
+fn gguf_linear_blocks(g: &crate::io::gguf::GgufFile, spec: &ModelSpec) -> Result<Vec<(String, QWeight)>> {
+    let mut out = Vec::new();
+    for gname in g.tensor_names() {
+        let Some(hf) = names::gguf_to_hf(spec.arch, gname) else { continue };
+        if hf.ends_with("_proj.weight") || hf == "lm_head.weight" {
+            if let Some(w) = gguf_blocks(g, spec, gname)? {
+                out.push(w);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Gather rows `idx` of a (n, ..) tensor.

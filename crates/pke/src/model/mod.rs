@@ -7,4 +7,4 @@ pub mod ops;
 
 pub use arch::{Act, Arch, ArchSpec};
 pub use config::{LayerType, ModelSpec};
-pub use decoder::{Decoder, Input, KvCache, MaskedRows};
+pub use decoder::{Decoder, Input, KvCache, MaskedRows, Weights};

@@ -72,6 +72,57 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     })
 }
 
+/// `x @ W^T` for a frozen weight kept in its GGUF blocks, computed exactly as the float32 path computes
+/// it: the forward pass dequantizes `W` for this one product (the same float32 values and the same matmul
+/// kernel as [`FrozenLinear`]) and drops it; the backward pass `dX = dY W` dequantizes it again. No
+/// float32 copy of the model ever exists, and nothing of `W` stays in the autograd graph. `W` gets no
+/// gradient. (Inference-only paths use candle's quantized kernels instead; see `Decoder::lin`.)
+pub struct QuantLinear(pub std::sync::Arc<candle_core::quantized::QTensor>);
+
+impl QuantLinear {
+    fn weight(&self) -> candle_core::Result<Tensor> {
+        self.0.dequantize(&candle_core::Device::Cpu)
+    }
+}
+
+impl CustomOp1 for QuantLinear {
+    fn name(&self) -> &'static str {
+        "quant-linear"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (m, k) = l.shape().dims2()?;
+        let w = self.weight()?;
+        let (n, k2) = w.dims2()?;
+        if k != k2 {
+            candle_core::bail!("quant-linear: input has {k} features, weight expects {k2}");
+        }
+        let (ws, wl) = w.storage_and_layout();
+        let candle_core::Storage::Cpu(ws) = &*ws else { candle_core::bail!("quant-linear: weight not on the CPU") };
+        let out = s.matmul(ws, (1, m, n, k), l, &wl.transpose(0, 1)?)?;
+        Ok((out, Shape::from((m, n))))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(grad.matmul(&self.weight()?.to_device(x.device())?)?))
+    }
+}
+
+/// `x @ W^T (+ b)` through [`QuantLinear`] (any leading dims of `x`).
+pub fn quant_linear(x: &Tensor, w: &std::sync::Arc<candle_core::quantized::QTensor>, b: Option<&Tensor>) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let k = *dims.last().expect("linear input has a feature dimension");
+    let m: usize = dims[..dims.len() - 1].iter().product();
+    let y = x.reshape((m, k))?.contiguous()?.apply_op1_arc(std::sync::Arc::new(Box::new(QuantLinear(w.clone()))))?;
+    let mut out_dims = dims;
+    *out_dims.last_mut().expect("non-empty") = y.dim(1)?;
+    let y = y.reshape(out_dims)?;
+    Ok(match b {
+        Some(b) => y.broadcast_add(b)?,
+        None => y,
+    })
+}
+
 /// RMSNorm over the last dim: `x / sqrt(mean(x^2) + eps) * (offset + w)`.
 pub fn rms_norm(x: &Tensor, w: &Tensor, offset: f32, eps: f64) -> Result<Tensor> {
     let w = if offset != 0.0 { (w + offset as f64)? } else { w.clone() };
@@ -268,6 +319,30 @@ mod tests {
         let d = (a - b).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap().sqrt();
         let n = b.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap().sqrt();
         d / n.max(1e-12)
+    }
+
+    #[test]
+    fn quant_linear_equals_the_float_path_on_the_dequantized_weight() -> Result<()> {
+        use candle_core::quantized::{GgmlDType, QTensor};
+        let dev = Device::Cpu;
+        for ty in [GgmlDType::Q8_0, GgmlDType::Q4K, GgmlDType::Q6K] {
+            let w = Tensor::randn(0f32, 0.05, (48, 256), &dev)?;
+            let q = std::sync::Arc::new(QTensor::quantize(&w, ty)?);
+            let wd = q.dequantize(&dev)?; // the weight the op stands for
+            let x = Var::from_tensor(&Tensor::randn(0f32, 1., (2, 3, 256), &dev)?)?;
+            let r = Tensor::randn(0f32, 1., (2, 3, 48), &dev)?;
+            let bias = Tensor::randn(0f32, 1., 48, &dev)?;
+            let y = quant_linear(x.as_tensor(), &q, Some(&bias))?;
+            let y_ref = linear(&x.as_tensor().detach(), &wd, Some(&bias))?;
+            // Forward: the float32 path's own kernel on the dequantized weight.
+            assert!(rel(&y, &y_ref) < 1e-6, "{ty:?}: forward rel {}", rel(&y, &y_ref));
+            // Backward: dX = dY W with the dequantized W, exactly what the float path gives.
+            let g = (y * &r)?.sum_all()?.backward()?;
+            let gx = g.get(x.as_tensor()).expect("x gets a gradient");
+            let gx_ref = r.reshape((6, 48))?.matmul(&wd)?.reshape((2, 3, 256))?;
+            assert!(rel(gx, &gx_ref) < 1e-6, "{ty:?}: grad rel {}", rel(gx, &gx_ref));
+        }
+        Ok(())
     }
 
     #[test]

@@ -18,6 +18,9 @@ pub enum Site {
     AttnOut(usize),
     /// MLP intermediate activation, the input of `down_proj`: act(gate) * up, shape (b, s, d_ff).
     MlpAct(usize),
+    /// The output of `down_proj`, before any post-norm (the same tensor as `MlpOut` except for Gemma 3's
+    /// sandwich norms): its gradient times `MlpAct` is `down_proj`'s weight gradient.
+    MlpDown(usize),
     /// The MLP's contribution to the residual stream.
     MlpOut(usize),
     /// Residual stream after the block: `hidden_states[l + 1]` (except the last, see FinalNorm).
@@ -33,6 +36,7 @@ impl fmt::Display for Site {
             Site::Embed => write!(f, "hook_embed"),
             Site::AttnOut(l) => write!(f, "blocks.{l}.hook_attn_out"),
             Site::MlpAct(l) => write!(f, "blocks.{l}.mlp.hook_post"),
+            Site::MlpDown(l) => write!(f, "blocks.{l}.mlp.hook_down_out"),
             Site::MlpOut(l) => write!(f, "blocks.{l}.hook_mlp_out"),
             Site::ResidPost(l) => write!(f, "blocks.{l}.hook_resid_post"),
             Site::FinalNorm => write!(f, "ln_final.hook_normalized"),
@@ -56,6 +60,7 @@ impl std::str::FromStr for Site {
             "hook_attn_out" => Site::AttnOut(l),
             "mlp.hook_post" => Site::MlpAct(l),
             "hook_mlp_out" => Site::MlpOut(l),
+            "mlp.hook_down_out" => Site::MlpDown(l),
             "hook_resid_post" => Site::ResidPost(l),
             _ => return Err(bad()),
         })

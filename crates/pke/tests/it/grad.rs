@@ -102,7 +102,7 @@ fn activation_probe_gradients_agree_with_weight_gradient() {
     assert!(diff < 1e-5, "max diff {diff}");
     // And the activation gradient is g_out @ W_down.
     let g_act = probe.grad(&grads, Site::MlpAct(1)).unwrap().squeeze(0).unwrap();
-    let implied_act = g_out.matmul(base.get(&name).unwrap()).unwrap();
+    let implied_act = g_out.matmul(&base.get(&name).unwrap()).unwrap();
     let diff = (g_act - implied_act).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
     assert!(diff < 1e-5, "max diff {diff}");
 }

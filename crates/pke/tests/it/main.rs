@@ -12,3 +12,4 @@ mod gguf_export;
 mod grad;
 mod hf_folder;
 mod locate;
+mod native;

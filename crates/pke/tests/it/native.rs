@@ -1,0 +1,119 @@
+//! Frozen weights held as stored (`Weights::Native`: GGUF blocks, quantized matmuls, gradients through
+//! them) against the float32 reference on the real models: same tensors read back, close log-probs, the
+//! same located layer and hotspot, a close edit, and a fraction of the memory.
+
+use pke::edit::{compute_delta, EditParams, Method};
+use pke::io::checkpoint::Checkpoint;
+use pke::locate::{locate, LocateSettings};
+use pke::model::decoder::{down_proj_name, token_logprobs};
+use pke::model::{Decoder, Input, Weights};
+
+const TEXT: &str = "The capital of France is Paris. It is known for the Eiffel Tower, the Louvre and its cafes, \
+                    which attract millions of visitors every year. The river Seine runs through the city.";
+
+fn native(alias: &str) -> Checkpoint {
+    Checkpoint::open_with(alias, Weights::Native).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn logprobs(m: &Decoder, ids: &[u32]) -> Vec<f32> {
+    let h = m.forward(&Input::single(ids)).unwrap().squeeze(0).unwrap();
+    let logits = m.logits(&h.narrow(0, 0, ids.len() - 1).unwrap()).unwrap();
+    token_logprobs(&logits, &ids[1..]).unwrap().to_vec1::<f32>().unwrap()
+}
+
+fn bits(m: &Decoder, name: &str) -> Vec<u32> {
+    m.get(name).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits()).collect()
+}
+
+/// Every default model: the native model lists the same tensors and reads each back bit for bit (q/k
+/// rows of llama files un-permuted by moving whole rows of blocks), holds well under half the bytes,
+/// gives the float32 path's log-probs when computed exactly on the dequantized blocks, and scores within
+/// a stated bound through the quantized kernels (activations quantized to 8 bits, as llama.cpp does).
+#[test]
+fn native_weights_read_back_exactly_and_score_close_to_float32() {
+    for (f, alias) in
+        [(crate::common::smollm2(), "smollm2"), (crate::common::qwen(), "qwen2.5-0.5b"), (crate::common::gemma(), "gemma3-270m")]
+    {
+        let n = native(alias);
+        assert_eq!(f.model.weights_mode(), Weights::F32, "{alias}");
+        assert_eq!(n.model.weights_mode(), Weights::Native, "{alias}");
+        assert_eq!(n.model.names(), f.model.names(), "{alias}");
+        assert_eq!(n.model.n_params(), f.model.n_params(), "{alias}");
+        let last = f.model.spec.n_layers - 1;
+        for name in [
+            "model.embed_tokens.weight".to_string(),
+            "model.layers.0.self_attn.q_proj.weight".into(),
+            "model.layers.0.self_attn.k_proj.weight".into(),
+            format!("model.layers.{last}.self_attn.o_proj.weight"),
+            down_proj_name(last),
+        ] {
+            assert!(bits(&n.model, &name) == bits(&f.model, &name), "{alias}: {name} reads back differently");
+        }
+        let ratio = n.model.resident_bytes() as f64 / f.model.resident_bytes() as f64;
+        assert!(ratio < 0.45, "{alias}: native holds {ratio:.2} of the float32 bytes");
+        let ids = f.tok.encode(TEXT, true).unwrap();
+        // Exactly on the dequantized blocks (what locate and edit run): the float32 numbers.
+        let (a, e) = (logprobs(&f.model, &ids), logprobs(&n.model.exact(), &ids));
+        let max_exact = a.iter().zip(&e).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        assert!(max_exact < 1e-4, "{alias}: exact path differs from float32 by {max_exact}");
+        // Through the quantized kernels (generation and scoring).
+        let b = logprobs(&n.model, &ids);
+        let max = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        let mean_nll = |v: &[f32]| -v.iter().sum::<f32>() / v.len() as f32;
+        let dnll = (mean_nll(&a) - mean_nll(&b)).abs();
+        eprintln!(
+            "{alias}: exact max |d log p| {max_exact:.2e}; kernels max |d log p| {max:.4}, |d mean NLL| {dnll:.4}; bytes ratio {ratio:.3}"
+        );
+        assert!(max < 0.75 && dnll < 0.04, "{alias}: max |d log p| {max}, |d mean NLL| {dnll}");
+    }
+}
+
+/// Locate and edit on SmolLM2 with native weights: gradients flow through the frozen block linears to the
+/// activations and to the trained hotspot, giving the same layer, the same top-k neurons and the same
+/// edit as the float32 path (up to float summation order).
+#[test]
+fn native_locate_and_edit_agree_with_float32_on_smollm2() {
+    let f = crate::common::smollm2();
+    let n = native("smollm2");
+    let cases = pke::data::sets::builtin_cases("advbench", 2).unwrap();
+    let s = LocateSettings { chat: true, ..Default::default() };
+    let (hf, _) = locate(&f.model, &f.tok, &cases, &s, None, |_, _| {}).unwrap();
+    let (hn, _) = locate(&n.model, &n.tok, &cases, &s, None, |_, _| {}).unwrap();
+    assert_eq!(hf.chosen_layers, hn.chosen_layers);
+    let l = hf.chosen_layers[0];
+    let (a, b) = (hf.neuron_indices(l).unwrap(), hn.neuron_indices(l).unwrap());
+    let common = a.iter().filter(|i| b.contains(i)).count();
+    let overlap = common as f64 / a.len() as f64;
+    eprintln!("top-{} overlap {overlap:.3}", a.len());
+    assert!(overlap >= 0.99, "top-{} overlap {overlap}", a.len());
+
+    // The same hotspot, 3 steps each.
+    let p = EditParams::resolve(Method::Pke, None, &["steps=3".into()]).unwrap();
+    let name = down_proj_name(l);
+    let delta = |m: &Decoder| {
+        let out = compute_delta(m, &f.tok, &cases, &hf, Method::Pke, &p, |_, _, _| {}).unwrap();
+        let mut e = m.clone();
+        out.delta.apply(&mut e, false).unwrap();
+        // Only the trained tensor left the blocks.
+        assert_eq!(e.weights_mode(), m.weights_mode());
+        (e.get(&name).unwrap() - m.get(&name).unwrap()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    };
+    let (df, dn) = (delta(&f.model), delta(&n.model));
+    let dot: f64 = df.iter().zip(&dn).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let cos = dot / (norm(&df) * norm(&dn));
+    let ratio = norm(&dn) / norm(&df);
+    eprintln!("edit delta cosine {cos:.4}, norm ratio {ratio:.3}");
+    assert!(cos > 0.999 && (ratio - 1.0).abs() < 1e-3, "delta cosine {cos}, norm ratio {ratio}");
+}
+
+/// A HF folder cannot be held natively (no blocks): a clear error naming the folder and the way out.
+#[test]
+fn native_weights_on_a_hf_folder_is_a_clear_error() {
+    let dir = std::env::temp_dir().join(format!("pke-native-hf-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("config.json"), "{}").unwrap();
+    let e = Checkpoint::load_with(&dir, Weights::Native).unwrap_err().to_string();
+    std::fs::remove_dir_all(&dir).ok();
+    assert!(e.contains("--weights native needs a GGUF file") && e.contains(&dir.display().to_string()), "{e}");
+}
