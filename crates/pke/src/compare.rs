@@ -298,11 +298,18 @@ pub fn rates_markdown(rows: &[CompareRow]) -> String {
     s
 }
 
+fn f32_weights() -> crate::model::Weights {
+    crate::model::Weights::F32
+}
+
 /// The comparison.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Comparison {
     pub model: String,
     pub model_sha256: String,
+    /// How the frozen weights were held (see [`crate::model::Weights`]).
+    #[serde(default = "f32_weights")]
+    pub weights: crate::model::Weights,
     pub cases: Vec<String>,
     pub settings: CompareSettings,
     pub rows: Vec<CompareRow>,
@@ -445,6 +452,7 @@ fn snapshot(ck: &Checkpoint, cases: &[EditCase], s: &CompareSettings, rows: &[Co
     let mut c = Comparison {
         model: ck.source.path().display().to_string(),
         model_sha256: ck.sha256()?,
+        weights: ck.model.weights_mode(),
         cases: cases.iter().map(|c| c.prompt.clone()).collect(),
         settings: s.clone(),
         rows,

@@ -123,6 +123,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let mut delta: WeightDelta = outcome.delta;
     delta.metadata.insert("base_sha256".into(), sha);
     delta.metadata.insert("base_model".into(), ck.source.path().display().to_string());
+    delta.metadata.insert("weights".into(), ck.model.weights_mode().to_string());
     if let Some(parent) = a.delta.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
     }

@@ -277,11 +277,18 @@ impl ModelReport {
     }
 }
 
+fn f32_weights() -> crate::model::Weights {
+    crate::model::Weights::F32
+}
+
 /// The evaluation of one model.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ModelReport {
     pub model: String,
     pub model_sha256: String,
+    /// How the frozen weights were held (`native`: GGUF blocks through quantized kernels; `f32`).
+    #[serde(default = "f32_weights")]
+    pub weights: crate::model::Weights,
     pub asr: Asr,
     pub over_refusal: SetScore,
     /// Look-alike probes: over-refusal per category and overall, and the harmful twins' refusal rate.
@@ -690,6 +697,7 @@ pub fn evaluate_with(
     let mut report = ModelReport {
         model: ck.source.path().display().to_string(),
         model_sha256: ck.sha256()?,
+        weights: ck.model.weights_mode(),
         asr: Asr {
             overall: success as f64 / total.max(1) as f64,
             n: total,

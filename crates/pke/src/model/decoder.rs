@@ -382,6 +382,7 @@ impl Decoder {
                 continue;
             }
             let mut t = g.dequantize(gname)?;
+            g.release(gname);
             if let Some(heads) = names::qk_permutation_heads(arch, &hf, spec.n_heads, spec.n_kv_heads) {
                 t = names::unpermute_qk(&t, heads)?;
             }
@@ -740,6 +741,7 @@ fn gguf_blocks(g: &crate::io::gguf::GgufFile, spec: &ModelSpec, gname: &str) -> 
         }
         None => g.qtensor(gname)?,
     };
+    g.release(gname);
     let stored = std::sync::Arc::new(q);
     let fast = match dtype {
         GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1 => {
