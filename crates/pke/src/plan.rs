@@ -1,13 +1,18 @@
 //! Provides `pke plan`: from a checkpoint's header (or a named shape) alone, the memory and rough time an
-//! edit and an evaluation will take on this kind of machine, and whether they fit.
+//! edit and an evaluation will take on this kind of machine, which `--weights` mode `auto` would pick, and
+//! whether they fit.
 //!
-//! The figures are fits to measurements on the project's 2-core development machine (AMD EPYC, 2 threads,
-//! float32; docs/benchmarks.md): a default `pke` edit step costs ~5.3e-9 s per parameter (SmolLM2 0.71 s,
-//! Gemma 3 270M 1.6 s, Qwen2.5-0.5B 2.5 s), a `dinm` step ~1.5e-9, a `pke` locate ~8e-9 per case, and a
-//! default-size evaluation ~2e-6 s per parameter (mostly greedy decoding, ~5.5e9 parameter-tokens per
-//! second). Peak memory: an edit ~1.8x the float32 weights plus four copies of the trained tensors (value,
-//! gradient, two Adam moments); an evaluation ~1.3x the float32 weights. Rough by design: within a factor
-//! of ~1.5 on the measured models; nothing was measured on a GPU.
+//! The figures are fits to measurements on the project's 2-core development machine (AMD EPYC, 2 threads;
+//! docs/benchmarks.md): a default `pke` edit step costs ~5.3e-9 s per parameter in float32 (SmolLM2 0.71 s,
+//! Gemma 3 270M 1.6 s, Qwen2.5-0.5B 2.5 s) and ~15% more with native weights (Qwen2.5-Coder-1.5B), a `dinm`
+//! step ~1.5e-9, a `pke` locate ~8e-9 per case, and a default-size evaluation ~2e-6 s per parameter (mostly
+//! greedy decoding). Peak memory of a one-case edit: the weights (float32, or as stored when native) plus
+//! four copies of the trained tensors (value, gradient, two Adam moments) plus activations and the autograd
+//! graph, ~10.5 KB per layer and unit of (d + d_ff) (fitted on Qwen2.5-Coder-1.5B native, 4.2 GiB, and a
+//! Llama-3-8B-shaped synthetic file native, 11.0 GiB; within 5% of both, and of the 1.5B float32 edit).
+//! An evaluation: ~1.3x the float32 weights, or ~2.2x the stored bytes native (candle's x86 quantized
+//! kernels keep a repacked copy of each weight). Rough by design: within a factor of ~1.5 on the measured
+//! models; nothing was measured on a GPU.
 
 use serde::Serialize;
 
@@ -33,7 +38,7 @@ pub struct Plan {
     pub cases: usize,
     pub steps: usize,
     pub devices: usize,
-    /// How pke would hold the weights: `f32` (the only mode today).
+    /// How `--weights auto` would hold the weights on this machine: `f32` or `native`.
     pub weights_mode: String,
     pub f32_weights_gib: f64,
     pub stored_gib: f64,
@@ -60,17 +65,23 @@ pub fn plan(m: &PlanModel, method: Method, cases: usize, steps: usize, device: &
     // The trained tensors: one layer's down_proj (pke, dinm, ft-l, ga all train the hotspot layer's columns
     // through the whole tensor as a Var).
     let trained = (m.hidden * m.ff) as f64 * 4.0;
-    let edit_peak = (1.8 * f32_bytes + 4.0 * trained) / devices as f64;
-    let eval_peak = 1.3 * f32_bytes / devices as f64;
+    let act = 10.5e3 * (m.n_layers * (m.hidden + m.ff)) as f64;
+    let cpu = device == "cpu";
+    // `available` is host memory; a GPU's own memory is not read.
+    let available = if cpu { available } else { None };
+    let mode = crate::io::checkpoint::auto_weights(m.n_params / devices, available.map(|a| a * devices as u64));
+    let native = mode == crate::model::Weights::Native;
+    let weights = if native { m.stored_bytes as f64 } else { f32_bytes };
+    let edit_peak = (weights + 4.0 * trained + act) / devices as f64;
+    let eval_peak = if native { 2.2 * m.stored_bytes as f64 } else { 1.3 * f32_bytes } / devices as f64;
+    let slow = if native { 1.15 } else { 1.0 };
     let per_step = match method {
         Method::Dinm => 1.5e-9,
         _ => 5.3e-9,
     } * m.n_params as f64
-        * cases as f64;
-    let cpu = device == "cpu";
+        * cases as f64
+        * slow;
     let mut notes = vec![];
-    // `available` is host memory; a GPU's own memory is not read.
-    let available = if cpu { available } else { None };
     if !cpu {
         notes.push(format!("no timing was measured on {device}: times are not estimated"));
         notes.push(format!("{device} memory is not read: compare the peak per device with the device's memory"));
@@ -80,14 +91,17 @@ pub fn plan(m: &PlanModel, method: Method, cases: usize, steps: usize, device: &
             "memory per device with every weight split over {devices} devices (tensor parallel); pke runs on one device today"
         ));
     }
+    if native {
+        notes.push(format!(
+            "auto holds the weights as stored (--weights native): float32 ({:.1} GiB) would take more than 60% of the memory",
+            f32_bytes / GIB
+        ));
+    }
     let avail = available.map(|a| a as f64);
     let fits = avail.map(|a| edit_peak <= a);
-    if fits == Some(false) || (avail.is_none() && edit_peak > 80.0 * GIB) {
-        let native = (m.stored_bytes as f64 + 4.0 * trained) * 1.5 / devices as f64;
-        notes.push(format!(
-            "does not fit in float32; with frozen weights kept as stored (not implemented yet) an edit would need about {:.1} GiB",
-            native / GIB
-        ));
+    if fits == Some(false) && !native {
+        let n = (m.stored_bytes as f64 + 4.0 * trained + act) / devices as f64;
+        notes.push(format!("does not fit in float32; with --weights native (GGUF) an edit would need about {:.1} GiB", n / GIB));
     }
     Plan {
         model: m.clone(),
@@ -95,16 +109,16 @@ pub fn plan(m: &PlanModel, method: Method, cases: usize, steps: usize, device: &
         cases,
         steps,
         devices,
-        weights_mode: "f32".into(),
+        weights_mode: mode.to_string(),
         f32_weights_gib: f32_bytes / GIB,
         stored_gib: m.stored_bytes as f64 / GIB,
         edit_peak_gib: edit_peak / GIB,
         eval_peak_gib: eval_peak / GIB,
         available_gib: avail.map(|a| a / GIB),
         fits,
-        locate_s: cpu.then_some(8e-9 * m.n_params as f64 * cases as f64),
+        locate_s: cpu.then_some(8e-9 * m.n_params as f64 * cases as f64 * slow),
         edit_s: cpu.then_some(per_step * steps as f64),
-        eval_s: cpu.then_some(2e-6 * m.n_params as f64),
+        eval_s: cpu.then_some(2e-6 * m.n_params as f64 / if native { 1.5 } else { 1.0 }),
         notes,
     }
 }
@@ -164,18 +178,45 @@ mod tests {
     }
 
     #[test]
+    fn plan_reproduces_the_measured_native_edits_and_picks_native_for_8b() {
+        // Qwen2.5-Coder-1.5B (1.78 B parameters, 1.04 GiB stored): native edit measured at 4.18 GiB.
+        let q15 =
+            PlanModel { name: "q".into(), n_params: 1_777_088_000, n_layers: 28, hidden: 1536, ff: 8960, stored_bytes: 1_117_320_768 };
+        let p = plan(&q15, Method::Pke, 1, 3, "cpu", 1, Some(4 << 30));
+        assert_eq!(p.weights_mode, "native");
+        assert!((p.edit_peak_gib - 4.18).abs() < 0.25, "{}", p.edit_peak_gib);
+        // The same model with room for float32: f32, measured at 9.63 GiB.
+        let p = plan(&q15, Method::Pke, 1, 3, "cpu", 1, Some(24 << 30));
+        assert_eq!(p.weights_mode, "f32");
+        assert!((p.edit_peak_gib - 9.63).abs() < 0.5, "{}", p.edit_peak_gib);
+        // Llama-3-8B shape with a 151,936-token vocabulary (8.22 B, 4.71 GiB Q4_K_M): native on 24 GiB,
+        // measured at 11.28 GiB; it fits.
+        let l8 =
+            PlanModel { name: "l".into(), n_params: 8_220_000_000, n_layers: 32, hidden: 4096, ff: 14336, stored_bytes: 5_057_000_000 };
+        let p = plan(&l8, Method::Pke, 1, 2, "cpu", 1, Some(24 << 30));
+        assert_eq!(p.weights_mode, "native");
+        assert!((p.edit_peak_gib - 11.28).abs() < 0.6, "{}", p.edit_peak_gib);
+        assert_eq!(p.fits, Some(true));
+    }
+
+    #[test]
     fn plan_scales_with_size_and_says_when_it_does_not_fit() {
         let small = plan(&model(135_000_000), Method::Pke, 1, 10, "cpu", 1, Some(24 << 30));
         assert_eq!(small.fits, Some(true));
         // The fit reproduces the measured SmolLM2 pke step (0.71 s) within 10%.
         assert!((small.edit_s.unwrap() / 10.0 - 0.71).abs() < 0.071, "{:?}", small.edit_s);
+        // 8 B parameters with no room for float32: auto goes native, and says why.
         let big = plan(&model(8_000_000_000), Method::Pke, 1, 10, "cpu", 1, Some(24 << 30));
-        assert_eq!(big.fits, Some(false));
-        assert!(big.notes.iter().any(|n| n.contains("does not fit in float32")), "{:?}", big.notes);
-        assert!(render(&big).contains("does not fit"));
+        assert_eq!(big.weights_mode, "native");
+        assert!(big.notes.iter().any(|n| n.contains("--weights native")), "{:?}", big.notes);
+        // Too little memory even as stored: does not fit, and the text says so.
+        let tiny = plan(&model(8_000_000_000), Method::Pke, 1, 10, "cpu", 1, Some(2 << 30));
+        assert_eq!(tiny.fits, Some(false));
+        assert!(render(&tiny).contains("does not fit"));
         // Split over 8 devices: an eighth per device; on cuda no time is claimed.
         let tp = plan(&model(8_000_000_000), Method::Pke, 1, 10, "cuda", 8, None);
-        assert!((tp.edit_peak_gib * 8.0 - big.edit_peak_gib).abs() < 1e-9);
+        let one = plan(&model(8_000_000_000), Method::Pke, 1, 10, "cuda", 1, None);
+        assert!((tp.edit_peak_gib * 8.0 - one.edit_peak_gib).abs() < 1e-9);
         assert!(tp.edit_s.is_none() && tp.fits.is_none());
         assert!(plan(&model(135_000_000), Method::Dinm, 1, 10, "cpu", 1, None).edit_s < small.edit_s);
     }
