@@ -122,8 +122,8 @@ pub struct Args {
 
 pub fn markdown(r: &ModelReport) -> String {
     let mut s = format!(
-        "# pke eval: {}\n\nmodel sha256 `{}`; {:.0} s\n\n| metric | set | n | value |\n|---|---|---|---|\n",
-        r.model, r.model_sha256, r.seconds
+        "# pke eval: {}\n\nmodel sha256 `{}`; weights {}; {:.0} s\n\n| metric | set | n | value |\n|---|---|---|---|\n",
+        r.model, r.model_sha256, r.weights, r.seconds
     );
     s += &format!("| ASR (overall) | harmful sets | {} | {:.3} |\n", r.asr.n, r.asr.overall);
     for p in &r.asr.per_set {
@@ -132,6 +132,16 @@ pub fn markdown(r: &ModelReport) -> String {
     s += &format!("| non-refusal (overall) | harmful sets | {} | {:.3} |\n", r.asr.n, r.asr.non_refusal);
     if let Some(p) = &r.asr.prefilled {
         s += &format!("| ASR, prefill attack | {} | {} | {:.3} |\n", p.set, p.n, p.value);
+    }
+    if let Some(k) = &r.kernel_check {
+        s += &format!(
+            "| replies the exact path reproduces (kernel check) | first {} harmful + {} benign prompts | {} | {:.3} (tokens {:.4}) |\n",
+            pke::eval::report::KERNEL_CHECK_PER_SIDE,
+            pke::eval::report::KERNEL_CHECK_PER_SIDE,
+            k.n,
+            k.identical as f64 / k.n.max(1) as f64,
+            k.token_agreement
+        );
     }
     for (name, m) in [
         ("over-refusal", Some(&r.over_refusal)),

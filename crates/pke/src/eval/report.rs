@@ -214,6 +214,64 @@ impl SafeEditScores {
     }
 }
 
+/// With natively held weights, how far the quantized kernels' greedy replies are from the exact path's: a
+/// sample of replies generated through the kernels is teacher-forced through the exact path (every linear
+/// on its dequantized blocks, the float32 numbers), and a reply counts as identical when the exact path's
+/// greedy choice equals the kernels' token at every position, so the exact path would have produced the
+/// same reply and the same verdict. `identical` is a lower bound on verdict agreement.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct KernelCheck {
+    /// Replies checked (harmful and benign prompts).
+    pub n: usize,
+    /// Replies the exact path reproduces token for token, with its 95% Wilson interval.
+    pub identical: usize,
+    pub ci_low: f64,
+    pub ci_high: f64,
+    /// Share of reply tokens where the exact path's greedy choice equals the kernels' token.
+    pub token_agreement: f64,
+    pub tokens: usize,
+}
+
+/// Replies to this many harmful and this many benign prompts are checked by [`kernel_check`].
+pub const KERNEL_CHECK_PER_SIDE: usize = 8;
+
+/// See [`KernelCheck`]. `prompts` are generated through `ck`'s kernels (as the evaluation does) and
+/// teacher-forced through `ck.model.exact()`.
+pub fn kernel_check(ck: &Checkpoint, prompts: &[String], s: &EvalSettings) -> Result<KernelCheck> {
+    let ids = texts(ck, prompts, s.chat, None)?;
+    let opts = GenOpts { max_new_tokens: s.max_new_tokens, stop_ids: ck.tok.stop_token_ids(), truncate_left: true, ..Default::default() };
+    let exact = ck.model.exact();
+    let (mut identical, mut agree, mut tokens) = (0, 0, 0);
+    for chunk in ids.chunks(s.batch.max(1)) {
+        for (p, g) in chunk.iter().zip(generate(&ck.model, chunk, ck.tok.pad_or_eos().unwrap_or(0), &opts)?) {
+            let p = &p[g.truncated..];
+            let n = g.token_ids.len();
+            if n == 0 {
+                identical += 1;
+                continue;
+            }
+            let all: Vec<u32> = p.iter().chain(&g.token_ids).copied().collect();
+            let h = exact.forward(&crate::model::Input::single(&all))?.squeeze(0)?;
+            let choice = exact.logits(&h.narrow(0, p.len() - 1, n)?)?.argmax(candle_core::D::Minus1)?.to_vec1::<u32>()?;
+            let same = choice.iter().zip(&g.token_ids).filter(|(a, b)| a == b).count();
+            agree += same;
+            tokens += n;
+            if same == n {
+                identical += 1;
+            }
+        }
+    }
+    let (ci_low, ci_high) = crate::eval::metrics::wilson(identical, prompts.len());
+    Ok(KernelCheck {
+        n: prompts.len(),
+        identical,
+        ci_low,
+        ci_high,
+        token_agreement: if tokens == 0 { 1.0 } else { agree as f64 / tokens as f64 },
+        tokens,
+    })
+}
+
 /// One generated sample, for inspection.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Sample {
@@ -272,6 +330,14 @@ impl ModelReport {
         if let Some(e) = &self.safeedit {
             v.extend(e.rates().iter().map(|(m, x)| Rate::of(&format!("SafeEdit {m}"), &e.file, *x, e.n)));
         }
+        if let Some(k) = &self.kernel_check {
+            v.push(Rate::of(
+                "replies the exact path reproduces",
+                "kernel check (native weights)",
+                k.identical as f64 / k.n.max(1) as f64,
+                k.n,
+            ));
+        }
         v.retain(|r| r.n > 0);
         v
     }
@@ -289,6 +355,9 @@ pub struct ModelReport {
     /// How the frozen weights were held (`native`: GGUF blocks through quantized kernels; `f32`).
     #[serde(default = "f32_weights")]
     pub weights: crate::model::Weights,
+    /// With `weights: native`: the quantized kernels' replies against the exact path's (see [`KernelCheck`]).
+    #[serde(default)]
+    pub kernel_check: Option<KernelCheck>,
     pub asr: Asr,
     pub over_refusal: SetScore,
     /// Look-alike probes: over-refusal per category and overall, and the harmful twins' refusal rate.
@@ -678,6 +747,14 @@ pub fn evaluate_with(
         }
         _ => None,
     };
+    let kernel_check = if ck.model.weights_mode() == crate::model::Weights::Native {
+        progress("kernel check");
+        let mut sample: Vec<String> = harmful_sets.iter().flat_map(|(_, p, _)| p.iter()).take(KERNEL_CHECK_PER_SIDE).cloned().collect();
+        sample.extend(benign.iter().take(KERNEL_CHECK_PER_SIDE).cloned());
+        (!sample.is_empty()).then(|| kernel_check(ck, &sample, s)).transpose()?
+    } else {
+        None
+    };
     let labels = pyrit_refusal_labels()?;
     let judge_validation = vec![
         validate(RefusalJudge::HarmbenchPrefixes, &labels, "pyrit refusal.csv + refusal_extra.csv"),
@@ -698,6 +775,7 @@ pub fn evaluate_with(
         model: ck.source.path().display().to_string(),
         model_sha256: ck.sha256()?,
         weights: ck.model.weights_mode(),
+        kernel_check,
         asr: Asr {
             overall: success as f64 / total.max(1) as f64,
             n: total,

@@ -117,3 +117,32 @@ fn native_weights_on_a_hf_folder_is_a_clear_error() {
     std::fs::remove_dir_all(&dir).ok();
     assert!(e.contains("--weights native needs a GGUF file") && e.contains(&dir.display().to_string()), "{e}");
 }
+
+/// An evaluation with native weights runs the kernels and checks them against the exact path on a sample
+/// of its own replies: the check is reported (and absent for float32), and on SmolLM2 most reply tokens
+/// are the exact path's greedy choice.
+#[test]
+fn native_evaluation_reports_the_kernel_check() {
+    use pke::eval::report::{evaluate, EvalSettings};
+    let s = EvalSettings {
+        n_harmful: 2,
+        n_jailbreak: 0,
+        n_benign: 2,
+        n_factual: 2,
+        ppl_tokens: 32,
+        max_new_tokens: 12,
+        n_probes_per_category: 1,
+        ..Default::default()
+    };
+    let n = native("smollm2");
+    let r = evaluate(&n, None, &s, |_| {}).unwrap();
+    assert_eq!(r.weights, Weights::Native);
+    let k = r.kernel_check.expect("native evaluation has a kernel check");
+    // 2 HarmBench + 2 StrongREJECT prompts (the first 8 harmful are all 4) and 2 benign ones.
+    assert_eq!(k.n, 6);
+    assert!(k.identical <= k.n && k.tokens > 0 && k.ci_low <= k.ci_high);
+    assert!(k.token_agreement > 0.7, "{k:?}");
+    assert!(r.rates.iter().any(|x| x.metric == "replies the exact path reproduces"));
+    let f = evaluate(crate::common::smollm2(), None, &s, |_| {}).unwrap();
+    assert!(f.kernel_check.is_none() && f.weights == Weights::F32);
+}
