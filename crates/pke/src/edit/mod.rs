@@ -47,6 +47,8 @@ struct CaseSeqs {
     safe: Seq,
     unsafe_: Seq,
     loc: Option<Seq>,
+    /// The safe reply after the prompt and the unsafe reply's opening (`prefill_weight`).
+    recover: Option<Seq>,
 }
 
 /// The sequences of one case, ready to train on.
@@ -55,6 +57,7 @@ struct Prepared {
     id: String,
     safe: Seq,
     unsafe_: Seq,
+    recover: Option<Seq>,
     /// Locality sequence and the original model's log-probabilities at its KL rows (A, V).
     loc: Option<(Seq, Tensor)>,
 }
@@ -76,6 +79,9 @@ pub struct StepLog {
     /// squared drift of the benign retain prompts, in units of the gap (0 when off).
     #[serde(default)]
     pub direction: f64,
+    /// NLL of the safe reply after the unsafe reply's opening (`prefill_weight`; 0 when off).
+    #[serde(default)]
+    pub nll_recover: f64,
     /// Every case's safe reply opens the greedy reply (its first `stop_greedy_tokens` tokens are each the
     /// top token); true when that check is off.
     #[serde(default)]
@@ -137,7 +143,7 @@ fn prepare(tok: &Tok, c: &EditCase, chat: bool, p: &EditParams, method: Method) 
             }
             _ => None,
         };
-        return Ok(CaseSeqs { id: c.id.clone(), safe, unsafe_, loc });
+        return Ok(CaseSeqs { id: c.id.clone(), safe, unsafe_, loc, recover: None });
     }
     let prompt = encode_nonempty(tok, &prompt_text(tok, &c.prompt, chat, None)?, !chat, "the prompt", &c.id)?;
     let mut safe = encode_nonempty(tok, &sep(&c.safe_response), false, "the safe reply", &c.id)?;
@@ -157,7 +163,12 @@ fn prepare(tok: &Tok, c: &EditCase, chat: bool, p: &EditParams, method: Method) 
         }
         _ => None,
     };
-    Ok(CaseSeqs { id: c.id.clone(), safe: seq_after(&prompt, &safe), unsafe_: seq_after(&prompt, &unsafe_), loc })
+    let recover = (p.prefill_weight > 0.0).then(|| {
+        let k = p.prefill_tokens.min(unsafe_.len().saturating_sub(1)).max(1).min(unsafe_.len());
+        let opened: Vec<u32> = prompt.iter().chain(&unsafe_[..k]).copied().collect();
+        seq_after(&opened, &safe)
+    });
+    Ok(CaseSeqs { id: c.id.clone(), safe: seq_after(&prompt, &safe), unsafe_: seq_after(&prompt, &unsafe_), loc, recover })
 }
 
 /// The safe-reply token ids `compute_delta` trains toward for `case` (what the edit term of pke, dinm and
@@ -223,7 +234,14 @@ fn precompute(model: &Decoder, cases: Vec<CaseSeqs>, l0: usize) -> Result<Vec<Pr
             }
             None => None,
         };
-        out.push(Prepared { id: c.id, safe: c.safe, unsafe_: c.unsafe_, loc });
+        let recover = match c.recover {
+            Some(mut seq) => {
+                seq.resume = resume_of(&seq.ids)?;
+                Some(seq)
+            }
+            None => None,
+        };
+        out.push(Prepared { id: c.id, safe: c.safe, unsafe_: c.unsafe_, loc, recover });
     }
     Ok(out)
 }
@@ -355,6 +373,11 @@ fn case_loss(
             log.kl = scalar(&k)?;
             loss = (loss + (k * p.kl_weight)?)?;
         }
+    }
+    if let (Some(seq), true) = (&c.recover, p.prefill_weight > 0.0 && method != Method::Ga) {
+        let r = nll(model, seq)?;
+        log.nll_recover = scalar(&r)?;
+        loss = (loss + (r * p.prefill_weight)?)?;
     }
     if p.unlikelihood_weight != 0.0 {
         let u = unlikelihood(model, &c.unsafe_)?;
@@ -610,6 +633,7 @@ pub fn compute_delta_with(
                 entry.kl += s.kl / n;
                 entry.unlikelihood += s.unlikelihood / n;
                 entry.nll_unsafe += s.nll_unsafe / n;
+                entry.nll_recover += s.nll_recover / n;
                 backprop(&(l / n)?, &vars, &mut grads)?;
             }
             if !retain_seqs.is_empty() {

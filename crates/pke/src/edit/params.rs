@@ -132,6 +132,13 @@ pub struct EditParams {
     pub direction_offset: usize,
     #[serde(default = "default_direction_margin")]
     pub direction_margin: f64,
+    /// Safety-recovery term (0 = off; not for dinm): the safe reply is also trained after the prompt
+    /// followed by the first `prefill_tokens` tokens of the case's unsafe reply, so the refusal holds when
+    /// the reply has been opened compliantly (Qi et al. 2024's recovery examples).
+    #[serde(default)]
+    pub prefill_weight: f64,
+    #[serde(default = "default_prefill_tokens")]
+    pub prefill_tokens: usize,
     /// Clamp edited weights to w0 ± this (0 = off).
     pub norm_constraint: f64,
     pub mode: BatchMode,
@@ -150,6 +157,10 @@ pub struct EditParams {
     /// other steps log `kl` as null. True computes it every step, as EasyEdit does.
     #[serde(default)]
     pub always_log_inert_kl: bool,
+}
+
+fn default_prefill_tokens() -> usize {
+    6
 }
 
 fn default_direction_offset() -> usize {
@@ -220,6 +231,12 @@ impl EditParams {
             return Err(Error::Input(format!(
                 "direction_weight must be >= 0 and direction_margin finite, got {} and {}",
                 p.direction_weight, p.direction_margin
+            )));
+        }
+        if p.prefill_weight < 0.0 || !p.prefill_weight.is_finite() || (p.prefill_weight > 0.0 && p.prefill_tokens == 0) {
+            return Err(Error::Input(format!(
+                "prefill_weight must be >= 0 (with prefill_tokens >= 1), got {} and {}",
+                p.prefill_weight, p.prefill_tokens
             )));
         }
         if p.retain_weight < 0.0 || !p.retain_weight.is_finite() {

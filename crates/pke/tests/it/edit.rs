@@ -405,3 +405,26 @@ fn direction_term_pushes_harmful_cases_along_the_direction_and_holds_the_benign_
     let e = EditParams::resolve(Method::Dinm, None, &["direction_weight=1".into()]).unwrap_err().to_string();
     assert!(e.contains("unknown hyper-parameter `direction_weight` for method dinm"), "{e}");
 }
+
+/// The safety-recovery term (`prefill_weight`): the safe reply after the unsafe reply's opening is
+/// trained too, and its NLL falls; off, it is logged as 0; bad values are errors.
+#[test]
+fn recovery_term_trains_the_refusal_after_a_compliant_opening() {
+    let ck = crate::common::smollm2();
+    let (cases, h) = smol_setup(2);
+    let o = ["steps=6".to_string(), "stop_nll=0".into(), "edit_weight=0".into(), "prefill_weight=1".into(), "lr=1e-2".into()];
+    let p = EditParams::resolve(Method::Pke, None, &o).unwrap();
+    let out = compute_delta(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, |_, _, _| {}).unwrap();
+    let (first, last) = (out.log[0].nll_recover, out.log.last().unwrap().nll_recover);
+    assert!(first > 0.5 && first.is_finite(), "{first}");
+    assert!(last < 0.7 * first, "the recovery NLL should fall: {first} -> {last}");
+    let p = EditParams::resolve(Method::Pke, None, &["steps=1".into()]).unwrap();
+    let off = compute_delta(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, |_, _, _| {}).unwrap();
+    assert!(off.log.iter().all(|s| s.nll_recover == 0.0));
+    for bad in ["prefill_weight=-1", "prefill_weight=nan"] {
+        let e = EditParams::resolve(Method::Pke, None, &[bad.into()]).unwrap_err().to_string();
+        assert!(e.contains("prefill_weight must be >= 0"), "{bad}: {e}");
+    }
+    let e = EditParams::resolve(Method::Pke, None, &["prefill_weight=1".into(), "prefill_tokens=0".into()]).unwrap_err().to_string();
+    assert!(e.contains("prefill_tokens >= 1"), "{e}");
+}
