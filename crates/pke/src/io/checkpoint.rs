@@ -229,37 +229,29 @@ pub fn available_memory() -> Option<u64> {
 /// Refuse, before any weight is read, to load `n_params` float32 weights (plus 10% for activations and
 /// the tokenizer) into less memory than that: a clear error instead of the kernel's OOM killer.
 pub fn check_memory(path: &Path, n_params: usize, available: Option<u64>) -> Result<()> {
-    let need = n_params as f64 * 4.0 * 1.1;
-    match available {
-        Some(a) if need > a as f64 => {
-            let gib = |b: f64| b / (1u64 << 30) as f64;
-            Err(Error::OutOfMemory {
-                path: path.into(),
-                n_params,
-                form: "as float32",
-                hint: "hold the frozen weights as stored with `--weights native` (GGUF files), or choose a smaller model or a machine with more memory",
-                need_gib: gib(need),
-                available_gib: gib(a as f64),
-            })
-        }
-        _ => Ok(()),
-    }
+    let hint =
+        "hold the frozen weights as stored with `--weights native` (GGUF files), or choose a smaller model or a machine with more memory";
+    refuse_unless_fits(path, n_params, n_params as f64 * 4.0 * 1.1, "as float32", hint, available)
 }
 
 /// As [`check_memory`] for a model held natively in `bytes` (+10%).
 pub fn check_native_memory(path: &Path, n_params: usize, bytes: u64, available: Option<u64>) -> Result<()> {
-    let need = bytes as f64 * 1.1;
+    let hint = "choose a smaller model, a smaller quantization type, or a machine with more memory";
+    refuse_unless_fits(path, n_params, bytes as f64 * 1.1, "held as stored (--weights native)", hint, available)
+}
+
+fn refuse_unless_fits(
+    path: &Path,
+    n_params: usize,
+    need: f64,
+    form: &'static str,
+    hint: &'static str,
+    available: Option<u64>,
+) -> Result<()> {
     match available {
         Some(a) if need > a as f64 => {
             let gib = |b: f64| b / (1u64 << 30) as f64;
-            Err(Error::OutOfMemory {
-                path: path.into(),
-                n_params,
-                form: "held as stored (--weights native)",
-                hint: "choose a smaller model, a smaller quantization type, or a machine with more memory",
-                need_gib: gib(need),
-                available_gib: gib(a as f64),
-            })
+            Err(Error::OutOfMemory { path: path.into(), n_params, form, hint, need_gib: gib(need), available_gib: gib(a as f64) })
         }
         _ => Ok(()),
     }
@@ -506,5 +498,15 @@ mod tests {
         check_memory(p, 8_000_000_000, None).unwrap();
         // The 10% headroom: exactly 4 bytes per parameter is not enough.
         assert!(check_memory(p, 1 << 20, Some(4 << 20)).is_err());
+        // The float32 refusal points at --weights native; the native one names its form.
+        assert!(e.contains("--weights native"), "{e}");
+        let e = check_native_memory(p, 8_000_000_000, 5 << 30, Some(4 << 30)).unwrap_err().to_string();
+        assert!(e.contains("held as stored") && e.contains("5.5 GiB") && e.contains("4.0 GiB"), "{e}");
+        check_native_memory(p, 8_000_000_000, 5 << 30, Some(24 << 30)).unwrap();
+        // auto: native once float32 (+10%) passes 60% of the memory; float32 when memory is unknown.
+        assert_eq!(auto_weights(8_000_000_000, Some(24 << 30)), Weights::Native);
+        assert_eq!(auto_weights(1_780_000_000, Some(24 << 30)), Weights::F32);
+        assert_eq!(auto_weights(1_780_000_000, Some(8 << 30)), Weights::Native);
+        assert_eq!(auto_weights(8_000_000_000, None), Weights::F32);
     }
 }
