@@ -427,15 +427,21 @@ pub fn generate_suffixed(
     generate_ids(ck, &texts(ck, prompts, s.chat, suffix)?, s, "generated", progress)
 }
 
-/// Greedy replies (decoded, trimmed) to tokenized inputs, in batches of `s.batch`.
+/// Greedy replies (decoded, trimmed) to tokenized inputs, in batches of `s.batch` formed by prompt length
+/// (a 600-token jailbreak template does not pad seven 30-token prompts to its length), in input order.
 fn generate_ids(ck: &Checkpoint, ids: &[Vec<u32>], s: &EvalSettings, what: &str, progress: &mut dyn FnMut(&str)) -> Result<Vec<String>> {
     let opts = GenOpts { max_new_tokens: s.max_new_tokens, stop_ids: ck.tok.stop_token_ids(), truncate_left: true, ..Default::default() };
-    let mut out = Vec::new();
-    for chunk in ids.chunks(s.batch.max(1)) {
-        for g in generate(&ck.model, chunk, ck.tok.pad_or_eos().unwrap_or(0), &opts)? {
-            out.push(ck.tok.decode(&g.token_ids, true)?.trim().to_string());
+    let mut order: Vec<usize> = (0..ids.len()).collect();
+    order.sort_by_key(|&i| ids[i].len());
+    let mut out = vec![String::new(); ids.len()];
+    let mut done = 0;
+    for chunk in order.chunks(s.batch.max(1)) {
+        let rows: Vec<Vec<u32>> = chunk.iter().map(|&i| ids[i].clone()).collect();
+        for (&i, g) in chunk.iter().zip(generate(&ck.model, &rows, ck.tok.pad_or_eos().unwrap_or(0), &opts)?) {
+            out[i] = ck.tok.decode(&g.token_ids, true)?.trim().to_string();
         }
-        progress(&format!("{what} {}/{}", out.len(), ids.len()));
+        done += chunk.len();
+        progress(&format!("{what} {done}/{}", ids.len()));
     }
     Ok(out)
 }

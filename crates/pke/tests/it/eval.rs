@@ -166,3 +166,25 @@ fn safeedit_ds_and_dg() {
     let e = evaluate(smol, None, &s, |_| {}).unwrap_err().to_string();
     assert!(e.contains("safeedit.json:2") && e.contains("generalization test"), "{e}");
 }
+
+/// Batches are formed by prompt length, and the replies come back in input order: the same replies as
+/// generating one prompt at a time.
+#[test]
+fn length_sorted_batches_return_replies_in_input_order() {
+    let ck = crate::common::smollm2();
+    let prompts: Vec<String> = [
+        "Name a colour.",
+        "Write one sentence about the history of the printing press in Europe and why it mattered so much.",
+        "Say hi.",
+        "What is two plus two? Answer with a number and nothing else, please, and be brief.",
+        "Name a fruit.",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let s = |batch| EvalSettings { max_new_tokens: 8, batch, ..small() };
+    let batched = pke::eval::report::generate_all(ck, &prompts, &s(8), &mut |_| {}).unwrap();
+    let single = pke::eval::report::generate_all(ck, &prompts, &s(1), &mut |_| {}).unwrap();
+    assert_eq!(batched, single);
+    assert!(batched.iter().collect::<std::collections::HashSet<_>>().len() >= 4, "{batched:?}");
+}
