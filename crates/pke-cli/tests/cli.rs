@@ -262,12 +262,15 @@ fn a_model_too_large_for_memory_is_refused_before_loading_and_inspect_reads_only
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["fits"], false);
     assert_eq!(v["model"]["n_params"], 134515008);
-    // A published 70B configuration split over 8 devices: an eighth of the memory per device.
+    // A published 70B configuration split over 8 devices: an eighth of the memory per device. With this
+    // little memory auto holds it as stored (~40 GiB of Q4_K_M blocks plus activations).
     let per = |devices: &str| {
         let (code, out, err) = run(&["plan", "--shape", "llama-3-70b", "--devices", devices, "--json"]);
         assert_eq!(code, 0, "{err}");
-        serde_json::from_str::<serde_json::Value>(&out).unwrap()["edit_peak_gib"].as_f64().unwrap()
+        let v = serde_json::from_str::<serde_json::Value>(&out).unwrap();
+        assert_eq!(v["weights_mode"], "native");
+        v["edit_peak_gib"].as_f64().unwrap()
     };
     let (one, eight) = (per("1"), per("8"));
-    assert!(one > 250.0 && (one / eight - 8.0).abs() < 1e-9, "{one} {eight}");
+    assert!(one > 50.0 && (one / eight - 8.0).abs() < 1e-9, "{one} {eight}");
 }
