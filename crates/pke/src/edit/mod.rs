@@ -375,7 +375,9 @@ fn case_loss(
         }
     }
     if let (Some(seq), true) = (&c.recover, p.prefill_weight > 0.0 && method != Method::Ga) {
-        let r = nll(model, seq)?;
+        // The stop rule waits for the recovery reply to open the greedy reply too.
+        let (r, opens) = nll_and_greedy_opening(model, seq, p.stop_greedy_tokens)?;
+        log.greedy_opening &= opens;
         log.nll_recover = scalar(&r)?;
         loss = (loss + (r * p.prefill_weight)?)?;
     }

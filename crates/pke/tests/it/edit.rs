@@ -412,7 +412,7 @@ fn direction_term_pushes_harmful_cases_along_the_direction_and_holds_the_benign_
 fn recovery_term_trains_the_refusal_after_a_compliant_opening() {
     let ck = crate::common::smollm2();
     let (cases, h) = smol_setup(2);
-    let o = ["steps=6".to_string(), "stop_nll=0".into(), "edit_weight=0".into(), "prefill_weight=1".into(), "lr=1e-2".into()];
+    let o = ["steps=4".to_string(), "stop_nll=0".into(), "edit_weight=0".into(), "prefill_weight=1".into(), "lr=2e-2".into()];
     let p = EditParams::resolve(Method::Pke, None, &o).unwrap();
     let out = compute_delta(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, |_, _, _| {}).unwrap();
     let (first, last) = (out.log[0].nll_recover, out.log.last().unwrap().nll_recover);
