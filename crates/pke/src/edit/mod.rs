@@ -628,7 +628,8 @@ pub fn compute_delta_with(
             let mut grads: Vec<Option<Tensor>> = vec![None; vars.len()];
             for &i in group {
                 let (l, s) = case_loss(&m, &frozen, &prepared[i], method, p, lazy_kl)?;
-                max_nll = max_nll.max(s.nll_safe);
+                // With the recovery term, the NLL stop waits for the refusal after the compliant opening too.
+                max_nll = max_nll.max(s.nll_safe).max(s.nll_recover);
                 all_open &= s.greedy_opening || method == Method::Ga;
                 entry.loss += s.loss / n;
                 entry.nll_safe += s.nll_safe / n;

@@ -453,6 +453,11 @@ impl Decoder {
 
     /// Move all weights to `device`.
     pub fn to_device(&mut self, device: &Device) -> Result<()> {
+        if !device.is_cpu() && self.weights_mode() == Weights::Native {
+            return Err(Error::Input(
+                "weights held as stored (--weights native) run on the CPU only for now; use --weights f32 on a GPU".into(),
+            ));
+        }
         for t in self.weights.values_mut() {
             *t = t.to_device(device)?;
         }
