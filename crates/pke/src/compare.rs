@@ -298,17 +298,13 @@ pub fn rates_markdown(rows: &[CompareRow]) -> String {
     s
 }
 
-fn f32_weights() -> crate::model::Weights {
-    crate::model::Weights::F32
-}
-
 /// The comparison.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Comparison {
     pub model: String,
     pub model_sha256: String,
     /// How the frozen weights were held (see [`crate::model::Weights`]).
-    #[serde(default = "f32_weights")]
+    #[serde(default = "crate::model::Weights::before_modes")]
     pub weights: crate::model::Weights,
     pub cases: Vec<String>,
     pub settings: CompareSettings,

@@ -139,7 +139,7 @@ pub fn markdown(r: &ModelReport) -> String {
             pke::eval::report::KERNEL_CHECK_PER_SIDE,
             pke::eval::report::KERNEL_CHECK_PER_SIDE,
             k.n,
-            k.identical as f64 / k.n.max(1) as f64,
+            k.identical_rate(),
             k.token_agreement
         );
     }

@@ -164,7 +164,8 @@ fn prepare(tok: &Tok, c: &EditCase, chat: bool, p: &EditParams, method: Method) 
         _ => None,
     };
     let recover = (p.prefill_weight > 0.0).then(|| {
-        let k = p.prefill_tokens.min(unsafe_.len().saturating_sub(1)).max(1).min(unsafe_.len());
+        // At least one token of the (non-empty) unsafe reply, never all of a longer one.
+        let k = p.prefill_tokens.min(unsafe_.len() - 1).max(1);
         let opened: Vec<u32> = prompt.iter().chain(&unsafe_[..k]).copied().collect();
         seq_after(&opened, &safe)
     });
@@ -234,13 +235,13 @@ fn precompute(model: &Decoder, cases: Vec<CaseSeqs>, l0: usize) -> Result<Vec<Pr
             }
             None => None,
         };
-        let recover = match c.recover {
-            Some(mut seq) => {
+        let recover = c
+            .recover
+            .map(|mut seq| -> Result<Seq> {
                 seq.resume = resume_of(&seq.ids)?;
-                Some(seq)
-            }
-            None => None,
-        };
+                Ok(seq)
+            })
+            .transpose()?;
         out.push(Prepared { id: c.id, safe: c.safe, unsafe_: c.unsafe_, loc, recover });
     }
     Ok(out)
@@ -393,12 +394,12 @@ fn case_loss(
     Ok((loss, log))
 }
 
-/// The representation term's fixed parts, from the original model: the block whose output is read, the
-/// unit direction, the harmful cases' target projection, the gap between the means, and per benign prompt
-/// its ids, resume residual and original projection.
 /// A prompt's ids and the residual entering the lowest edited block (None for block 0).
 type PromptAt = (Vec<u32>, Option<(usize, Tensor)>);
 
+/// The representation term's fixed parts, from the original model: the block whose output is read, the
+/// unit direction, the harmful cases' target projection, the gap between the means, and per benign prompt
+/// its ids, resume residual and original projection.
 struct Direction {
     layer: usize,
     r: Tensor,

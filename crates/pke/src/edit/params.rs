@@ -134,8 +134,8 @@ pub struct EditParams {
     pub direction_margin: f64,
     /// Safety-recovery term (0 = off; not for dinm): the safe reply is also trained after the prompt
     /// followed by the first `prefill_tokens` tokens of the case's unsafe reply, so the refusal holds when
-    /// the reply has been opened compliantly (Qi et al. 2024's recovery examples). The greedy-opening stop
-    /// rule then also waits for the refusal to open the reply after that opening.
+    /// the reply has been opened compliantly (Qi et al. 2024's recovery examples). The stop rules
+    /// (`stop_nll`, `stop_greedy_tokens`) then also wait for the refusal after that opening.
     #[serde(default)]
     pub prefill_weight: f64,
     #[serde(default = "default_prefill_tokens")]

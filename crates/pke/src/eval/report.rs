@@ -232,6 +232,13 @@ pub struct KernelCheck {
     pub tokens: usize,
 }
 
+impl KernelCheck {
+    /// Share of the checked replies the exact path reproduces.
+    pub fn identical_rate(&self) -> f64 {
+        self.identical as f64 / self.n.max(1) as f64
+    }
+}
+
 /// Replies to this many harmful and this many benign prompts are checked by [`kernel_check`].
 pub const KERNEL_CHECK_PER_SIDE: usize = 8;
 
@@ -239,7 +246,7 @@ pub const KERNEL_CHECK_PER_SIDE: usize = 8;
 /// teacher-forced through `ck.model.exact()`.
 pub fn kernel_check(ck: &Checkpoint, prompts: &[String], s: &EvalSettings) -> Result<KernelCheck> {
     let ids = texts(ck, prompts, s.chat, None)?;
-    let opts = GenOpts { max_new_tokens: s.max_new_tokens, stop_ids: ck.tok.stop_token_ids(), truncate_left: true, ..Default::default() };
+    let opts = greedy_opts(ck, s);
     let exact = ck.model.exact();
     let (mut identical, mut agree, mut tokens) = (0, 0, 0);
     for chunk in ids.chunks(s.batch.max(1)) {
@@ -331,20 +338,11 @@ impl ModelReport {
             v.extend(e.rates().iter().map(|(m, x)| Rate::of(&format!("SafeEdit {m}"), &e.file, *x, e.n)));
         }
         if let Some(k) = &self.kernel_check {
-            v.push(Rate::of(
-                "replies the exact path reproduces",
-                "kernel check (native weights)",
-                k.identical as f64 / k.n.max(1) as f64,
-                k.n,
-            ));
+            v.push(Rate::of("replies the exact path reproduces", "kernel check (native weights)", k.identical_rate(), k.n));
         }
         v.retain(|r| r.n > 0);
         v
     }
-}
-
-fn f32_weights() -> crate::model::Weights {
-    crate::model::Weights::F32
 }
 
 /// The evaluation of one model.
@@ -353,7 +351,7 @@ pub struct ModelReport {
     pub model: String,
     pub model_sha256: String,
     /// How the frozen weights were held (`native`: GGUF blocks through quantized kernels; `f32`).
-    #[serde(default = "f32_weights")]
+    #[serde(default = "crate::model::Weights::before_modes")]
     pub weights: crate::model::Weights,
     /// With `weights: native`: the quantized kernels' replies against the exact path's (see [`KernelCheck`]).
     #[serde(default)]
@@ -427,10 +425,15 @@ pub fn generate_suffixed(
     generate_ids(ck, &texts(ck, prompts, s.chat, suffix)?, s, "generated", progress)
 }
 
+/// The evaluation's greedy decoding: `s.max_new_tokens`, the model's stop tokens, long prompts cut on the left.
+fn greedy_opts(ck: &Checkpoint, s: &EvalSettings) -> GenOpts {
+    GenOpts { max_new_tokens: s.max_new_tokens, stop_ids: ck.tok.stop_token_ids(), truncate_left: true, ..Default::default() }
+}
+
 /// Greedy replies (decoded, trimmed) to tokenized inputs, in batches of `s.batch` formed by prompt length
 /// (a 600-token jailbreak template does not pad seven 30-token prompts to its length), in input order.
 fn generate_ids(ck: &Checkpoint, ids: &[Vec<u32>], s: &EvalSettings, what: &str, progress: &mut dyn FnMut(&str)) -> Result<Vec<String>> {
-    let opts = GenOpts { max_new_tokens: s.max_new_tokens, stop_ids: ck.tok.stop_token_ids(), truncate_left: true, ..Default::default() };
+    let opts = greedy_opts(ck, s);
     let mut order: Vec<usize> = (0..ids.len()).collect();
     order.sort_by_key(|&i| ids[i].len());
     let mut out = vec![String::new(); ids.len()];

@@ -183,13 +183,23 @@ pub fn ggml_name(t: GgmlDType) -> String {
 /// Load GGUF weights as HF-named f32 tensors in HF orientation (q/k un-permuted for llama-type files,
 /// Gemma norms shifted back by 1 so the stored value is transformers' `w`).
 pub fn load_gguf_weights(g: &GgufFile, spec: &ModelSpec) -> Result<HashMap<String, Tensor>> {
+    load_gguf_weights_except(g, spec, |_| false)
+}
+
+/// As [`load_gguf_weights`], leaving out the tensors whose HF name `skip` accepts (those a natively held
+/// model keeps in their blocks); each tensor's mapped pages are released once it is copied out.
+pub fn load_gguf_weights_except(g: &GgufFile, spec: &ModelSpec, skip: impl Fn(&str) -> bool) -> Result<HashMap<String, Tensor>> {
     let arch = spec.arch.spec();
     let mut out = HashMap::new();
     for gname in g.tensor_names() {
         let Some(hf) = names::gguf_to_hf(spec.arch, gname) else {
             continue;
         };
+        if skip(&hf) {
+            continue;
+        }
         let mut t = g.dequantize(gname)?;
+        g.release(gname);
         if let Some(heads) = names::qk_permutation_heads(arch, &hf, spec.n_heads, spec.n_kv_heads) {
             t = names::unpermute_qk(&t, heads)?;
         }

@@ -188,17 +188,13 @@ pub struct Stability {
     pub layer_margin: f64,
 }
 
-fn f32_weights() -> crate::model::Weights {
-    crate::model::Weights::F32
-}
-
 /// The output of locate.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Hotspots {
     pub model: String,
     pub model_sha256: Option<String>,
     /// How the frozen weights were held (see [`crate::model::Weights`]; locate computes exactly either way).
-    #[serde(default = "f32_weights")]
+    #[serde(default = "crate::model::Weights::before_modes")]
     pub weights: crate::model::Weights,
     pub architecture: String,
     pub n_cases: usize,

@@ -141,6 +141,13 @@ pub enum Weights {
     Auto,
 }
 
+impl Weights {
+    /// What reports, hotspots and comparisons written before the mode was recorded used: float32.
+    pub fn before_modes() -> Self {
+        Weights::F32
+    }
+}
+
 impl std::fmt::Display for Weights {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
@@ -252,7 +259,7 @@ impl Decoder {
     /// A weight by HF name (`lm_head.weight` resolves to the embedding when tied).
     /// A weight kept only in GGUF blocks is dequantized for the call (float32, dropped with the result).
     pub fn get(&self, name: &str) -> Result<Tensor> {
-        let name = if name == "lm_head.weight" && self.spec.tie_word_embeddings { "model.embed_tokens.weight" } else { name };
+        let name = self.key(name);
         if let Some(t) = self.weights.get(name) {
             return Ok(t.clone());
         }
@@ -266,19 +273,32 @@ impl Decoder {
         }
     }
 
+    /// The map key of weight `name`: a tied `lm_head.weight` is the embedding.
+    fn key<'a>(&self, name: &'a str) -> &'a str {
+        if name == "lm_head.weight" && self.spec.tie_word_embeddings {
+            "model.embed_tokens.weight"
+        } else {
+            name
+        }
+    }
+
+    /// The weights held only in GGUF blocks, each once (a tied lm_head, which shares the embedding's
+    /// blocks, left out).
+    fn blocks_only(&self) -> impl Iterator<Item = (&String, &QWeight)> {
+        self.quant.iter().filter(|(n, q)| q.only && self.key(n) == n.as_str())
+    }
+
     /// Names of all weights (HF names; a tied lm_head not listed), sorted.
     pub fn names(&self) -> Vec<String> {
         let mut v: Vec<String> = self.weights.keys().cloned().collect();
-        v.extend(
-            self.quant.iter().filter(|(n, q)| q.only && !(self.spec.tie_word_embeddings && *n == "lm_head.weight")).map(|(n, _)| n.clone()),
-        );
+        v.extend(self.blocks_only().map(|(n, _)| n.clone()));
         v.sort();
         v
     }
 
     /// Shape of a weight without reading it.
     pub fn shape_of(&self, name: &str) -> Result<Vec<usize>> {
-        let name = if name == "lm_head.weight" && self.spec.tie_word_embeddings { "model.embed_tokens.weight" } else { name };
+        let name = self.key(name);
         if let Some(t) = self.weights.get(name) {
             return Ok(t.dims().to_vec());
         }
@@ -290,7 +310,7 @@ impl Decoder {
 
     /// Which form the frozen weights are in: `Native` when any weight is held only in GGUF blocks.
     pub fn weights_mode(&self) -> Weights {
-        if self.quant.values().any(|q| q.only) {
+        if self.blocks_only().next().is_some() {
             Weights::Native
         } else {
             Weights::F32
@@ -322,7 +342,7 @@ impl Decoder {
         if old != t.dims() {
             return Err(Error::Input(format!("tensor `{name}` has shape {:?}; got {:?}", old, t.dims())));
         }
-        let key = if name == "lm_head.weight" && self.spec.tie_word_embeddings { "model.embed_tokens.weight" } else { name };
+        let key = self.key(name);
         self.weights.insert(key.to_string(), t);
         self.quant.remove(name);
         if key != name || (self.spec.tie_word_embeddings && name == "model.embed_tokens.weight") {
@@ -337,7 +357,7 @@ impl Decoder {
     /// Weights already edited stay float32. Returns the number of weights attached.
     pub fn attach_quantized(&mut self, g: &crate::io::gguf::GgufFile) -> Result<usize> {
         for (hf, w) in gguf_linear_blocks(g, &self.spec)? {
-            // An edited weight (or one already held natively) keeps what it has.
+            // A trainable weight (a Var) or one already held in blocks keeps what it has.
             if self.weights.get(&hf).is_some_and(|t| !t.track_op()) && !self.quant.contains_key(&hf) {
                 self.quant.insert(hf, QWeight { only: false, ..w });
             }
@@ -374,23 +394,9 @@ impl Decoder {
     pub fn from_gguf_native(g: &crate::io::gguf::GgufFile, spec: ModelSpec) -> Result<Self> {
         let blocks = gguf_linear_blocks(g, &spec)?;
         let embed = gguf_blocks(g, &spec, "token_embd.weight")?;
-        let mut small = HashMap::new();
-        let arch = spec.arch.spec();
-        for gname in g.tensor_names() {
-            let Some(hf) = names::gguf_to_hf(spec.arch, gname) else { continue };
-            if blocks.iter().any(|(n, _)| *n == hf) || (hf == "model.embed_tokens.weight" && embed.is_some()) {
-                continue;
-            }
-            let mut t = g.dequantize(gname)?;
-            g.release(gname);
-            if let Some(heads) = names::qk_permutation_heads(arch, &hf, spec.n_heads, spec.n_kv_heads) {
-                t = names::unpermute_qk(&t, heads)?;
-            }
-            if arch.norm_weight_offset != 0.0 && hf.contains("norm") {
-                t = (t - arch.norm_weight_offset as f64)?;
-            }
-            small.insert(hf, t);
-        }
+        let small = crate::io::checkpoint::load_gguf_weights_except(g, &spec, |hf| {
+            blocks.iter().any(|(n, _)| n == hf) || embed.as_ref().is_some_and(|(n, _)| n == hf)
+        })?;
         let mut quant: HashMap<String, QWeight> = blocks.into_iter().collect();
         if let Some((hf, w)) = embed {
             if spec.tie_word_embeddings {
@@ -480,12 +486,7 @@ impl Decoder {
 
     /// Number of parameters (tied head counted once).
     pub fn n_params(&self) -> usize {
-        let q: usize = self
-            .quant
-            .iter()
-            .filter(|(n, q)| q.only && !(self.spec.tie_word_embeddings && *n == "lm_head.weight"))
-            .map(|(_, q)| q.stored.shape().elem_count())
-            .sum();
+        let q: usize = self.blocks_only().map(|(_, q)| q.stored.shape().elem_count()).sum();
         self.weights.values().map(|t| t.elem_count()).sum::<usize>() + q
     }
 
