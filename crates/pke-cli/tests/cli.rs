@@ -85,6 +85,22 @@ fn bad_model_argument_exits_2_with_a_message() {
     assert!(err.contains("empty"), "{err}");
 }
 
+/// `--weights` takes f32, native or auto; another value is a usage error naming it, and native scores
+/// the same text within the kernels' stated bound of float32.
+#[test]
+fn weights_flag_takes_three_modes() {
+    let (code, _, err) = pke(&["score", "--model", "smollm2", "--text", "hi", "--weights", "bf16"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("unknown weights mode `bf16`") && err.contains("native"), "{err}");
+    let nll = |w: &str| {
+        let (code, out, err) = pke(&["score", "--model", "smollm2", "--text", "The capital of France is Paris.", "--json", "--weights", w]);
+        assert_eq!(code, 0, "{err}");
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()["mean_nll"].as_f64().unwrap()
+    };
+    let (f, n) = (nll("f32"), nll("native"));
+    assert!((f - n).abs() < 0.04, "mean NLL f32 {f}, native {n}");
+}
+
 #[test]
 fn locate_edit_apply_revert_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
