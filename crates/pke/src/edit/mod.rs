@@ -4,6 +4,7 @@
 
 pub mod delta;
 pub mod params;
+pub mod preserve;
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -267,10 +268,9 @@ fn accumulate(acc: &mut Option<Tensor>, t: Tensor) -> Result<()> {
     Ok(())
 }
 
-/// Retain sequences: each benign prompt followed by the original model's greedy reply (at most
-/// `p.retain_tokens` tokens, the stop token kept), ready for the KL term (resume residual and the original
-/// log-probabilities at the reply rows).
-fn prepare_retain(model: &Decoder, tok: &Tok, prompts: &[String], chat: bool, p: &EditParams, l0: usize) -> Result<Vec<(Seq, Tensor)>> {
+/// Each benign prompt followed by the original model's greedy reply (at most `p.retain_tokens` tokens, the
+/// stop token kept); prompts with an empty reply are left out.
+fn retain_replies(model: &Decoder, tok: &Tok, prompts: &[String], chat: bool, p: &EditParams) -> Result<Vec<Seq>> {
     let mut ids = Vec::with_capacity(prompts.len());
     for (i, pr) in prompts.iter().enumerate() {
         let x = tok.encode(&prompt_text(tok, pr, chat, None)?, !chat)?;
@@ -290,16 +290,25 @@ fn prepare_retain(model: &Decoder, tok: &Tok, prompts: &[String], chat: bool, p:
     let mut out = Vec::with_capacity(ids.len());
     for chunk in ids.chunks(8) {
         for (x, g) in chunk.iter().zip(crate::generate::generate(model, chunk, tok.pad_or_eos().unwrap_or(0), &opts)?) {
-            if g.token_ids.is_empty() {
-                continue;
+            if !g.token_ids.is_empty() {
+                out.push(seq_after(x, &g.token_ids));
             }
-            let mut seq = seq_after(x, &g.token_ids);
-            seq.resume = resume_at(model, &seq.ids, l0)?;
-            let base = base_log_probs(&seq_logits(model, &seq)?)?;
-            out.push((seq, base));
         }
     }
     Ok(out)
+}
+
+/// Retain sequences ready for the KL term: resume residual and the original log-probabilities at the reply
+/// rows.
+fn prepare_retain(model: &Decoder, replies: Vec<Seq>, l0: usize) -> Result<Vec<(Seq, Tensor)>> {
+    replies
+        .into_iter()
+        .map(|mut seq| {
+            seq.resume = resume_at(model, &seq.ids, l0)?;
+            let base = base_log_probs(&seq_logits(model, &seq)?)?;
+            Ok((seq, base))
+        })
+        .collect()
 }
 
 /// Back-propagate one loss term and add its gradient for each trainable tensor to `acc`.
@@ -472,6 +481,7 @@ fn prepare_direction(
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EditTarget {
     pub name: String,
+    pub layer: usize,
     pub index: Vec<usize>,
     pub axis: usize,
 }
@@ -498,10 +508,10 @@ pub fn edit_targets(model: &Decoder, hotspots: &Hotspots, method: Method, p: &Ed
         }
         if method == Method::Pke && p.edit_keys {
             for proj in ["gate_proj", "up_proj"] {
-                out.push(EditTarget { name: format!("model.layers.{l}.mlp.{proj}.weight"), index: cols.clone(), axis: 0 });
+                out.push(EditTarget { name: format!("model.layers.{l}.mlp.{proj}.weight"), layer: l, index: cols.clone(), axis: 0 });
             }
         }
-        out.push(EditTarget { name: down_proj_name(l), index: cols, axis: 1 });
+        out.push(EditTarget { name: down_proj_name(l), layer: l, index: cols, axis: 1 });
     }
     Ok(out)
 }
@@ -545,7 +555,7 @@ pub fn compute_delta_with(
     let owned_retain;
     let retain_set: &[Probe] = match retain {
         Some(r) => r,
-        None if p.retain_weight > 0.0 || p.twin_cases > 0 || p.direction_weight > 0.0 => {
+        None if p.retain_weight > 0.0 || p.twin_cases > 0 || p.direction_weight > 0.0 || p.preserve_energy > 0.0 => {
             owned_retain = builtin_retain();
             &owned_retain[..]
         }
@@ -566,15 +576,32 @@ pub fn compute_delta_with(
     let seqs: Vec<CaseSeqs> = cases.iter().chain(&twins).map(|c| prepare(tok, c, chat, p, method)).collect::<Result<_>>()?;
     let l0 = *hotspots.chosen_layers.iter().min().expect("non-empty");
     let prepared = precompute(model, seqs, l0)?;
-    let retain_seqs = if p.retain_weight > 0.0 {
+    let replies = if p.retain_weight > 0.0 || p.preserve_energy > 0.0 {
         let prompts = crate::data::probes::benign_prompts(retain_set);
-        if prompts.is_empty() {
+        if prompts.is_empty() && p.retain_weight > 0.0 {
             return Err(Error::Input("retain_weight > 0 but the retain set has no prompts".into()));
         }
-        prepare_retain(model, tok, &prompts, chat, p, l0)?
+        retain_replies(model, tok, &prompts, chat, p)?
     } else {
         vec![]
     };
+    let projectors = if p.preserve_energy > 0.0 {
+        let down: Vec<(String, usize, Vec<usize>)> =
+            targets.iter().filter(|t| t.axis == 1).map(|t| (t.name.clone(), t.layer, t.index.clone())).collect();
+        let benign: Vec<Vec<u32>> = replies
+            .iter()
+            .map(|s| s.ids.clone())
+            .chain(prepared.iter().filter_map(|c| c.loc.as_ref().map(|(s, _)| s.ids.clone())))
+            .collect();
+        let prompt = |s: &Seq| s.ids[..s.rows[0] + 1].to_vec();
+        let harmful: Vec<Vec<u32>> = prepared.iter().map(|c| prompt(&c.safe)).collect();
+        let benign_prompts: Vec<Vec<u32>> = replies.iter().map(prompt).collect();
+        preserve::projectors(model, &down, &benign, &benign_prompts, &harmful, p.preserve_energy)?
+    } else {
+        vec![]
+    };
+    let n_replies = replies.len();
+    let retain_seqs = if p.retain_weight > 0.0 { prepare_retain(model, replies, l0)? } else { vec![] };
     let mut retain_cursor = 0usize;
     let direction = if p.direction_weight > 0.0 {
         if method == Method::Dinm {
@@ -711,6 +738,9 @@ pub fn compute_delta_with(
                 let g = g.as_ref().ok_or_else(|| Error::Input(format!("no gradient reached `{name}`")))?;
                 let g = g.broadcast_mul(mask)?;
                 adam.step(var, &g, lr)?;
+                if let Some(pr) = projectors.iter().find(|pr| &pr.name == name) {
+                    var.set(&pr.apply(&var.as_tensor().detach(), w0)?)?;
+                }
                 if p.norm_constraint > 0.0 {
                     let lo = (&*w0 - p.norm_constraint)?;
                     let hi = (&*w0 + p.norm_constraint)?;
@@ -738,14 +768,18 @@ pub fn compute_delta_with(
     if !twins.is_empty() {
         metadata.insert("twin_cases".into(), twins.len().to_string());
     }
-    if p.retain_weight > 0.0 || !twins.is_empty() {
+    if p.retain_weight > 0.0 || p.preserve_energy > 0.0 || !twins.is_empty() {
         metadata.insert(
             "retain".into(),
             match retain {
-                Some(r) => format!("user retain set, {} prompts ({} with a reply)", r.len(), retain_seqs.len()),
+                Some(r) => format!("user retain set, {} prompts ({} with a reply)", r.len(), n_replies),
                 None => format!("{} ({} prompts)", crate::data::probes::BUILTIN_RETAIN, retain_set.len()),
             },
         );
+    }
+    if !projectors.is_empty() {
+        let summaries: Vec<_> = projectors.iter().map(|pr| &pr.summary).collect();
+        metadata.insert("preserve".into(), serde_json::to_string(&summaries)?);
     }
     metadata.insert("pke_version".into(), env!("CARGO_PKG_VERSION").into());
     Ok(EditOutcome { delta: WeightDelta { tensors, metadata }, log, seconds: t0.elapsed().as_secs_f64() })

@@ -140,6 +140,13 @@ pub struct EditParams {
     pub prefill_weight: f64,
     #[serde(default = "default_prefill_tokens")]
     pub prefill_tokens: usize,
+    /// Null-space edit (0 = off; `down_proj` columns only): after every step the change to each edited
+    /// `down_proj` is projected away from the top eigen-directions of the benign keys (the edited neurons'
+    /// activations on the retain set's benign prompts with the original replies, and on the locality
+    /// pairs) that hold this share of their energy, so benign inputs get the same layer output by
+    /// construction (AlphaEdit). See `edit::preserve`.
+    #[serde(default)]
+    pub preserve_energy: f64,
     /// Clamp edited weights to w0 ± this (0 = off).
     pub norm_constraint: f64,
     pub mode: BatchMode,
@@ -239,6 +246,9 @@ impl EditParams {
                 "prefill_weight must be >= 0 (with prefill_tokens >= 1), got {} and {}",
                 p.prefill_weight, p.prefill_tokens
             )));
+        }
+        if !(0.0..1.0).contains(&p.preserve_energy) {
+            return Err(Error::Input(format!("preserve_energy must be in [0, 1), got {}", p.preserve_energy)));
         }
         if p.retain_weight < 0.0 || !p.retain_weight.is_finite() {
             return Err(Error::Input(format!("retain_weight must be >= 0, got {}", p.retain_weight)));

@@ -428,3 +428,70 @@ fn recovery_term_trains_the_refusal_after_a_compliant_opening() {
     let e = EditParams::resolve(Method::Pke, None, &["prefill_weight=1".into(), "prefill_tokens=0".into()]).unwrap_err().to_string();
     assert!(e.contains("prefill_tokens >= 1"), "{e}");
 }
+
+/// The null-space edit (`preserve_energy`): the preserved benign prompts' `down_proj` output at the edited
+/// layer changes far less than without it, the refusal is still learned, and the metadata says how much of
+/// the benign and harmful keys' energy the edit could act on.
+#[test]
+fn preserve_energy_keeps_the_benign_layer_output_and_still_learns() {
+    let ck = crate::common::smollm2();
+    let (cases, h) = smol_setup(2);
+    let retain: Vec<pke::edit::Probe> = pke::edit::builtin_retain().into_iter().take(8).collect();
+    let run = |e: &str| {
+        let o =
+            vec!["steps=6".to_string(), "lr=1e-2".into(), "stop_nll=0".into(), "retain_tokens=8".into(), format!("preserve_energy={e}")];
+        let p = EditParams::resolve(Method::Pke, None, &o).unwrap();
+        compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, Some(&retain), |_, _, _| {}).unwrap()
+    };
+    let (free, kept) = (run("0"), run("0.95"));
+    assert!(!free.delta.metadata.contains_key("preserve"));
+    let s: serde_json::Value = serde_json::from_str(&kept.delta.metadata["preserve"]).unwrap();
+    let s = &s[0];
+    assert_eq!((s["layer"].as_u64(), s["columns"].as_u64()), (Some(11), Some(64)));
+    let dims = s["free_dims"].as_u64().unwrap();
+    assert!(dims > 0 && dims < 64, "{s}");
+    assert!(s["benign_energy_free"].as_f64().unwrap() <= 0.05 + 1e-6, "{s}");
+    assert!(s["positions"].as_u64().unwrap() > 8 * 10, "prompts and replies, every position: {s}");
+    // Still learns the refusal.
+    // Still learns the refusal where it is decided: the log-probability of the refusal's first token
+    // after each case's prompt rises (the rest of the refusal text reads keys the benign replies share).
+    let p = EditParams::resolve(Method::Pke, None, &[]).unwrap();
+    let first = |d: Option<&WeightDelta>| {
+        let mut m = ck.clone();
+        if let Some(d) = d {
+            d.apply(&mut m.model, false).unwrap();
+        }
+        cases
+            .iter()
+            .map(|c| {
+                let labels = training_labels(&ck.tok, c, false, &p, Method::Pke).unwrap();
+                let mut ids = ck.tok.encode(&pke::locate::signals::prompt_text(&ck.tok, &c.prompt, false, None).unwrap(), true).unwrap();
+                ids.push(labels[0]);
+                *pke::score::score_ids(&m.model, &ids).unwrap().logprobs.last().unwrap()
+            })
+            .sum::<f64>()
+            / cases.len() as f64
+    };
+    let (l0, lf, lk) = (first(None), first(Some(&free.delta)), first(Some(&kept.delta)));
+    assert!(lk > l0 + 1.0 && lf > l0 + 1.0, "the first refusal token's log-prob should rise: {l0} -> {lk} (free: {lf})");
+    // The down_proj output on a preserved benign prompt moves much less than without the projection.
+    let change = |d: &WeightDelta, prompt: &str| {
+        let out = |m: &Decoder| {
+            let mut cap = Capture::new([Site::MlpDown(11)]);
+            cap.stop = Some(11);
+            let ids = ck.tok.encode(prompt, true).unwrap();
+            m.forward_with(&Input::single(&ids), &mut cap, None).unwrap();
+            cap.store.remove(&Site::MlpDown(11)).unwrap()
+        };
+        let mut m = ck.clone();
+        d.apply(&mut m.model, false).unwrap();
+        let (o0, o1) = (out(&ck.model), out(&m.model));
+        let num = (&o1 - &o0).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+        let den = o0.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+        (num / den).sqrt()
+    };
+    let (cf, ck_) = (change(&free.delta, &retain[0].benign), change(&kept.delta, &retain[0].benign));
+    assert!(cf > 0.0 && ck_ < 0.5 * cf, "benign down_proj change with projection {ck_} < 0.5 x without {cf}");
+    let e = EditParams::resolve(Method::Pke, None, &["preserve_energy=1".into()]).unwrap_err().to_string();
+    assert!(e.contains("preserve_energy must be in [0, 1)"), "{e}");
+}
