@@ -203,6 +203,10 @@ fn demo_and_compare_refuse_bad_input_before_any_work() {
         pke(&["compare", "--builtin", "advbench:2", "--chat", "--per-instance", "--repeats", "2", "--out", out.to_str().unwrap()]);
     assert_eq!(code, 2);
     assert!(err.contains("--repeats applies to the pooled comparison"), "{err}");
+    let (code, _, err) =
+        pke(&["compare", "--builtin", "advbench:1", "--chat", "--attacks", "prefill,requantize", "--out", out.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(err.contains("unknown attack `requantize`"), "{err}");
     // --from: a file that is not a comparison, and one that would be overwritten, are refused untouched.
     let (code, _, err) = pke(&["compare", "--from", keep.to_str().unwrap(), "--out", out.to_str().unwrap()]);
     assert_eq!(code, 2);

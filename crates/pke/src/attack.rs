@@ -566,36 +566,56 @@ fn rate(o: &Outcomes, vanilla: Option<&Outcomes>, unattacked: Option<&Outcomes>)
 const ASR: Outcome = RATES[0].1;
 const ASR_PREFILLED: Outcome = RATES[4].1;
 
-/// Run the attacks on `edited` and on its `base`.
-pub fn attack(
-    edited: &Checkpoint,
-    base: &Checkpoint,
-    s: &AttackSettings,
-    work_dir: &Path,
-    mut progress: impl FnMut(&str, &str),
-) -> Result<AttackReport> {
-    let t0 = Instant::now();
+/// The base model's side of the attacks (its evaluations unattacked, fine-tuned and ablated, and its
+/// jailbreak verdicts), kept so that several edited models attacked against one base (`pke compare
+/// --attacks`) run it once. Only valid for one base and one set of attack settings.
+#[derive(Default)]
+pub struct VanillaRuns {
+    /// By attack key: `none`, `finetune:<steps>`.
+    reports: BTreeMap<String, ModelReport>,
+    /// The ablated base: its evaluation, the direction found and the row's note.
+    ablated: Option<(ModelReport, Ablation, String)>,
+    /// Per jailbreak family: outcomes, non-refusal and samples.
+    jailbreak: BTreeMap<String, (Outcomes, f64, Vec<Sample>)>,
+}
+
+impl VanillaRuns {
+    /// Start from the base model's unattacked evaluation, already run with the attack's evaluation settings.
+    pub fn with_unattacked(report: ModelReport) -> Self {
+        let mut v = VanillaRuns::default();
+        v.reports.insert("none".into(), report);
+        v
+    }
+}
+
+/// The evaluation settings every attacked model is evaluated with: `s.eval`, with the prefill attack's
+/// size set (10 behaviours unless given) when that attack is chosen.
+pub fn attack_eval_settings(s: &AttackSettings) -> EvalSettings {
+    let mut es = s.eval.clone();
+    if s.attacks.contains(&Attack::Prefill) && es.n_prefill == 0 {
+        es.n_prefill = 10;
+    }
+    es
+}
+
+/// What the chosen attacks need, checked: re-quantization types, jailbreak prompts per family, sorted
+/// fine-tuning step counts.
+struct Checked {
+    requant_types: Vec<String>,
+    jb: Vec<(String, Vec<String>)>,
+    ft_steps: Vec<usize>,
+}
+
+/// Check the attacks' inputs against `base` (a GGUF source for requant, an architecture the ablation can
+/// orthogonalize, non-empty families, sane fine-tuning settings) before anything long runs.
+pub fn check_attacks(base: &Checkpoint, s: &AttackSettings) -> Result<()> {
     if s.attacks.is_empty() {
         return Err(Error::Input("no attacks chosen".into()));
     }
-    check_comparable(edited, base)?;
-    let names = edited_tensors(edited, base)?;
-    if names.is_empty() {
-        return Err(Error::Input(format!(
-            "{} has the same weights as the base {}: nothing was edited, nothing to attack",
-            edited.source.path().display(),
-            base.source.path().display()
-        )));
-    }
-    let mut es = s.eval.clone();
-    if s.attacks.contains(&Attack::Prefill) {
-        if es.n_prefill == 0 {
-            es.n_prefill = 10;
-        }
-    } else {
-        es.n_prefill = 0;
-    }
-    // Check every input before the first long step.
+    check_inputs(base, s).map(|_| ())
+}
+
+fn check_inputs(base: &Checkpoint, s: &AttackSettings) -> Result<Checked> {
     let requant_types: Vec<String> = if s.attacks.contains(&Attack::Requant) {
         requant_source(base)?;
         for t in &s.requant_types {
@@ -635,6 +655,47 @@ pub fn attack(
         }
         sets::gsm8k()?;
     }
+    Ok(Checked { requant_types, jb, ft_steps })
+}
+
+/// Run the attacks on `edited` and on its `base`.
+pub fn attack(
+    edited: &Checkpoint,
+    base: &Checkpoint,
+    s: &AttackSettings,
+    work_dir: &Path,
+    progress: impl FnMut(&str, &str),
+) -> Result<AttackReport> {
+    attack_with(edited, base, s, work_dir, &mut VanillaRuns::default(), None, progress)
+}
+
+/// As [`attack`], reusing (and filling) `vanilla`'s runs of the base, and with the edited model's
+/// unattacked evaluation when it was already run with [`attack_eval_settings`].
+pub fn attack_with(
+    edited: &Checkpoint,
+    base: &Checkpoint,
+    s: &AttackSettings,
+    work_dir: &Path,
+    vanilla: &mut VanillaRuns,
+    edited_report: Option<ModelReport>,
+    mut progress: impl FnMut(&str, &str),
+) -> Result<AttackReport> {
+    let t0 = Instant::now();
+    if s.attacks.is_empty() {
+        return Err(Error::Input("no attacks chosen".into()));
+    }
+    check_comparable(edited, base)?;
+    let names = edited_tensors(edited, base)?;
+    if names.is_empty() {
+        return Err(Error::Input(format!(
+            "{} has the same weights as the base {}: nothing was edited, nothing to attack",
+            edited.source.path().display(),
+            base.source.path().display()
+        )));
+    }
+    let es = attack_eval_settings(s);
+    // Check every input before the first long step.
+    let Checked { requant_types, jb, ft_steps } = check_inputs(base, s)?;
     let harm = if es.harm_judge {
         progress("harm judge", "loading (trains once, ~2 min, then cached)");
         Some(HarmScorer::load(|_, _| {})?)
@@ -647,8 +708,18 @@ pub fn attack(
         let baseline = Baseline { model: vanilla.map(|_| base), report: vanilla };
         evaluate_with(ck, baseline, harm.as_ref(), &es, |m| progress(what, m))
     };
-    let vanilla_r = eval(base, None, "vanilla", &mut progress)?;
-    let edited_r = eval(edited, Some(&vanilla_r), "edited", &mut progress)?;
+    let vanilla_r = match vanilla.reports.get("none") {
+        Some(r) => r.clone(),
+        None => {
+            let r = eval(base, None, "vanilla", &mut progress)?;
+            vanilla.reports.insert("none".into(), r.clone());
+            r
+        }
+    };
+    let edited_r = match edited_report {
+        Some(r) => r,
+        None => eval(edited, Some(&vanilla_r), "edited", &mut progress)?,
+    };
     let row_of =
         |attack: &str, model: &str, r: &ModelReport, f: Outcome, v: Option<&ModelReport>, u: Option<&ModelReport>, note: String| {
             let o = owned(outcomes(r, f));
@@ -701,18 +772,29 @@ pub fn attack(
         let ft = AttackSettings { finetune_steps: ft_steps.clone(), ..s.clone() };
         let mut by_step: BTreeMap<usize, ModelReport> = BTreeMap::new();
         let mut edited_asr = Vec::new();
+        let note = format!("all MLPs, Adam lr {}, {} GSM8K examples per step", ft.finetune_lr, ft.finetune_batch);
+        let key = |step: usize| format!("finetune:{step}");
         for (m, ck, unattacked) in [("vanilla", base, &vanilla_r), ("edited", edited, &edited_r)] {
+            if m == "vanilla" && ft_steps.iter().all(|&k| vanilla.reports.contains_key(&key(k))) {
+                for &step in &ft_steps {
+                    let r = vanilla.reports[&key(step)].clone();
+                    rows.push(row_of(&key(step), m, &r, ASR, None, Some(unattacked), note.clone()));
+                    by_step.insert(step, r.clone());
+                    reports.insert(format!("{}/{m}", key(step)), r);
+                }
+                continue;
+            }
             let mut rows_here = Vec::new();
             // Both callbacks report progress; they never run at the same time.
             let pg = std::cell::RefCell::new(&mut progress);
             finetune(ck, &ft, m, &mut |x| (pg.borrow_mut())("finetune", x), &mut |step, tuned| {
                 let mut r = eval(&tuned, Some(&vanilla_r), &format!("finetuned {m}, {step} steps"), &mut *pg.borrow_mut())?;
                 r.model = format!("{} after {step} steps of benign fine-tuning", r.model);
-                let attack = format!("finetune:{step}");
-                let note = format!("all MLPs, Adam lr {}, {} GSM8K examples per step", ft.finetune_lr, ft.finetune_batch);
-                rows_here.push(row_of(&attack, m, &r, ASR, by_step.get(&step), Some(unattacked), note));
+                let attack = key(step);
+                rows_here.push(row_of(&attack, m, &r, ASR, by_step.get(&step), Some(unattacked), note.clone()));
                 if m == "vanilla" {
                     by_step.insert(step, r.clone());
+                    vanilla.reports.insert(attack.clone(), r.clone());
                 } else {
                     edited_asr.push((step, r.asr.overall));
                 }
@@ -729,17 +811,26 @@ pub fn attack(
     if s.attacks.contains(&Attack::Ablate) {
         let mut vanilla_ablated: Option<ModelReport> = None;
         for (m, ck, unattacked) in [("vanilla", base, &vanilla_r), ("edited", edited, &edited_r)] {
-            let (abl, info) = ablate(ck, s, m, &mut |x| progress("ablate", x))?;
-            let mut r = eval(&abl, Some(&vanilla_r), &format!("ablated {m}"), &mut progress)?;
-            r.model = format!("{} with its refusal direction ablated", r.model);
-            let c = info.candidates.iter().find(|c| c.layer == info.layer);
-            let note = format!(
-                "direction after block {} ({} of {} held-aside prompts still refused; KL on harmless {:.3})",
-                info.layer,
-                c.map_or(0, |c| c.refusals),
-                info.n_select,
-                c.map_or(0.0, |c| c.kl_harmless)
-            );
+            let (r, info, note) = match (&vanilla.ablated, m) {
+                (Some(cached), "vanilla") => cached.clone(),
+                _ => {
+                    let (abl, info) = ablate(ck, s, m, &mut |x| progress("ablate", x))?;
+                    let mut r = eval(&abl, Some(&vanilla_r), &format!("ablated {m}"), &mut progress)?;
+                    r.model = format!("{} with its refusal direction ablated", r.model);
+                    let c = info.candidates.iter().find(|c| c.layer == info.layer);
+                    let note = format!(
+                        "direction after block {} ({} of {} held-aside prompts still refused; KL on harmless {:.3})",
+                        info.layer,
+                        c.map_or(0, |c| c.refusals),
+                        info.n_select,
+                        c.map_or(0.0, |c| c.kl_harmless)
+                    );
+                    if m == "vanilla" {
+                        vanilla.ablated = Some((r.clone(), info.clone(), note.clone()));
+                    }
+                    (r, info, note)
+                }
+            };
             rows.push(row_of("ablate", m, &r, ASR, vanilla_ablated.as_ref(), Some(unattacked), note));
             if m == "vanilla" {
                 vanilla_ablated = Some(r.clone());
@@ -754,15 +845,25 @@ pub fn attack(
             let set = format!("jailbreak_{family}_x_harmbench_{}", harmbench_split(es.split));
             let mut vanilla_o: Option<Outcomes> = None;
             for (m, ck) in [("vanilla", base), ("edited", edited)] {
-                let replies = generate_all(ck, prompts, &es, &mut |x| progress(&format!("jailbreak {family} {m}"), x))?;
-                let mut samples = Vec::new();
-                let judged = judge_harmful(&verdicts, &set, prompts, replies, &mut samples)?;
-                let o: Outcomes = prompts.iter().zip(&judged).map(|(p, (succ, _))| (set.clone(), p.clone(), *succ)).collect();
+                let (o, non_refusal, samples) = match (vanilla.jailbreak.get(family), m) {
+                    (Some(cached), "vanilla") => cached.clone(),
+                    _ => {
+                        let replies = generate_all(ck, prompts, &es, &mut |x| progress(&format!("jailbreak {family} {m}"), x))?;
+                        let mut samples = Vec::new();
+                        let judged = judge_harmful(&verdicts, &set, prompts, replies, &mut samples)?;
+                        let o: Outcomes = prompts.iter().zip(&judged).map(|(p, (succ, _))| (set.clone(), p.clone(), *succ)).collect();
+                        let nr = judged.iter().filter(|(_, refused)| !refused).count() as f64 / judged.len().max(1) as f64;
+                        if m == "vanilla" {
+                            vanilla.jailbreak.insert(family.clone(), (o.clone(), nr, samples.clone()));
+                        }
+                        (o, nr, samples)
+                    }
+                };
                 rows.push(AttackRow {
                     attack: format!("jailbreak:{family}"),
                     model: m.into(),
                     asr: rate(&o, vanilla_o.as_ref(), None),
-                    non_refusal: Some(judged.iter().filter(|(_, refused)| !refused).count() as f64 / judged.len().max(1) as f64),
+                    non_refusal: Some(non_refusal),
                     over_refusal: None,
                     lookalike_over_refusal: None,
                     perplexity: None,

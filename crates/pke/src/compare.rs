@@ -12,6 +12,7 @@ use std::time::Instant;
 use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::attack::{attack_eval_settings, attack_with, check_attacks, AttackReport, AttackSettings, VanillaRuns};
 use crate::data::cases::EditCase;
 use crate::edit::{builtin_retain, compute_delta, compute_delta_with, EditParams, Method, Probe};
 use crate::eval::harm::HarmScorer;
@@ -56,6 +57,20 @@ pub struct CompareSettings {
     /// summary. 1 = every arm once on all cases.
     #[serde(default = "one")]
     pub repeats: usize,
+    /// Attack every editing arm against the unedited model (`pke attack`'s attacks; its `eval` is replaced
+    /// by this comparison's), the base's side run once; None = no attacks.
+    #[serde(default)]
+    pub attacks: Option<AttackSettings>,
+    /// Where the requant attack writes its temporary GGUF files (None = the system's temp folder).
+    #[serde(skip)]
+    pub attack_dir: Option<std::path::PathBuf>,
+}
+
+/// One editing arm under attack.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ArmAttacks {
+    pub label: String,
+    pub report: AttackReport,
 }
 
 fn one() -> usize {
@@ -312,6 +327,9 @@ pub struct Comparison {
     /// With `settings.repeats > 1`: per arm and rate, the mean and spread over the repeats.
     #[serde(default)]
     pub repeats: Vec<RepeatSummary>,
+    /// With `settings.attacks`: each editing arm's attack report.
+    #[serde(default)]
+    pub attacks: Vec<ArmAttacks>,
     pub seconds: f64,
 }
 
@@ -364,6 +382,25 @@ pub fn compare_with(
     if s.eval.chat != s.locate.chat {
         return Err(Error::Input("edit cases and evaluation must both use the chat template, or both not".into()));
     }
+    // With attacks, every arm is evaluated as the attacks evaluate it, so its report is their unattacked row.
+    let attack_settings = match &s.attacks {
+        Some(a) => {
+            let a = AttackSettings { eval: s.eval.clone(), ..a.clone() };
+            check_attacks(ck, &a)?;
+            Some(AttackSettings { eval: attack_eval_settings(&a), ..a })
+        }
+        None => None,
+    };
+    let owned_settings;
+    let s = match &attack_settings {
+        Some(a) => {
+            owned_settings = CompareSettings { eval: a.eval.clone(), ..s.clone() };
+            &owned_settings
+        }
+        None => s,
+    };
+    let mut vanilla_runs = VanillaRuns::default();
+    let mut attacked: Vec<ArmAttacks> = Vec::new();
     let harm = if s.eval.harm_judge {
         progress("setup", "loading the harm judge");
         Some(HarmScorer::load(|_, _| {})?)
@@ -382,6 +419,9 @@ pub fn compare_with(
         let Some(method) = arm.method else {
             let r = evaluate_with(ck, Baseline::default(), harm.as_ref(), &s.eval, |m| progress(&arm.label, m))?;
             vanilla = Some(r.clone());
+            if attack_settings.is_some() {
+                vanilla_runs = VanillaRuns::with_unattacked(r.clone());
+            }
             rows.push(CompareRow {
                 label: arm.label.clone(),
                 method: None,
@@ -395,7 +435,7 @@ pub fn compare_with(
                 report: r,
                 rates: vec![],
             });
-            finished(&snapshot(ck, cases, s, &rows, t0)?)?;
+            finished(&snapshot(ck, cases, s, &rows, &attacked, t0)?)?;
             continue;
         };
         let base_params = arm.params.clone().unwrap_or_else(|| EditParams::defaults(method));
@@ -422,6 +462,18 @@ pub fn compare_with(
             let base = Baseline { model: Some(ck), report: vanilla.as_ref() };
             let mut rep = evaluate_with(&edited, base, harm.as_ref(), &s.eval, |m| progress(&label, m))?;
             rep.model = format!("{} + {} delta", rep.model, label);
+            if let Some(a) = &attack_settings {
+                let dir = s
+                    .attack_dir
+                    .clone()
+                    .unwrap_or_else(std::env::temp_dir)
+                    .join(format!("pke-requant-{}", label.replace(['#', '@', '/'], "_")));
+                let report = attack_with(&edited, ck, a, &dir, &mut vanilla_runs, Some(rep.clone()), |what, m| {
+                    progress(&label, &format!("attack {what}: {m}"))
+                })?;
+                let _ = std::fs::remove_dir(&dir);
+                attacked.push(ArmAttacks { label: label.clone(), report });
+            }
             rows.push(CompareRow {
                 label,
                 method: Some(method),
@@ -435,14 +487,21 @@ pub fn compare_with(
                 report: rep,
                 rates: vec![],
             });
-            finished(&snapshot(ck, cases, s, &rows, t0)?)?;
+            finished(&snapshot(ck, cases, s, &rows, &attacked, t0)?)?;
         }
     }
-    snapshot(ck, cases, s, &rows, t0)
+    snapshot(ck, cases, s, &rows, &attacked, t0)
 }
 
 /// The comparison of the rows so far, with their rate statistics.
-fn snapshot(ck: &Checkpoint, cases: &[EditCase], s: &CompareSettings, rows: &[CompareRow], t0: Instant) -> Result<Comparison> {
+fn snapshot(
+    ck: &Checkpoint,
+    cases: &[EditCase],
+    s: &CompareSettings,
+    rows: &[CompareRow],
+    attacks: &[ArmAttacks],
+    t0: Instant,
+) -> Result<Comparison> {
     let mut rows = rows.to_vec();
     add_rate_stats(&mut rows);
     let mut c = Comparison {
@@ -453,10 +512,67 @@ fn snapshot(ck: &Checkpoint, cases: &[EditCase], s: &CompareSettings, rows: &[Co
         settings: s.clone(),
         rows,
         repeats: vec![],
+        attacks: attacks.to_vec(),
         seconds: t0.elapsed().as_secs_f64(),
     };
     c.repeats = repeat_summaries(&c);
     Ok(c)
+}
+
+/// With attacks: per attack, the vanilla model's ASR and each editing arm's, with intervals and the paired
+/// test against vanilla under the same attack; then what re-quantization kept and when benign fine-tuning
+/// undid each edit.
+pub fn attacks_markdown(c: &Comparison) -> String {
+    let Some(first) = c.attacks.first() else { return String::new() };
+    let fmt_p = |p: Option<f64>| match p {
+        None => String::new(),
+        Some(p) if p >= 0.05 => " (n.s.)".to_string(),
+        Some(p) if p < 0.001 => " (p <0.001)".to_string(),
+        Some(p) => format!(" (p {p:.3})"),
+    };
+    let cell = |r: &crate::attack::AttackRow| {
+        format!("{:.2} [{:.2}, {:.2}]{}", r.asr.value, r.asr.ci_low, r.asr.ci_high, fmt_p(r.asr.p_vs_vanilla))
+    };
+    let mut keys: Vec<&str> = Vec::new();
+    for r in &first.report.rows {
+        if !keys.contains(&r.attack.as_str()) {
+            keys.push(&r.attack);
+        }
+    }
+    let mut s = format!(
+        "\n## Attacks\n\nASR of each model under each attack, 95% Wilson interval; p = exact McNemar against the vanilla model \
+         under the same attack (n.s. = not significant at 0.05). Sizes: those of the evaluation above; the prefill \
+         attack asks {} HarmBench behaviours.\n\n| attack | vanilla | {} |\n|---|---|{}\n",
+        first.report.reports.get("none/vanilla").and_then(|r| r.asr.prefilled.as_ref()).map_or(0, |p| p.n),
+        c.attacks.iter().map(|a| a.label.as_str()).collect::<Vec<_>>().join(" | "),
+        "---|".repeat(c.attacks.len())
+    );
+    for k in keys {
+        let v = first.report.rows.iter().find(|r| r.attack == k && r.model == "vanilla").map(cell).unwrap_or_default();
+        let arms: Vec<String> = c
+            .attacks
+            .iter()
+            .map(|a| a.report.rows.iter().find(|r| r.attack == k && r.model == "edited").map(cell).unwrap_or_else(|| "-".into()))
+            .collect();
+        s += &format!("| {k} | {v} | {} |\n", arms.join(" | "));
+    }
+    s += "\n";
+    for a in &c.attacks {
+        let mut parts = Vec::new();
+        for q in &a.report.requant {
+            parts.push(format!("re-quantized to {} ({}) keeps {:.2} of the edit", q.ty, q.stored_as.join("/"), q.kept));
+        }
+        if let Some(f) = &a.report.finetune_undo {
+            parts.push(match f.steps_to_undo {
+                Some(k) => format!("benign fine-tuning brings ASR back within 5 points of vanilla after {k} steps"),
+                None => "benign fine-tuning does not bring ASR back within 5 points of vanilla in the steps run".into(),
+            });
+        }
+        if !parts.is_empty() {
+            s += &format!("- {}: {}.\n", a.label, parts.join("; "));
+        }
+    }
+    s
 }
 
 /// The method x metric table in markdown.
@@ -529,6 +645,7 @@ pub fn markdown(c: &Comparison) -> String {
     s += &rates_markdown(&c.rows);
     s += &per_category_markdown(&c.rows);
     s += &repeats_markdown(c);
+    s += &attacks_markdown(c);
     s += "\nHyper-parameters per method:\n\n";
     for a in &c.settings.arms {
         if let Some(p) = &a.params {

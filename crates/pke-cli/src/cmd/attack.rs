@@ -6,17 +6,9 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use pke::attack::{attack, markdown, work_dir, Attack, AttackSettings};
 
+/// The attacks' options, shared by `pke attack` and `pke compare --attacks`.
 #[derive(clap::Args)]
-pub struct Args {
-    /// The edited model (HF folder or GGUF written by `pke edit`/`pke apply`).
-    #[arg(long, short)]
-    model: String,
-    /// The model it was edited from (the vanilla model): a GGUF file or alias for the requant attack.
-    #[arg(long)]
-    base: String,
-    /// Attacks, comma-separated: prefill, requant, ablate, jailbreak, finetune.
-    #[arg(long, default_value = "prefill,requant,ablate,jailbreak,finetune", value_delimiter = ',')]
-    attacks: Vec<String>,
+pub struct AttackArgs {
     /// Types the edited tensors are re-quantized to: `source` (each tensor's type in the base GGUF) and/or
     /// GGML names (q8_0, q4_0, q4_k, ...), comma-separated.
     #[arg(long, default_value = "source", value_delimiter = ',')]
@@ -44,6 +36,39 @@ pub struct Args {
     /// Seed of the fine-tuning example order.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+}
+
+impl AttackArgs {
+    /// The settings for `attacks` (names as on the command line), evaluated with `eval`.
+    pub fn settings(&self, attacks: &[String], eval: pke::eval::report::EvalSettings) -> Result<AttackSettings> {
+        Ok(AttackSettings {
+            attacks: attacks.iter().map(|x| x.parse::<Attack>()).collect::<Result<Vec<_>, _>>()?,
+            eval,
+            requant_types: self.requant_types.clone(),
+            ablate_prompts: self.ablate_prompts,
+            ablate_select: self.ablate_select,
+            jailbreak_per_family: self.jailbreak_per_family,
+            finetune_steps: self.finetune_steps.clone(),
+            finetune_lr: self.finetune_lr,
+            finetune_batch: self.finetune_batch,
+            seed: self.seed,
+        })
+    }
+}
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The edited model (HF folder or GGUF written by `pke edit`/`pke apply`).
+    #[arg(long, short)]
+    model: String,
+    /// The model it was edited from (the vanilla model): a GGUF file or alias for the requant attack.
+    #[arg(long)]
+    base: String,
+    /// Attacks, comma-separated: prefill, requant, ablate, jailbreak, finetune.
+    #[arg(long, default_value = "prefill,requant,ablate,jailbreak,finetune", value_delimiter = ',')]
+    attacks: Vec<String>,
+    #[command(flatten)]
+    options: AttackArgs,
     #[command(flatten)]
     eval: super::eval::EvalArgs,
     /// Do not apply the chat template (base models).
@@ -56,23 +81,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
-    let attacks = a.attacks.iter().map(|x| x.parse::<Attack>()).collect::<Result<Vec<_>, _>>()?;
-    let mut eval = a.eval.settings(!a.no_chat)?;
-    if attacks.contains(&Attack::Prefill) && eval.n_prefill == 0 {
-        eval.n_prefill = 10;
-    }
-    let settings = AttackSettings {
-        attacks,
-        eval,
-        requant_types: a.requant_types.clone(),
-        ablate_prompts: a.ablate_prompts,
-        ablate_select: a.ablate_select,
-        jailbreak_per_family: a.jailbreak_per_family,
-        finetune_steps: a.finetune_steps.clone(),
-        finetune_lr: a.finetune_lr,
-        finetune_batch: a.finetune_batch,
-        seed: a.seed,
-    };
+    let settings = a.options.settings(&a.attacks, a.eval.settings(!a.no_chat)?)?;
     let edited = super::load_model(&a.model)?;
     let base = super::load_model(&a.base)?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;

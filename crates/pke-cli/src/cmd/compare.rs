@@ -33,6 +33,12 @@ pub struct Args {
     /// seeds seed, seed+1, ...; rows LABEL, LABEL@r2, ... and the mean and spread per rate.
     #[arg(long, default_value_t = 1)]
     repeats: usize,
+    /// Also attack every editing arm beside the unedited model, comma-separated: prefill, requant, ablate,
+    /// jailbreak, finetune (`pke attack`'s attacks and options; the unedited model's side runs once).
+    #[arg(long, value_delimiter = ',')]
+    attacks: Vec<String>,
+    #[command(flatten)]
+    attack: super::attack::AttackArgs,
     /// Re-render an earlier run's compare.json (table, intervals and paired tests, chart) into --out
     /// without running anything; the input is never overwritten.
     #[arg(long, value_name = "COMPARE_JSON")]
@@ -94,15 +100,21 @@ pub fn run(a: Args) -> Result<ExitCode> {
         return write_outputs(&c, &a.out, a.json);
     }
     let cases = a.cases.load()?;
+    let eval = a.eval.settings(a.cases.chat)?;
     let settings = CompareSettings {
         arms: arms(&a.methods, &a.overrides)?,
-        eval: a.eval.settings(a.cases.chat)?,
+        attacks: if a.attacks.is_empty() { None } else { Some(a.attack.settings(&a.attacks, eval.clone())?) },
+        attack_dir: Some(pke::attack::work_dir(&a.out)),
+        eval,
         locate: LocateSettings { chat: a.cases.chat, ..Default::default() },
         retain: a.retain.load()?,
         repeats: a.repeats,
     };
     if a.per_instance && a.repeats > 1 {
         bail!("--repeats applies to the pooled comparison, not to --per-instance (which already edits each case alone)");
+    }
+    if a.per_instance && settings.attacks.is_some() {
+        bail!("--attacks applies to the pooled comparison, not to --per-instance");
     }
     let ck = super::load_model(&a.model)?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
@@ -150,6 +162,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     )?;
     bar.finish_and_clear();
     let _ = std::fs::remove_file(&partial);
+    let _ = std::fs::remove_dir(pke::attack::work_dir(&a.out));
     write_outputs(&c, &a.out, a.json)
 }
 

@@ -1,6 +1,7 @@
 //! `pke compare`: every arm is evaluated on the same sets, edits start from the same model, the vanilla
 //! answers are the ROUGE-L reference, and the table and chart are written.
 
+use pke::attack::{Attack, AttackSettings};
 use pke::compare::{chart, compare, markdown, Arm, CompareSettings};
 use pke::edit::{EditParams, Method};
 use pke::eval::report::EvalSettings;
@@ -30,6 +31,8 @@ fn compare_runs_each_arm_on_the_same_sets() {
         locate: LocateSettings { chat: true, ..Default::default() },
         retain: None,
         repeats: 1,
+        attacks: None,
+        attack_dir: None,
     };
     let before = ck.model.get("model.layers.11.mlp.down_proj.weight").unwrap().to_vec2::<f32>().unwrap();
     let mut seen = vec![];
@@ -102,6 +105,8 @@ fn compare_bad_inputs_are_clear_errors() {
         locate: LocateSettings { chat: true, ..Default::default() },
         retain: None,
         repeats: 1,
+        attacks: None,
+        attack_dir: None,
     };
     let e = compare(ck, &[], &s, |_, _| {}).unwrap_err().to_string();
     assert!(e.contains("no edit cases"), "{e}");
@@ -111,6 +116,15 @@ fn compare_bad_inputs_are_clear_errors() {
     assert!(e.contains("chat template"), "{e}");
     let e = compare(ck, &cases, &CompareSettings { repeats: 0, ..s.clone() }, |_, _| {}).unwrap_err().to_string();
     assert!(e.contains("at least 1"), "{e}");
+    // Attack settings are checked before the first arm.
+    let bad =
+        |a: AttackSettings| compare(ck, &cases, &CompareSettings { attacks: Some(a), ..s.clone() }, |_, _| {}).unwrap_err().to_string();
+    let e = bad(AttackSettings { attacks: vec![], ..Default::default() });
+    assert!(e.contains("no attacks chosen"), "{e}");
+    let e = bad(AttackSettings { attacks: vec![Attack::Jailbreak], jailbreak_per_family: 0, ..Default::default() });
+    assert!(e.contains("at least one template per family"), "{e}");
+    let e = bad(AttackSettings { attacks: vec![Attack::Requant], requant_types: vec!["q9_9".into()], ..Default::default() });
+    assert!(e.contains("q9_9"), "{e}");
     let edit = vec![Arm::vanilla(), Arm::edit(Method::Pke, EditParams::defaults(Method::Pke))];
     let e = compare(ck, &cases, &CompareSettings { repeats: 2, arms: edit, ..s }, |_, _| {}).unwrap_err().to_string();
     assert!(e.contains("--repeats 2 needs at least 2 edit cases") && e.contains("there are 1"), "{e}");
@@ -129,6 +143,8 @@ fn repeats_edit_disjoint_case_subsets_and_summarize() {
         locate: LocateSettings { chat: true, ..Default::default() },
         retain: None,
         repeats: 2,
+        attacks: None,
+        attack_dir: None,
     };
     let c = compare(ck, &cases, &s, |_, _| {}).unwrap();
     let labels: Vec<&str> = c.rows.iter().map(|r| r.label.as_str()).collect();
@@ -169,4 +185,61 @@ fn per_instance_judges_five_inputs_per_case() {
     let plain = pke::data::sets::builtin_cases("advbench", 1).unwrap();
     let e = per_instance(ck, &plain, &arms, &tiny_eval(), &loc, |_, _, _| {}).unwrap_err().to_string();
     assert!(e.contains("generalization inputs") && e.contains("safeedit-style"), "{e}");
+}
+
+/// `attacks`: every editing arm is attacked beside the unedited model in the same run; the unedited
+/// model's side is run once (identical rows in every arm's report) and its unattacked rows are the
+/// comparison's own evaluations.
+#[test]
+fn compare_attacks_every_editing_arm_and_runs_the_vanilla_side_once() {
+    let ck = crate::common::smollm2();
+    let cases = pke::data::sets::builtin_cases("advbench", 1).unwrap();
+    let p = |m| EditParams { steps: 2, ..EditParams::defaults(m) };
+    let dir = tempfile::tempdir().unwrap();
+    // Requant's own behaviour is tested in attack.rs; here the cheap attacks show the plumbing.
+    let attacks = AttackSettings { attacks: vec![Attack::Prefill, Attack::Jailbreak], jailbreak_per_family: 1, ..Default::default() };
+    let s = CompareSettings {
+        arms: vec![Arm::vanilla(), Arm::edit(Method::Pke, p(Method::Pke)), Arm::edit(Method::Ga, p(Method::Ga))],
+        eval: EvalSettings { n_prefill: 2, ..tiny_eval() },
+        locate: LocateSettings { chat: true, ..Default::default() },
+        retain: None,
+        repeats: 1,
+        attacks: Some(attacks),
+        attack_dir: Some(dir.path().join("requant")),
+    };
+    let mut calls = Vec::new();
+    let c = compare(ck, &cases, &s, |arm, m| calls.push(format!("{arm}: {m}"))).unwrap();
+    assert_eq!(c.attacks.iter().map(|a| a.label.as_str()).collect::<Vec<_>>(), ["pke", "ga"]);
+    let vanilla_rows = |r: &pke::attack::AttackReport| {
+        r.rows.iter().filter(|x| x.model == "vanilla").map(|x| (x.attack.clone(), x.asr.value, x.asr.n)).collect::<Vec<_>>()
+    };
+    let (a, b) = (&c.attacks[0].report, &c.attacks[1].report);
+    assert_eq!(vanilla_rows(a), vanilla_rows(b), "one vanilla side for both arms");
+    for key in ["none", "prefill", "jailbreak:classic"] {
+        assert!(
+            a.rows.iter().any(|x| x.attack == key && x.model == "edited"),
+            "{key}: {:?}",
+            a.rows.iter().map(|x| &x.attack).collect::<Vec<_>>()
+        );
+    }
+    // The unattacked rows are the comparison's evaluations (same prompts, same verdicts).
+    let none = |r: &pke::attack::AttackReport, m: &str| r.reports[&format!("none/{m}")].asr.overall;
+    assert_eq!(none(a, "vanilla"), c.rows[0].report.asr.overall);
+    assert_eq!(none(a, "edited"), c.rows[1].report.asr.overall);
+    assert_eq!(none(b, "edited"), c.rows[2].report.asr.overall);
+    // Evaluated with the prefill attack (on the evaluation's HarmBench behaviours: min(n_prefill, n_harmful)).
+    assert_eq!(c.rows[0].report.samples.iter().filter(|x| x.set.starts_with("prefill")).count(), 1);
+    assert!(c.rows[0].report.asr.prefilled.is_some() && c.rows[2].report.asr.prefilled.is_some());
+    // The vanilla model's jailbreak replies were generated once: only the first arm's progress says so.
+    assert_eq!(
+        calls
+            .iter()
+            .filter(|m| m.contains("jailbreak classic vanilla"))
+            .map(|m| m.split(':').next().unwrap())
+            .collect::<std::collections::BTreeSet<_>>()
+            .len(),
+        1
+    );
+    let md = markdown(&c);
+    assert!(md.contains("## Attacks") && md.contains("| attack | vanilla | pke | ga |") && md.contains("| jailbreak:classic |"), "{md}");
 }
