@@ -334,15 +334,19 @@ impl Adam {
         Ok(Adam { m: like.zeros_like()?, v: like.zeros_like()?, t: 0 })
     }
     pub(crate) fn step(&mut self, w: &Var, g: &Tensor, lr: f64) -> Result<()> {
+        let upd = self.update(g)?;
+        w.set(&(w.as_tensor().detach() - (upd * lr)?)?)?;
+        Ok(())
+    }
+    /// The next update direction for gradient `g` (the step is `-lr` times it).
+    pub(crate) fn update(&mut self, g: &Tensor) -> Result<Tensor> {
         let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8f64);
         self.t += 1;
         self.m = ((&self.m * b1)? + (g * (1.0 - b1))?)?;
         self.v = ((&self.v * b2)? + (g.sqr()? * (1.0 - b2))?)?;
         let mhat = (&self.m / (1.0 - b1.powi(self.t)))?;
         let vhat = (&self.v / (1.0 - b2.powi(self.t)))?;
-        let upd = (mhat / (vhat.sqrt()? + eps)?)?;
-        w.set(&(w.as_tensor().detach() - (upd * lr)?)?)?;
-        Ok(())
+        Ok((mhat / (vhat.sqrt()? + eps)?)?)
     }
 }
 
@@ -596,7 +600,7 @@ pub fn compute_delta_with(
         let prompt = |s: &Seq| s.ids[..s.rows[0] + 1].to_vec();
         let harmful: Vec<Vec<u32>> = prepared.iter().map(|c| prompt(&c.safe)).collect();
         let benign_prompts: Vec<Vec<u32>> = replies.iter().map(prompt).collect();
-        preserve::projectors(model, &down, &benign, &benign_prompts, &harmful, p.preserve_energy)?
+        preserve::projectors(model, &down, &benign, &benign_prompts, &harmful, p.preserve_energy, p.preserve_sink)?
     } else {
         vec![]
     };
@@ -628,7 +632,11 @@ pub fn compute_delta_with(
         }
         let shape = if t.axis == 0 { (f, 1) } else { (1, f) };
         let mask = Tensor::from_vec(mask, shape, w0.device())?;
-        let adam = Adam::new(&w0)?;
+        // A projected weight keeps its optimizer state in the free basis's coordinates.
+        let adam = match projectors.iter().find(|pr| pr.name == t.name) {
+            Some(pr) => Adam::new(&Tensor::zeros((w0.dim(0)?, pr.basis.dim(1)?), w0.dtype(), w0.device())?)?,
+            None => Adam::new(&w0)?,
+        };
         vars.push((t.name.clone(), var, w0, mask, adam));
     }
     let groups: Vec<Vec<usize>> = match p.mode {
@@ -736,10 +744,14 @@ pub fn compute_delta_with(
             let lr = if p.warmup_steps > 0 { p.lr * ((step + 1) as f64 / p.warmup_steps as f64).min(1.0) } else { p.lr };
             for ((name, var, w0, mask, adam), g) in vars.iter_mut().zip(&grads) {
                 let g = g.as_ref().ok_or_else(|| Error::Input(format!("no gradient reached `{name}`")))?;
-                let g = g.broadcast_mul(mask)?;
-                adam.step(var, &g, lr)?;
-                if let Some(pr) = projectors.iter().find(|pr| &pr.name == name) {
-                    var.set(&pr.apply(&var.as_tensor().detach(), w0)?)?;
+                match projectors.iter().find(|pr| &pr.name == name) {
+                    // Adam in the free basis's coordinates: the change stays in the free directions exactly,
+                    // and its per-coordinate scaling acts on those directions, not on single weights.
+                    Some(pr) => {
+                        let u = adam.update(&pr.coordinates(g)?)?;
+                        var.set(&pr.step(&var.as_tensor().detach(), &u, lr)?)?;
+                    }
+                    None => adam.step(var, &g.broadcast_mul(mask)?, lr)?,
                 }
                 if p.norm_constraint > 0.0 {
                     let lo = (&*w0 - p.norm_constraint)?;

@@ -147,6 +147,10 @@ pub struct EditParams {
     /// construction (AlphaEdit). See `edit::preserve`.
     #[serde(default)]
     pub preserve_energy: f64,
+    /// With `preserve_energy`: also protect the first position's key direction (the attention sink, the
+    /// same tokens in every prompt), so the edit cannot change what every prompt's first position writes.
+    #[serde(default = "yes")]
+    pub preserve_sink: bool,
     /// Clamp edited weights to w0 ± this (0 = off).
     pub norm_constraint: f64,
     pub mode: BatchMode,
@@ -176,6 +180,10 @@ fn default_direction_offset() -> usize {
 }
 fn default_direction_margin() -> f64 {
     1.0
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_retain_tokens() -> usize {

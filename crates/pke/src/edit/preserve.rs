@@ -5,7 +5,7 @@
 //! A `down_proj` column j is multiplied by neuron j's activation ("key"). For the edited columns C, the
 //! benign keys k_C (every position of the retain set's benign prompts with the original model's reply,
 //! and of the cases' locality pairs) give a second-moment matrix S = mean k_C k_C^T. Its top eigen-directions
-//! holding `preserve_energy` of the trace (in per-neuron standardized units) are protected; P projects onto the rest. After every optimizer
+//! holding `preserve_energy` of the trace (chosen in per-neuron standardized units) are protected; P projects onto the rest. After every optimizer
 //! step the edit's accumulated change D = W[:, C] - W0[:, C] becomes D P, so D k = D P k, which is small for
 //! any benign key (at most sqrt(1 - energy) of its norm on average). A harmful prompt's keys change the
 //! output only through directions the benign inputs barely use: the edit has to find what separates the
@@ -23,8 +23,10 @@ pub struct Projector {
     pub name: String,
     /// The edited columns, as u32 indices.
     idx: Tensor,
-    /// (|C|, |C|), idempotent (D <- D p).
+    /// (|C|, |C|), symmetric, idempotent (D <- D p).
     p: Tensor,
+    /// (|C|, free dims): an orthonormal basis of the free directions (p = basis basis^T).
+    pub basis: Tensor,
     pub summary: PreserveSummary,
 }
 
@@ -37,7 +39,7 @@ pub struct PreserveSummary {
     pub positions: usize,
     /// Directions left free (the edit may use them).
     pub free_dims: usize,
-    /// Share of the benign keys' (standardized) energy in the free directions (at most 1 - preserve_energy).
+    /// Share of the benign keys' energy in the free directions.
     pub benign_energy_free: f64,
     /// The same for the benign prompts' keys at their last token only.
     pub benign_last_free: f64,
@@ -47,25 +49,52 @@ pub struct PreserveSummary {
 }
 
 impl Projector {
+    /// `x` with its edited columns X_C replaced by X_C P (the other columns as they are).
+    pub fn project(&self, x: &Tensor) -> Result<Tensor> {
+        let d = x.index_select(&self.idx, 1)?;
+        let dp = d.matmul(&self.p)?;
+        Ok(x.index_add(&self.idx, &(dp - d)?, 1)?)
+    }
+
     /// Replace the accumulated change of `w` from `w0` in the edited columns by its projection.
     pub fn apply(&self, w: &Tensor, w0: &Tensor) -> Result<Tensor> {
-        let d = (w - w0)?.index_select(&self.idx, 1)?;
-        let dp = d.matmul(&self.p)?;
-        Ok(w.index_add(&self.idx, &(dp - d)?, 1)?)
+        Ok((self.project(&(w - w0)?)? + w0)?)
+    }
+
+    /// A full-weight gradient in the free basis's coordinates: G_C basis, (rows, free dims).
+    pub fn coordinates(&self, g: &Tensor) -> Result<Tensor> {
+        Ok(g.index_select(&self.idx, 1)?.matmul(&self.basis)?)
+    }
+
+    /// `w` moved by `-lr * u basis^T` in the edited columns (`u` in free-basis coordinates).
+    pub fn step(&self, w: &Tensor, u: &Tensor, lr: f64) -> Result<Tensor> {
+        let d = (u.matmul(&self.basis.t()?)? * -lr)?;
+        Ok(w.index_add(&self.idx, &d, 1)?)
     }
 }
 
-/// Keys (positions, |cols|) of `layer`'s MLP for each sequence, stacked.
-fn keys(model: &Decoder, seqs: &[Vec<u32>], layer: usize, cols: &Tensor) -> Result<Tensor> {
-    let mut out = Vec::with_capacity(seqs.len());
+/// Keys (positions, |cols|) of `layer`'s MLP for each sequence, stacked, without each sequence's first
+/// position; and the first positions' keys (one row per sequence).
+///
+/// The first position is the attention sink: its activations are orders of magnitude larger than any
+/// other's and would decide the whole spectrum, so it is kept apart (and protected as a direction of its
+/// own, see [`NullSpace::new`]).
+fn keys(model: &Decoder, seqs: &[Vec<u32>], layer: usize, cols: &Tensor) -> Result<(Tensor, Tensor)> {
+    let (mut rest, mut first) = (Vec::with_capacity(seqs.len()), Vec::with_capacity(seqs.len()));
     for ids in seqs {
         let mut cap = Capture::new([Site::MlpAct(layer)]);
         cap.stop = Some(layer);
         model.forward_with(&crate::model::Input::single(ids), &mut cap, None)?;
-        let k = cap.store.remove(&Site::MlpAct(layer)).expect("captured").squeeze(0)?;
-        out.push(k.index_select(cols, 1)?.to_dtype(DType::F32)?);
+        let k = cap.store.remove(&Site::MlpAct(layer)).expect("captured").squeeze(0)?.index_select(cols, 1)?.to_dtype(DType::F32)?;
+        first.push(k.narrow(0, 0, 1)?);
+        if ids.len() > 1 {
+            rest.push(k.narrow(0, 1, ids.len() - 1)?);
+        }
     }
-    Ok(Tensor::cat(&out, 0)?)
+    if rest.is_empty() {
+        return Err(Error::Input("preserve_energy: every benign sequence is a single token".into()));
+    }
+    Ok((Tensor::cat(&rest, 0)?, Tensor::cat(&first, 0)?))
 }
 
 /// The second moment K^T K / n as a row-major f64 matrix.
@@ -76,21 +105,22 @@ fn second_moment(k: &Tensor) -> Result<(Vec<f64>, usize)> {
     Ok((s.flatten_all()?.to_vec1::<f32>()?.into_iter().map(f64::from).collect(), c))
 }
 
-/// The null space of a second-moment matrix S (row-major, c x c), taken in per-neuron standardized
-/// coordinates (z = k / rms(k_j)): a few neurons with activations orders of magnitude larger than the rest
-/// would otherwise hold nearly all the energy and leave every other direction "free".
+/// The null space of the benign keys' second moment S (row-major, c x c). The directions to protect are
+/// chosen on the per-neuron standardized S (z = k / rms(k_j)): a few neurons with activations orders of
+/// magnitude above the rest would otherwise hold nearly all the energy and leave every other direction
+/// "free". The projector itself is orthogonal in the neurons' own units (protected key directions
+/// k = R z, R = diag(rms)), so a projected change is never larger than the change itself.
 pub struct NullSpace {
     c: usize,
-    /// Per-neuron root mean square of the keys.
-    rms: Vec<f64>,
-    /// Projector onto the free directions, in standardized coordinates (symmetric, idempotent).
+    /// Projector onto the free directions (symmetric, idempotent).
     p: Vec<f64>,
     pub free_dims: usize,
 }
 
 impl NullSpace {
-    /// Protect the top eigen-directions of the standardized S that hold `energy` of its trace.
-    pub fn new(s: &[f64], c: usize, energy: f64) -> Result<Self> {
+    /// Protect the top eigen-directions of the standardized S that hold `energy` of its trace, and the
+    /// key directions in `always` (each of length c; the attention sink's).
+    pub fn new(s: &[f64], c: usize, energy: f64, always: &[Vec<f64>]) -> Result<Self> {
         if !(0.0..1.0).contains(&energy) || s.len() != c * c {
             return Err(Error::Input(format!("preserve_energy must be in [0, 1), got {energy}")));
         }
@@ -98,7 +128,7 @@ impl NullSpace {
         if !(scale > 0.0 && scale.is_finite()) {
             return Err(Error::Input("preserve_energy: the benign keys are all zero or not finite in the edited columns".into()));
         }
-        // A neuron that never fires on benign inputs gets a floor, so its (free) direction stays finite.
+        // A neuron that never fires on benign inputs gets a floor, so its standardized entries stay finite.
         let rms: Vec<f64> = (0..c).map(|i| s[i * c + i].max(1e-6 * scale).sqrt()).collect();
         let m = nalgebra::DMatrix::from_fn(c, c, |a, b| s[a * c + b] / (rms[a] * rms[b]));
         let eig = nalgebra::SymmetricEigen::new(m);
@@ -115,36 +145,53 @@ impl NullSpace {
             protected += 1;
         }
         let mut p = vec![0f64; c * c];
-        for &i in &order[protected..] {
-            let u = eig.eigenvectors.column(i);
-            for a in 0..c {
-                for b in 0..c {
-                    p[a * c + b] += u[a] * u[b];
+        for i in 0..c {
+            p[i * c + i] = 1.0;
+        }
+        let always: Vec<&Vec<f64>> = always.iter().filter(|k| k.len() == c && k.iter().any(|x| *x != 0.0)).collect();
+        let n = (protected + always.len()).min(c);
+        if n > 0 {
+            // Orthonormal basis of the protected key directions (R u_i and the sink's), then P = I - Q Q^T.
+            let v = nalgebra::DMatrix::from_fn(c, protected + always.len(), |a, j| {
+                if j < protected {
+                    rms[a] * eig.eigenvectors[(a, order[j])]
+                } else {
+                    always[j - protected][a]
+                }
+            });
+            let svd = v.svd(true, false);
+            let u = svd.u.expect("asked for U");
+            let top = svd.singular_values.max();
+            for j in (0..svd.singular_values.len()).filter(|&j| svd.singular_values[j] > 1e-9 * top) {
+                for a in 0..c {
+                    for b in 0..c {
+                        p[a * c + b] -= u[(a, j)] * u[(b, j)];
+                    }
                 }
             }
         }
-        Ok(NullSpace { c, rms, p, free_dims: c - protected })
+        let free_dims = (0..c).map(|i| p[i * c + i]).sum::<f64>().round() as usize;
+        Ok(NullSpace { c, p, free_dims })
     }
 
-    /// The projector Q for a change D of the columns (D <- D Q): Q = R P R^-1 with R = diag(rms), so that
-    /// D Q k = (D R) P z for every key k = R z. Idempotent.
-    pub fn column_projector(&self) -> Vec<f64> {
+    /// An orthonormal basis of the free directions (c x free dims, column-major as nalgebra keeps it).
+    pub fn free_basis(&self) -> nalgebra::DMatrix<f64> {
         let c = self.c;
-        let mut q = vec![0f64; c * c];
-        for a in 0..c {
-            for b in 0..c {
-                q[a * c + b] = self.rms[a] * self.p[a * c + b] / self.rms[b];
-            }
-        }
-        q
+        let e = nalgebra::SymmetricEigen::new(nalgebra::DMatrix::from_row_slice(c, c, &self.p));
+        let cols: Vec<_> = (0..c).filter(|&i| e.eigenvalues[i] > 0.5).map(|i| e.eigenvectors.column(i).clone_owned()).collect();
+        nalgebra::DMatrix::from_columns(&cols)
     }
 
-    /// Share of the standardized energy of keys with second moment `s` in the free directions.
+    /// The projector for a change D of the columns (D <- D P).
+    pub fn column_projector(&self) -> Vec<f64> {
+        self.p.clone()
+    }
+
+    /// Share of the energy of keys with second moment `s` in the free directions: tr(P S) / tr(S).
     pub fn free_share(&self, s: &[f64]) -> f64 {
         let c = self.c;
-        let z = |a: usize, b: usize| s[a * c + b] / (self.rms[a] * self.rms[b]);
-        let tr: f64 = (0..c).map(|i| z(i, i)).sum();
-        let tps: f64 = (0..c).flat_map(|a| (0..c).map(move |b| (a, b))).map(|(a, b)| z(a, b) * self.p[b * c + a]).sum();
+        let tr: f64 = (0..c).map(|i| s[i * c + i]).sum();
+        let tps: f64 = s.iter().zip(&self.p).map(|(a, b)| a * b).sum();
         if tr > 0.0 {
             tps / tr
         } else {
@@ -163,6 +210,7 @@ pub fn projectors(
     benign_prompts: &[Vec<u32>],
     harmful: &[Vec<u32>],
     energy: f64,
+    protect_sink: bool,
 ) -> Result<Vec<Projector>> {
     if benign.is_empty() {
         return Err(Error::Input(
@@ -175,17 +223,22 @@ pub fn projectors(
         }
         let ks: Vec<Tensor> = seqs
             .iter()
-            .map(|ids| Ok(keys(model, std::slice::from_ref(ids), layer, idx)?.get(ids.len() - 1)?.unsqueeze(0)?))
+            .map(|ids| {
+                let (k, _) = keys(model, std::slice::from_ref(ids), layer, idx)?;
+                Ok(k.get(k.dim(0)? - 1)?.unsqueeze(0)?)
+            })
             .collect::<Result<_>>()?;
         Ok(Some(second_moment(&Tensor::cat(&ks, 0)?)?.0))
     };
     let mut out = Vec::new();
     for (name, layer, cols) in targets {
         let idx = Tensor::from_vec(cols.iter().map(|&c| c as u32).collect::<Vec<_>>(), cols.len(), model.device())?;
-        let kb = keys(model, benign, *layer, &idx)?;
-        let positions = kb.dim(0)?;
+        let (kb, sink) = keys(model, benign, *layer, &idx)?;
+        let positions = kb.dim(0)? + sink.dim(0)?;
         let (s, c) = second_moment(&kb)?;
-        let ns = NullSpace::new(&s, c, energy)?;
+        let sink = (sink.sum(0)? / sink.dim(0)? as f64)?.to_vec1::<f32>()?.into_iter().map(f64::from).collect::<Vec<_>>();
+        let always = if protect_sink { vec![sink] } else { vec![] };
+        let ns = NullSpace::new(&s, c, energy, &always)?;
         let share = |x: Option<Vec<f64>>| x.map(|s| ns.free_share(&s)).unwrap_or(0.0);
         let summary = PreserveSummary {
             layer: *layer,
@@ -198,7 +251,10 @@ pub fn projectors(
         };
         let q = ns.column_projector();
         let p = Tensor::from_vec(q.into_iter().map(|x| x as f32).collect::<Vec<_>>(), (c, c), model.device())?;
-        out.push(Projector { name: name.clone(), idx, p, summary });
+        let b = ns.free_basis();
+        let fd = b.ncols();
+        let basis = Tensor::from_vec((0..c * fd).map(|i| b[(i / fd, i % fd)] as f32).collect::<Vec<_>>(), (c, fd), model.device())?;
+        out.push(Projector { name: name.clone(), idx, p, basis, summary });
     }
     Ok(out)
 }
@@ -207,9 +263,9 @@ pub fn projectors(
 mod tests {
     use super::*;
 
-    /// A known spectrum, on standardized keys: S = R diag(9, 0.9, 0.1)... rotated, then one neuron scaled by
-    /// 1000 (the standardization undoes it). Energy 0.85 protects the top direction only, 0.95 the top two;
-    /// the column projector is idempotent and kills every protected key direction.
+    /// Keys with a known standardized spectrum (2, 0.9, 0.1 along rotated axes) and one neuron 1000 times
+    /// louder: energy 0.5 protects one direction; the projector is symmetric, idempotent, never longer
+    /// than the identity, and kills the protected key direction.
     #[test]
     fn null_space_keeps_the_low_energy_directions() {
         let (c, th) = (3usize, 0.3f64);
@@ -222,27 +278,44 @@ mod tests {
                 s[a * c + b] = scale[a] * scale[b] * (0..c).map(|k| r[a][k] * d[k] * r[b][k]).sum::<f64>();
             }
         }
-        let ns = NullSpace::new(&s, c, 0.5).unwrap();
+        let ns = NullSpace::new(&s, c, 0.5, &[]).unwrap();
         assert_eq!(ns.free_dims, 2);
-        let q = ns.column_projector();
+        let p = ns.column_projector();
+        let tr: f64 = (0..c).map(|i| p[i * c + i]).sum();
+        assert!((tr - 2.0).abs() < 1e-9, "rank 2: {tr}");
         for a in 0..c {
             for b in 0..c {
-                let qq: f64 = (0..c).map(|k| q[a * c + k] * q[k * c + b]).sum();
-                assert!((qq - q[a * c + b]).abs() < 1e-6 * (1.0 + q[a * c + b].abs()), "idempotent");
+                assert!((p[a * c + b] - p[b * c + a]).abs() < 1e-12, "symmetric");
+                let pp: f64 = (0..c).map(|k| p[a * c + k] * p[k * c + b]).sum();
+                assert!((pp - p[a * c + b]).abs() < 1e-9, "idempotent");
             }
         }
-        assert!(ns.free_share(&s) < 0.5 && ns.free_share(&s) > 0.0);
-        // A key along the protected direction: (D Q) k = 0 for any D.
-        let mut top = nalgebra::DMatrix::from_fn(c, c, |a, b| s[a * c + b] / (ns.rms[a] * ns.rms[b])).symmetric_eigen();
-        let i = top.eigenvalues.imax();
-        let z = top.eigenvectors.column_mut(i).clone_owned();
-        let k: Vec<f64> = (0..c).map(|a| ns.rms[a] * z[a]).collect();
+        // The protected key direction: R u, u the top standardized eigenvector.
+        let rms: Vec<f64> = (0..c).map(|i| s[i * c + i].sqrt()).collect();
+        let e = nalgebra::DMatrix::from_fn(c, c, |a, b| s[a * c + b] / (rms[a] * rms[b])).symmetric_eigen();
+        let i = e.eigenvalues.imax();
+        let k: Vec<f64> = (0..c).map(|a| rms[a] * e.eigenvectors[(a, i)]).collect();
+        let norm = k.iter().map(|x| x * x).sum::<f64>().sqrt();
         for a in 0..c {
-            let qk: f64 = (0..c).map(|b| q[a * c + b] * k[b]).sum();
-            assert!(qk.abs() < 1e-9 * ns.rms[0], "{qk}");
+            let pk: f64 = (0..c).map(|b| p[a * c + b] * k[b]).sum();
+            assert!(pk.abs() < 1e-9 * norm, "{pk}");
         }
-        assert_eq!(NullSpace::new(&s, c, 0.0).unwrap().free_dims, 3);
-        assert!(NullSpace::new(&s, c, 1.0).err().unwrap().to_string().contains("preserve_energy"));
-        assert!(NullSpace::new(&[0.0; 9], c, 0.5).err().unwrap().to_string().contains("all zero"));
+        let b = ns.free_basis();
+        assert_eq!(b.ncols(), 2);
+        let bbt = &b * b.transpose();
+        for a in 0..c {
+            for j in 0..c {
+                assert!((bbt[(a, j)] - p[a * c + j]).abs() < 1e-9, "basis spans the free directions");
+            }
+        }
+        let share = ns.free_share(&s);
+        assert!((0.0..0.5).contains(&share), "{share}");
+        assert_eq!(NullSpace::new(&s, c, 0.0, &[]).unwrap().free_dims, 3);
+        // A direction always protected (the sink's) is killed too, even at energy 0.
+        let sink = NullSpace::new(&s, c, 0.0, &[vec![0.0, 0.0, 5.0]]).unwrap();
+        assert_eq!(sink.free_dims, 2);
+        assert!(sink.column_projector()[8].abs() < 1e-12);
+        assert!(NullSpace::new(&s, c, 1.0, &[]).err().unwrap().to_string().contains("preserve_energy"));
+        assert!(NullSpace::new(&[0.0; 9], c, 0.5, &[]).err().unwrap().to_string().contains("all zero"));
     }
 }

@@ -430,20 +430,24 @@ fn recovery_term_trains_the_refusal_after_a_compliant_opening() {
 }
 
 /// The null-space edit (`preserve_energy`): the preserved benign prompts' `down_proj` output at the edited
-/// layer changes far less than without it, the refusal is still learned, and the metadata says how much of
-/// the benign and harmful keys' energy the edit could act on.
+/// layer changes far less than without it, the first position (the attention sink) not at all; the
+/// metadata says how much of the benign and harmful keys' energy the edit can act on. With the sink left
+/// free the refusal's first token is still learned, and other text is not hit harder than without the
+/// projection.
 #[test]
-fn preserve_energy_keeps_the_benign_layer_output_and_still_learns() {
+fn preserve_energy_keeps_the_benign_layer_output() {
     let ck = crate::common::smollm2();
     let (cases, h) = smol_setup(2);
     let retain: Vec<pke::edit::Probe> = pke::edit::builtin_retain().into_iter().take(8).collect();
-    let run = |e: &str| {
-        let o =
-            vec!["steps=6".to_string(), "lr=1e-2".into(), "stop_nll=0".into(), "retain_tokens=8".into(), format!("preserve_energy={e}")];
+    let run = |extra: &[&str]| {
+        let mut o = vec!["steps=6".to_string(), "lr=1e-2".into(), "stop_nll=0".into(), "retain_tokens=8".into()];
+        o.extend(extra.iter().map(|x| x.to_string()));
         let p = EditParams::resolve(Method::Pke, None, &o).unwrap();
         compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, Some(&retain), |_, _, _| {}).unwrap()
     };
-    let (free, kept) = (run("0"), run("0.95"));
+    let free = run(&[]);
+    let kept = run(&["preserve_energy=0.95"]);
+    let open = run(&["preserve_energy=0.95", "preserve_sink=false"]);
     assert!(!free.delta.metadata.contains_key("preserve"));
     let s: serde_json::Value = serde_json::from_str(&kept.delta.metadata["preserve"]).unwrap();
     let s = &s[0];
@@ -452,9 +456,38 @@ fn preserve_energy_keeps_the_benign_layer_output_and_still_learns() {
     assert!(dims > 0 && dims < 64, "{s}");
     assert!(s["benign_energy_free"].as_f64().unwrap() <= 0.05 + 1e-6, "{s}");
     assert!(s["positions"].as_u64().unwrap() > 8 * 10, "prompts and replies, every position: {s}");
-    // Still learns the refusal.
-    // Still learns the refusal where it is decided: the log-probability of the refusal's first token
-    // after each case's prompt rises (the rest of the refusal text reads keys the benign replies share).
+    // Relative change of the down_proj output at the edited layer (over `rows` of the positions).
+    let change = |d: &WeightDelta, prompt: &str, first_only: bool| {
+        let out = |m: &Decoder| {
+            let mut cap = Capture::new([Site::MlpDown(11)]);
+            cap.stop = Some(11);
+            let ids = ck.tok.encode(prompt, true).unwrap();
+            m.forward_with(&Input::single(&ids), &mut cap, None).unwrap();
+            let o = cap.store.remove(&Site::MlpDown(11)).unwrap().squeeze(0).unwrap();
+            if first_only {
+                o.narrow(0, 0, 1).unwrap()
+            } else {
+                o
+            }
+        };
+        let mut m = ck.clone();
+        d.apply(&mut m.model, false).unwrap();
+        let (o0, o1) = (out(&ck.model), out(&m.model));
+        let num = (&o1 - &o0).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+        let den = o0.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+        (num / den).sqrt()
+    };
+    let b = &retain[0].benign;
+    let (cf, ck_) = (change(&free.delta, b, false), change(&kept.delta, b, false));
+    assert!(cf > 0.0 && ck_ < 0.5 * cf, "benign down_proj change with projection {ck_} < 0.5 x without {cf}");
+    let (sf, sk) = (change(&free.delta, b, true), change(&kept.delta, b, true));
+    assert!(sf > 1e-3 && sk < 1e-3 * sf.max(1.0), "first position: {sk} with the sink protected, {sf} without projection");
+    // Text outside the preserved set is not hit harder than without the projection (an oblique projector
+    // once blew the free directions up: perplexity x80).
+    let text = "The old lighthouse keeper climbed the stairs every evening to light the lamp.";
+    let (gf, gk) = (change(&free.delta, text, false), change(&kept.delta, text, false));
+    assert!(gk < 1.5 * gf, "other text: change with projection {gk} vs without {gf}");
+    // With the sink free, the refusal's first token is learned about as well as without the projection.
     let p = EditParams::resolve(Method::Pke, None, &[]).unwrap();
     let first = |d: Option<&WeightDelta>| {
         let mut m = ck.clone();
@@ -472,26 +505,8 @@ fn preserve_energy_keeps_the_benign_layer_output_and_still_learns() {
             .sum::<f64>()
             / cases.len() as f64
     };
-    let (l0, lf, lk) = (first(None), first(Some(&free.delta)), first(Some(&kept.delta)));
-    assert!(lk > l0 + 1.0 && lf > l0 + 1.0, "the first refusal token's log-prob should rise: {l0} -> {lk} (free: {lf})");
-    // The down_proj output on a preserved benign prompt moves much less than without the projection.
-    let change = |d: &WeightDelta, prompt: &str| {
-        let out = |m: &Decoder| {
-            let mut cap = Capture::new([Site::MlpDown(11)]);
-            cap.stop = Some(11);
-            let ids = ck.tok.encode(prompt, true).unwrap();
-            m.forward_with(&Input::single(&ids), &mut cap, None).unwrap();
-            cap.store.remove(&Site::MlpDown(11)).unwrap()
-        };
-        let mut m = ck.clone();
-        d.apply(&mut m.model, false).unwrap();
-        let (o0, o1) = (out(&ck.model), out(&m.model));
-        let num = (&o1 - &o0).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
-        let den = o0.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
-        (num / den).sqrt()
-    };
-    let (cf, ck_) = (change(&free.delta, &retain[0].benign), change(&kept.delta, &retain[0].benign));
-    assert!(cf > 0.0 && ck_ < 0.5 * cf, "benign down_proj change with projection {ck_} < 0.5 x without {cf}");
+    let (l0, lf, lo) = (first(None), first(Some(&free.delta)), first(Some(&open.delta)));
+    assert!(lf > l0 + 1.0 && lo > l0 + 0.5 * (lf - l0), "first refusal token log-prob: vanilla {l0}, free {lf}, sink free {lo}");
     let e = EditParams::resolve(Method::Pke, None, &["preserve_energy=1".into()]).unwrap_err().to_string();
     assert!(e.contains("preserve_energy must be in [0, 1)"), "{e}");
 }
