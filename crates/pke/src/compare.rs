@@ -548,7 +548,7 @@ pub fn attacks_markdown(c: &Comparison) -> String {
         "---|".repeat(c.attacks.len())
     );
     for k in keys {
-        let v = first.report.rows.iter().find(|r| r.attack == k && r.model == "vanilla").map(cell).unwrap_or_default();
+        let v = first.report.rows.iter().find(|r| r.attack == k && r.model == "vanilla").map(cell).unwrap_or_else(|| "-".into());
         let arms: Vec<String> = c
             .attacks
             .iter()
