@@ -403,7 +403,9 @@ pub fn ablate(ck: &Checkpoint, s: &AttackSettings, label: &str, progress: &mut d
     };
     let verdict_settings = EvalSettings { max_new_tokens: 24, ..s.eval.clone() };
     let mut candidates: Vec<AblationCandidate> = Vec::new();
-    let mut best: Option<(AblationCandidate, Checkpoint)> = None;
+    // The best candidate's direction, not its model: one orthogonalized copy alive at a time (each is the
+    // embedding plus every o_proj and down_proj, ~1 GB on a 0.5B model).
+    let mut best: Option<(AblationCandidate, Vec<f32>)> = None;
     for l in (lo..hi).step_by(step) {
         let diff: Vec<f64> = mean(&h, l).iter().zip(mean(&b, l)).map(|(a, b)| a - b).collect();
         let norm = diff.iter().map(|x| x * x).sum::<f64>().sqrt();
@@ -431,12 +433,15 @@ pub fn ablate(ck: &Checkpoint, s: &AttackSettings, label: &str, progress: &mut d
         }
         let c = AblationCandidate { layer: l, refusals, separation, kl_harmless: kl };
         // Fewest refusals left; among those, the least disturbance of harmless prompts.
+        drop(cand);
         if best.as_ref().is_none_or(|(b, _)| (c.refusals, c.kl_harmless) < (b.refusals, b.kl_harmless)) {
-            best = Some((c.clone(), cand));
+            best = Some((c.clone(), r));
         }
         candidates.push(c);
     }
-    let (chosen, model) = best.ok_or_else(|| Error::Input("no layer separates harmful from harmless prompts".into()))?;
+    let (chosen, r) = best.ok_or_else(|| Error::Input("no layer separates harmful from harmless prompts".into()))?;
+    let mut model = ck.clone();
+    orthogonalize(&mut model, &r)?;
     Ok((model, Ablation { model: label.into(), layer: chosen.layer, candidates, n_select: select.len() }))
 }
 
