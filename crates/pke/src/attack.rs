@@ -671,11 +671,13 @@ pub fn attack(
     work_dir: &Path,
     progress: impl FnMut(&str, &str),
 ) -> Result<AttackReport> {
-    attack_with(edited, base, s, work_dir, &mut VanillaRuns::default(), None, progress)
+    attack_with(edited, base, s, work_dir, &mut VanillaRuns::default(), None, None, progress)
 }
 
-/// As [`attack`], reusing (and filling) `vanilla`'s runs of the base, and with the edited model's
-/// unattacked evaluation when it was already run with [`attack_eval_settings`].
+/// As [`attack`], reusing (and filling) `vanilla`'s runs of the base, with the edited model's unattacked
+/// evaluation when it was already run with [`attack_eval_settings`], and with the harm judge when the
+/// caller has it loaded (loaded here otherwise, when the evaluation uses it).
+#[allow(clippy::too_many_arguments)]
 pub fn attack_with(
     edited: &Checkpoint,
     base: &Checkpoint,
@@ -683,6 +685,7 @@ pub fn attack_with(
     work_dir: &Path,
     vanilla: &mut VanillaRuns,
     edited_report: Option<ModelReport>,
+    harm: Option<&HarmScorer>,
     mut progress: impl FnMut(&str, &str),
 ) -> Result<AttackReport> {
     let t0 = Instant::now();
@@ -701,17 +704,21 @@ pub fn attack_with(
     let es = attack_eval_settings(s);
     // Check every input before the first long step.
     let Checked { requant_types, jb, ft_steps } = check_inputs(base, s)?;
-    let harm = if es.harm_judge {
-        progress("harm judge", "loading (trains once, ~2 min, then cached)");
-        Some(HarmScorer::load(|_, _| {})?)
-    } else {
-        None
+    let owned_harm;
+    let harm = match (es.harm_judge, harm) {
+        (false, _) => None,
+        (true, Some(h)) => Some(h),
+        (true, None) => {
+            progress("harm judge", "loading (trains once, ~2 min, then cached)");
+            owned_harm = HarmScorer::load(|_, _| {})?;
+            Some(&owned_harm)
+        }
     };
     let mut reports: BTreeMap<String, ModelReport> = BTreeMap::new();
     let mut rows = Vec::new();
     let eval = |ck: &Checkpoint, vanilla: Option<&ModelReport>, what: &str, progress: &mut dyn FnMut(&str, &str)| {
         let baseline = Baseline { model: vanilla.map(|_| base), report: vanilla };
-        evaluate_with(ck, baseline, harm.as_ref(), &es, |m| progress(what, m))
+        evaluate_with(ck, baseline, harm, &es, |m| progress(what, m))
     };
     let vanilla_r = match vanilla.reports.get("none") {
         Some(r) => r.clone(),
@@ -845,7 +852,7 @@ pub fn attack_with(
         }
     }
     if !jb.is_empty() {
-        let verdicts = Verdicts { judge: es.judge, harm: harm.as_ref() };
+        let verdicts = Verdicts { judge: es.judge, harm };
         for (family, prompts) in &jb {
             let set = format!("jailbreak_{family}_x_harmbench_{}", harmbench_split(es.split));
             let mut vanilla_o: Option<Outcomes> = None;

@@ -468,7 +468,7 @@ pub fn compare_with(
                     .clone()
                     .unwrap_or_else(std::env::temp_dir)
                     .join(format!("pke-requant-{}", label.replace(['#', '@', '/'], "_")));
-                let report = attack_with(&edited, ck, a, &dir, &mut vanilla_runs, Some(rep.clone()), |what, m| {
+                let report = attack_with(&edited, ck, a, &dir, &mut vanilla_runs, Some(rep.clone()), harm.as_ref(), |what, m| {
                     progress(&label, &format!("attack {what}: {m}"))
                 })?;
                 let _ = std::fs::remove_dir(&dir);

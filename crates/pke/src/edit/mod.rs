@@ -592,15 +592,14 @@ pub fn compute_delta_with(
     let projectors = if p.preserve_energy > 0.0 {
         let down: Vec<(String, usize, Vec<usize>)> =
             targets.iter().filter(|t| t.axis == 1).map(|t| (t.name.clone(), t.layer, t.index.clone())).collect();
-        let benign: Vec<Vec<u32>> = replies
+        // The retain replies' prompts are summarized at their last token; the locality pairs are not.
+        let benign: Vec<(Vec<u32>, Option<usize>)> = replies
             .iter()
-            .map(|s| s.ids.clone())
-            .chain(prepared.iter().filter_map(|c| c.loc.as_ref().map(|(s, _)| s.ids.clone())))
+            .map(|s| (s.ids.clone(), Some(s.rows[0] + 1)))
+            .chain(prepared.iter().filter_map(|c| c.loc.as_ref().map(|(s, _)| (s.ids.clone(), None))))
             .collect();
-        let prompt = |s: &Seq| s.ids[..s.rows[0] + 1].to_vec();
-        let harmful: Vec<Vec<u32>> = prepared.iter().map(|c| prompt(&c.safe)).collect();
-        let benign_prompts: Vec<Vec<u32>> = replies.iter().map(prompt).collect();
-        preserve::projectors(model, &down, &benign, &benign_prompts, &harmful, p.preserve_energy, p.preserve_sink)?
+        let harmful: Vec<Vec<u32>> = prepared.iter().map(|c| c.safe.ids[..c.safe.rows[0] + 1].to_vec()).collect();
+        preserve::projectors(model, &down, &benign, &harmful, p.preserve_energy, p.preserve_sink)?
     } else {
         vec![]
     };

@@ -4,12 +4,13 @@
 //!
 //! A `down_proj` column j is multiplied by neuron j's activation ("key"). For the edited columns C, the
 //! benign keys k_C (every position of the retain set's benign prompts with the original model's reply,
-//! and of the cases' locality pairs) give a second-moment matrix S = mean k_C k_C^T. Its top eigen-directions
-//! holding `preserve_energy` of the trace (chosen in per-neuron standardized units) are protected; P projects onto the rest. After every optimizer
-//! step the edit's accumulated change D = W[:, C] - W0[:, C] becomes D P, so D k = D P k, which is small for
-//! any benign key (at most sqrt(1 - energy) of its norm on average). A harmful prompt's keys change the
-//! output only through directions the benign inputs barely use: the edit has to find what separates the
-//! two, where a soft retain penalty tends to shrink the whole edit instead.
+//! and of the cases' locality pairs) give a second-moment matrix S = mean k_C k_C^T. Its top
+//! eigen-directions holding `preserve_energy` of the trace (chosen in per-neuron standardized units) are
+//! protected, and so is the first position's key (the attention sink); the edit trains coordinates in an
+//! orthonormal basis of the remaining directions, so its change D = W[:, C] - W0[:, C] satisfies D = D P
+//! and D k = D P k is small for any benign key. A harmful prompt's keys change the output only through
+//! directions the benign inputs barely use: the edit has to find what separates the two, where a soft
+//! retain penalty tends to shrink the whole edit instead.
 
 use candle_core::{DType, Tensor};
 use serde::Serialize;
@@ -23,9 +24,7 @@ pub struct Projector {
     pub name: String,
     /// The edited columns, as u32 indices.
     idx: Tensor,
-    /// (|C|, |C|), symmetric, idempotent (D <- D p).
-    p: Tensor,
-    /// (|C|, free dims): an orthonormal basis of the free directions (p = basis basis^T).
+    /// (|C|, free dims): an orthonormal basis of the free directions.
     pub basis: Tensor,
     pub summary: PreserveSummary,
 }
@@ -49,18 +48,6 @@ pub struct PreserveSummary {
 }
 
 impl Projector {
-    /// `x` with its edited columns X_C replaced by X_C P (the other columns as they are).
-    pub fn project(&self, x: &Tensor) -> Result<Tensor> {
-        let d = x.index_select(&self.idx, 1)?;
-        let dp = d.matmul(&self.p)?;
-        Ok(x.index_add(&self.idx, &(dp - d)?, 1)?)
-    }
-
-    /// Replace the accumulated change of `w` from `w0` in the edited columns by its projection.
-    pub fn apply(&self, w: &Tensor, w0: &Tensor) -> Result<Tensor> {
-        Ok((self.project(&(w - w0)?)? + w0)?)
-    }
-
     /// A full-weight gradient in the free basis's coordinates: G_C basis, (rows, free dims).
     pub fn coordinates(&self, g: &Tensor) -> Result<Tensor> {
         Ok(g.index_select(&self.idx, 1)?.matmul(&self.basis)?)
@@ -73,28 +60,21 @@ impl Projector {
     }
 }
 
-/// Keys (positions, |cols|) of `layer`'s MLP for each sequence, stacked, without each sequence's first
-/// position; and the first positions' keys (one row per sequence).
-///
-/// The first position is the attention sink: its activations are orders of magnitude larger than any
-/// other's and would decide the whole spectrum, so it is kept apart (and protected as a direction of its
-/// own, see [`NullSpace::new`]).
-fn keys(model: &Decoder, seqs: &[Vec<u32>], layer: usize, cols: &Tensor) -> Result<(Tensor, Tensor)> {
-    let (mut rest, mut first) = (Vec::with_capacity(seqs.len()), Vec::with_capacity(seqs.len()));
+/// Per target (layer, edited columns) and per sequence, the keys (positions, |cols|) of that layer's MLP,
+/// from one forward pass per sequence.
+fn keys(model: &Decoder, seqs: &[Vec<u32>], targets: &[(usize, Tensor)]) -> Result<Vec<Vec<Tensor>>> {
+    let mut out: Vec<Vec<Tensor>> = targets.iter().map(|_| Vec::with_capacity(seqs.len())).collect();
+    let stop = targets.iter().map(|(l, _)| *l).max();
     for ids in seqs {
-        let mut cap = Capture::new([Site::MlpAct(layer)]);
-        cap.stop = Some(layer);
+        let mut cap = Capture::new(targets.iter().map(|(l, _)| Site::MlpAct(*l)));
+        cap.stop = stop;
         model.forward_with(&crate::model::Input::single(ids), &mut cap, None)?;
-        let k = cap.store.remove(&Site::MlpAct(layer)).expect("captured").squeeze(0)?.index_select(cols, 1)?.to_dtype(DType::F32)?;
-        first.push(k.narrow(0, 0, 1)?);
-        if ids.len() > 1 {
-            rest.push(k.narrow(0, 1, ids.len() - 1)?);
+        for ((layer, cols), o) in targets.iter().zip(out.iter_mut()) {
+            let k = cap.get(Site::MlpAct(*layer)).expect("captured").squeeze(0)?;
+            o.push(k.index_select(cols, 1)?.to_dtype(DType::F32)?);
         }
     }
-    if rest.is_empty() {
-        return Err(Error::Input("preserve_energy: every benign sequence is a single token".into()));
-    }
-    Ok((Tensor::cat(&rest, 0)?, Tensor::cat(&first, 0)?))
+    Ok(out)
 }
 
 /// The second moment K^T K / n as a row-major f64 matrix.
@@ -201,13 +181,17 @@ impl NullSpace {
 }
 
 /// A projector for each edited `down_proj` (`targets`: name, layer, columns), from the benign sequences'
-/// keys at every position; the summary compares benign and harmful keys at the last prompt token (where the
-/// reply's first token, refusal or answer, is decided): `benign_prompts` and `harmful` are prompt ids.
+/// keys at every position. `benign` pairs each sequence with its prompt's length where it has one (those
+/// prompts' last-token keys go into the summary); `harmful` are prompt ids. The summary compares benign and
+/// harmful keys at the last prompt token, where the reply's first token, refusal or answer, is decided.
+///
+/// The first position is the attention sink: its activations are orders of magnitude larger than any
+/// other's and would decide the whole spectrum, so it is kept out of S (and, with `protect_sink`,
+/// protected as a direction of its own).
 pub fn projectors(
     model: &Decoder,
     targets: &[(String, usize, Vec<usize>)],
-    benign: &[Vec<u32>],
-    benign_prompts: &[Vec<u32>],
+    benign: &[(Vec<u32>, Option<usize>)],
     harmful: &[Vec<u32>],
     energy: f64,
     protect_sink: bool,
@@ -217,44 +201,55 @@ pub fn projectors(
             "preserve_energy > 0 but there are no benign sequences to preserve (retain set and locality pairs are empty)".into(),
         ));
     }
-    let last_keys = |seqs: &[Vec<u32>], layer: usize, idx: &Tensor| -> Result<Option<Vec<f64>>> {
-        if seqs.is_empty() {
-            return Ok(None);
-        }
-        let ks: Vec<Tensor> = seqs
-            .iter()
-            .map(|ids| {
-                let (k, _) = keys(model, std::slice::from_ref(ids), layer, idx)?;
-                Ok(k.get(k.dim(0)? - 1)?.unsqueeze(0)?)
-            })
-            .collect::<Result<_>>()?;
-        Ok(Some(second_moment(&Tensor::cat(&ks, 0)?)?.0))
-    };
+    let at: Vec<(usize, Tensor)> = targets
+        .iter()
+        .map(|(_, layer, cols)| {
+            Ok((*layer, Tensor::from_vec(cols.iter().map(|&c| c as u32).collect::<Vec<_>>(), cols.len(), model.device())?))
+        })
+        .collect::<Result<_>>()?;
+    let ids: Vec<Vec<u32>> = benign.iter().map(|(ids, _)| ids.clone()).collect();
+    let benign_keys = keys(model, &ids, &at)?;
+    let harmful_keys = keys(model, harmful, &at)?;
     let mut out = Vec::new();
-    for (name, layer, cols) in targets {
-        let idx = Tensor::from_vec(cols.iter().map(|&c| c as u32).collect::<Vec<_>>(), cols.len(), model.device())?;
-        let (kb, sink) = keys(model, benign, *layer, &idx)?;
-        let positions = kb.dim(0)? + sink.dim(0)?;
-        let (s, c) = second_moment(&kb)?;
+    for ((((name, layer, _), (_, idx)), kb), kh) in targets.iter().zip(at).zip(&benign_keys).zip(&harmful_keys) {
+        let rest: Vec<Tensor> = kb
+            .iter()
+            .filter(|k| k.dim(0).is_ok_and(|n| n > 1))
+            .map(|k| k.narrow(0, 1, k.dim(0)? - 1))
+            .collect::<candle_core::Result<_>>()?;
+        if rest.is_empty() {
+            return Err(Error::Input("preserve_energy: every benign sequence is a single token".into()));
+        }
+        let rest = Tensor::cat(&rest, 0)?;
+        let sink = Tensor::cat(&kb.iter().map(|k| k.narrow(0, 0, 1)).collect::<candle_core::Result<Vec<_>>>()?, 0)?;
+        let positions = rest.dim(0)? + sink.dim(0)?;
+        let (s, c) = second_moment(&rest)?;
         let sink = (sink.sum(0)? / sink.dim(0)? as f64)?.to_vec1::<f32>()?.into_iter().map(f64::from).collect::<Vec<_>>();
         let always = if protect_sink { vec![sink] } else { vec![] };
         let ns = NullSpace::new(&s, c, energy, &always)?;
-        let share = |x: Option<Vec<f64>>| x.map(|s| ns.free_share(&s)).unwrap_or(0.0);
+        let benign_last =
+            kb.iter().zip(benign).filter_map(|(k, (_, n))| n.map(|n| k.narrow(0, n - 1, 1))).collect::<candle_core::Result<_>>()?;
+        let harmful_last = kh.iter().map(|k| k.narrow(0, k.dim(0)? - 1, 1)).collect::<candle_core::Result<_>>()?;
+        // Share of the free directions in the second moment of some key rows (0 without rows).
+        let share = |rows: Vec<Tensor>| -> Result<f64> {
+            if rows.is_empty() {
+                return Ok(0.0);
+            }
+            Ok(ns.free_share(&second_moment(&Tensor::cat(&rows, 0)?)?.0))
+        };
         let summary = PreserveSummary {
             layer: *layer,
             columns: c,
             positions,
             free_dims: ns.free_dims,
             benign_energy_free: ns.free_share(&s),
-            benign_last_free: share(last_keys(benign_prompts, *layer, &idx)?),
-            harmful_last_free: share(last_keys(harmful, *layer, &idx)?),
+            benign_last_free: share(benign_last)?,
+            harmful_last_free: share(harmful_last)?,
         };
-        let q = ns.column_projector();
-        let p = Tensor::from_vec(q.into_iter().map(|x| x as f32).collect::<Vec<_>>(), (c, c), model.device())?;
         let b = ns.free_basis();
         let fd = b.ncols();
         let basis = Tensor::from_vec((0..c * fd).map(|i| b[(i / fd, i % fd)] as f32).collect::<Vec<_>>(), (c, fd), model.device())?;
-        out.push(Projector { name: name.clone(), idx, p, basis, summary });
+        out.push(Projector { name: name.clone(), idx, basis, summary });
     }
     Ok(out)
 }
