@@ -433,7 +433,7 @@ fn recovery_term_trains_the_refusal_after_a_compliant_opening() {
 /// layer changes far less than without it, the first position (the attention sink) not at all; the
 /// metadata says how much of the benign and harmful keys' energy the edit can act on. With the sink left
 /// free the refusal's first token is still learned, and other text is not hit harder than without the
-/// projection.
+/// projection; protecting the sink alone takes most of what the edit teaches.
 #[test]
 fn preserve_energy_keeps_the_benign_layer_output() {
     let ck = crate::common::smollm2();
@@ -507,6 +507,13 @@ fn preserve_energy_keeps_the_benign_layer_output() {
     };
     let (l0, lf, lo) = (first(None), first(Some(&free.delta)), first(Some(&open.delta)));
     assert!(lf > l0 + 1.0 && lo > l0 + 0.5 * (lf - l0), "first refusal token log-prob: vanilla {l0}, free {lf}, sink free {lo}");
+    // The sink carries the edit (docs/results.md, "Null-space edits"): with almost nothing else protected
+    // (preserve_energy 1e-6: one further direction), protecting the sink's direction leaves a fraction of
+    // what the same edit teaches with it free.
+    let (ts, tf) = (run(&["preserve_energy=1e-6"]), run(&["preserve_energy=1e-6", "preserve_sink=false"]));
+    let (gs, gf) = (first(Some(&ts.delta)) - l0, first(Some(&tf.delta)) - l0);
+    eprintln!("first refusal token log-prob gain: no projection {:.2}, sink protected {gs:.2}, sink free {gf:.2}", lf - l0);
+    assert!(gf > 3.0 * gs.max(0.0) && gf > 1.0, "sink protected {gs} vs free {gf}");
     let e = EditParams::resolve(Method::Pke, None, &["preserve_energy=1".into()]).unwrap_err().to_string();
     assert!(e.contains("preserve_energy must be in [0, 1)"), "{e}");
 }
