@@ -151,6 +151,11 @@ impl NullSpace {
             }
         }
         let free_dims = (0..c).map(|i| p[i * c + i]).sum::<f64>().round() as usize;
+        if free_dims == 0 {
+            return Err(Error::Input(format!(
+                "preserve_energy {energy} protects every direction of the {c} edited columns: nothing is left to edit; lower it"
+            )));
+        }
         Ok(NullSpace { c, p, free_dims })
     }
 
@@ -311,6 +316,9 @@ mod tests {
         assert_eq!(sink.free_dims, 2);
         assert!(sink.column_projector()[8].abs() < 1e-12);
         assert!(NullSpace::new(&s, c, 1.0, &[]).err().unwrap().to_string().contains("preserve_energy"));
+        // Nothing left free: a clear error, not an edit that cannot move.
+        let e = NullSpace::new(&s, c, 0.99, &[vec![1.0, 1.0, 1.0]]).err().unwrap().to_string();
+        assert!(e.contains("protects every direction of the 3 edited columns"), "{e}");
         assert!(NullSpace::new(&[0.0; 9], c, 0.5, &[]).err().unwrap().to_string().contains("all zero"));
     }
 }

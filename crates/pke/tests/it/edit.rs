@@ -512,7 +512,7 @@ fn preserve_energy_keeps_the_benign_layer_output() {
     // what the same edit teaches with it free.
     let (ts, tf) = (run(&["preserve_energy=1e-6"]), run(&["preserve_energy=1e-6", "preserve_sink=false"]));
     let (gs, gf) = (first(Some(&ts.delta)) - l0, first(Some(&tf.delta)) - l0);
-    eprintln!("first refusal token log-prob gain: no projection {:.2}, sink protected {gs:.2}, sink free {gf:.2}", lf - l0);
+    eprintln!("first refusal token log-prob gain: no projection {:.2}, sink protected {gs:.2}, sink free {gf:.2}; {s}", lf - l0);
     assert!(gf > 3.0 * gs.max(0.0) && gf > 1.0, "sink protected {gs} vs free {gf}");
     let e = EditParams::resolve(Method::Pke, None, &["preserve_energy=1".into()]).unwrap_err().to_string();
     assert!(e.contains("preserve_energy must be in [0, 1)"), "{e}");
