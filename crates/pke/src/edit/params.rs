@@ -115,6 +115,9 @@ pub struct EditParams {
     /// Number of layers the locator chooses (its top-scoring ones; 0 = the locate settings' own).
     #[serde(default)]
     pub n_layers: usize,
+    /// pke only: share of the layer's `down_proj` columns to edit, overriding the locate settings' (0 = theirs).
+    #[serde(default)]
+    pub top_fraction: f64,
     /// pke only: also train the hotspot neurons' input weights (their rows of `gate_proj` and `up_proj`),
     /// so the edit can change *when* a neuron fires, not only what it writes when it does. Editing
     /// `down_proj` columns alone keeps each neuron's firing pattern, so any prompt that fires the hotspot
@@ -254,6 +257,9 @@ impl EditParams {
                 "prefill_weight must be >= 0 (with prefill_tokens >= 1), got {} and {}",
                 p.prefill_weight, p.prefill_tokens
             )));
+        }
+        if !(0.0..=1.0).contains(&p.top_fraction) {
+            return Err(Error::Input(format!("top_fraction must be in (0, 1] (0 = the locate settings'), got {}", p.top_fraction)));
         }
         if !(0.0..1.0).contains(&p.preserve_energy) {
             return Err(Error::Input(format!("preserve_energy must be in [0, 1), got {}", p.preserve_energy)));

@@ -110,6 +110,10 @@ impl LocateSettings {
         if p.n_layers > 0 {
             s.n_layers = p.n_layers;
         }
+        if p.top_fraction > 0.0 {
+            s.top_fraction = p.top_fraction;
+            s.top_k = None;
+        }
         s
     }
 }
@@ -226,9 +230,17 @@ mod tests {
     #[test]
     fn for_edit_takes_layers_and_contrast_from_the_hyper_parameters() {
         let base = LocateSettings { layers: vec![11], ..Default::default() };
-        let p = EditParams::resolve(Method::Pke, None, &["layers=[3, 9]".into(), "n_layers=2".into(), "contrast_weight=1".into()]).unwrap();
-        let s = base.clone().for_edit(Method::Pke, &p, Some(&["benign".to_string()]));
+        let p = EditParams::resolve(
+            Method::Pke,
+            None,
+            &["layers=[3, 9]".into(), "n_layers=2".into(), "contrast_weight=1".into(), "top_fraction=1.0".into()],
+        )
+        .unwrap();
+        let s = LocateSettings { top_k: Some(5), ..base.clone() }.for_edit(Method::Pke, &p, Some(&["benign".to_string()]));
         assert_eq!((s.layers.clone(), s.n_layers, s.contrast_weight), (vec![3, 9], 2, 1.0));
+        assert_eq!((s.top_fraction, s.top_k), (1.0, None));
+        let e = EditParams::resolve(Method::Pke, None, &["top_fraction=1.5".into()]).unwrap_err().to_string();
+        assert!(e.contains("top_fraction") && e.contains("1.5"), "{e}");
         assert_eq!(s.contrast_prompts, vec!["benign".to_string()]);
         // Unset: the locate settings' own; contrast is pke's only.
         let d = EditParams::resolve(Method::Dinm, None, &[]).unwrap();
