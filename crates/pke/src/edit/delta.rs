@@ -31,7 +31,7 @@ pub struct WeightDelta {
     pub metadata: BTreeMap<String, String>,
 }
 
-fn cols_tensor(idx: &[usize], dev: &Device) -> Result<Tensor> {
+pub(crate) fn cols_tensor(idx: &[usize], dev: &Device) -> Result<Tensor> {
     Ok(Tensor::from_vec(idx.iter().map(|&i| i as u32).collect::<Vec<_>>(), idx.len(), dev)?)
 }
 

@@ -12,6 +12,7 @@ use std::time::Instant;
 use candle_core::{Tensor, Var};
 use serde::Serialize;
 
+use delta::cols_tensor;
 pub use delta::{TensorDelta, WeightDelta};
 pub use params::{BatchMode, EditParams, Method};
 
@@ -312,7 +313,7 @@ fn prepare_retain(model: &Decoder, replies: Vec<Seq>, l0: usize) -> Result<Vec<(
 }
 
 /// Back-propagate one loss term and add its gradient for each trainable tensor to `acc`.
-fn backprop(term: &Tensor, vars: &[(String, Var, Tensor, Tensor, Adam)], acc: &mut [Option<Tensor>]) -> Result<()> {
+fn backprop(term: &Tensor, vars: &[(String, Var, Tensor, Option<Tensor>, Adam)], acc: &mut [Option<Tensor>]) -> Result<()> {
     let g = term.backward()?;
     for ((_, var, ..), a) in vars.iter().zip(acc.iter_mut()) {
         if let Some(x) = g.get(var.as_tensor()) {
@@ -619,22 +620,38 @@ pub fn compute_delta_with(
     let mut direction_cursor = 0usize;
 
     let mut m = model.clone();
+    // Weights held as stored are for models too big for float32: recompute the blocks above the edited
+    // layers in the backward pass instead of keeping their activations (one block's at a time).
+    let top = *hotspots.chosen_layers.iter().max().expect("non-empty");
+    if model.weights_mode() == crate::model::decoder::Weights::Native && top + 1 < model.spec.n_layers {
+        m.set_checkpoint_from(Some(top + 1));
+    }
     let mut vars = Vec::new();
     for t in &targets {
-        let w0 = model.get(&t.name)?.detach();
-        let var = Var::from_tensor(&w0)?;
-        m.set(&t.name, var.as_tensor().clone())?;
-        let f = w0.dim(t.axis)?;
-        let mut mask = vec![0f32; f];
-        for &c in &t.index {
-            mask[c] = 1.0;
-        }
-        let shape = if t.axis == 0 { (f, 1) } else { (1, f) };
-        let mask = Tensor::from_vec(mask, shape, w0.device())?;
+        let full = model.get(&t.name)?.detach();
+        let f = full.dim(t.axis)?;
+        // Some columns of a weight: the trained tensor is their change alone (d, k), added beside the
+        // weight as held (see `Decoder::set_column_delta`); no float32 copy of the whole weight is trained.
+        let sliced = t.axis == 1 && t.index.len() < f;
+        let (w0, var, mask) = if sliced {
+            let w0 = full.index_select(&cols_tensor(&t.index, full.device())?, 1)?;
+            let var = Var::from_tensor(&w0.zeros_like()?)?;
+            m.set_column_delta(&t.name, &t.index, var.as_tensor().clone())?;
+            (w0, var, None)
+        } else {
+            let var = Var::from_tensor(&full)?;
+            m.set(&t.name, var.as_tensor().clone())?;
+            let mut mask = vec![0f32; f];
+            for &c in &t.index {
+                mask[c] = 1.0;
+            }
+            let shape = if t.axis == 0 { (f, 1) } else { (1, f) };
+            (full, var, Some(Tensor::from_vec(mask, shape, model.device())?))
+        };
         // A projected weight keeps its optimizer state in the free basis's coordinates.
         let adam = match projectors.iter().find(|pr| pr.name == t.name) {
             Some(pr) => Adam::new(&Tensor::zeros((w0.dim(0)?, pr.basis.dim(1)?), w0.dtype(), w0.device())?)?,
-            None => Adam::new(&w0)?,
+            None => Adam::new(var.as_tensor())?,
         };
         vars.push((t.name.clone(), var, w0, mask, adam));
     }
@@ -650,8 +667,11 @@ pub fn compute_delta_with(
             let mut entry = StepLog { step, ..Default::default() };
             let n = group.len() as f64;
             let mut frozen = m.clone();
-            for (name, var, ..) in &vars {
-                frozen.set(name, var.as_tensor().detach())?;
+            for ((name, var, _, mask, _), t) in vars.iter().zip(&targets) {
+                match mask {
+                    Some(_) => frozen.set(name, var.as_tensor().detach())?,
+                    None => frozen.set_column_delta(name, &t.index, var.as_tensor().detach())?,
+                }
             }
             let lazy_kl = p.quirk_inert_kl && p.kl_weight != 0.0 && !p.always_log_inert_kl;
             let mut max_nll = 0f64;
@@ -743,18 +763,26 @@ pub fn compute_delta_with(
             let lr = if p.warmup_steps > 0 { p.lr * ((step + 1) as f64 / p.warmup_steps as f64).min(1.0) } else { p.lr };
             for ((name, var, w0, mask, adam), g) in vars.iter_mut().zip(&grads) {
                 let g = g.as_ref().ok_or_else(|| Error::Input(format!("no gradient reached `{name}`")))?;
-                match projectors.iter().find(|pr| &pr.name == name) {
+                let now = var.as_tensor().detach();
+                match (projectors.iter().find(|pr| &pr.name == name), &*mask) {
                     // Adam in the free basis's coordinates: the change stays in the free directions exactly,
                     // and its per-coordinate scaling acts on those directions, not on single weights.
-                    Some(pr) => {
+                    (Some(pr), Some(_)) => {
                         let u = adam.update(&pr.coordinates(g)?)?;
-                        var.set(&pr.step(&var.as_tensor().detach(), &u, lr)?)?;
+                        var.set(&pr.step(&now, &u, lr)?)?;
                     }
-                    None => adam.step(var, &g.broadcast_mul(mask)?, lr)?,
+                    (Some(pr), None) => {
+                        let u = adam.update(&pr.column_coordinates(g)?)?;
+                        var.set(&(now + pr.column_step(&u, lr)?)?)?;
+                    }
+                    (None, Some(mask)) => adam.step(var, &g.broadcast_mul(mask)?, lr)?,
+                    (None, None) => adam.step(var, g, lr)?,
                 }
                 if p.norm_constraint > 0.0 {
-                    let lo = (&*w0 - p.norm_constraint)?;
-                    let hi = (&*w0 + p.norm_constraint)?;
+                    // A column delta is the change itself; a whole weight is kept within w0 +- c.
+                    let c = p.norm_constraint;
+                    let (lo, hi) =
+                        if mask.is_some() { ((&*w0 - c)?, (&*w0 + c)?) } else { ((w0.ones_like()? * -c)?, (w0.ones_like()? * c)?) };
                     var.set(&var.as_tensor().detach().maximum(&lo)?.minimum(&hi)?)?;
                 }
                 let w = var.as_tensor();
@@ -765,8 +793,12 @@ pub fn compute_delta_with(
         }
     }
     let mut tensors = Vec::new();
-    for ((name, var, w0, _, _), t) in vars.iter().zip(&targets) {
-        tensors.push(TensorDelta::between(name, w0, &var.as_tensor().detach(), &t.index, t.axis)?);
+    for ((name, var, w0, mask, _), t) in vars.iter().zip(&targets) {
+        let now = var.as_tensor().detach();
+        tensors.push(match mask {
+            Some(_) => TensorDelta::between(name, w0, &now, &t.index, t.axis)?,
+            None => TensorDelta { name: name.clone(), columns: t.index.clone(), axis: 1, before: w0.clone(), after: (w0 + now)? },
+        });
     }
     let mut metadata = BTreeMap::new();
     metadata.insert("method".into(), method.to_string());

@@ -50,13 +50,22 @@ pub struct PreserveSummary {
 impl Projector {
     /// A full-weight gradient in the free basis's coordinates: G_C basis, (rows, free dims).
     pub fn coordinates(&self, g: &Tensor) -> Result<Tensor> {
-        Ok(g.index_select(&self.idx, 1)?.matmul(&self.basis)?)
+        self.column_coordinates(&g.index_select(&self.idx, 1)?)
+    }
+
+    /// As [`Projector::coordinates`] for a gradient of the edited columns alone (d, |C|).
+    pub fn column_coordinates(&self, g: &Tensor) -> Result<Tensor> {
+        Ok(g.matmul(&self.basis)?)
     }
 
     /// `w` moved by `-lr * u basis^T` in the edited columns (`u` in free-basis coordinates).
     pub fn step(&self, w: &Tensor, u: &Tensor, lr: f64) -> Result<Tensor> {
-        let d = (u.matmul(&self.basis.t()?)? * -lr)?;
-        Ok(w.index_add(&self.idx, &d, 1)?)
+        Ok(w.index_add(&self.idx, &self.column_step(u, lr)?, 1)?)
+    }
+
+    /// The change `-lr * u basis^T` to the edited columns (d, |C|).
+    pub fn column_step(&self, u: &Tensor, lr: f64) -> Result<Tensor> {
+        Ok((u.matmul(&self.basis.t()?)? * -lr)?)
     }
 }
 

@@ -126,6 +126,18 @@ pub struct Decoder {
     /// Whether paths without gradients run the linears through candle's quantized kernels (fast,
     /// activations quantized to 8 bits as llama.cpp does) instead of exactly on dequantized weights.
     quant_kernels: bool,
+    /// Changes to some columns of a weight, kept apart from it (see [`Decoder::set_column_delta`]).
+    column_deltas: HashMap<String, ColumnDelta>,
+    /// With gradients, run the blocks from this one up as one recomputing op (see
+    /// [`Decoder::set_checkpoint_from`]).
+    checkpoint_from: Option<usize>,
+}
+
+/// A change to columns `idx` of a weight (out, in): `delta` (out, |idx|) is added to them.
+#[derive(Clone)]
+struct ColumnDelta {
+    idx: Tensor,
+    delta: Tensor,
 }
 
 /// How a checkpoint's frozen weights are held in memory.
@@ -187,6 +199,80 @@ impl std::fmt::Debug for Decoder {
     }
 }
 
+/// Blocks `from..` of a decoder as one op on the residual stream (see [`Decoder::set_checkpoint_from`]).
+struct Checkpointed {
+    dec: Decoder,
+    ids: Vec<Vec<u32>>,
+    mask: Option<Vec<Vec<u8>>>,
+    positions: Option<Vec<Vec<u32>>>,
+    from: usize,
+    /// Each block's input residual, from the forward pass.
+    saved: std::sync::Mutex<Vec<Tensor>>,
+}
+
+/// Stops the forward pass after one block.
+struct StopAfter(usize);
+impl Recorder for StopAfter {
+    fn stop_after(&self) -> Option<usize> {
+        Some(self.0)
+    }
+}
+
+impl Checkpointed {
+    /// Block `l` applied to `h` (with graph when `h` carries one).
+    fn block(&self, l: usize, h: Tensor) -> candle_core::Result<Tensor> {
+        let input = Input { ids: self.ids.clone(), mask: self.mask.clone(), positions: self.positions.clone(), resume: Some((l, h)) };
+        self.dec.forward_with(&input, &mut StopAfter(l), None).map_err(|e| candle_core::Error::Msg(format!("checkpointed block {l}: {e}")))
+    }
+}
+
+impl candle_core::CustomOp1 for Checkpointed {
+    fn name(&self) -> &'static str {
+        "checkpointed-blocks"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s: &candle_core::CpuStorage,
+        l: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let (start, end) =
+            l.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("checkpointed blocks need a contiguous input".into()))?;
+        let mut h = match s {
+            candle_core::CpuStorage::F32(v) => Tensor::from_slice(&v[start..end], l.shape(), &Device::Cpu)?,
+            candle_core::CpuStorage::F64(v) => Tensor::from_slice(&v[start..end], l.shape(), &Device::Cpu)?,
+            _ => candle_core::bail!("checkpointed blocks run in f32 or f64"),
+        };
+        let mut saved = self.saved.lock().expect("not poisoned");
+        saved.clear();
+        for b in self.from..self.dec.spec.n_layers {
+            saved.push(h.clone());
+            h = self.block(b, h)?;
+        }
+        let shape = h.shape().clone();
+        let out = match h.dtype() {
+            DType::F64 => candle_core::CpuStorage::F64(h.flatten_all()?.to_vec1::<f64>()?),
+            _ => candle_core::CpuStorage::F32(h.flatten_all()?.to_vec1::<f32>()?),
+        };
+        Ok((out, shape))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let saved = self.saved.lock().expect("not poisoned");
+        let mut g = grad_res.detach();
+        for (i, x) in saved.iter().enumerate().rev() {
+            let x = candle_core::Var::from_tensor(x)?;
+            let y = self.block(self.from + i, x.as_tensor().clone())?;
+            let grads = (y * &g)?.sum_all()?.backward()?;
+            g = match grads.get(x.as_tensor()) {
+                Some(t) => t.detach(),
+                None => x.as_tensor().zeros_like()?,
+            };
+        }
+        Ok(Some(g))
+    }
+}
+
 /// Expected shape of every HF tensor for `spec`.
 pub fn expected_shapes(spec: &ModelSpec) -> Vec<(String, Vec<usize>)> {
     let (d, f, v, hd) = (spec.hidden_size, spec.intermediate_size, spec.vocab_size, spec.head_dim);
@@ -226,7 +312,17 @@ impl Decoder {
         }
         let device = weights["model.embed_tokens.weight"].device().clone();
         let names = (0..spec.n_layers).map(LayerNames::new).collect();
-        Ok(Decoder { spec, weights, names, masked_rows: MaskedRows::Zero, device, quant: HashMap::new(), quant_kernels: false })
+        Ok(Decoder {
+            spec,
+            weights,
+            names,
+            masked_rows: MaskedRows::Zero,
+            device,
+            quant: HashMap::new(),
+            quant_kernels: false,
+            column_deltas: HashMap::new(),
+            checkpoint_from: None,
+        })
     }
 
     /// A small random model (fixed seed) for tests: weights ~ N(0, 0.02·scale), norms = 1.
@@ -259,6 +355,15 @@ impl Decoder {
     /// A weight by HF name (`lm_head.weight` resolves to the embedding when tied).
     /// A weight kept only in GGUF blocks is dequantized for the call (float32, dropped with the result).
     pub fn get(&self, name: &str) -> Result<Tensor> {
+        let w = self.get_base(name)?;
+        match self.column_deltas.get(self.key(name)) {
+            Some(c) => Ok(w.index_add(&c.idx, &c.delta.to_dtype(w.dtype())?, 1)?),
+            None => Ok(w),
+        }
+    }
+
+    /// A weight without its column delta.
+    fn get_base(&self, name: &str) -> Result<Tensor> {
         let name = self.key(name);
         if let Some(t) = self.weights.get(name) {
             return Ok(t.clone());
@@ -344,11 +449,49 @@ impl Decoder {
         }
         let key = self.key(name);
         self.weights.insert(key.to_string(), t);
+        self.column_deltas.remove(key);
         self.quant.remove(name);
         if key != name || (self.spec.tie_word_embeddings && name == "model.embed_tokens.weight") {
             self.quant.remove("lm_head.weight");
         }
         Ok(())
+    }
+
+    /// Add `delta` (out, |columns|) to the columns `columns` of the linear weight `name` (out, in) without
+    /// materializing the changed weight: the linear becomes `x W^T + x[.., columns] delta^T`, so the weight
+    /// itself stays as held (GGUF blocks or float32, shared with the original model) and a trainable
+    /// `delta` carries the gradient. What an edit of a few hotspot columns trains: a (d, k) tensor instead
+    /// of a float32 copy of the whole (d, f) weight with its optimizer state. [`Decoder::get`] returns
+    /// the weight with the delta added; [`Decoder::set`] drops it. Replaces an earlier delta of `name`.
+    pub fn set_column_delta(&mut self, name: &str, columns: &[usize], delta: Tensor) -> Result<()> {
+        let shape = self.shape_of(name)?;
+        if shape.len() != 2 || name.ends_with("embed_tokens.weight") || self.key(name) != name {
+            return Err(Error::Input(format!("a column delta needs a linear weight; `{name}` has shape {shape:?}")));
+        }
+        if delta.dims() != [shape[0], columns.len()] {
+            return Err(Error::Input(format!(
+                "column delta for `{name}` ({shape:?}) must be ({}, {}); got {:?}",
+                shape[0],
+                columns.len(),
+                delta.dims()
+            )));
+        }
+        if let Some(&c) = columns.iter().find(|&&c| c >= shape[1]) {
+            return Err(Error::Input(format!("column {c} is outside `{name}` ({shape:?})")));
+        }
+        let idx = Tensor::from_vec(columns.iter().map(|&c| c as u32).collect::<Vec<_>>(), columns.len(), &self.device)?;
+        self.column_deltas.insert(name.to_string(), ColumnDelta { idx, delta });
+        Ok(())
+    }
+
+    /// Gradient checkpointing for the blocks `from..` (None = off): when a forward pass carries a gradient
+    /// and records nothing there, those blocks run as one op that keeps only each block's input
+    /// residual (b, s, d) and, in the backward pass, recomputes one block at a time with its graph to
+    /// carry the gradient down. Only for blocks without trainable tensors (an edit's blocks above its
+    /// highest edited layer): the op passes the gradient to its input alone. Memory for the activations
+    /// of those blocks drops from all of them to one; the price is one more forward of them per backward.
+    pub fn set_checkpoint_from(&mut self, from: Option<usize>) {
+        self.checkpoint_from = from;
     }
 
     /// Use the GGUF file's quantized blocks for the linear layers on inference-only paths (no tensor
@@ -417,13 +560,35 @@ impl Decoder {
             }
         }
         let names = (0..spec.n_layers).map(LayerNames::new).collect();
-        Ok(Decoder { spec, weights: small, names, masked_rows: MaskedRows::Zero, device: Device::Cpu, quant, quant_kernels: true })
+        Ok(Decoder {
+            spec,
+            weights: small,
+            names,
+            masked_rows: MaskedRows::Zero,
+            device: Device::Cpu,
+            quant,
+            quant_kernels: true,
+            column_deltas: HashMap::new(),
+            checkpoint_from: None,
+        })
     }
 
     /// `x @ W^T (+ b)` for the weight `name`: through candle's quantized kernels when they are on and no
     /// gradient flows through `x`; exactly on the dequantized blocks ([`QuantLinear`](super::ops::QuantLinear),
     /// which also carries `x`'s gradient) when the blocks are the weight's only form; else the float32 weight.
     fn lin(&self, x: &Tensor, name: &str, bias: Option<&Tensor>) -> Result<Tensor> {
+        let y = self.lin_base(x, name, bias)?;
+        match self.column_deltas.get(name) {
+            Some(c) => {
+                let xc = x.index_select(&c.idx, x.rank() - 1)?;
+                Ok((y + linear(&xc, &c.delta.to_dtype(x.dtype())?, None)?)?)
+            }
+            None => Ok(y),
+        }
+    }
+
+    /// [`Decoder::lin`] without the weight's column delta.
+    fn lin_base(&self, x: &Tensor, name: &str, bias: Option<&Tensor>) -> Result<Tensor> {
         if let Some(q) = self.quant.get(name) {
             if self.quant_kernels && !x.track_op() {
                 let y = x.contiguous()?.apply_op1_no_bwd(q.fast.as_ref())?;
@@ -436,7 +601,7 @@ impl Decoder {
                 return super::ops::quant_linear(x, &q.stored, bias);
             }
         }
-        linear(x, &self.get(name)?, bias)
+        linear(x, &self.get_base(name)?, bias)
     }
 
     /// Embedding rows for `ids` (flat): (n, d).
@@ -467,6 +632,10 @@ impl Decoder {
         for t in self.weights.values_mut() {
             *t = t.to_device(device)?;
         }
+        for c in self.column_deltas.values_mut() {
+            c.idx = c.idx.to_device(device)?;
+            c.delta = c.delta.to_device(device)?;
+        }
         self.device = device.clone();
         Ok(())
     }
@@ -475,6 +644,9 @@ impl Decoder {
     pub fn to_dtype(&mut self, dtype: DType) -> Result<()> {
         for t in self.weights.values_mut() {
             *t = t.to_dtype(dtype)?;
+        }
+        for c in self.column_deltas.values_mut() {
+            c.delta = c.delta.to_dtype(dtype)?;
         }
         Ok(())
     }
@@ -596,6 +768,18 @@ impl Decoder {
         let (nh, nkv, hd) = (spec.n_heads, spec.n_kv_heads, spec.head_dim);
         let stop = rec.stop_after();
         for (l, nm) in self.names.iter().enumerate().skip(first_layer) {
+            if self.checkpoint_from == Some(l) && cache.is_none() && h.track_op() && !self.records_from(rec, l) {
+                let op = Checkpointed {
+                    dec: Decoder { checkpoint_from: None, quant_kernels: false, ..self.clone() },
+                    ids: input.ids.clone(),
+                    mask: input.mask.clone(),
+                    positions: input.positions.clone(),
+                    from: l,
+                    saved: std::sync::Mutex::new(Vec::new()),
+                };
+                h = h.contiguous()?.apply_op1_arc(std::sync::Arc::new(Box::new(op)))?;
+                break;
+            }
             let theta = spec.rope_theta_of(l);
             if let std::collections::hash_map::Entry::Vacant(e) = tables.entry(theta.to_bits()) {
                 let (c, si) = rope_tables(&positions, hd, theta, &self.device)?;
@@ -699,6 +883,15 @@ impl Decoder {
             h = rec.on(Site::FinalNorm, h)?;
         }
         Ok(h)
+    }
+
+    /// Whether `rec` records or stops at block `from` or above.
+    fn records_from(&self, rec: &dyn Recorder, from: usize) -> bool {
+        rec.stop_after().is_some_and(|s| s >= from)
+            || rec.wants(Site::FinalNorm)
+            || (from..self.spec.n_layers).any(|l| {
+                [Site::AttnOut(l), Site::MlpAct(l), Site::MlpDown(l), Site::MlpOut(l), Site::ResidPost(l)].into_iter().any(|x| rec.wants(x))
+            })
     }
 
     /// Run without recording.

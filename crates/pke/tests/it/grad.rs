@@ -118,3 +118,48 @@ fn recording_does_not_change_the_forward_pass() {
     assert_eq!(d, 0.0);
     assert!(cap.get(Site::MlpAct(2)).is_some());
 }
+
+/// The edit's two memory savers give the plain path's gradients: a trainable column delta beside a
+/// frozen weight (`set_column_delta`) and the blocks above it run as one recomputing op
+/// (`set_checkpoint_from`). In f64, so any difference is a wrong gradient, not rounding.
+#[test]
+fn column_delta_and_checkpointed_blocks_give_the_plain_gradient() {
+    for arch in [Arch::Llama, Arch::Qwen2, Arch::Qwen3, Arch::Gemma3] {
+        let mut base = Decoder::random(tiny_spec(arch), 9).unwrap();
+        base.to_dtype(candle_core::DType::F64).unwrap();
+        let name = "model.layers.0.mlp.down_proj.weight";
+        let cols = [3usize, 7, 20];
+        // Plain: the whole weight trainable; its gradient at the chosen columns.
+        let mut plain = base.clone();
+        let w = candle_core::Var::from_tensor(&base.get(name).unwrap()).unwrap();
+        plain.set(name, w.as_tensor().clone()).unwrap();
+        let l_plain = loss(&plain);
+        let g = l_plain.backward().unwrap().get(w.as_tensor()).unwrap().clone();
+        let idx = Tensor::new(&[3u32, 7, 20], g.device()).unwrap();
+        let want = g.index_select(&idx, 1).unwrap();
+        for checkpoint in [None, Some(1), Some(2)] {
+            let mut m = base.clone();
+            m.set_checkpoint_from(checkpoint);
+            let delta = candle_core::Var::zeros((16, cols.len()), candle_core::DType::F64, &candle_core::Device::Cpu).unwrap();
+            m.set_column_delta(name, &cols, delta.as_tensor().clone()).unwrap();
+            let l = loss(&m);
+            let lv = l.to_scalar::<f64>().unwrap();
+            let pv = l_plain.to_scalar::<f64>().unwrap();
+            assert!((lv - pv).abs() < 1e-9 * pv.abs().max(1.0), "{arch} {checkpoint:?}: loss {lv} vs {pv}");
+            let got = l.backward().unwrap().get(delta.as_tensor()).unwrap_or_else(|| panic!("{arch}: no gradient")).clone();
+            let err = (&got - &want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
+            let scale = want.abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
+            assert!(scale > 0.0 && err < 1e-9 * scale, "{arch} {checkpoint:?}: gradient off by {err} (scale {scale})");
+            // The column delta reads back through `get` as the changed weight.
+            let moved = (delta.as_tensor() + 1.0).unwrap();
+            m.set_column_delta(name, &cols, moved).unwrap();
+            let w = m.get(name).unwrap();
+            let w0 = base.get(name).unwrap();
+            let d = (w - &w0).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();
+            assert!((d - 16.0 * cols.len() as f64).abs() < 1e-9, "{arch}: get adds the delta ({d})");
+        }
+        let mut m = base.clone();
+        let e = m.set_column_delta(name, &[3, 99], Tensor::zeros((16, 2), candle_core::DType::F64, &candle_core::Device::Cpu).unwrap());
+        assert!(e.unwrap_err().to_string().contains("99"));
+    }
+}
