@@ -20,6 +20,7 @@ use crate::trace::{Capture, Site};
 use crate::{Error, Result};
 
 /// The projector of one edited `down_proj` and what it leaves free.
+#[derive(Debug)]
 pub struct Projector {
     pub name: String,
     /// The edited columns, as u32 indices.

@@ -115,3 +115,23 @@ fn gguf_with_unknown_architecture_or_missing_key_is_named() {
     let e = err_of(Checkpoint::load(&p));
     assert!(e.contains("llama.embedding_length") && e.contains("nokey.gguf"), "{e}");
 }
+
+/// The null-space edit needs benign keys beyond the first position: none at all, and only single-token
+/// sequences (whose one position is the protected sink), are clear errors naming what is missing.
+#[test]
+fn null_space_without_usable_benign_sequences_is_a_clear_error() {
+    use pke::edit::preserve::projectors;
+    let m = pke::model::Decoder::random(crate::grad::tiny_spec(pke::model::Arch::Llama), 3).unwrap();
+    let targets = vec![("model.layers.1.mlp.down_proj.weight".to_string(), 1usize, vec![0usize, 4, 9])];
+    let harmful = vec![vec![1u32, 5, 9, 3]];
+    let e = err_of(projectors(&m, &targets, &[], &harmful, 0.95, true));
+    assert!(e.contains("no benign sequences"), "{e}");
+    let single = vec![(vec![1u32], None), (vec![7u32], Some(0))];
+    let e = err_of(projectors(&m, &targets, &single, &harmful, 0.95, true));
+    assert!(e.contains("single token"), "{e}");
+    // With real sequences it works and leaves some directions free.
+    let ok = vec![(vec![1u32, 5, 9, 3, 17], None), (vec![1u32, 8, 2, 30], Some(2))];
+    let p = projectors(&m, &targets, &ok, &harmful, 0.5, true).unwrap();
+    assert_eq!(p.len(), 1);
+    assert!(p[0].summary.free_dims >= 1 && p[0].summary.free_dims < 3, "{:?}", p[0].summary);
+}
