@@ -392,13 +392,7 @@ impl Checkpoint {
     /// Load a GGUF file or HF folder with its frozen weights held as `weights` says.
     pub fn load_with(path: &Path, weights: Weights) -> Result<Self> {
         if path.is_dir() {
-            if weights == Weights::Native {
-                return Err(Error::Input(format!(
-                    "--weights native needs a GGUF file; {} is a HF folder, which loads as float32 (convert it with llama.cpp's convert_hf_to_gguf.py, or use --weights f32)",
-                    path.display()
-                )));
-            }
-            Self::load_hf_dir(path)
+            Self::load_hf_dir(path, weights)
         } else {
             Self::load_gguf(path, weights)
         }
@@ -436,21 +430,49 @@ impl Checkpoint {
         Ok(Checkpoint { model, tok, source: Source::Gguf(path.into()), tensors, hf_config: None, sha: Default::default() })
     }
 
-    fn load_hf_dir(dir: &Path) -> Result<Self> {
+    /// A HF folder; with [`Weights::Native`] (or `Auto` picking it) its F16/BF16 linear weights and
+    /// embedding stay in half precision (an all-float32 folder has nothing to keep: it loads as float32 and
+    /// records `f32`).
+    fn load_hf_dir(dir: &Path, weights: Weights) -> Result<Self> {
         let cfg_path = dir.join("config.json");
         let json = read_hf_config(dir)?;
         let spec = ModelSpec::from_hf(&cfg_path, &json)?;
         let infos = hf_tensor_infos(dir, &spec)?;
-        check_memory(dir, param_count(&infos), available_memory())?;
+        let n_params = param_count(&infos);
+        let available = available_memory();
+        let mode = match weights {
+            Weights::Auto => auto_weights(n_params, available),
+            w => w,
+        };
+        let half =
+            |n: &str| mode == Weights::Native && (n.ends_with("_proj.weight") || n == "model.embed_tokens.weight" || n == "lm_head.weight");
+        let held: u64 = infos
+            .iter()
+            .map(|(t, b)| {
+                if half(&t.hf_name) && matches!(t.dtype.as_str(), "F16" | "BF16") {
+                    *b
+                } else {
+                    4 * t.shape.iter().product::<usize>() as u64
+                }
+            })
+            .sum();
+        if mode == Weights::Native {
+            check_native_memory(dir, n_params, held, available)?;
+        } else {
+            check_memory(dir, n_params, available)?;
+        }
         let tok = Tok::from_hf_dir(dir, &json)?;
-        let weights = crate::io::safetensors::read_folder(dir)?;
+        let (weights, halves) = crate::io::safetensors::read_folder_with(dir, &half)?;
         let mut weights: HashMap<String, Tensor> = weights.into_iter().filter(|(n, _)| !n.ends_with("rotary_emb.inv_freq")).collect();
+        let mut halves = halves;
         // transformers saves tied models without lm_head; some exporters keep it.
         if spec.tie_word_embeddings {
             weights.remove("lm_head.weight");
+            halves.remove("lm_head.weight");
         }
         let tensors = infos.into_iter().map(|(t, _)| t).collect();
-        let model = Decoder::new(spec, weights, dir)?;
+        let model =
+            if halves.is_empty() { Decoder::new(spec, weights, dir)? } else { Decoder::from_hf_native(spec, weights, halves, dir)? };
         Ok(Checkpoint { model, tok, source: Source::HfDir(dir.into()), tensors, hf_config: Some(json), sha: Default::default() })
     }
 

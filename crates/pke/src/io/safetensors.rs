@@ -41,8 +41,18 @@ fn view_to_tensor(path: &Path, name: &str, v: &TensorView<'_>) -> Result<Tensor>
     Ok(Tensor::from_vec(vals, shape, &Device::Cpu)?)
 }
 
+/// Tensors read from safetensors: float32, and those kept in half precision as stored.
+pub type Loaded = (HashMap<String, Tensor>, HashMap<String, candle_core::quantized::QTensor>);
+
 /// Read every tensor of one safetensors file as f32, keeping names. `keep` filters names.
 pub fn read_file(path: &Path, keep: &dyn Fn(&str) -> bool) -> Result<(HashMap<String, Tensor>, HashMap<String, String>)> {
+    let ((out, _), meta) = read_file_with(path, keep, &|_| false)?;
+    Ok((out, meta))
+}
+
+/// As [`read_file`], keeping the F16/BF16 tensors that `half` accepts as stored (candle `QTensor`s of
+/// type F16/BF16: exact, 2 bytes per value) instead of widening them.
+fn read_file_with(path: &Path, keep: &dyn Fn(&str) -> bool, half: &dyn Fn(&str) -> bool) -> Result<(Loaded, HashMap<String, String>)> {
     let file = std::fs::File::open(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => Error::NotFound { what: "safetensors file", path: path.into(), hint: String::new() },
         _ => Error::io(path, e),
@@ -52,12 +62,27 @@ pub fn read_file(path: &Path, keep: &dyn Fn(&str) -> bool) -> Result<(HashMap<St
     let st = SafeTensors::deserialize(&mmap).map_err(|e| st_err(path, format!("malformed or truncated: {e}")))?;
     let (_, meta) = SafeTensors::read_metadata(&mmap).map_err(|e| st_err(path, e.to_string()))?;
     let mut out = HashMap::new();
+    let mut halves = HashMap::new();
     for (name, view) in st.iter() {
-        if keep(name) {
-            out.insert(name.to_string(), view_to_tensor(path, name, &view)?);
+        if !keep(name) {
+            continue;
+        }
+        let ty = match view.dtype() {
+            Dtype::F16 => Some(candle_core::quantized::GgmlDType::F16),
+            Dtype::BF16 => Some(candle_core::quantized::GgmlDType::BF16),
+            _ => None,
+        };
+        match ty {
+            Some(ty) if half(name) => {
+                let q = candle_core::quantized::ggml_file::qtensor_from_ggml(ty, view.data(), view.shape().to_vec(), &Device::Cpu)?;
+                halves.insert(name.to_string(), q);
+            }
+            _ => {
+                out.insert(name.to_string(), view_to_tensor(path, name, &view)?);
+            }
         }
     }
-    Ok((out, meta.metadata().clone().unwrap_or_default()))
+    Ok(((out, halves), meta.metadata().clone().unwrap_or_default()))
 }
 
 /// The shards of a sharded HF folder (`model.safetensors.index.json`): file name -> tensor names.
@@ -105,23 +130,29 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
 /// Read a HF checkpoint folder's weights: `model.safetensors`, or the shards named by
 /// `model.safetensors.index.json`.
 pub fn read_folder(dir: &Path) -> Result<HashMap<String, Tensor>> {
+    Ok(read_folder_with(dir, &|_| false)?.0)
+}
+
+/// As [`read_folder`], keeping the F16/BF16 tensors that `half` accepts as stored (see [`read_file_with`]).
+pub fn read_folder_with(dir: &Path, half: &dyn Fn(&str) -> bool) -> Result<Loaded> {
     let single = dir.join("model.safetensors");
     if single.exists() {
-        return Ok(read_file(&single, &|_| true)?.0);
+        return Ok(read_file_with(&single, &|_| true, half)?.0);
     }
     let shards = index_shards(dir)?;
-    let mut out = HashMap::new();
+    let (mut out, mut halves) = (HashMap::new(), HashMap::new());
     for (shard, names) in shards {
         let p: PathBuf = dir.join(&shard);
-        let (t, _) = read_file(&p, &|n| names.iter().any(|x| x == n))?;
+        let ((t, h), _) = read_file_with(&p, &|n| names.iter().any(|x| x == n), half)?;
         for n in &names {
-            if !t.contains_key(n) {
+            if !t.contains_key(n) && !h.contains_key(n) {
                 return Err(Error::MissingTensor { name: n.clone(), path: p.clone() });
             }
         }
         out.extend(t);
+        halves.extend(h);
     }
-    Ok(out)
+    Ok((out, halves))
 }
 
 /// A tensor to write: dtype name as safetensors spells it, shape, little-endian bytes.

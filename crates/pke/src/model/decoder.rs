@@ -542,21 +542,52 @@ impl Decoder {
         })?;
         let mut quant: HashMap<String, QWeight> = blocks.into_iter().collect();
         if let Some((hf, w)) = embed {
-            if spec.tie_word_embeddings {
-                quant.insert("lm_head.weight".into(), w.clone());
-            }
             quant.insert(hf, w);
         }
-        // Shapes as Decoder::new checks them, from the block tensors.
+        Self::with_blocks(spec, small, quant, &g.path)
+    }
+
+    /// A decoder whose linear weights and embedding are the half-precision tensors of a HF folder kept as
+    /// stored (F16/BF16 `QTensor`s: exact, half the bytes of float32), the rest float32. The same machinery
+    /// as GGUF blocks: exact linears for locate and edit, candle's F16/BF16 kernels for generation.
+    pub fn from_hf_native(
+        spec: ModelSpec,
+        floats: HashMap<String, Tensor>,
+        halves: HashMap<String, candle_core::quantized::QTensor>,
+        origin: &std::path::Path,
+    ) -> Result<Self> {
+        let quant = halves
+            .into_iter()
+            .map(|(n, q)| {
+                let q = std::sync::Arc::new(q);
+                (n, QWeight { stored: q.clone(), fast: q, only: true })
+            })
+            .collect();
+        Self::with_blocks(spec, floats, quant, origin)
+    }
+
+    /// A natively held decoder from its float tensors and its blocks-only weights (a tied head shares the
+    /// embedding's blocks); shapes checked as [`Decoder::new`] checks them.
+    fn with_blocks(
+        spec: ModelSpec,
+        small: HashMap<String, Tensor>,
+        mut quant: HashMap<String, QWeight>,
+        origin: &std::path::Path,
+    ) -> Result<Self> {
+        if spec.tie_word_embeddings {
+            if let Some(w) = quant.get("model.embed_tokens.weight").cloned() {
+                quant.insert("lm_head.weight".into(), w);
+            }
+        }
         for (name, shape) in expected_shapes(&spec) {
             let got = match (small.get(&name), quant.get(&name)) {
                 (Some(t), _) => t.dims().to_vec(),
                 (None, Some(q)) => q.stored.shape().dims().to_vec(),
                 (None, None) if name == "lm_head.weight" && spec.tie_word_embeddings => continue,
-                (None, None) => return Err(Error::MissingTensor { name, path: g.path.clone() }),
+                (None, None) => return Err(Error::MissingTensor { name, path: origin.into() }),
             };
             if got != shape {
-                return Err(Error::TensorShape { name, path: g.path.clone(), got, expected: shape });
+                return Err(Error::TensorShape { name, path: origin.into(), got, expected: shape });
             }
         }
         let names = (0..spec.n_layers).map(LayerNames::new).collect();

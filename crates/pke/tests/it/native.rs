@@ -107,15 +107,60 @@ fn native_locate_and_edit_agree_with_float32_on_smollm2() {
     assert!(cos > 0.999 && (ratio - 1.0).abs() < 1e-3, "delta cosine {cos}, norm ratio {ratio}");
 }
 
-/// A HF folder cannot be held natively (no blocks): a clear error naming the folder and the way out.
+/// A HF folder in half precision (F16 or BF16, as transformers saves most checkpoints) is held as stored
+/// with `--weights native`: its linear weights and embedding stay 2 bytes per value, every tensor reads
+/// back as the float32 load widens it, the exact path (locate, edit) gives the float32 log-probs bit for
+/// bit and the F16/BF16 kernels (generation) stay close. An all-float32 folder has nothing to keep: it
+/// loads as float32 and says so in its weights mode.
 #[test]
-fn native_weights_on_a_hf_folder_is_a_clear_error() {
-    let dir = std::env::temp_dir().join(format!("pke-native-hf-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("config.json"), "{}").unwrap();
-    let e = Checkpoint::load_with(&dir, Weights::Native).unwrap_err().to_string();
-    std::fs::remove_dir_all(&dir).ok();
-    assert!(e.contains("--weights native needs a GGUF file") && e.contains(&dir.display().to_string()), "{e}");
+fn native_weights_keep_a_half_precision_hf_folder_as_stored() {
+    use safetensors::tensor::{Dtype, TensorView};
+    let src = Checkpoint::open_with("smollm2", Weights::F32).unwrap();
+    let base = std::env::temp_dir().join(format!("pke-native-hf-{}", std::process::id()));
+    let f32_dir = base.join("f32");
+    pke::io::hf::write_hf_dir(&src.model, &src.tok, &f32_dir, None).unwrap();
+    let f = Checkpoint::load_with(&f32_dir, Weights::Native).unwrap();
+    assert_eq!(f.model.weights_mode(), Weights::F32, "nothing to keep in an all-float32 folder");
+    let ids = src.tok.encode(TEXT, true).unwrap();
+    for (dtype, name) in [(Dtype::F16, "f16"), (Dtype::BF16, "bf16")] {
+        let dir = base.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        for e in std::fs::read_dir(&f32_dir).unwrap() {
+            let e = e.unwrap();
+            if e.file_name() != "model.safetensors" {
+                std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
+            }
+        }
+        let (raw, _) = pke::io::safetensors::read_raw(&f32_dir.join("model.safetensors")).unwrap();
+        let mut data: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+        for (n, (_, shape, bytes)) in raw {
+            let vals = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]));
+            let half: Vec<u8> = match dtype {
+                Dtype::F16 => vals.flat_map(|x| half::f16::from_f32(x).to_le_bytes()).collect(),
+                _ => vals.flat_map(|x| half::bf16::from_f32(x).to_le_bytes()).collect(),
+            };
+            data.push((n, dtype, shape, half));
+        }
+        let views: Vec<(String, TensorView<'_>)> =
+            data.iter().map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap())).collect();
+        safetensors::serialize_to_file(views, None, &dir.join("model.safetensors")).unwrap();
+        let wide = Checkpoint::load_with(&dir, Weights::F32).unwrap();
+        let held = Checkpoint::load_with(&dir, Weights::Native).unwrap();
+        assert_eq!(held.model.weights_mode(), Weights::Native, "{name}");
+        assert_eq!(held.model.names(), wide.model.names(), "{name}");
+        let ratio = held.model.resident_bytes() as f64 / wide.model.resident_bytes() as f64;
+        assert!(ratio < 0.55, "{name}: held as stored takes {ratio:.2} of the float32 bytes");
+        for t in ["model.embed_tokens.weight", "model.layers.3.self_attn.q_proj.weight", "model.layers.11.mlp.down_proj.weight"] {
+            assert_eq!(bits(&held.model, t), bits(&wide.model, t), "{name} {t}");
+        }
+        let exact = logprobs(&held.model.exact(), &ids);
+        assert_eq!(exact, logprobs(&wide.model, &ids), "{name}: the exact path is the float32 path");
+        let fast = logprobs(&held.model, &ids);
+        let worst = fast.iter().zip(&exact).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        eprintln!("{name}: held/float32 bytes {ratio:.3}, kernels max |d log p| {worst:.4}");
+        assert!(worst < 0.75, "{name}: kernels max |d log p| {worst}");
+    }
+    std::fs::remove_dir_all(&base).ok();
 }
 
 /// An evaluation with native weights runs the kernels and checks them against the exact path on a sample
