@@ -292,5 +292,6 @@ fn a_model_too_large_for_memory_is_refused_before_loading_and_inspect_reads_only
         v["edit_peak_gib"].as_f64().unwrap()
     };
     let (one, eight) = (per("1"), per("8"));
-    assert!(one > 50.0 && (one / eight - 8.0).abs() < 1e-9, "{one} {eight}");
+    // More than the 39.6 GiB of blocks alone (activations, trained tensors), an eighth per device.
+    assert!(one > 41.0 && (one / eight - 8.0).abs() < 1e-9, "{one} {eight}");
 }
