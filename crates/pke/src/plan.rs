@@ -83,7 +83,8 @@ pub fn plan(m: &PlanModel, method: Method, cases: usize, steps: usize, device: &
     let mode = crate::io::checkpoint::auto_weights(m.n_params / devices, available.map(|a| a * devices as u64));
     let native = mode == crate::model::Weights::Native;
     let weights = if native { m.stored_bytes as f64 } else { f32_bytes };
-    let act = if native { NATIVE_ACT_BASE + NATIVE_ACT_PER_UNIT * units } else { F32_ACT_PER_UNIT * units };
+    let native_act = NATIVE_ACT_BASE + NATIVE_ACT_PER_UNIT * units;
+    let act = if native { native_act } else { F32_ACT_PER_UNIT * units };
     let edit_peak = (weights + 4.0 * trained + act) / devices as f64;
     let eval_peak = if native { 2.2 * m.stored_bytes as f64 } else { 1.3 * f32_bytes } / devices as f64;
     let slow = if native { 1.15 } else { 1.0 };
@@ -112,7 +113,7 @@ pub fn plan(m: &PlanModel, method: Method, cases: usize, steps: usize, device: &
     let avail = available.map(|a| a as f64);
     let fits = avail.map(|a| edit_peak <= a);
     if fits == Some(false) && !native {
-        let n = (m.stored_bytes as f64 + 4.0 * trained + NATIVE_ACT_BASE + NATIVE_ACT_PER_UNIT * units) / devices as f64;
+        let n = (m.stored_bytes as f64 + 4.0 * trained + native_act) / devices as f64;
         notes.push(format!("does not fit in float32; with --weights native (GGUF) an edit would need about {:.1} GiB", n / GIB));
     }
     Plan {

@@ -8,6 +8,7 @@ use candle_core::{Device, Tensor};
 use safetensors::tensor::Dtype;
 
 use crate::io::safetensors::{read_raw, serialize, RawTensor};
+use crate::model::decoder::index_tensor;
 use crate::model::Decoder;
 use crate::{Error, Result};
 
@@ -31,14 +32,10 @@ pub struct WeightDelta {
     pub metadata: BTreeMap<String, String>,
 }
 
-pub(crate) fn cols_tensor(idx: &[usize], dev: &Device) -> Result<Tensor> {
-    Ok(Tensor::from_vec(idx.iter().map(|&i| i as u32).collect::<Vec<_>>(), idx.len(), dev)?)
-}
-
 impl TensorDelta {
     /// The delta between `w0` and `w1` restricted to the slices `columns` along `axis` (0 rows, 1 columns).
     pub fn between(name: &str, w0: &Tensor, w1: &Tensor, columns: &[usize], axis: usize) -> Result<Self> {
-        let idx = cols_tensor(columns, w0.device())?;
+        let idx = index_tensor(columns, w0.device())?;
         Ok(TensorDelta {
             name: name.into(),
             columns: columns.to_vec(),
@@ -81,7 +78,7 @@ impl TensorDelta {
     }
 
     fn check_current(&self, w: &Tensor, expect: &Tensor, what: &str) -> Result<()> {
-        let idx = cols_tensor(&self.columns, w.device())?;
+        let idx = index_tensor(&self.columns, w.device())?;
         let cur = w.index_select(&idx, self.axis)?.flatten_all()?.to_vec1::<f32>()?;
         let exp = expect.flatten_all()?.to_vec1::<f32>()?;
         if cur.iter().zip(&exp).any(|(a, b)| a.to_bits() != b.to_bits()) {

@@ -12,7 +12,6 @@ use std::time::Instant;
 use candle_core::{Tensor, Var};
 use serde::Serialize;
 
-use delta::cols_tensor;
 pub use delta::{TensorDelta, WeightDelta};
 pub use params::{BatchMode, EditParams, Method};
 
@@ -22,7 +21,7 @@ use crate::data::EditCase;
 use crate::io::tokenizer::Tok;
 use crate::locate::signals::prompt_text;
 use crate::locate::Hotspots;
-use crate::model::decoder::{down_proj_name, token_logprobs};
+use crate::model::decoder::{down_proj_name, index_tensor, token_logprobs};
 use crate::model::ops::{base_log_probs, kl_rows};
 use crate::model::{Decoder, Input};
 use crate::trace::{Capture, Site};
@@ -634,7 +633,7 @@ pub fn compute_delta_with(
         // weight as held (see `Decoder::set_column_delta`); no float32 copy of the whole weight is trained.
         let sliced = t.axis == 1 && t.index.len() < f;
         let (w0, var, mask) = if sliced {
-            let w0 = full.index_select(&cols_tensor(&t.index, full.device())?, 1)?;
+            let w0 = full.index_select(&index_tensor(&t.index, full.device())?, 1)?;
             let var = Var::from_tensor(&w0.zeros_like()?)?;
             m.set_column_delta(&t.name, &t.index, var.as_tensor().clone())?;
             (w0, var, None)
@@ -780,10 +779,8 @@ pub fn compute_delta_with(
                 }
                 if p.norm_constraint > 0.0 {
                     // A column delta is the change itself; a whole weight is kept within w0 +- c.
-                    let c = p.norm_constraint;
-                    let (lo, hi) =
-                        if mask.is_some() { ((&*w0 - c)?, (&*w0 + c)?) } else { ((w0.ones_like()? * -c)?, (w0.ones_like()? * c)?) };
-                    var.set(&var.as_tensor().detach().maximum(&lo)?.minimum(&hi)?)?;
+                    let (c, now) = (p.norm_constraint, var.as_tensor().detach());
+                    var.set(&if mask.is_some() { now.clamp(&(&*w0 - c)?, &(&*w0 + c)?)? } else { now.clamp(-c, c)? })?;
                 }
                 let w = var.as_tensor();
                 if !w.abs()?.max_all()?.to_scalar::<f32>()?.is_finite() {

@@ -15,6 +15,7 @@
 use candle_core::{DType, Tensor};
 use serde::Serialize;
 
+use crate::model::decoder::index_tensor;
 use crate::model::Decoder;
 use crate::trace::{Capture, Site};
 use crate::{Error, Result};
@@ -216,12 +217,8 @@ pub fn projectors(
             "preserve_energy > 0 but there are no benign sequences to preserve (retain set and locality pairs are empty)".into(),
         ));
     }
-    let at: Vec<(usize, Tensor)> = targets
-        .iter()
-        .map(|(_, layer, cols)| {
-            Ok((*layer, Tensor::from_vec(cols.iter().map(|&c| c as u32).collect::<Vec<_>>(), cols.len(), model.device())?))
-        })
-        .collect::<Result<_>>()?;
+    let at: Vec<(usize, Tensor)> =
+        targets.iter().map(|(_, layer, cols)| Ok((*layer, index_tensor(cols, model.device())?))).collect::<Result<_>>()?;
     let ids: Vec<Vec<u32>> = benign.iter().map(|(ids, _)| ids.clone()).collect();
     let benign_keys = keys(model, &ids, &at)?;
     let harmful_keys = keys(model, harmful, &at)?;

@@ -444,8 +444,7 @@ impl Checkpoint {
             Weights::Auto => auto_weights(n_params, available),
             w => w,
         };
-        let half =
-            |n: &str| mode == Weights::Native && (n.ends_with("_proj.weight") || n == "model.embed_tokens.weight" || n == "lm_head.weight");
+        let half = |n: &str| mode == Weights::Native && (crate::model::decoder::is_linear_weight(n) || n == "model.embed_tokens.weight");
         let held: u64 = infos
             .iter()
             .map(|(t, b)| {
@@ -462,9 +461,8 @@ impl Checkpoint {
             check_memory(dir, n_params, available)?;
         }
         let tok = Tok::from_hf_dir(dir, &json)?;
-        let (weights, halves) = crate::io::safetensors::read_folder_with(dir, &half)?;
+        let (weights, mut halves) = crate::io::safetensors::read_folder_with(dir, &half)?;
         let mut weights: HashMap<String, Tensor> = weights.into_iter().filter(|(n, _)| !n.ends_with("rotary_emb.inv_freq")).collect();
-        let mut halves = halves;
         // transformers saves tied models without lm_head; some exporters keep it.
         if spec.tie_word_embeddings {
             weights.remove("lm_head.weight");

@@ -210,19 +210,12 @@ struct Checkpointed {
     saved: std::sync::Mutex<Vec<Tensor>>,
 }
 
-/// Stops the forward pass after one block.
-struct StopAfter(usize);
-impl Recorder for StopAfter {
-    fn stop_after(&self) -> Option<usize> {
-        Some(self.0)
-    }
-}
-
 impl Checkpointed {
     /// Block `l` applied to `h` (with graph when `h` carries one).
     fn block(&self, l: usize, h: Tensor) -> candle_core::Result<Tensor> {
         let input = Input { ids: self.ids.clone(), mask: self.mask.clone(), positions: self.positions.clone(), resume: Some((l, h)) };
-        self.dec.forward_with(&input, &mut StopAfter(l), None).map_err(|e| candle_core::Error::Msg(format!("checkpointed block {l}: {e}")))
+        let mut stop = crate::trace::Capture { stop: Some(l), ..Default::default() };
+        self.dec.forward_with(&input, &mut stop, None).map_err(|e| candle_core::Error::Msg(format!("checkpointed block {l}: {e}")))
     }
 }
 
@@ -479,7 +472,7 @@ impl Decoder {
         if let Some(&c) = columns.iter().find(|&&c| c >= shape[1]) {
             return Err(Error::Input(format!("column {c} is outside `{name}` ({shape:?})")));
         }
-        let idx = Tensor::from_vec(columns.iter().map(|&c| c as u32).collect::<Vec<_>>(), columns.len(), &self.device)?;
+        let idx = index_tensor(columns, &self.device)?;
         self.column_deltas.insert(name.to_string(), ColumnDelta { idx, delta });
         Ok(())
     }
@@ -987,13 +980,24 @@ fn gguf_linear_blocks(g: &crate::io::gguf::GgufFile, spec: &ModelSpec) -> Result
     let mut out = Vec::new();
     for gname in g.tensor_names() {
         let Some(hf) = names::gguf_to_hf(spec.arch, gname) else { continue };
-        if hf.ends_with("_proj.weight") || hf == "lm_head.weight" {
+        if is_linear_weight(&hf) {
             if let Some(w) = gguf_blocks(g, spec, gname)? {
                 out.push(w);
             }
         }
     }
     Ok(out)
+}
+
+/// `idx` as a u32 index tensor (for `index_select` / `index_add`).
+pub fn index_tensor(idx: &[usize], dev: &Device) -> Result<Tensor> {
+    Ok(Tensor::from_vec(idx.iter().map(|&i| i as u32).collect::<Vec<_>>(), idx.len(), dev)?)
+}
+
+/// Whether an HF weight is a linear layer's (the weights held in blocks with `Weights::Native`, with the
+/// embedding).
+pub fn is_linear_weight(name: &str) -> bool {
+    name.ends_with("_proj.weight") || name == "lm_head.weight"
 }
 
 /// Gather rows `idx` of a (n, ..) tensor.

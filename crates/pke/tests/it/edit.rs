@@ -119,6 +119,13 @@ fn dinm_edits_the_whole_layer_and_ga_runs() {
             assert!(d <= 5e-3 + 1e-6, "norm constraint violated: {d}");
         }
     }
+    // The same bound on a hotspot-column edit, whose trained tensor is the columns' change alone.
+    let p = EditParams::resolve(Method::Pke, None, &["steps=2".into(), "norm_constraint=1e-3".into()]).unwrap();
+    let out = compute_delta(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, |_, _, _| {}).unwrap();
+    let t = &out.delta.tensors[0];
+    assert!(t.columns.len() < ck.model.spec.intermediate_size, "pke edits some columns");
+    let d = (&t.after - &t.before).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(d > 0.0 && d <= 1e-3 + 1e-6, "norm constraint on a column delta: {d}");
 }
 
 #[test]
