@@ -87,6 +87,16 @@ fn bad_model_argument_exits_2_with_a_message() {
 
 /// `--weights` takes f32, native or auto; another value is a usage error naming it, and native scores
 /// the same text within the kernels' stated bound of float32.
+/// A reversed or malformed depth band is a usage error naming the value, before any model loads.
+#[test]
+fn locate_refuses_a_bad_layer_band() {
+    for (band, want) in [("0.8,0.2", "[0.8, 0.2]"), ("0.2", "[0.2]"), ("a,1", "`a` is not a number")] {
+        let (code, _, err) = pke(&["locate", "--model", "no-such-model", "--builtin", "advbench:1", "--layer-band", band]);
+        assert_eq!(code, 2, "{band}: {err}");
+        assert!(err.contains("--layer-band") && err.contains(want), "{band}: {err}");
+    }
+}
+
 #[test]
 fn weights_flag_takes_three_modes() {
     let (code, _, err) = pke(&["score", "--model", "smollm2", "--text", "hi", "--weights", "bf16"]);

@@ -21,6 +21,10 @@ pub struct Args {
     /// Force these layers (0-based), overriding the locator.
     #[arg(long = "layer")]
     pub layers: Vec<usize>,
+    /// Depth band the pke and attribution locators choose layers from, as `LO,HI` fractions of the depth
+    /// (`0,1` = every layer).
+    #[arg(long, default_value = "0.25,0.75", value_parser = super::parse_layer_band)]
+    pub layer_band: [f64; 2],
     /// Hotspot size as a fraction of the MLP width.
     #[arg(long, default_value_t = 0.10)]
     pub top_fraction: f64,
@@ -66,6 +70,7 @@ pub fn settings(a: &Args) -> Result<LocateSettings> {
         locator: a.locator.parse::<Locator>()?,
         n_layers: a.n_layers,
         layers: a.layers.clone(),
+        layer_band: Some(a.layer_band),
         top_fraction: a.top_fraction,
         top_k: a.top_k,
         chat: a.cases.chat,

@@ -70,3 +70,12 @@ pub fn models() -> Result<ExitCode> {
     println!("\ndata folder: {} (install with `make setup` or `scripts/setup.sh <target>`)", dir.display());
     Ok(ExitCode::SUCCESS)
 }
+
+/// `LO,HI` depth fractions for `--layer-band`.
+pub fn parse_layer_band(s: &str) -> std::result::Result<[f64; 2], String> {
+    let v: Vec<f64> = s
+        .split(',')
+        .map(|x| x.trim().parse::<f64>().map_err(|_| format!("`{x}` is not a number (expected LO,HI, e.g. 0.25,0.75)")))
+        .collect::<std::result::Result<_, _>>()?;
+    pke::locate::check_layer_band(&v)
+}

@@ -115,6 +115,10 @@ pub struct EditParams {
     /// Number of layers the locator chooses (its top-scoring ones; 0 = the locate settings' own).
     #[serde(default)]
     pub n_layers: usize,
+    /// Depth band `[lo, hi]` (fractions of the depth) the locator picks layers from, overriding the locate
+    /// settings' (empty = theirs; see `LocateSettings::layer_band`).
+    #[serde(default)]
+    pub layer_band: Vec<f64>,
     /// pke only: share of the layer's `down_proj` columns to edit, overriding the locate settings' (0 = theirs).
     #[serde(default)]
     pub top_fraction: f64,
@@ -260,6 +264,9 @@ impl EditParams {
         }
         if !(0.0..=1.0).contains(&p.top_fraction) {
             return Err(Error::Input(format!("top_fraction must be in (0, 1] (0 = the locate settings'), got {}", p.top_fraction)));
+        }
+        if !p.layer_band.is_empty() {
+            crate::locate::check_layer_band(&p.layer_band).map_err(|e| Error::Input(format!("layer_band: {e}")))?;
         }
         if !(0.0..1.0).contains(&p.preserve_energy) {
             return Err(Error::Input(format!("preserve_energy must be in [0, 1), got {}", p.preserve_energy)));

@@ -68,7 +68,19 @@ pub struct LocateSettings {
     /// Benign look-alike prompts for `contrast_weight` (by default the built-in retain set's).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub contrast_prompts: Vec<String>,
+    /// Depth band `[lo, hi]` the pke and attribution locators choose layers from: layer `l` of `n` is in
+    /// it when `lo <= l / (n - 1) <= hi` (None = every layer). Early layers carry large gradients for
+    /// any target (Qwen2.5-Coder-0.5B's located layer 3, where an edit costs general ability), while
+    /// harmful and harmless prompts separate in the middle of the network (Arditi et al. 2024); pke's
+    /// `layer_band` sets it (docs/results.md, "A layer band for the locator"). Layers outside the band
+    /// are taken only when it holds fewer than `n_layers`; DINM's rule and the drift locator ignore it.
+    /// Default: [`DEFAULT_LAYER_BAND`].
+    #[serde(default)]
+    pub layer_band: Option<[f64; 2]>,
 }
+
+/// The depth band the pke and attribution locators choose from by default: the middle half of the network.
+pub const DEFAULT_LAYER_BAND: [f64; 2] = [0.25, 0.75];
 
 impl Default for LocateSettings {
     fn default() -> Self {
@@ -86,6 +98,7 @@ impl Default for LocateSettings {
             dinm_rule_only: false,
             contrast_weight: 0.0,
             contrast_prompts: vec![],
+            layer_band: Some(DEFAULT_LAYER_BAND),
         }
     }
 }
@@ -113,6 +126,9 @@ impl LocateSettings {
         if p.top_fraction > 0.0 {
             s.top_fraction = p.top_fraction;
             s.top_k = None;
+        }
+        if let [lo, hi] = p.layer_band[..] {
+            s.layer_band = Some([lo, hi]);
         }
         s
     }
@@ -241,6 +257,11 @@ mod tests {
         assert_eq!((s.top_fraction, s.top_k), (1.0, None));
         let e = EditParams::resolve(Method::Pke, None, &["top_fraction=1.5".into()]).unwrap_err().to_string();
         assert!(e.contains("top_fraction") && e.contains("1.5"), "{e}");
+        assert_eq!(s.layer_band, Some(DEFAULT_LAYER_BAND), "unset: the locate settings' band");
+        let wide = EditParams::resolve(Method::Pke, None, &["layer_band=[0.0, 1.0]".into()]).unwrap();
+        assert_eq!(base.clone().for_edit(Method::Pke, &wide, None).layer_band, Some([0.0, 1.0]));
+        let e = EditParams::resolve(Method::Pke, None, &["layer_band=[0.9]".into()]).unwrap_err().to_string();
+        assert!(e.contains("layer_band") && e.contains("0.9"), "{e}");
         assert_eq!(s.contrast_prompts, vec!["benign".to_string()]);
         // Unset: the locate settings' own; contrast is pke's only.
         let d = EditParams::resolve(Method::Dinm, None, &[]).unwrap();

@@ -10,5 +10,5 @@ pub mod hotspots;
 pub mod score;
 pub mod signals;
 
-pub use hotspots::{Hotspots, LayerSignal, LocateSettings, Locator};
-pub use signals::{locate, CaseInputs};
+pub use hotspots::{Hotspots, LayerSignal, LocateSettings, Locator, DEFAULT_LAYER_BAND};
+pub use signals::{check_layer_band, layers_in_band, locate, CaseInputs};

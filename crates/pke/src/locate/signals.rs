@@ -8,7 +8,7 @@ use candle_core::{Tensor, D};
 
 use super::dinm::{dinm_locate, DinmOptions, PadSide};
 use super::hotspots::*;
-use super::score::{argmax, jaccard, normalized, rank_sum, relative_gap, top_k};
+use super::score::{jaccard, normalized, rank_sum, relative_gap, top_k};
 use crate::data::EditCase;
 pub use crate::io::chat::prompt_text;
 use crate::io::tokenizer::Tok;
@@ -189,6 +189,35 @@ fn mean_of(rows: &[Vec<f64>]) -> Vec<f64> {
 }
 
 /// Locate hotspots over `cases`. `reference` adds the weight-drift signal.
+/// A depth band `[lo, hi]` with `0 <= lo <= hi <= 1`, or a message naming what is wrong.
+pub fn check_layer_band(band: &[f64]) -> std::result::Result<[f64; 2], String> {
+    match band {
+        [lo, hi] if lo.is_finite() && hi.is_finite() && 0.0 <= *lo && lo <= hi && *hi <= 1.0 => Ok([*lo, *hi]),
+        _ => Err(format!("a depth band is two fractions 0 <= lo <= hi <= 1, got {band:?}")),
+    }
+}
+
+/// Which of `n` layers lie in the depth band (`l / (n - 1)` within it); every layer when `band` is None
+/// or holds none of them (a model too shallow for it).
+pub fn layers_in_band(n: usize, band: Option<[f64; 2]>) -> Vec<bool> {
+    let Some([lo, hi]) = band else { return vec![true; n] };
+    let depth = |l: usize| if n > 1 { l as f64 / (n - 1) as f64 } else { 0.5 };
+    let inside: Vec<bool> = (0..n).map(|l| (lo..=hi).contains(&depth(l))).collect();
+    if inside.iter().any(|&b| b) {
+        inside
+    } else {
+        vec![true; n]
+    }
+}
+
+/// The `k` best-scoring layers, those in the band first.
+fn top_k_in_band(profile: &[f64], inside: &[bool], k: usize) -> Vec<usize> {
+    let (mut a, b): (Vec<usize>, Vec<usize>) = top_k(profile, profile.len()).into_iter().partition(|&l| inside[l]);
+    a.extend(b);
+    a.truncate(k);
+    a
+}
+
 pub fn locate(
     model: &Decoder,
     tok: &Tok,
@@ -223,6 +252,12 @@ pub fn locate(
     if settings.n_layers == 0 || settings.n_layers > n {
         return Err(Error::Input(format!("number of layers {} is outside 1..={n}", settings.n_layers)));
     }
+    if let Some(b) = settings.layer_band {
+        check_layer_band(&b).map_err(Error::Input)?;
+    }
+    // DINM's rule follows EasyEdit and the drift locator looks for a reference's changes: no band.
+    let inside =
+        layers_in_band(n, if matches!(settings.locator, Locator::Pke | Locator::Attribution) { settings.layer_band } else { None });
     if settings.locator == Locator::Drift && reference.is_none() {
         return Err(Error::Input("the drift locator needs a reference model (--reference)".into()));
     }
@@ -329,7 +364,7 @@ pub fn locate(
         v.extend(top_k(&dinm_a.distances, n).into_iter().filter(|l| *l != dinm_a.toxic_layer).take(settings.n_layers - 1));
         v
     } else {
-        top_k(&profile, settings.n_layers)
+        top_k_in_band(&profile, &inside, settings.n_layers)
     };
 
     if settings.contrast_weight < 0.0 || !settings.contrast_weight.is_finite() {
@@ -392,8 +427,8 @@ pub fn locate(
         .iter()
         .zip(&dinm_layers)
         .map(|(c, d)| match settings.locator {
-            Locator::Pke => argmax(&c.grad_norm),
-            Locator::Attribution => argmax(&c.attribution),
+            Locator::Pke => top_k_in_band(&c.grad_norm, &inside, 1)[0],
+            Locator::Attribution => top_k_in_band(&c.attribution, &inside, 1)[0],
             Locator::Dinm => d.0,
             Locator::Drift => first,
         })
@@ -414,7 +449,7 @@ pub fn locate(
         layer_agreement,
         topk_overlap_with_aggregate,
         topk_pairwise_overlap: if pair.1 > 0 { pair.0 / pair.1 as f64 } else { 1.0 },
-        layer_margin: relative_gap(&profile),
+        layer_margin: relative_gap(&profile.iter().zip(&inside).filter(|(_, &i)| i).map(|(x, _)| *x).collect::<Vec<_>>()),
     };
     let (left, right) = if settings.dinm.padding == PadSide::Left { (&dinm_a, &dinm_b) } else { (&dinm_b, &dinm_a) };
     let dinm = DinmSensitivity {
@@ -452,4 +487,27 @@ pub fn locate(
         },
         inputs,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn depth_band_membership_and_order() {
+        // 24 layers: l / 23 in [0.25, 0.75] -> 6..=17.
+        let inside = layers_in_band(24, Some([0.25, 0.75]));
+        assert_eq!(inside.iter().enumerate().filter(|(_, &b)| b).map(|(l, _)| l).collect::<Vec<_>>(), (6..=17).collect::<Vec<_>>());
+        assert!(layers_in_band(24, None).iter().all(|&b| b));
+        // A band that holds no layer of a shallow model falls back to all of them.
+        assert_eq!(layers_in_band(2, Some([0.4, 0.6])), vec![true, true]);
+        let p = [9.0, 1.0, 5.0, 3.0];
+        let inside = layers_in_band(4, Some([0.3, 0.7])); // layers 1 and 2
+        assert_eq!(top_k_in_band(&p, &inside, 1), vec![2]);
+        assert_eq!(top_k_in_band(&p, &inside, 3), vec![2, 1, 0]);
+        for bad in [vec![0.5], vec![0.7, 0.3], vec![-0.1, 0.5], vec![0.2, f64::NAN], vec![0.0, 1.5]] {
+            assert!(check_layer_band(&bad).unwrap_err().contains("depth band"), "{bad:?}");
+        }
+        assert_eq!(check_layer_band(&[0.0, 1.0]), Ok([0.0, 1.0]));
+    }
 }

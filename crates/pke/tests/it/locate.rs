@@ -204,6 +204,8 @@ fn bad_locate_settings_are_clear_errors() {
     assert!(e.contains("top fraction"), "{e}");
     let e = run(LocateSettings { locator: Locator::Drift, ..Default::default() }, &cases);
     assert!(e.contains("reference model"), "{e}");
+    let e = run(LocateSettings { layer_band: Some([0.8, 0.2]), ..Default::default() }, &cases);
+    assert!(e.contains("depth band") && e.contains("0.8"), "{e}");
     // A response that tokenizes to nothing.
     let e = run(LocateSettings::default(), &[case("z", "w1 w3", "   ", "w7")]);
     assert!(e.contains("zero tokens") || e.contains("safe_response"), "{e}");
@@ -234,4 +236,26 @@ fn contrastive_selection_avoids_neurons_that_would_make_lookalikes_refuse() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("needs benign contrast prompts"), "{e}");
+}
+
+/// The default depth band keeps the pke locator off the first quarter: on Qwen2.5-Coder-0.5B the
+/// safe-reply gradient norm peaks at layer 3 (where an edit costs general ability) and the band picks a
+/// middle layer; SmolLM2's peak (11 of 30) is inside the band and stays.
+#[test]
+fn the_layer_band_moves_qwen_off_its_early_peak() {
+    let cases = pke::data::sets::builtin_cases("advbench", 4).unwrap();
+    let run = |ck: &pke::io::checkpoint::Checkpoint| {
+        let s = LocateSettings { top_k: Some(8), chat: true, ..Default::default() };
+        let h = locate(&ck.model, &ck.tok, &cases, &s, None, |_, _| {}).unwrap().0;
+        let g: Vec<f64> = h.layers.iter().map(|x| x.grad_norm).collect();
+        (h.chosen_layers[0], pke::locate::score::argmax(&g), g)
+    };
+    let (chosen, peak, g) = run(crate::common::qwen());
+    let n = g.len();
+    assert!(peak < n / 4, "Qwen's unbanded peak: {peak} of {n}, {g:?}");
+    assert!((n / 4..=3 * n / 4).contains(&chosen), "with the band: {chosen} of {n}");
+    // The banded choice is the best layer of the same profile inside the band (6..=17 of 24).
+    assert!((6..=17).all(|i| g[i] <= g[chosen]), "{g:?}");
+    let (chosen, peak, _) = run(crate::common::smollm2());
+    assert_eq!((chosen, peak), (11, 11));
 }
