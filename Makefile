@@ -2,7 +2,7 @@
 CARGO ?= cargo
 PKE := target/release/pke
 
-.PHONY: setup build demo test bench crosscheck fmt clippy
+.PHONY: setup build demo test bench results crosscheck fmt clippy
 
 setup:
 	scripts/setup.sh all
@@ -20,6 +20,11 @@ test: setup
 
 bench: setup build
 	RAYON_NUM_THREADS=2 $(PKE) bench-runtime -m smollm2 -m qwen2.5-0.5b -m gemma3-270m
+
+# Rebuild the generated tables of docs/results.md (test split, both safety models, every method, attacks);
+# hours on 2 cores (the wall time is in the generated block). RESULTS_ATTACKS=0 for the compare tables alone.
+results: setup build
+	scripts/results.sh
 
 # Independent runtimes (transformers, llama.cpp, an EasyEdit-faithful DINM in PyTorch); installs ~4 GB
 # of Python packages once into .data/crosscheck-venv. Not part of `make test`. docs/crosscheck.md.

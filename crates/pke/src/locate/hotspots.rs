@@ -72,7 +72,7 @@ pub struct LocateSettings {
     /// it when `lo <= l / (n - 1) <= hi` (None = every layer). Early layers carry large gradients for
     /// any target (Qwen2.5-Coder-0.5B's located layer 3, where an edit costs general ability), while
     /// harmful and harmless prompts separate in the middle of the network (Arditi et al. 2024); pke's
-    /// `layer_band` sets it (docs/results.md, "A layer band for the locator"). Layers outside the band
+    /// `layer_band` sets it (docs/validation.md, "The defaults"). Layers outside the band
     /// are taken only when it holds fewer than `n_layers`; DINM's rule and the drift locator ignore it.
     /// Default: [`DEFAULT_LAYER_BAND`].
     #[serde(default)]

@@ -514,7 +514,7 @@ fn preserve_energy_keeps_the_benign_layer_output() {
     };
     let (l0, lf, lo) = (first(None), first(Some(&free.delta)), first(Some(&open.delta)));
     assert!(lf > l0 + 1.0 && lo > l0 + 0.5 * (lf - l0), "first refusal token log-prob: vanilla {l0}, free {lf}, sink free {lo}");
-    // The sink carries the edit (docs/results.md, "Null-space edits"): with almost nothing else protected
+    // The sink carries the edit (docs/validation.md, "Null-space edits"): with almost nothing else protected
     // (preserve_energy 1e-6: one further direction), protecting the sink's direction leaves a fraction of
     // what the same edit teaches with it free.
     let (ts, tf) = (run(&["preserve_energy=1e-6"]), run(&["preserve_energy=1e-6", "preserve_sink=false"]));

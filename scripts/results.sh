@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# `make results`: rebuild the generated part of docs/results.md from scratch with the current binary and
+# defaults, on the test split of every evaluation set, on both safety models (SmolLM2-135M-Instruct and
+# Qwen2.5-Coder-0.5B-Instruct):
+#   1. pke compare with every method (vanilla, pke, dinm, ft-l, ga), default hyper-parameters, the
+#      built-in AdvBench edit cases, the prefill attack on 10 HarmBench behaviours;
+#   2. (RESULTS_ATTACKS=1, the default) pke attack on each method's edit (scripts/attack-methods.sh sizes);
+#   3. scripts/results.py writes the tables, the issue's goal check and the run's provenance (date, commit,
+#      machine, wall time) between the markers in docs/results.md, and copies each run's JSON and
+#      markdown to docs/data/results-*.
+# Usage: scripts/results.sh [MODEL...]   (default: smollm2 qwen2.5-0.5b)
+#   RESULTS_ATTACKS=0        skip the attacks (the compare tables alone)
+#   RESULTS_ASSEMBLE_ONLY=1  only step 3, from the runs already under out/results
+#   RESULTS_THREADS=N        RAYON_NUM_THREADS for the runs (default: all cores)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MODELS=${*:-smollm2 qwen2.5-0.5b}
+PKE=${PKE:-target/release/pke}
+OUT=out/results
+mkdir -p "$OUT"
+export RAYON_NUM_THREADS=${RESULTS_THREADS:-$(nproc)}
+t0=$(date +%s)
+
+# Edit cases per model: Qwen takes 4 (it learns the refusal in 2-3 steps; 8 doubles the locate time for
+# nothing measured on validation), SmolLM2 8.
+cases_for() { case "$1" in qwen*) echo 4 ;; *) echo 8 ;; esac; }
+
+if [ "${RESULTS_ASSEMBLE_ONLY:-0}" != 1 ]; then
+  # Provenance: the commit the binary is built from (flagged when the tree has uncommitted changes) and
+  # the machine.
+  c=$(git rev-parse --short HEAD)
+  git diff --quiet HEAD -- crates config data || c="$c (with uncommitted changes)"
+  echo "$c" > "$OUT/commit"
+  echo "$(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), \
+$(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $RAYON_NUM_THREADS threads" > "$OUT/machine"
+  for m in $MODELS; do
+    n=$(cases_for "$m")
+    rm -rf "$OUT/compare-$m"
+    "$PKE" compare --model "$m" --builtin "advbench:$n" --chat --split test \
+      --methods vanilla,pke,dinm,ft-l,ga --n-prefill 10 --out "$OUT/compare-$m"
+    if [ "${RESULTS_ATTACKS:-1}" = 1 ]; then
+      for meth in pke dinm ft-l ga; do
+        rm -rf "out/attack-$m-$meth"
+      done
+      PKE="$PKE" scripts/attack-methods.sh "$m" pke dinm ft-l ga
+      for meth in pke dinm ft-l ga; do
+        mkdir -p "$OUT/attack-$m-$meth"
+        cp "out/attack-$m-$meth/attack.md" "out/attack-$m-$meth/attack.json" "$OUT/attack-$m-$meth/"
+      done
+    fi
+  done
+  echo $(( $(date +%s) - t0 )) > "$OUT/wall_seconds"
+fi
+python3 scripts/results.py --out "$OUT" --doc docs/results.md --data docs/data $MODELS
