@@ -15,6 +15,9 @@ pub struct Args {
     reps: usize,
     #[arg(long)]
     json: bool,
+    /// Batch size of the aggregate decode throughput (greedy, KV cache, 16-token prompts).
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
     /// Run only the forward+backward measurement (for profiling).
     #[arg(long)]
     only_fwd_bwd: bool,
@@ -34,6 +37,7 @@ fn peak_rss_mb() -> f64 {
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
+    anyhow::ensure!((1..=32).contains(&a.batch), "--batch must be in 1..=32, got {}", a.batch);
     let mut rows = Vec::new();
     for m in &a.models {
         let t0 = Instant::now();
@@ -55,6 +59,20 @@ pub fn run(a: Args) -> Result<ExitCode> {
         let p64 = if quick { f64::NAN } else { prefill(64)? };
         let p512 = if quick { f64::NAN } else { prefill(512)? };
         let opts = pke::generate::GenOpts { max_new_tokens: 64, ..Default::default() };
+        // Aggregate decode throughput of a batch: new tokens of every row per second (prompts differ).
+        let batch: Vec<Vec<u32>> = (0..a.batch).map(|r| ids[r * 16..r * 16 + 16].to_vec()).collect();
+        let batched = |m: &pke::model::Decoder| -> Result<f64> {
+            let mut ts = Vec::new();
+            let mut n = 0;
+            for _ in 0..if quick { 0 } else { a.reps } {
+                let t = Instant::now();
+                let g = pke::generate::generate(m, &batch, 0, &opts)?;
+                ts.push(t.elapsed().as_secs_f64());
+                n = g.iter().map(|x| x.token_ids.len()).sum::<usize>();
+            }
+            Ok(if ts.is_empty() { f64::NAN } else { n as f64 / median(ts) })
+        };
+        let decode_b = batched(model)?;
         let mut ts = Vec::new();
         let mut ntok = 0;
         for _ in 0..if quick { 0 } else { a.reps } {
@@ -75,6 +93,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
             ntok = g[0].token_ids.len();
         }
         let decode_q = if ts.is_empty() { f64::NAN } else { ntok as f64 / median(ts) };
+        let decode_bq = if nq == 0 { f64::NAN } else { batched(&qck.model)? };
         drop(qck);
         // forward + backward on 64 tokens with one down_proj trainable
         let mut tm = model.clone();
@@ -93,24 +112,30 @@ pub fn run(a: Args) -> Result<ExitCode> {
         let fb = median(ts);
         rows.push(serde_json::json!({
             "model": m, "load_s": load, "prefill64_tok_s": p64, "prefill512_tok_s": p512,
-            "decode_tok_s": decode, "decode_quantized_tok_s": decode_q, "fwd_bwd64_s": fb, "peak_rss_mb": peak_rss_mb(),
+            "decode_tok_s": decode, "decode_quantized_tok_s": decode_q,
+            "batch": a.batch, "decode_batch_tok_s": decode_b, "decode_batch_quantized_tok_s": decode_bq, "fwd_bwd64_s": fb, "peak_rss_mb": peak_rss_mb(),
         }));
     }
     if a.json {
         super::print_json(&rows)?;
     } else {
         println!("threads: RAYON_NUM_THREADS={}", std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "(all cores)".into()));
-        println!("| model | load s | prefill 64 tok/s | prefill 512 tok/s | decode tok/s (f32) | decode tok/s (quantized) | fwd+bwd 64 tok s | peak RSS MB |");
-        println!("|---|---|---|---|---|---|---|---|");
+        println!(
+            "| model | load s | prefill 64 tok/s | prefill 512 tok/s | decode tok/s (f32) | decode tok/s (quantized) | batch {b} decode tok/s (f32) | batch {b} decode tok/s (quantized) | fwd+bwd 64 tok s | peak RSS MB |",
+            b = a.batch
+        );
+        println!("|---|---|---|---|---|---|---|---|---|---|");
         for r in &rows {
             println!(
-                "| {} | {:.2} | {:.0} | {:.0} | {:.1} | {:.1} | {:.3} | {:.0} |",
+                "| {} | {:.2} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {:.3} | {:.0} |",
                 r["model"].as_str().unwrap(),
                 r["load_s"].as_f64().unwrap(),
                 r["prefill64_tok_s"].as_f64().unwrap(),
                 r["prefill512_tok_s"].as_f64().unwrap(),
                 r["decode_tok_s"].as_f64().unwrap(),
                 r["decode_quantized_tok_s"].as_f64().unwrap_or(f64::NAN),
+                r["decode_batch_tok_s"].as_f64().unwrap_or(f64::NAN),
+                r["decode_batch_quantized_tok_s"].as_f64().unwrap_or(f64::NAN),
                 r["fwd_bwd64_s"].as_f64().unwrap(),
                 r["peak_rss_mb"].as_f64().unwrap()
             );

@@ -447,7 +447,8 @@ fn preserve_energy_keeps_the_benign_layer_output() {
     let (cases, h) = smol_setup(2);
     let retain: Vec<pke::edit::Probe> = pke::edit::builtin_retain().into_iter().take(8).collect();
     let run = |extra: &[&str]| {
-        let mut o = vec!["steps=6".to_string(), "lr=1e-2".into(), "stop_nll=0".into(), "retain_tokens=8".into(), "preserve_energy=0".into()];
+        let mut o =
+            vec!["steps=6".to_string(), "lr=1e-2".into(), "stop_nll=0".into(), "retain_tokens=8".into(), "preserve_energy=0".into()];
         o.extend(extra.iter().map(|x| x.to_string()));
         let p = EditParams::resolve(Method::Pke, None, &o).unwrap();
         compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, Some(&retain), |_, _, _| {}).unwrap()
