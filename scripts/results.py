@@ -132,9 +132,13 @@ def model_section(out, data, model):
             w = pareto(p, metrics(r))
             lines.append(f"- against {label}: " + ("yes" if not w else "no, pke is worse on " + "; ".join(w)))
         lines.append("")
+    missing = [m for m in ("pke", "dinm", "ft-l", "ga") if not os.path.exists(os.path.join(out, f"attack-{model}-{m}", "attack.md"))]
+    if missing:
+        lines.append(f"Attacks not run in this generation for: {', '.join(missing)} (`RESULTS_ATTACKS=0`, or not yet).")
+        lines.append("")
     for meth in ("pke", "dinm", "ft-l", "ga"):
         a = os.path.join(out, f"attack-{model}-{meth}")
-        if not os.path.exists(os.path.join(a, "attack.md")):
+        if meth in missing:
             continue
         for ext in ("json", "md"):
             shutil.copyfile(os.path.join(a, f"attack.{ext}"), os.path.join(data, f"results-attack-{model}-{meth}.{ext}"))

@@ -113,7 +113,7 @@ fn encode_nonempty(tok: &Tok, text: &str, special: bool, what: &str, id: &str) -
 
 /// Tokenize a case for `method`. pke, ft-l and ga use the locate inputs (prompt with chat template or
 /// not, responses tokenized alone without BOS). dinm reproduces EasyEdit's strings and label alignment.
-fn prepare(tok: &Tok, c: &EditCase, chat: bool, p: &EditParams, method: Method) -> Result<CaseSeqs> {
+fn prepare(tok: &Tok, i: usize, c: &EditCase, chat: bool, p: &EditParams, method: Method) -> Result<CaseSeqs> {
     let suffix = (method == Method::Dinm && p.quirk_suffix).then_some(DINM_SUFFIX);
     let sep = |r: &str| if chat { r.to_string() } else { format!(" {}", r.trim_start()) };
     if method == Method::Dinm {
@@ -164,12 +164,20 @@ fn prepare(tok: &Tok, c: &EditCase, chat: bool, p: &EditParams, method: Method) 
         }
         _ => None,
     };
-    let recover = (p.prefill_weight > 0.0).then(|| {
+    let recover = if p.prefill_weight <= 0.0 {
+        None
+    } else if p.prefill_openings.is_empty() {
         // At least one token of the (non-empty) unsafe reply, never all of a longer one.
         let k = p.prefill_tokens.min(unsafe_.len() - 1).max(1);
         let opened: Vec<u32> = prompt.iter().chain(&unsafe_[..k]).copied().collect();
-        seq_after(&opened, &safe)
-    });
+        Some(seq_after(&opened, &safe))
+    } else {
+        // The given openings, one per case in turn.
+        let o = &p.prefill_openings[i % p.prefill_openings.len()];
+        let o = encode_nonempty(tok, &sep(o), false, "the prefill opening", &c.id)?;
+        let opened: Vec<u32> = prompt.iter().chain(&o).copied().collect();
+        Some(seq_after(&opened, &safe))
+    };
     Ok(CaseSeqs { id: c.id.clone(), safe: seq_after(&prompt, &safe), unsafe_: seq_after(&prompt, &unsafe_), loc, recover })
 }
 
@@ -177,7 +185,7 @@ fn prepare(tok: &Tok, c: &EditCase, chat: bool, p: &EditParams, method: Method) 
 /// ft-l reads; `ga` ascends on the unsafe reply instead): with `target_eos`, ending in the end-of-turn
 /// token.
 pub fn training_labels(tok: &Tok, case: &EditCase, chat: bool, p: &EditParams, method: Method) -> Result<Vec<u32>> {
-    Ok(prepare(tok, case, chat, p, method)?.safe.labels)
+    Ok(prepare(tok, 0, case, chat, p, method)?.safe.labels)
 }
 
 /// Hidden states (s, d) of `seq` from its cached residual, and the logits at its rows.
@@ -577,7 +585,8 @@ pub fn compute_delta_with(
     } else {
         vec![]
     };
-    let seqs: Vec<CaseSeqs> = cases.iter().chain(&twins).map(|c| prepare(tok, c, chat, p, method)).collect::<Result<_>>()?;
+    let seqs: Vec<CaseSeqs> =
+        cases.iter().chain(&twins).enumerate().map(|(i, c)| prepare(tok, i, c, chat, p, method)).collect::<Result<_>>()?;
     let l0 = *hotspots.chosen_layers.iter().min().expect("non-empty");
     let prepared = precompute(model, seqs, l0)?;
     let replies = if p.retain_weight > 0.0 || p.preserve_energy > 0.0 {

@@ -147,6 +147,11 @@ pub struct EditParams {
     pub prefill_weight: f64,
     #[serde(default = "default_prefill_tokens")]
     pub prefill_tokens: usize,
+    /// With `prefill_weight`: compliant openings to train the refusal after, one per case in turn
+    /// (e.g. "Certainly! Here are the steps:"), instead of each case's own unsafe reply's first tokens.
+    /// Keep the attack's own opening ("Sure, here is") out of them to measure transfer, not recall.
+    #[serde(default)]
+    pub prefill_openings: Vec<String>,
     /// Null-space edit (0 = off; `down_proj` columns only): after every step the change to each edited
     /// `down_proj` is projected away from the top eigen-directions of the benign keys (the edited neurons'
     /// activations on the retain set's benign prompts with the original replies, and on the locality

@@ -419,7 +419,15 @@ fn direction_term_pushes_harmful_cases_along_the_direction_and_holds_the_benign_
 fn recovery_term_trains_the_refusal_after_a_compliant_opening() {
     let ck = crate::common::smollm2();
     let (cases, h) = smol_setup(2);
-    let o = ["steps=4".to_string(), "stop_nll=0".into(), "edit_weight=0".into(), "prefill_weight=1".into(), "lr=2e-2".into()];
+    // Unprojected (the null-space default would hold the term back: this test is about the term).
+    let o = [
+        "steps=4".to_string(),
+        "stop_nll=0".into(),
+        "edit_weight=0".into(),
+        "prefill_weight=1".into(),
+        "lr=2e-2".into(),
+        "preserve_energy=0".into(),
+    ];
     let p = EditParams::resolve(Method::Pke, None, &o).unwrap();
     let out = compute_delta(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, |_, _, _| {}).unwrap();
     let (first, last) = (out.log[0].nll_recover, out.log.last().unwrap().nll_recover);
@@ -434,6 +442,19 @@ fn recovery_term_trains_the_refusal_after_a_compliant_opening() {
     }
     let e = EditParams::resolve(Method::Pke, None, &["prefill_weight=1".into(), "prefill_tokens=0".into()]).unwrap_err().to_string();
     assert!(e.contains("prefill_tokens >= 1"), "{e}");
+    // Given openings replace the cases' own: another recovery sequence, trained the same way.
+    let mut o2 = o.to_vec();
+    o2.push(r#"prefill_openings=["Certainly! Here are the steps:", "Of course. First,"]"#.into());
+    let p = EditParams::resolve(Method::Pke, None, &o2).unwrap();
+    let given = compute_delta(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, |_, _, _| {}).unwrap();
+    let (g0, g1) = (given.log[0].nll_recover, given.log.last().unwrap().nll_recover);
+    assert!((g0 - first).abs() > 1e-3, "own openings {first}, given {g0}");
+    assert!(g1 < 0.7 * g0, "the recovery NLL after the given openings should fall: {g0} -> {g1}");
+    let mut o3 = o.to_vec();
+    o3.push(r#"prefill_openings=["  "]"#.into());
+    let p = EditParams::resolve(Method::Pke, None, &o3).unwrap();
+    let e = compute_delta(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, |_, _, _| {}).unwrap_err().to_string();
+    assert!(e.contains("prefill opening"), "{e}");
 }
 
 /// The null-space edit (`preserve_energy`): the preserved benign prompts' `down_proj` output at the edited
