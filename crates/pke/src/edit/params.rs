@@ -267,6 +267,9 @@ impl EditParams {
                 p.prefill_weight, p.prefill_tokens
             )));
         }
+        if let Some(i) = p.prefill_openings.iter().position(|o| o.trim().is_empty()) {
+            return Err(Error::Input(format!("prefill_openings: opening {} is empty", i + 1)));
+        }
         if !(0.0..=1.0).contains(&p.top_fraction) {
             return Err(Error::Input(format!("top_fraction must be in (0, 1] (0 = the locate settings'), got {}", p.top_fraction)));
         }

@@ -138,9 +138,14 @@ fn nan_loss_is_a_clear_error() {
     let mut w = broken.get(&name).unwrap().to_vec2::<f32>().unwrap();
     w[3][7] = f32::NAN;
     broken.set(&name, candle_core::Tensor::new(w, broken.device()).unwrap()).unwrap();
-    let p = EditParams::resolve(Method::Pke, None, &["steps=2".into()]).unwrap();
+    // Unprojected: the first step's loss is the first thing the NaN reaches.
+    let p = EditParams::resolve(Method::Pke, None, &["steps=2".into(), "preserve_energy=0".into()]).unwrap();
     let e = compute_delta(&broken, &ck.tok, &cases, &h, Method::Pke, &p, |_, _, _| {}).unwrap_err().to_string();
     assert!(e.contains("non-finite") && e.contains("nothing was written"), "{e}");
+    // The null-space default first generates the original replies to the benign prompts: it stops there.
+    let p = EditParams::resolve(Method::Pke, None, &["steps=2".into()]).unwrap();
+    let e = compute_delta(&broken, &ck.tok, &cases, &h, Method::Pke, &p, |_, _, _| {}).unwrap_err().to_string();
+    assert!(e.contains("non-finite") && e.contains("NaN logits"), "{e}");
 }
 
 #[test]
@@ -164,7 +169,7 @@ fn stop_nll_ends_the_edit_once_every_case_has_taken_it() {
     let ck = crate::common::smollm2();
     let (cases, h) = smol_setup(2);
     let run = |extra: &[&str]| {
-        let mut o: Vec<String> = vec!["steps=6".into(), "lr=5e-3".into()];
+        let mut o: Vec<String> = vec!["steps=6".into(), "lr=5e-3".into(), "preserve_energy=0".into()];
         o.extend(extra.iter().map(|s| s.to_string()));
         let p = EditParams::resolve(Method::Pke, None, &o).unwrap();
         compute_delta(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, |_, _, _| {}).unwrap()
@@ -226,7 +231,14 @@ fn retain_term_keeps_the_lookalike_replies_closer() {
     let (cases, h) = smol_setup(2);
     let retain: Vec<pke::edit::Probe> = pke::edit::builtin_retain().into_iter().take(3).collect();
     let run = |w: &str| {
-        let o = vec!["steps=8".to_string(), "lr=5e-3".into(), "stop_nll=0".into(), format!("retain_weight={w}"), "retain_tokens=8".into()];
+        let o = vec![
+            "steps=8".to_string(),
+            "lr=5e-3".into(),
+            "stop_nll=0".into(),
+            format!("retain_weight={w}"),
+            "retain_tokens=8".into(),
+            "preserve_energy=0".into(),
+        ];
         let p = EditParams::resolve(Method::Pke, None, &o).unwrap();
         compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, Some(&retain), |_, _, _| {}).unwrap()
     };
@@ -385,7 +397,7 @@ fn direction_term_pushes_harmful_cases_along_the_direction_and_holds_the_benign_
     let ck = crate::common::smollm2();
     let (cases, h) = smol_setup(2);
     let retain: Vec<pke::edit::Probe> = pke::edit::builtin_retain().into_iter().take(4).collect();
-    // The representation term alone (no refusal text): its logged value must fall.
+    // The representation term alone (no refusal text, unprojected): its logged value must fall.
     let o = |w: &str| {
         vec![
             "steps=10".to_string(),
@@ -394,6 +406,7 @@ fn direction_term_pushes_harmful_cases_along_the_direction_and_holds_the_benign_
             "kl_weight=0".into(),
             format!("direction_weight={w}"),
             "lr=3e-2".into(),
+            "preserve_energy=0".into(),
         ]
     };
     let p = EditParams::resolve(Method::Pke, None, &o("1")).unwrap();
@@ -450,11 +463,8 @@ fn recovery_term_trains_the_refusal_after_a_compliant_opening() {
     let (g0, g1) = (given.log[0].nll_recover, given.log.last().unwrap().nll_recover);
     assert!((g0 - first).abs() > 1e-3, "own openings {first}, given {g0}");
     assert!(g1 < 0.7 * g0, "the recovery NLL after the given openings should fall: {g0} -> {g1}");
-    let mut o3 = o.to_vec();
-    o3.push(r#"prefill_openings=["  "]"#.into());
-    let p = EditParams::resolve(Method::Pke, None, &o3).unwrap();
-    let e = compute_delta(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, |_, _, _| {}).unwrap_err().to_string();
-    assert!(e.contains("prefill opening"), "{e}");
+    let e = EditParams::resolve(Method::Pke, None, &[r#"prefill_openings=["Sure", "  "]"#.into()]).unwrap_err().to_string();
+    assert!(e.contains("prefill_openings: opening 2 is empty"), "{e}");
 }
 
 /// The null-space edit (`preserve_energy`): the preserved benign prompts' `down_proj` output at the edited
