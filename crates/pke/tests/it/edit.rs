@@ -209,12 +209,12 @@ fn stop_nll_ends_the_edit_once_every_case_has_taken_it() {
 
 #[test]
 fn warmup_scales_the_first_updates() {
-    // Adam's first update moves every hotspot weight by ~lr (lr x sign of its gradient); a warm-up over
+    // Adam's first update moves every hotspot weight by ~lr (lr x sign of its gradient; unprojected); a warm-up over
     // 4 updates makes that lr / 4.
     let ck = crate::common::smollm2();
     let (cases, h) = smol_setup(1);
     let first_move = |warmup: usize| {
-        let o = vec!["steps=1".to_string(), "lr=1e-3".into(), format!("warmup_steps={warmup}")];
+        let o = vec!["steps=1".to_string(), "lr=1e-3".into(), format!("warmup_steps={warmup}"), "preserve_energy=0".into()];
         let p = EditParams::resolve(Method::Pke, None, &o).unwrap();
         let out = compute_delta(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, |_, _, _| {}).unwrap();
         let t = &out.delta.tensors[0];
@@ -250,12 +250,12 @@ fn retain_term_keeps_the_lookalike_replies_closer() {
     let (a, b) = (tail(&watch), tail(&keep));
     assert!(a > 0.0 && b < 0.8 * a, "retain KL with the term {b} < 0.8 x without {a}");
     assert!(keep.delta.metadata["retain"].contains("user retain set, 3 prompts"), "{:?}", keep.delta.metadata.get("retain"));
-    // Off: nothing is generated or logged.
-    let p = EditParams::resolve(Method::Pke, None, &["steps=1".into()]).unwrap();
+    // Off (and unprojected): nothing is generated or logged.
+    let p = EditParams::resolve(Method::Pke, None, &["steps=1".into(), "preserve_energy=0".into()]).unwrap();
     let off = compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, Some(&[]), |_, _, _| {}).unwrap();
     assert!(off.log.iter().all(|s| s.retain_kl == 0.0) && !off.delta.metadata.contains_key("retain"));
     // Bad retain input: an empty set, a prompt too long for the context.
-    let p = EditParams::resolve(Method::Pke, None, &["steps=1".into(), "retain_weight=1".into()]).unwrap();
+    let p = EditParams::resolve(Method::Pke, None, &["steps=1".into(), "retain_weight=1".into(), "preserve_energy=0".into()]).unwrap();
     let e = compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, Some(&[]), |_, _, _| {}).unwrap_err().to_string();
     assert!(e.contains("retain set has no prompts"), "{e}");
     let long = vec![pke::edit::Probe { benign: "word ".repeat(9000), ..retain[0].clone() }];
