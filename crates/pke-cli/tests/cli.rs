@@ -85,8 +85,6 @@ fn bad_model_argument_exits_2_with_a_message() {
     assert!(err.contains("empty"), "{err}");
 }
 
-/// `--weights` takes f32, native or auto; another value is a usage error naming it, and native scores
-/// the same text within the kernels' stated bound of float32.
 /// A reversed or malformed depth band is a usage error naming the value, before any model loads.
 #[test]
 fn locate_refuses_a_bad_layer_band() {
@@ -97,6 +95,8 @@ fn locate_refuses_a_bad_layer_band() {
     }
 }
 
+/// `--weights` takes f32, native or auto; another value is a usage error naming it, and native scores
+/// the same text within the kernels' stated bound of float32.
 #[test]
 fn weights_flag_takes_three_modes() {
     let (code, _, err) = pke(&["score", "--model", "smollm2", "--text", "hi", "--weights", "bf16"]);

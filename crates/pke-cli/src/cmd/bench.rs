@@ -59,41 +59,26 @@ pub fn run(a: Args) -> Result<ExitCode> {
         let p64 = if quick { f64::NAN } else { prefill(64)? };
         let p512 = if quick { f64::NAN } else { prefill(512)? };
         let opts = pke::generate::GenOpts { max_new_tokens: 64, ..Default::default() };
-        // Aggregate decode throughput of a batch: new tokens of every row per second (prompts differ).
+        // Greedy decode throughput: new tokens of every prompt per second (median over the repetitions),
+        // for one 16-token prompt and for a batch of different ones.
+        let single = vec![ids[..16].to_vec()];
         let batch: Vec<Vec<u32>> = (0..a.batch).map(|r| ids[r * 16..r * 16 + 16].to_vec()).collect();
-        let batched = |m: &pke::model::Decoder| -> Result<f64> {
+        let rate = |m: &pke::model::Decoder, prompts: &[Vec<u32>]| -> Result<f64> {
             let mut ts = Vec::new();
             let mut n = 0;
             for _ in 0..if quick { 0 } else { a.reps } {
                 let t = Instant::now();
-                let g = pke::generate::generate(m, &batch, 0, &opts)?;
+                let g = pke::generate::generate(m, prompts, 0, &opts)?;
                 ts.push(t.elapsed().as_secs_f64());
                 n = g.iter().map(|x| x.token_ids.len()).sum::<usize>();
             }
             Ok(if ts.is_empty() { f64::NAN } else { n as f64 / median(ts) })
         };
-        let decode_b = batched(model)?;
-        let mut ts = Vec::new();
-        let mut ntok = 0;
-        for _ in 0..if quick { 0 } else { a.reps } {
-            let t = Instant::now();
-            let g = pke::generate::generate(model, &[ids[..16].to_vec()], 0, &opts)?;
-            ts.push(t.elapsed().as_secs_f64());
-            ntok = g[0].token_ids.len();
-        }
-        let decode = if quick { f64::NAN } else { ntok as f64 / median(ts) };
-        // The same decode with the GGUF's quantized blocks (inference-only path).
+        let (decode, decode_b) = (rate(model, &single)?, rate(model, &batch)?);
+        // The same decodes with the GGUF's quantized blocks (inference-only path).
         let mut qck = super::load_model(m)?;
         let nq = qck.attach_quantized()?;
-        let mut ts = Vec::new();
-        for _ in 0..if quick || nq == 0 { 0 } else { a.reps } {
-            let t = Instant::now();
-            let g = pke::generate::generate(&qck.model, &[ids[..16].to_vec()], 0, &opts)?;
-            ts.push(t.elapsed().as_secs_f64());
-            ntok = g[0].token_ids.len();
-        }
-        let decode_q = if ts.is_empty() { f64::NAN } else { ntok as f64 / median(ts) };
-        let decode_bq = if nq == 0 { f64::NAN } else { batched(&qck.model)? };
+        let (decode_q, decode_bq) = if nq == 0 { (f64::NAN, f64::NAN) } else { (rate(&qck.model, &single)?, rate(&qck.model, &batch)?) };
         drop(qck);
         // forward + backward on 64 tokens with one down_proj trainable
         let mut tm = model.clone();

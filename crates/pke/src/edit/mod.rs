@@ -164,19 +164,19 @@ fn prepare(tok: &Tok, i: usize, c: &EditCase, chat: bool, p: &EditParams, method
         }
         _ => None,
     };
-    let recover = if p.prefill_weight <= 0.0 {
-        None
-    } else if p.prefill_openings.is_empty() {
-        // At least one token of the (non-empty) unsafe reply, never all of a longer one.
-        let k = p.prefill_tokens.min(unsafe_.len() - 1).max(1);
-        let opened: Vec<u32> = prompt.iter().chain(&unsafe_[..k]).copied().collect();
+    let recover = if p.prefill_weight > 0.0 {
+        let opening = if p.prefill_openings.is_empty() {
+            // At least one token of the (non-empty) unsafe reply, never all of a longer one.
+            unsafe_[..p.prefill_tokens.min(unsafe_.len() - 1).max(1)].to_vec()
+        } else {
+            // The given openings, one per case in turn.
+            let o = &p.prefill_openings[i % p.prefill_openings.len()];
+            encode_nonempty(tok, &sep(o), false, "the prefill opening", &c.id)?
+        };
+        let opened: Vec<u32> = prompt.iter().chain(&opening).copied().collect();
         Some(seq_after(&opened, &safe))
     } else {
-        // The given openings, one per case in turn.
-        let o = &p.prefill_openings[i % p.prefill_openings.len()];
-        let o = encode_nonempty(tok, &sep(o), false, "the prefill opening", &c.id)?;
-        let opened: Vec<u32> = prompt.iter().chain(&o).copied().collect();
-        Some(seq_after(&opened, &safe))
+        None
     };
     Ok(CaseSeqs { id: c.id.clone(), safe: seq_after(&prompt, &safe), unsafe_: seq_after(&prompt, &unsafe_), loc, recover })
 }

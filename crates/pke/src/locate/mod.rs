@@ -11,4 +11,4 @@ pub mod score;
 pub mod signals;
 
 pub use hotspots::{Hotspots, LayerSignal, LocateSettings, Locator, DEFAULT_LAYER_BAND};
-pub use signals::{check_layer_band, layers_in_band, locate, CaseInputs};
+pub use signals::{check_layer_band, locate, CaseInputs};

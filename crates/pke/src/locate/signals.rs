@@ -188,7 +188,6 @@ fn mean_of(rows: &[Vec<f64>]) -> Vec<f64> {
     out
 }
 
-/// Locate hotspots over `cases`. `reference` adds the weight-drift signal.
 /// A depth band `[lo, hi]` with `0 <= lo <= hi <= 1`, or a message naming what is wrong.
 pub fn check_layer_band(band: &[f64]) -> std::result::Result<[f64; 2], String> {
     match band {
@@ -199,7 +198,7 @@ pub fn check_layer_band(band: &[f64]) -> std::result::Result<[f64; 2], String> {
 
 /// Which of `n` layers lie in the depth band (`l / (n - 1)` within it); every layer when `band` is None
 /// or holds none of them (a model too shallow for it).
-pub fn layers_in_band(n: usize, band: Option<[f64; 2]>) -> Vec<bool> {
+fn layers_in_band(n: usize, band: Option<[f64; 2]>) -> Vec<bool> {
     let Some([lo, hi]) = band else { return vec![true; n] };
     let depth = |l: usize| if n > 1 { l as f64 / (n - 1) as f64 } else { 0.5 };
     let inside: Vec<bool> = (0..n).map(|l| (lo..=hi).contains(&depth(l))).collect();
@@ -218,6 +217,7 @@ fn top_k_in_band(profile: &[f64], inside: &[bool], k: usize) -> Vec<usize> {
     a
 }
 
+/// Locate hotspots over `cases`. `reference` adds the weight-drift signal.
 pub fn locate(
     model: &Decoder,
     tok: &Tok,
