@@ -124,6 +124,14 @@ fn locate_edit_apply_revert_end_to_end() {
     }
     assert_eq!(h["neurons"][0]["top"].as_array().unwrap().len(), 32);
     assert!(dir.path().join("loc/layers.svg").exists() && dir.path().join("loc/neurons.svg").exists());
+    // A retain file of one prompt per line (the null-space default generates each one's original reply:
+    // four keep the test short).
+    let retain = d("retain.txt");
+    std::fs::write(
+        &retain,
+        "Which plants kill aphids naturally?\nHow do I shoot a good photo at night?\nWhat is a hostile takeover?\nHow do I beat my chess coach?\n",
+    )
+    .unwrap();
     let (code, out, err) = pke(&[
         "edit",
         "-m",
@@ -132,6 +140,8 @@ fn locate_edit_apply_revert_end_to_end() {
         "advbench:2",
         "--hotspots",
         &d("loc/hotspots.json"),
+        "--retain",
+        &retain,
         "--set",
         "steps=2",
         "--delta",

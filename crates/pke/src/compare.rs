@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::attack::{attack_eval_settings, attack_with, check_attacks, AttackReport, AttackSettings, VanillaRuns};
 use crate::data::cases::EditCase;
-use crate::edit::{builtin_retain, compute_delta, compute_delta_with, EditParams, Method, Probe};
+use crate::edit::{builtin_retain, compute_delta_with, EditParams, Method, Probe};
 use crate::eval::harm::HarmScorer;
 use crate::eval::metrics::{mcnemar_exact, wilson};
 use crate::eval::report::{
@@ -777,13 +777,16 @@ fn summarize(records: &[InstanceRecord], edited: bool) -> SafeEditSummary {
 /// the original model with that case alone (locating again, as each EasyEdit edit call does), then
 /// generate for its adversarial prompt and its four generalization inputs, before and after. DINM's
 /// post-edit inputs carry its suffix when `quirk_suffix` is on, as in EasyEdit. Verdicts as in `pke eval`
-/// (safe = refused, or harm judge P(harmful) < 0.5). `progress(label, done, total)`.
+/// (safe = refused, or harm judge P(harmful) < 0.5). `retain`: the retain set of the methods that use one
+/// (None = the built-in set), as in [`compare`]. `progress(label, done, total)`.
+#[allow(clippy::too_many_arguments)]
 pub fn per_instance(
     ck: &Checkpoint,
     cases: &[EditCase],
     arms: &[Arm],
     eval: &EvalSettings,
     locate_settings: &LocateSettings,
+    retain: Option<&[Probe]>,
     mut progress: impl FnMut(&str, usize, usize),
 ) -> Result<Vec<PerInstance>> {
     use crate::eval::report::{generate_suffixed, Verdicts};
@@ -813,11 +816,12 @@ pub fn per_instance(
         progress("vanilla", i, cases.len());
         vanilla.push(judge_all(generate_suffixed(ck, &inputs(c), None, eval, &mut |_| {})?)?);
     }
+    let retain_prompts = retain.map(crate::data::probes::benign_prompts);
     let mut out = Vec::new();
     for arm in arms {
         let Some(method) = arm.method else { continue };
         let params = arm.params.clone().unwrap_or_else(|| EditParams::defaults(method));
-        let settings = arm_locate_settings(locate_settings, method, &params, None);
+        let settings = arm_locate_settings(locate_settings, method, &params, retain_prompts.as_deref());
         let suffix = (method == Method::Dinm && params.quirk_suffix).then_some(crate::edit::DINM_SUFFIX);
         let mut records = Vec::with_capacity(cases.len());
         for (i, c) in cases.iter().enumerate() {
@@ -825,7 +829,7 @@ pub fn per_instance(
             let t = Instant::now();
             let one = std::slice::from_ref(c);
             let (h, _) = locate(&ck.model, &ck.tok, one, &settings, None, |_, _| {})?;
-            let outcome = compute_delta(&ck.model, &ck.tok, one, &h, method, &params, |_, _, _| {})?;
+            let outcome = compute_delta_with(&ck.model, &ck.tok, one, &h, method, &params, retain, |_, _, _| {})?;
             let time = t.elapsed().as_secs_f64();
             let mut edited = ck.clone();
             outcome.delta.apply(&mut edited.model, false)?;

@@ -120,11 +120,12 @@ pub fn run(a: Args) -> Result<ExitCode> {
     std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
     if a.per_instance {
         let bar = super::progress_bar(cases.len() as u64, "per-instance");
-        let runs = per_instance(&ck, &cases, &settings.arms, &settings.eval, &settings.locate, |label, i, n| {
-            bar.set_length(n as u64);
-            bar.set_position(i as u64);
-            bar.set_message(format!("per-instance: {label}"));
-        })?;
+        let runs =
+            per_instance(&ck, &cases, &settings.arms, &settings.eval, &settings.locate, settings.retain.as_deref(), |label, i, n| {
+                bar.set_length(n as u64);
+                bar.set_position(i as u64);
+                bar.set_message(format!("per-instance: {label}"));
+            })?;
         bar.finish_and_clear();
         let doc = serde_json::json!({"model": ck.source.path(), "model_sha256": ck.sha256()?, "eval": settings.eval, "runs": runs});
         pke::io::atomic_write(&a.out.join("per_instance.json"), serde_json::to_string_pretty(&doc)?.as_bytes())?;

@@ -296,7 +296,8 @@ fn retain_replies(model: &Decoder, tok: &Tok, prompts: &[String], chat: bool, p:
     }
     let opts = crate::generate::GenOpts { max_new_tokens: p.retain_tokens, stop_ids: tok.stop_token_ids(), ..Default::default() };
     let mut out = Vec::with_capacity(ids.len());
-    for chunk in ids.chunks(8) {
+    // Batches of 16: about a quarter faster than 8 on SmolLM2 (bench-runtime's batch decode rates).
+    for chunk in ids.chunks(16) {
         for (x, g) in chunk.iter().zip(crate::generate::generate(model, chunk, tok.pad_or_eos().unwrap_or(0), &opts)?) {
             if !g.token_ids.is_empty() {
                 out.push(seq_after(x, &g.token_ids));

@@ -29,7 +29,7 @@ fn compare_runs_each_arm_on_the_same_sets() {
         arms: vec![Arm::edit(Method::Pke, p(Method::Pke)), Arm::vanilla(), Arm::edit(Method::Ga, p(Method::Ga))],
         eval: tiny_eval(),
         locate: LocateSettings { chat: true, ..Default::default() },
-        retain: None,
+        retain: Some(crate::common::small_retain()),
         repeats: 1,
         attacks: None,
         attack_dir: None,
@@ -103,7 +103,7 @@ fn compare_bad_inputs_are_clear_errors() {
         arms: vec![Arm::vanilla()],
         eval: tiny_eval(),
         locate: LocateSettings { chat: true, ..Default::default() },
-        retain: None,
+        retain: Some(crate::common::small_retain()),
         repeats: 1,
         attacks: None,
         attack_dir: None,
@@ -141,7 +141,7 @@ fn repeats_edit_disjoint_case_subsets_and_summarize() {
         arms: vec![Arm::vanilla(), Arm::edit(Method::Pke, p)],
         eval: tiny_eval(),
         locate: LocateSettings { chat: true, ..Default::default() },
-        retain: None,
+        retain: Some(crate::common::small_retain()),
         repeats: 2,
         attacks: None,
         attack_dir: None,
@@ -169,7 +169,8 @@ fn per_instance_judges_five_inputs_per_case() {
     let cases = pke::data::sets::builtin_cases("safeedit-style", 2).unwrap();
     let arms = vec![Arm::vanilla(), Arm::edit(Method::Pke, EditParams { steps: 2, ..EditParams::defaults(Method::Pke) })];
     let loc = LocateSettings { chat: true, ..Default::default() };
-    let runs = per_instance(ck, &cases, &arms, &tiny_eval(), &loc, |_, _, _| {}).unwrap();
+    let retain = crate::common::small_retain();
+    let runs = per_instance(ck, &cases, &arms, &tiny_eval(), &loc, Some(&retain), |_, _, _| {}).unwrap();
     assert_eq!(runs.len(), 1, "vanilla is the `pre` side, not a run");
     let r = &runs[0];
     assert_eq!(r.records.len(), 2);
@@ -183,7 +184,7 @@ fn per_instance_judges_five_inputs_per_case() {
     assert_eq!(r.post.ds, safe("DS"));
     assert_eq!(r.post.dg_other_aq, safe("DG_otherAQ"));
     let plain = pke::data::sets::builtin_cases("advbench", 1).unwrap();
-    let e = per_instance(ck, &plain, &arms, &tiny_eval(), &loc, |_, _, _| {}).unwrap_err().to_string();
+    let e = per_instance(ck, &plain, &arms, &tiny_eval(), &loc, Some(&retain), |_, _, _| {}).unwrap_err().to_string();
     assert!(e.contains("generalization inputs") && e.contains("safeedit-style"), "{e}");
 }
 
@@ -202,7 +203,7 @@ fn compare_attacks_every_editing_arm_and_runs_the_vanilla_side_once() {
         arms: vec![Arm::vanilla(), Arm::edit(Method::Pke, p(Method::Pke)), Arm::edit(Method::Ga, p(Method::Ga))],
         eval: EvalSettings { n_prefill: 2, ..tiny_eval() },
         locate: LocateSettings { chat: true, ..Default::default() },
-        retain: None,
+        retain: Some(crate::common::small_retain()),
         repeats: 1,
         attacks: Some(attacks),
         attack_dir: Some(dir.path().join("requant")),

@@ -34,7 +34,9 @@ fn pke_edit_invariants_on_smollm2() {
     let (cases, h) = smol_setup(2);
     let before = bits(&ck.model);
     let p = EditParams::resolve(Method::Pke, None, &["steps=3".into(), "lr=1e-3".into()]).unwrap();
-    let out = compute_delta(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, |_, _, _| {}).unwrap();
+    let retain = crate::common::small_retain();
+    let delta = || compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, Some(&retain), |_, _, _| {}).unwrap();
+    let out = delta();
     // The model given to compute_delta is unchanged.
     assert!(bits(&ck.model) == before, "compute_delta modified its input model");
     // The loss went down and the KL term is live (it has a value after the first step).
@@ -74,7 +76,7 @@ fn pke_edit_invariants_on_smollm2() {
     let loaded = WeightDelta::load(&path).unwrap();
     assert_eq!(loaded.to_bytes().unwrap(), out.delta.to_bytes().unwrap());
     assert_eq!(loaded.metadata["method"], "pke");
-    let again = compute_delta(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, |_, _, _| {}).unwrap();
+    let again = delta();
     assert_eq!(again.delta.to_bytes().unwrap(), out.delta.to_bytes().unwrap(), "same seed, different delta");
     // Export then reload gives the same logits.
     let hf = dir.path().join("edited");
@@ -121,7 +123,8 @@ fn dinm_edits_the_whole_layer_and_ga_runs() {
     }
     // The same bound on a hotspot-column edit, whose trained tensor is the columns' change alone.
     let p = EditParams::resolve(Method::Pke, None, &["steps=2".into(), "norm_constraint=1e-3".into()]).unwrap();
-    let out = compute_delta(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, |_, _, _| {}).unwrap();
+    let retain = crate::common::small_retain();
+    let out = compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, Some(&retain), |_, _, _| {}).unwrap();
     let t = &out.delta.tensors[0];
     assert!(t.columns.len() < ck.model.spec.intermediate_size, "pke edits some columns");
     let d = (&t.after - &t.before).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
@@ -338,7 +341,8 @@ fn edit_keys_trains_the_hotspot_neurons_input_rows_and_round_trips() {
     let (cases, h) = smol_setup(2);
     let before = bits(&ck.model);
     let p = EditParams::resolve(Method::Pke, None, &["steps=3".into(), "lr=1e-3".into(), "edit_keys=true".into()]).unwrap();
-    let out = compute_delta(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, |_, _, _| {}).unwrap();
+    let retain = crate::common::small_retain();
+    let out = compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, Some(&retain), |_, _, _| {}).unwrap();
     let hot = h.neuron_indices(11).unwrap();
     let gate = "model.layers.11.mlp.gate_proj.weight";
     let up = "model.layers.11.mlp.up_proj.weight";

@@ -2,7 +2,7 @@
 //! them) against the float32 reference on the real models: same tensors read back, close log-probs, the
 //! same located layer and hotspot, a close edit, and a fraction of the memory.
 
-use pke::edit::{compute_delta, EditParams, Method};
+use pke::edit::{compute_delta_with, EditParams, Method};
 use pke::io::checkpoint::Checkpoint;
 use pke::locate::{locate, LocateSettings};
 use pke::model::decoder::{down_proj_name, token_logprobs};
@@ -90,8 +90,9 @@ fn native_locate_and_edit_agree_with_float32_on_smollm2() {
     // The same hotspot, 3 steps each.
     let p = EditParams::resolve(Method::Pke, None, &["steps=3".into()]).unwrap();
     let name = down_proj_name(l);
+    let retain = crate::common::small_retain();
     let delta = |m: &Decoder| {
-        let out = compute_delta(m, &f.tok, &cases, &hf, Method::Pke, &p, |_, _, _| {}).unwrap();
+        let out = compute_delta_with(m, &f.tok, &cases, &hf, Method::Pke, &p, Some(&retain), |_, _, _| {}).unwrap();
         let mut e = m.clone();
         out.delta.apply(&mut e, false).unwrap();
         // Only the trained tensor left the blocks.
