@@ -144,7 +144,9 @@ def model_section(out, data, model):
             shutil.copyfile(os.path.join(a, f"attack.{ext}"), os.path.join(data, f"results-attack-{model}-{meth}.{ext}"))
         lines.append(f"#### Attacks on the {meth} edit")
         lines.append("")
-        lines.append(demote(relative(read(os.path.join(a, "attack.md"))), 3).strip())
+        # attack.md's own title ("# pke attack") would repeat the heading above.
+        body = re.sub(r"\A# pke attack\n+", "", read(os.path.join(a, "attack.md")))
+        lines.append(demote(relative(body), 3).strip())
         lines.append("")
     return "\n".join(lines)
 
