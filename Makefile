@@ -15,8 +15,11 @@ demo: setup build
 	rm -rf out/demo
 	$(PKE) demo --out out/demo
 
+# One compute thread per test: the harness runs a test per core, and two tests of two threads each on two
+# cores took 105 s where one thread each took 82 s (compare_runs_each_arm + pke_edit_invariants, 2026-12-02,
+# docs/benchmarks.md). Set RAYON_NUM_THREADS to override.
 test: setup
-	$(CARGO) test --workspace
+	RAYON_NUM_THREADS=$${RAYON_NUM_THREADS:-1} $(CARGO) test --workspace
 
 bench: setup build
 	RAYON_NUM_THREADS=2 $(PKE) bench-runtime -m smollm2 -m qwen2.5-0.5b -m gemma3-270m
