@@ -165,6 +165,9 @@ pub struct CompareRow {
     /// The headline rates with their 95% intervals and paired tests (filled by [`compare`]).
     #[serde(default)]
     pub rates: Vec<RateStat>,
+    /// A null-space edit's projection per edited layer (what it leaves free; empty otherwise).
+    #[serde(default)]
+    pub preserve: Vec<crate::edit::preserve::PreserveSummary>,
 }
 
 /// A rate over per-prompt outcomes with its 95% Wilson interval and the two-sided exact McNemar p-value
@@ -434,6 +437,7 @@ pub fn compare_with(
                 delta_sha256: None,
                 report: r,
                 rates: vec![],
+                preserve: vec![],
             });
             finished(&snapshot(ck, cases, s, &rows, &attacked, t0)?)?;
             continue;
@@ -486,6 +490,7 @@ pub fn compare_with(
                 delta_sha256: Some(outcome.delta.sha256()?),
                 report: rep,
                 rates: vec![],
+                preserve: outcome.preserve.clone(),
             });
             finished(&snapshot(ck, cases, s, &rows, &attacked, t0)?)?;
         }
@@ -646,6 +651,12 @@ pub fn markdown(c: &Comparison) -> String {
     s += &per_category_markdown(&c.rows);
     s += &repeats_markdown(c);
     s += &attacks_markdown(c);
+    let ns: Vec<String> =
+        c.rows.iter().flat_map(|r| r.preserve.iter().map(move |p| format!("- {}: {}\n", r.label, p.describe()))).collect();
+    if !ns.is_empty() {
+        s += "\nNull-space edits (how far the edit cases stand apart from the benign retain prompts in the edited neurons; docs/validation.md, \"Why the precise edit is narrow\"):\n\n";
+        s += &ns.concat();
+    }
     s += "\nHyper-parameters per method:\n\n";
     for a in &c.settings.arms {
         if let Some(p) = &a.params {

@@ -137,7 +137,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     if a.json {
         super::print_json(&serde_json::json!({
             "method": method.to_string(), "hparams": params, "steps": outcome.log, "seconds": outcome.seconds, "locate_seconds": locate_seconds,
-            "edited_tensors": delta.names(), "changed_values": delta.n_values(),
+            "edited_tensors": delta.names(), "changed_values": delta.n_values(), "preserve": outcome.preserve,
             "delta": a.delta, "hf_folder": a.output.out, "gguf": a.output.gguf, "chosen_layers": hotspots.chosen_layers,
         }))?;
     } else {
@@ -161,6 +161,9 @@ pub fn run(a: Args) -> Result<ExitCode> {
             delta.n_values(),
             outcome.seconds
         );
+        for p in &outcome.preserve {
+            println!("{}", p.describe());
+        }
         println!("delta: {}", a.delta.display());
         if let Some(o) = &a.output.out {
             println!("edited model (HF folder): {}", o.display());

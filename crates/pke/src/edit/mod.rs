@@ -95,6 +95,8 @@ pub struct EditOutcome {
     pub delta: WeightDelta,
     pub log: Vec<StepLog>,
     pub seconds: f64,
+    /// Per edited `down_proj` of a null-space edit, what the projection leaves free (empty when off).
+    pub preserve: Vec<preserve::PreserveSummary>,
 }
 
 fn seq_after(prompt: &[u32], resp: &[u32]) -> Seq {
@@ -828,10 +830,10 @@ pub fn compute_delta_with(
             },
         );
     }
-    if !projectors.is_empty() {
-        let summaries: Vec<_> = projectors.iter().map(|pr| &pr.summary).collect();
-        metadata.insert("preserve".into(), serde_json::to_string(&summaries)?);
+    let preserve: Vec<_> = projectors.into_iter().map(|pr| pr.summary).collect();
+    if !preserve.is_empty() {
+        metadata.insert("preserve".into(), serde_json::to_string(&preserve)?);
     }
     metadata.insert("pke_version".into(), env!("CARGO_PKG_VERSION").into());
-    Ok(EditOutcome { delta: WeightDelta { tensors, metadata }, log, seconds: t0.elapsed().as_secs_f64() })
+    Ok(EditOutcome { delta: WeightDelta { tensors, metadata }, log, seconds: t0.elapsed().as_secs_f64(), preserve })
 }

@@ -13,7 +13,7 @@
 //! retain penalty tends to shrink the whole edit instead.
 
 use candle_core::{DType, Tensor};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::model::decoder::index_tensor;
 use crate::model::Decoder;
@@ -32,7 +32,7 @@ pub struct Projector {
 }
 
 /// What a projector protects, for the delta's metadata.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PreserveSummary {
     pub layer: usize,
     pub columns: usize,
@@ -47,6 +47,31 @@ pub struct PreserveSummary {
     /// The same for the harmful cases' keys at their last prompt token: how much of them the edit can
     /// still act on. Near `benign_last_free`: the two are not separable in these neurons.
     pub harmful_last_free: f64,
+}
+
+impl PreserveSummary {
+    /// How much more of the harmful cases' last-prompt-token key energy than of the benign prompts' the
+    /// free directions hold (None without benign last tokens). Near 1: in these neurons the cases look
+    /// like the benign prompts, so the edit can refuse them only narrowly (what the cases share beyond
+    /// harm) or by moving the benign prompts too. On SmolLM2's layer 11: 5.0 for the 8 AdvBench cases,
+    /// whose edit refuses held-out requests; 1.6 for 48 requests of six kinds of harm, whose edit barely
+    /// does (docs/validation.md, "Why the precise edit is narrow").
+    pub fn separation(&self) -> Option<f64> {
+        (self.benign_last_free > 0.0).then(|| self.harmful_last_free / self.benign_last_free)
+    }
+
+    /// One line for people: layer, free directions, the two shares and their ratio.
+    pub fn describe(&self) -> String {
+        format!(
+            "null space at layer {}: {} of {} directions free; they hold {:.1}% of the cases' last-prompt-token key energy and {:.1}% of the benign prompts'{}",
+            self.layer,
+            self.free_dims,
+            self.columns,
+            100.0 * self.harmful_last_free,
+            100.0 * self.benign_last_free,
+            self.separation().map(|r| format!(" (separation {r:.1}x)")).unwrap_or_default()
+        )
+    }
 }
 
 impl Projector {

@@ -499,6 +499,13 @@ fn preserve_energy_keeps_the_benign_layer_output() {
     assert_eq!((s["layer"].as_u64(), s["columns"].as_u64()), (Some(11), Some(64)));
     let dims = s["free_dims"].as_u64().unwrap();
     assert!(dims > 0 && dims < 64, "{s}");
+    // The outcome carries the same summary, with the separation people read it by.
+    assert!(free.preserve.is_empty());
+    let ps = &kept.preserve[0];
+    assert_eq!((kept.preserve.len(), ps.free_dims as u64), (1, dims));
+    let r = ps.separation().unwrap();
+    assert!((r - s["harmful_last_free"].as_f64().unwrap() / s["benign_last_free"].as_f64().unwrap()).abs() < 1e-9);
+    assert!(ps.describe().contains(&format!("{dims} of 64 directions free")) && ps.describe().contains("separation"), "{}", ps.describe());
     assert!(s["benign_energy_free"].as_f64().unwrap() <= 0.05 + 1e-6, "{s}");
     assert!(s["positions"].as_u64().unwrap() > 8 * 10, "prompts and replies, every position: {s}");
     // Relative change of the down_proj output at the edited layer (over `rows` of the positions).
