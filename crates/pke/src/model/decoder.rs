@@ -640,6 +640,30 @@ impl Decoder {
         }
     }
 
+    /// An identity of this decoder's weights within the process, for memoizing work that depends on the
+    /// weights alone (never persisted): clones that share every weight have the same one; a weight set,
+    /// edited or given a column delta is a new tensor (candle never reuses a tensor id), so any change
+    /// gives another.
+    pub fn weights_identity(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        let mut w: Vec<_> = self.weights.iter().map(|(n, t)| (n.as_str(), t.id())).collect();
+        w.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        w.hash(&mut h);
+        let mut q: Vec<_> = self
+            .quant
+            .iter()
+            .map(|(n, q)| (n.as_str(), std::sync::Arc::as_ptr(&q.stored) as usize, std::sync::Arc::as_ptr(&q.fast) as usize))
+            .collect();
+        q.sort_unstable();
+        q.hash(&mut h);
+        let mut c: Vec<_> = self.column_deltas.iter().map(|(n, d)| (n.as_str(), d.idx.id(), d.delta.id())).collect();
+        c.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        c.hash(&mut h);
+        (self.quant_kernels, format!("{:?}", self.masked_rows)).hash(&mut h);
+        h.finish()
+    }
+
     /// The float weights, by HF name (tied lm_head not repeated): every weight with [`Weights::F32`];
     /// with [`Weights::Native`] only those not held in GGUF blocks (see [`Decoder::names`]).
     pub fn weights(&self) -> &HashMap<String, Tensor> {

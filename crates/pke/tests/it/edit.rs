@@ -151,6 +151,25 @@ fn nan_loss_is_a_clear_error() {
     assert!(e.contains("non-finite") && e.contains("NaN logits"), "{e}");
 }
 
+/// The key of the retain-reply memo: shared by clones, changed by any weight change (a set weight, a
+/// column delta), and not shared by another load of equal values.
+#[test]
+fn weights_identity_follows_every_weight_change() {
+    let m = Decoder::random(crate::grad::tiny_spec(Arch::Llama), 5).unwrap();
+    let id = m.weights_identity();
+    assert_eq!(m.clone().weights_identity(), id, "a clone shares every weight");
+    assert_ne!(Decoder::random(crate::grad::tiny_spec(Arch::Llama), 5).unwrap().weights_identity(), id);
+    let name = down_proj_name(0);
+    let w = m.get(&name).unwrap();
+    let mut a = m.clone();
+    a.set(&name, (&w + 0.0).unwrap()).unwrap();
+    assert_ne!(a.weights_identity(), id, "a set weight, even of equal values");
+    let mut b = m.clone();
+    let zero = candle_core::Tensor::zeros((w.dim(0).unwrap(), 1), candle_core::DType::F32, w.device()).unwrap();
+    b.set_column_delta(&name, &[0], zero).unwrap();
+    assert_ne!(b.weights_identity(), id, "a column delta");
+}
+
 #[test]
 fn resuming_from_a_cached_residual_equals_the_full_forward() {
     for arch in [Arch::Llama, Arch::Gemma3, Arch::Qwen2] {
