@@ -49,6 +49,11 @@ pub struct PreserveSummary {
     pub harmful_last_free: f64,
 }
 
+/// Below this separation a null-space edit has measured narrow: 48 requests of six kinds at 1.6x learned
+/// their replies and barely refused (SmolLM2); the edits that refused held-out requests stood 3x (Qwen, 4
+/// AdvBench cases) and 5x (SmolLM2, 8) apart.
+pub const LOW_SEPARATION: f64 = 2.0;
+
 impl PreserveSummary {
     /// How much more of the harmful cases' last-prompt-token key energy than of the benign prompts' the
     /// free directions hold (None without benign last tokens). Near 1: in these neurons the cases look
@@ -60,16 +65,23 @@ impl PreserveSummary {
         (self.benign_last_free > 0.0).then(|| self.harmful_last_free / self.benign_last_free)
     }
 
-    /// One line for people: layer, free directions, the two shares and their ratio.
+    /// One line for people: layer, free directions, the two shares and their ratio, with a warning below
+    /// [`LOW_SEPARATION`].
     pub fn describe(&self) -> String {
+        let sep = match self.separation() {
+            Some(r) if r < LOW_SEPARATION => format!(
+                " (separation {r:.1}x: low; the edits measured below {LOW_SEPARATION}x learned their cases' replies without refusing more, docs/validation.md \"Why the precise edit is narrow\")"
+            ),
+            Some(r) => format!(" (separation {r:.1}x)"),
+            None => String::new(),
+        };
         format!(
-            "null space at layer {}: {} of {} directions free; they hold {:.1}% of the cases' last-prompt-token key energy and {:.1}% of the benign prompts'{}",
+            "null space at layer {}: {} of {} directions free; they hold {:.1}% of the cases' last-prompt-token key energy and {:.1}% of the benign prompts'{sep}",
             self.layer,
             self.free_dims,
             self.columns,
             100.0 * self.harmful_last_free,
             100.0 * self.benign_last_free,
-            self.separation().map(|r| format!(" (separation {r:.1}x)")).unwrap_or_default()
         )
     }
 }
@@ -294,6 +306,24 @@ pub fn projectors(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn describe_warns_when_the_cases_barely_stand_apart() {
+        let s = |h: f64, b: f64| PreserveSummary {
+            layer: 11,
+            columns: 154,
+            positions: 100,
+            free_dims: 47,
+            benign_energy_free: 0.08,
+            benign_last_free: b,
+            harmful_last_free: h,
+        };
+        let low = s(0.022, 0.014).describe();
+        assert!(low.contains("47 of 154 directions free") && low.contains("separation 1.6x: low"), "{low}");
+        let ok = s(0.071, 0.014).describe();
+        assert!(ok.contains("(separation 5.1x)") && !ok.contains("low"), "{ok}");
+        assert!(s(0.02, 0.0).separation().is_none() && !s(0.02, 0.0).describe().contains("separation"));
+    }
 
     /// Keys with a known standardized spectrum (2, 0.9, 0.1 along rotated axes) and one neuron 1000 times
     /// louder: energy 0.5 protects one direction; the projector is symmetric, idempotent, never longer
