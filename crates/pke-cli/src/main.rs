@@ -34,6 +34,9 @@ enum Command {
     Score(cmd::score::Args),
     /// Find the toxic hotspot: layer signals, chosen layer(s) and top-k neurons -> hotspots.json + charts.
     Locate(cmd::locate::Args),
+    /// Where the model tells harmful requests from benign look-alikes: per layer and site, how well one
+    /// direction separates the probes' harmful twins from their benign sides -> intent.json + intent.md.
+    Intent(cmd::intent::Args),
     /// Print the edit cases a --cases/--builtin selection resolves to, as JSONL.
     Cases(cmd::cases::PrintArgs),
     /// Edit the hotspot weights (pke, dinm, ft-l, ga) -> delta file, optional HF folder.
@@ -93,6 +96,7 @@ fn main() -> ExitCode {
         Command::Score(a) => cmd::score::run(a),
         Command::Locate(a) => cmd::locate::run(a),
         Command::Cases(a) => cmd::cases::print(a),
+        Command::Intent(a) => cmd::intent::run(a),
         Command::Edit(a) => cmd::edit::run(a),
         Command::Apply(a) => cmd::edit::apply(a, false),
         Command::Revert(a) => cmd::edit::apply(a, true),

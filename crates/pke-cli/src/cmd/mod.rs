@@ -14,6 +14,7 @@ pub mod edit;
 pub mod eval;
 pub mod generate;
 pub mod inspect;
+pub mod intent;
 pub mod locate;
 pub mod plan;
 pub mod score;

@@ -7,6 +7,7 @@
 pub mod charts;
 pub mod dinm;
 pub mod hotspots;
+pub mod intent;
 pub mod score;
 pub mod signals;
 

@@ -1,0 +1,343 @@
+//! Where does the model tell a harmful request from its benign look-alike? An edit can refuse by intent
+//! only where intent is represented: this map measures, per layer and site, how well one direction (the
+//! difference of two means, Arditi et al.'s recipe) tells the look-alike probes' harmful twins from
+//! their benign sides, scored on pairs it was not fitted on.
+//!
+//! Three directions per (site, layer), each scored by the AUC of twin vs benign on the probe pairs and by
+//! the paired accuracy (share of pairs whose twin scores above its own benign side):
+//! - `cases`: the edit cases' prompts minus the retain set's benign prompts: what an edit made from those
+//!   cases can learn to tell apart. A high AUC here means the cases teach intent; a low one while
+//!   `probes` is high means they teach something else (their phrasing).
+//! - `retain_twins`: the retain set's harmful twins minus its benign sides (disjoint from the probes):
+//!   what contrastive training pairs (`twin_cases`) can teach.
+//! - `probes`: fitted on half of the probe pairs and scored on the other half, both ways round (a
+//!   two-fold cross-fit by pair index): how well one direction at this site can tell intent at all.
+//!
+//! The activations are read at the last prompt token (with `chat`, the end of the generation prompt),
+//! where the first reply token, refusal or answer, is decided. Nothing here changes the model.
+
+use candle_core::{DType, IndexOp};
+use serde::{Deserialize, Serialize};
+
+use crate::io::chat::prompt_text;
+use crate::io::tokenizer::Tok;
+use crate::model::{Decoder, Input};
+use crate::trace::{Capture, Site};
+use crate::{Error, Result};
+
+/// The sites the map reads, by their TransformerLens-style short names.
+pub const SITES: [&str; 3] = ["resid_post", "attn_out", "mlp_post"];
+
+fn site(name: &str, layer: usize) -> Site {
+    match name {
+        "resid_post" => Site::ResidPost(layer),
+        "attn_out" => Site::AttnOut(layer),
+        _ => Site::MlpAct(layer),
+    }
+}
+
+/// One direction's scores on the probe pairs.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Separation {
+    /// P(a twin scores above a benign side), over all twin/benign combinations (Mann-Whitney).
+    pub auc: f64,
+    /// Share of pairs whose twin scores above its own benign side.
+    pub paired: f64,
+    /// Share of twins above the threshold that only 5% of the benign sides exceed: the most a linear
+    /// readout of this site can refuse by intent while refusing at most 5% of the look-alikes (the
+    /// precision issue's bound on extra over-refusal).
+    pub twins_at_5pct: f64,
+}
+
+/// One (site, layer) of the map.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct IntentRow {
+    pub site: String,
+    pub layer: usize,
+    pub cases: Separation,
+    pub retain_twins: Option<Separation>,
+    pub probes: Separation,
+    /// Cosine between the `cases` direction and the `probes` direction fitted on all pairs.
+    pub cos_cases_probes: f64,
+}
+
+/// The whole map.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct IntentMap {
+    pub model: String,
+    pub chat: bool,
+    /// Which part of the probe set was scored (`validation` unless asked otherwise).
+    pub split: String,
+    pub n_pairs: usize,
+    pub n_cases: usize,
+    pub n_retain_benign: usize,
+    pub n_retain_twins: usize,
+    pub rows: Vec<IntentRow>,
+}
+
+impl IntentMap {
+    /// The row with the highest `probes` AUC at `site`.
+    pub fn best(&self, site: &str) -> Option<&IntentRow> {
+        self.rows.iter().filter(|r| r.site == site).max_by(|a, b| a.probes.auc.total_cmp(&b.probes.auc))
+    }
+
+    /// A markdown table: one line per layer, the three AUCs per site.
+    pub fn markdown(&self) -> String {
+        let mut s = format!(
+            "Intent map of {} ({} probe pairs, {} split; {} cases against {} retain prompts, {} retain twins). \
+             AUC of harmful twin vs benign look-alike along each direction (0.5 = cannot tell):\n\n",
+            self.model, self.n_pairs, self.split, self.n_cases, self.n_retain_benign, self.n_retain_twins
+        );
+        s.push_str("| layer |");
+        for site in SITES {
+            s.push_str(&format!(" {site}: cases | retain twins | probes (cross-fit) |"));
+        }
+        s.push_str("\n|---|");
+        for _ in SITES {
+            s.push_str("---|---|---|");
+        }
+        s.push('\n');
+        let layers: std::collections::BTreeSet<usize> = self.rows.iter().map(|r| r.layer).collect();
+        for l in layers {
+            s.push_str(&format!("| {l} |"));
+            for site in SITES {
+                match self.rows.iter().find(|r| r.layer == l && r.site == site) {
+                    Some(r) => s.push_str(&format!(
+                        " {:.2} | {} | {:.2} |",
+                        r.cases.auc,
+                        r.retain_twins.as_ref().map(|x| format!("{:.2}", x.auc)).unwrap_or_else(|| "-".into()),
+                        r.probes.auc
+                    )),
+                    None => s.push_str(" - | - | - |"),
+                }
+            }
+            s.push('\n');
+        }
+        s.push_str(
+            "\nBest layer per site (cross-fit on the probes): AUC, paired accuracy, and the share of twins a linear \
+             readout there catches while at most 5% of the look-alikes pass its threshold; the cases' direction at \
+             the same layer:\n\n| site | layer | AUC | paired | twins at 5% look-alikes | cases' AUC | cases' twins at 5% | cosine cases/intent |\n|---|---|---|---|---|---|---|---|\n",
+        );
+        for site in SITES {
+            if let Some(r) = self.best(site) {
+                s.push_str(&format!(
+                    "| {site} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |\n",
+                    r.layer, r.probes.auc, r.probes.paired, r.probes.twins_at_5pct, r.cases.auc, r.cases.twins_at_5pct, r.cos_cases_probes
+                ));
+            }
+        }
+        s
+    }
+}
+
+/// Per prompt, per site (in [`SITES`] order), per layer: the activation at the last prompt token.
+type Acts = Vec<Vec<Vec<Vec<f32>>>>;
+
+fn activations(model: &Decoder, tok: &Tok, prompts: &[String], chat: bool, progress: &mut dyn FnMut(usize)) -> Result<Acts> {
+    let n_layers = model.spec.n_layers;
+    let mut out = Vec::with_capacity(prompts.len());
+    for p in prompts {
+        let ids = tok.encode(&prompt_text(tok, p, chat, None)?, !chat)?;
+        if ids.len() > model.spec.max_position_embeddings {
+            return Err(Error::Input(format!(
+                "intent map: a prompt of {} tokens is longer than the model's context ({}): `{}`",
+                ids.len(),
+                model.spec.max_position_embeddings,
+                p.chars().take(60).collect::<String>()
+            )));
+        }
+        let mut cap = Capture::new(SITES.iter().flat_map(|s| (0..n_layers).map(move |l| site(s, l))));
+        model.forward_with(&Input::single(&ids), &mut cap, None)?;
+        let mut per_site = Vec::with_capacity(SITES.len());
+        for s in SITES {
+            let mut per_layer = Vec::with_capacity(n_layers);
+            for l in 0..n_layers {
+                let x = cap.get(site(s, l)).ok_or_else(|| Error::Input(format!("intent map: nothing captured at {s} of layer {l}")))?;
+                per_layer.push(x.i((0, ids.len() - 1))?.to_dtype(DType::F32)?.to_vec1::<f32>()?);
+            }
+            per_site.push(per_layer);
+        }
+        out.push(per_site);
+        progress(1);
+    }
+    Ok(out)
+}
+
+/// One site and layer of every prompt's activations.
+fn at(a: &Acts, si: usize, l: usize) -> Vec<&[f32]> {
+    a.iter().map(|x| x[si][l].as_slice()).collect()
+}
+
+fn mean(rows: &[&[f32]]) -> Vec<f64> {
+    let mut m = vec![0f64; rows[0].len()];
+    for r in rows {
+        for (a, b) in m.iter_mut().zip(r.iter()) {
+            *a += *b as f64 / rows.len() as f64;
+        }
+    }
+    m
+}
+
+/// mean(pos) - mean(neg).
+fn direction(pos: &[&[f32]], neg: &[&[f32]]) -> Vec<f64> {
+    mean(pos).iter().zip(mean(neg)).map(|(a, b)| a - b).collect()
+}
+
+fn dot(r: &[f64], x: &[f32]) -> f64 {
+    r.iter().zip(x).map(|(a, b)| a * *b as f64).sum()
+}
+
+fn cosine(a: &[f64], b: &[f64]) -> f64 {
+    let (na, nb) = (a.iter().map(|x| x * x).sum::<f64>().sqrt(), b.iter().map(|x| x * x).sum::<f64>().sqrt());
+    if na > 0.0 && nb > 0.0 {
+        a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>() / (na * nb)
+    } else {
+        0.0
+    }
+}
+
+/// Mann-Whitney AUC: P(pos > neg) + P(pos == neg) / 2.
+pub fn auc(pos: &[f64], neg: &[f64]) -> f64 {
+    if pos.is_empty() || neg.is_empty() {
+        return f64::NAN;
+    }
+    let mut wins = 0f64;
+    for p in pos {
+        for n in neg {
+            wins += if p > n {
+                1.0
+            } else if p == n {
+                0.5
+            } else {
+                0.0
+            };
+        }
+    }
+    wins / (pos.len() * neg.len()) as f64
+}
+
+/// Share of `pos` strictly above the smallest threshold that at most `fpr` of `neg` exceed.
+pub fn above_fpr(pos: &[f64], neg: &[f64], fpr: f64) -> f64 {
+    if pos.is_empty() || neg.is_empty() {
+        return f64::NAN;
+    }
+    let mut n = neg.to_vec();
+    n.sort_by(|a, b| b.total_cmp(a));
+    // The k highest benign scores may lie above the threshold, k = floor(fpr * n).
+    let k = (fpr * n.len() as f64).floor() as usize;
+    let t = n[k.min(n.len() - 1)];
+    pos.iter().filter(|&&p| p > t).count() as f64 / pos.len() as f64
+}
+
+/// Scores of (twin, benign) pairs along `r`.
+fn separation(r: &[f64], pairs: &[(&[f32], &[f32])]) -> Separation {
+    let pos: Vec<f64> = pairs.iter().map(|(h, _)| dot(r, h)).collect();
+    let neg: Vec<f64> = pairs.iter().map(|(_, b)| dot(r, b)).collect();
+    let paired = pos.iter().zip(&neg).filter(|(p, n)| p > n).count() as f64 / pairs.len() as f64;
+    Separation { auc: auc(&pos, &neg), paired, twins_at_5pct: above_fpr(&pos, &neg, 0.05) }
+}
+
+/// Build the map. `pairs`: (benign look-alike, harmful twin) prompts to score on; `cases`: the edit cases'
+/// prompts; `retain`: (benign, optional harmful twin) prompts of the retain set. Needs at least 4 pairs
+/// (two per fold) and at least one case and one retain prompt.
+pub fn intent_map(
+    model: &Decoder,
+    tok: &Tok,
+    pairs: &[(String, String)],
+    cases: &[String],
+    retain: &[(String, Option<String>)],
+    chat: bool,
+    progress: &mut dyn FnMut(usize),
+) -> Result<IntentMap> {
+    if pairs.len() < 4 {
+        return Err(Error::Input(format!("intent map: {} probe pairs with a harmful twin; at least 4 are needed", pairs.len())));
+    }
+    if cases.is_empty() || retain.is_empty() {
+        return Err(Error::Input("intent map: needs at least one edit case and one retain prompt".into()));
+    }
+    let benign_p: Vec<String> = pairs.iter().map(|(b, _)| b.clone()).collect();
+    let twin_p: Vec<String> = pairs.iter().map(|(_, h)| h.clone()).collect();
+    let retain_b: Vec<String> = retain.iter().map(|(b, _)| b.clone()).collect();
+    let retain_h: Vec<String> = retain.iter().filter_map(|(_, h)| h.clone()).collect();
+    let ab = activations(model, tok, &benign_p, chat, progress)?;
+    let ah = activations(model, tok, &twin_p, chat, progress)?;
+    let ac = activations(model, tok, cases, chat, progress)?;
+    let arb = activations(model, tok, &retain_b, chat, progress)?;
+    let arh = activations(model, tok, &retain_h, chat, progress)?;
+    let mut rows = Vec::new();
+    for (si, s) in SITES.iter().enumerate() {
+        for l in 0..model.spec.n_layers {
+            let (b, h) = (at(&ab, si, l), at(&ah, si, l));
+            let both: Vec<(&[f32], &[f32])> = h.iter().copied().zip(b.iter().copied()).collect();
+            let rc = direction(&at(&ac, si, l), &at(&arb, si, l));
+            let cases_sep = separation(&rc, &both);
+            let retain_twins = (!arh.is_empty()).then(|| separation(&direction(&at(&arh, si, l), &at(&arb, si, l)), &both));
+            // Two folds by pair index: fit on one, score on the other; the AUC and paired accuracy are
+            // averaged over the folds, weighted by their sizes.
+            let (mut fold_auc, mut fold_paired, mut fold_tpr) = (0f64, 0f64, 0f64);
+            for f in 0..2 {
+                let (fit, held): (Vec<usize>, Vec<usize>) = (0..pairs.len()).partition(|i| i % 2 == f);
+                let r = direction(&fit.iter().map(|&i| h[i]).collect::<Vec<_>>(), &fit.iter().map(|&i| b[i]).collect::<Vec<_>>());
+                let sep = separation(&r, &held.iter().map(|&i| both[i]).collect::<Vec<_>>());
+                fold_auc += sep.auc * held.len() as f64 / pairs.len() as f64;
+                fold_paired += sep.paired * held.len() as f64 / pairs.len() as f64;
+                fold_tpr += sep.twins_at_5pct * held.len() as f64 / pairs.len() as f64;
+            }
+            let rp = direction(&h, &b);
+            rows.push(IntentRow {
+                site: s.to_string(),
+                layer: l,
+                cases: cases_sep,
+                retain_twins,
+                probes: Separation { auc: fold_auc, paired: fold_paired, twins_at_5pct: fold_tpr },
+                cos_cases_probes: cosine(&rc, &rp),
+            });
+        }
+    }
+    Ok(IntentMap {
+        model: String::new(),
+        chat,
+        split: String::new(),
+        n_pairs: pairs.len(),
+        n_cases: cases.len(),
+        n_retain_benign: retain_b.len(),
+        n_retain_twins: retain_h.len(),
+        rows,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auc_counts_wins_and_ties() {
+        assert_eq!(auc(&[3.0, 4.0], &[1.0, 2.0]), 1.0);
+        assert_eq!(auc(&[1.0, 2.0], &[3.0, 4.0]), 0.0);
+        assert_eq!(auc(&[2.0], &[2.0]), 0.5);
+        assert!((auc(&[1.0, 3.0], &[2.0]) - 0.5).abs() < 1e-12);
+        assert!(auc(&[], &[1.0]).is_nan());
+        // 20 benign scores 0..19: one (5%) may lie above the threshold, 18; twins above it count.
+        let neg: Vec<f64> = (0..20).map(f64::from).collect();
+        assert_eq!(above_fpr(&[18.5, 19.5, 3.0, 30.0], &neg, 0.05), 0.75);
+        assert_eq!(above_fpr(&[18.0], &neg, 0.05), 0.0);
+        assert_eq!(above_fpr(&[0.5], &neg, 1.0), 1.0);
+    }
+
+    /// A planted intent coordinate: twins score high along it, benign sides low, and a nuisance coordinate
+    /// (the "phrasing") separates the cases from the retain prompts but says nothing about intent.
+    #[test]
+    fn directions_find_the_planted_coordinate() {
+        let v = |a: f32, b: f32, c: f32| vec![a, b, c];
+        let twins: Vec<Vec<f32>> = (0..6).map(|i| v(1.0 + 0.1 * i as f32, 0.0, 0.3 * (i % 3) as f32)).collect();
+        let benign: Vec<Vec<f32>> = (0..6).map(|i| v(-1.0 + 0.1 * i as f32, 0.0, 0.3 * (i % 2) as f32)).collect();
+        let pairs: Vec<(&[f32], &[f32])> = twins.iter().map(|x| x.as_slice()).zip(benign.iter().map(|x| x.as_slice())).collect();
+        let intent = separation(&[1.0, 0.0, 0.0], &pairs);
+        assert_eq!((intent.auc, intent.paired), (1.0, 1.0));
+        let phrasing = separation(&[0.0, 1.0, 0.0], &pairs);
+        assert_eq!((phrasing.auc, phrasing.paired), (0.5, 0.0));
+        let d = direction(&[&[2.0, 5.0, 0.0]], &[&[0.0, 1.0, 0.0]]);
+        assert_eq!(d, vec![2.0, 4.0, 0.0]);
+        assert!((cosine(&d, &[1.0, 2.0, 0.0]) - 1.0).abs() < 1e-12);
+    }
+}
