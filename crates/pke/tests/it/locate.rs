@@ -290,6 +290,10 @@ fn intent_map_finds_intent_late_and_not_in_shuffled_labels() {
     };
     let best = late(&map);
     assert!(best > 0.75, "best late cross-fit AUC {best}");
+    let md = map.markdown();
+    let best_row = map.best("mlp_post").unwrap();
+    assert!(md.contains(&format!("| mlp_post | {} | {:.2} |", best_row.layer, best_row.probes.auc)), "{md}");
+    assert_eq!(md.lines().filter(|l| l.starts_with("| ") && l.chars().nth(2).is_some_and(|c| c.is_ascii_digit())).count(), 30);
     // Swap twin and benign in every other pair, seeded by position: the cross-fit direction then has no
     // consistent intent to learn.
     let shuffled: Vec<(String, String)> = pairs
