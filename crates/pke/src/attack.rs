@@ -516,6 +516,10 @@ pub fn finetune(
                 a.step(var, gr, s.finetune_lr)?;
             }
         }
+        // The gradients and the step's graph are not needed past the update; free them before a
+        // checkpoint is evaluated beside the training state.
+        drop(g);
+        drop(loss);
         progress(&format!("finetune {label}: step {step}/{last}, loss {v:.3}"));
         if s.finetune_steps.contains(&step) {
             // A copy: the Vars are updated in place by later steps, and a detached view would follow them.
