@@ -391,23 +391,16 @@ pub fn ablate(ck: &Checkpoint, s: &AttackSettings, label: &str, progress: &mut d
     // Arditi et al. take the direction from the first 80% of the layers; one candidate in at most 8.
     let (lo, hi) = (n_layers / 5, (n_layers * 4 / 5).max(n_layers / 5 + 1));
     let step = (hi - lo).div_ceil(8).max(1);
-    let mean = |v: &[Vec<Vec<f32>>], l: usize| -> Vec<f64> {
-        let d = v[0][l].len();
-        let mut m = vec![0f64; d];
-        for x in v {
-            for (a, b) in m.iter_mut().zip(&x[l]) {
-                *a += *b as f64 / v.len() as f64;
-            }
-        }
-        m
-    };
+    fn at(v: &[Vec<Vec<f32>>], l: usize) -> Vec<&[f32]> {
+        v.iter().map(|x| x[l].as_slice()).collect()
+    }
     let verdict_settings = EvalSettings { max_new_tokens: 24, ..s.eval.clone() };
     let mut candidates: Vec<AblationCandidate> = Vec::new();
     // The best candidate's direction, not its model: one orthogonalized copy alive at a time (each is the
     // embedding plus every o_proj and down_proj, ~1 GB on a 0.5B model).
     let mut best: Option<(AblationCandidate, Vec<f32>)> = None;
     for l in (lo..hi).step_by(step) {
-        let diff: Vec<f64> = mean(&h, l).iter().zip(mean(&b, l)).map(|(a, b)| a - b).collect();
+        let diff = crate::locate::intent::direction(&at(&h, l), &at(&b, l));
         let norm = diff.iter().map(|x| x * x).sum::<f64>().sqrt();
         if norm == 0.0 || !norm.is_finite() {
             continue;

@@ -139,12 +139,11 @@ fn activations(model: &Decoder, tok: &Tok, prompts: &[String], chat: bool, progr
     for p in prompts {
         let ids = tok.encode(&prompt_text(tok, p, chat, None)?, !chat)?;
         if ids.len() > model.spec.max_position_embeddings {
-            return Err(Error::Input(format!(
-                "intent map: a prompt of {} tokens is longer than the model's context ({}): `{}`",
-                ids.len(),
-                model.spec.max_position_embeddings,
-                p.chars().take(60).collect::<String>()
-            )));
+            return Err(Error::ContextOverflow {
+                len: ids.len(),
+                ctx: model.spec.max_position_embeddings,
+                extra: format!(" (intent map prompt `{}`)", p.chars().take(60).collect::<String>()),
+            });
         }
         let mut cap = Capture::new(SITES.iter().flat_map(|s| (0..n_layers).map(move |l| site(s, l))));
         model.forward_with(&Input::single(&ids), &mut cap, None)?;
@@ -178,8 +177,9 @@ fn mean(rows: &[&[f32]]) -> Vec<f64> {
     m
 }
 
-/// mean(pos) - mean(neg).
-fn direction(pos: &[&[f32]], neg: &[&[f32]]) -> Vec<f64> {
+/// mean(pos) - mean(neg): the difference-of-means direction (not normalized), also the refusal direction
+/// the ablation attack projects out.
+pub(crate) fn direction(pos: &[&[f32]], neg: &[&[f32]]) -> Vec<f64> {
     mean(pos).iter().zip(mean(neg)).map(|(a, b)| a - b).collect()
 }
 

@@ -305,4 +305,9 @@ fn intent_map_finds_intent_late_and_not_in_shuffled_labels() {
     assert!(control < best - 0.15, "shuffled labels {control} vs intent {best}");
     let few = intent_map(&ck.model, &ck.tok, &pairs[..3], &cases, &retain, true, &mut |_| {}).unwrap_err().to_string();
     assert!(few.contains("3 probe pairs") && few.contains("at least 4"), "{few}");
+    // A prompt longer than the context: the project's context error, naming the prompt, before any forward.
+    let mut long = pairs.clone();
+    long[0].0 = "kill ".repeat(9000);
+    let e = intent_map(&ck.model, &ck.tok, &long, &cases, &retain, true, &mut |_| {}).unwrap_err().to_string();
+    assert!(e.contains("does not fit the context of 8192 tokens") && e.contains("intent map prompt `kill kill"), "{e}");
 }
