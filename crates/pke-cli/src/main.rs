@@ -80,6 +80,22 @@ fn keep_freed_memory() {
     }
 }
 
+/// Run `f`, which frees large tensors for good (a second copy of a model's weights), handing what it
+/// frees back to the OS at once instead of keeping it committed: memory checks that read the OS's
+/// available memory afterwards then see it. Respects `MIMALLOC_PURGE_DELAY` set by the user.
+pub(crate) fn returning_freed_memory<T>(f: impl FnOnce() -> T) -> T {
+    let user = std::env::var_os("MIMALLOC_PURGE_DELAY").is_some();
+    if !user {
+        // SAFETY: as in `keep_freed_memory`.
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
+    }
+    let out = f();
+    // SAFETY: collects this thread's free pages; always allowed.
+    unsafe { libmimalloc_sys::mi_collect(true) };
+    keep_freed_memory();
+    out
+}
+
 fn main() -> ExitCode {
     keep_freed_memory();
     // candle's element-wise thread pool spins 25,000 rounds waiting for work; on 2 cores the spinning

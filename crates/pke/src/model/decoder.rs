@@ -434,6 +434,28 @@ impl Decoder {
         self.weights.get(name)
     }
 
+    /// Hold `other`'s float tensor instead of this decoder's own wherever `same(name)` says the two hold
+    /// equal values, both are float tensors of one shape and type, and this decoder keeps neither GGUF
+    /// blocks nor a column delta for it: one copy of the unchanged weights in memory instead of two (an
+    /// edited model beside its base). Returns how many tensors are now shared.
+    pub fn share_equal(&mut self, other: &Decoder, same: impl Fn(&str) -> bool) -> usize {
+        let mut n = 0;
+        for (name, t) in self.weights.iter_mut() {
+            let Some(o) = other.weights.get(name) else { continue };
+            if t.dtype() == o.dtype()
+                && t.dims() == o.dims()
+                && !t.is_variable()
+                && !self.quant.contains_key(name)
+                && !self.column_deltas.contains_key(name)
+                && same(name)
+            {
+                *t = o.clone();
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// Replace a weight (same shape), e.g. with a `Var` to make it trainable or with an edited value.
     pub fn set(&mut self, name: &str, t: Tensor) -> Result<()> {
         let old = self.shape_of(name)?;

@@ -2,7 +2,7 @@
 //! the residual stream exactly, re-quantization reports how much of an edit survives, the edited tensors
 //! are found by comparison, and bad inputs are refused before any long step.
 
-use pke::attack::{attack, edited_tensors, orthogonalize, requantize, Attack, AttackSettings};
+use pke::attack::{attack, edited_tensors, orthogonalize, requantize, share_base, Attack, AttackSettings};
 use pke::model::decoder::down_proj_name;
 use pke::model::Input;
 use pke::trace::{Capture, Site};
@@ -73,6 +73,28 @@ fn requant_reports_how_much_of_the_edit_survives() {
     let (_, q8) = requantize(&tiny, base, &names, "q8_0", dir.path()).unwrap();
     assert_eq!(q8.stored_as, vec!["Q8_0".to_string()]);
     assert!(q8.kept > 0.5 && info.kept < 0.5, "q8_0 {q8:?} vs source {info:?}");
+}
+
+#[test]
+fn an_edited_model_holds_its_unedited_tensors_as_the_bases_own() {
+    let base = crate::common::smollm2();
+    // As `pke attack` loads it: the edited model from its own file, every tensor a copy of its own.
+    let mut ck = edited_copy(0.5);
+    let names: Vec<String> = ck.model.weights().keys().cloned().collect();
+    for n in &names {
+        let own = ck.model.weights()[n].copy().unwrap();
+        ck.model.set(n, own).unwrap();
+    }
+    let ids = ck.tok.encode("How do I bake bread at home?", true).unwrap();
+    let logits = |ck: &pke::io::checkpoint::Checkpoint| ck.model.last_logits(&ck.model.forward(&Input::single(&ids)).unwrap()).unwrap();
+    let before = logits(&ck);
+    assert_eq!(share_base(&mut ck, base).unwrap(), names.len() - 1);
+    let (w, w0) = (&ck.model.weights(), base.model.weights());
+    assert_eq!(w["model.layers.3.mlp.up_proj.weight"].id(), w0["model.layers.3.mlp.up_proj.weight"].id(), "shared, not copied");
+    assert_ne!(w[&down_proj_name(11)].id(), w0[&down_proj_name(11)].id());
+    assert_eq!(edited_tensors(&ck, base).unwrap(), vec![down_proj_name(11)], "the edit is kept");
+    let diff = (logits(&ck) - before).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert_eq!(diff, 0.0, "the same model");
 }
 
 #[test]
