@@ -464,7 +464,12 @@ const FT_MAX_SEQ: usize = 2 * FT_MAX_ANSWER;
 /// token for the log-softmax and its gradient). Measured on Qwen2.5-Coder-0.5B (2 examples per step):
 /// 9.6 GB above the loaded models at the peak; this says 9.8 GB (9.2 GiB).
 pub fn finetune_bytes(spec: &crate::model::ModelSpec, batch: usize) -> f64 {
-    let (l, d, f, v) = (spec.n_layers as f64, spec.hidden_size as f64, spec.intermediate_size as f64, spec.vocab_size as f64);
+    finetune_bytes_of(spec.n_layers, spec.hidden_size, spec.intermediate_size, spec.vocab_size, batch)
+}
+
+/// [`finetune_bytes`] from the shapes alone: layers, hidden size, MLP size, vocabulary (for `pke plan`).
+pub fn finetune_bytes_of(layers: usize, hidden: usize, ff: usize, vocab: usize, batch: usize) -> f64 {
+    let (l, d, f, v) = (layers as f64, hidden as f64, ff as f64, vocab as f64);
     let state = 16.0 * l * 3.0 * d * f;
     let graph = 4.0 * (FT_MAX_SEQ as f64 * l * (10.0 * f + 12.0 * d) + 6.0 * FT_MAX_ANSWER as f64 * v);
     state + batch as f64 * graph

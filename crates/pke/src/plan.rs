@@ -29,6 +29,7 @@ pub struct PlanModel {
     pub n_layers: usize,
     pub hidden: usize,
     pub ff: usize,
+    pub vocab: usize,
     /// Bytes of the checkpoint's weights as stored (quantized, f16, ...).
     pub stored_bytes: u64,
 }
@@ -48,6 +49,9 @@ pub struct Plan {
     /// Per device.
     pub edit_peak_gib: f64,
     pub eval_peak_gib: f64,
+    /// `pke attack` with the fine-tuning attack (every MLP weight trained in float32 with Adam, 2 examples
+    /// per step) beside the weights, on one device: what its memory check asks for, plus the weights.
+    pub attack_peak_gib: f64,
     pub available_gib: Option<f64>,
     /// Whether the edit fits the available memory (None when it is unknown).
     pub fits: Option<bool>,
@@ -87,6 +91,7 @@ pub fn plan(m: &PlanModel, method: Method, cases: usize, steps: usize, device: &
     let act = if native { native_act } else { F32_ACT_PER_UNIT * units };
     let edit_peak = (weights + 4.0 * trained + act) / devices as f64;
     let eval_peak = if native { 2.2 * m.stored_bytes as f64 } else { 1.3 * f32_bytes } / devices as f64;
+    let attack_peak = weights + crate::attack::finetune_bytes_of(m.n_layers, m.hidden, m.ff, m.vocab, 2);
     let slow = if native { 1.15 } else { 1.0 };
     let per_step = match method {
         Method::Dinm => 1.5e-9,
@@ -127,6 +132,7 @@ pub fn plan(m: &PlanModel, method: Method, cases: usize, steps: usize, device: &
         stored_gib: m.stored_bytes as f64 / GIB,
         edit_peak_gib: edit_peak / GIB,
         eval_peak_gib: eval_peak / GIB,
+        attack_peak_gib: attack_peak / GIB,
         available_gib: avail.map(|a| a / GIB),
         fits,
         locate_s: cpu.then_some(8e-9 * m.n_params as f64 * cases as f64 * slow),
@@ -149,6 +155,7 @@ pub fn render(p: &Plan) -> String {
          stored        {:.2} GiB; float32 {:.2} GiB (weights mode: {})\n\
          edit          {} x {} case(s), {} steps: peak ~{:.1} GiB{}; locate {}, edit {}\n\
          evaluation    default sizes: peak ~{:.1} GiB{}; {}\n\
+         attack        with finetune (every MLP weight trained, Adam): peak ~{:.1} GiB on one device{}\n\
          available     {}\n\
          verdict       {}\n",
         p.model.name,
@@ -169,6 +176,11 @@ pub fn render(p: &Plan) -> String {
         p.eval_peak_gib,
         if p.devices > 1 { " per device" } else { "" },
         t(p.eval_s),
+        p.attack_peak_gib,
+        match p.available_gib {
+            Some(a) if p.attack_peak_gib > a => "; does not fit: `pke attack` refuses finetune here (leave it out of --attacks)",
+            _ => "",
+        },
         p.available_gib.map_or("unknown".into(), |a| format!("{a:.1} GiB")),
         match p.fits {
             Some(true) => "fits",
@@ -187,14 +199,21 @@ mod tests {
     use super::*;
 
     fn model(n: usize) -> PlanModel {
-        PlanModel { name: "m".into(), n_params: n, n_layers: 30, hidden: 576, ff: 1536, stored_bytes: n as u64 / 2 }
+        PlanModel { name: "m".into(), n_params: n, n_layers: 30, hidden: 576, ff: 1536, vocab: 49152, stored_bytes: n as u64 / 2 }
     }
 
     #[test]
     fn plan_reproduces_the_measured_native_edits_and_picks_native_for_8b() {
         // Qwen2.5-Coder-1.5B (1.78 B parameters, 1.04 GiB stored): native edit measured at 3.21 GiB.
-        let q15 =
-            PlanModel { name: "q".into(), n_params: 1_777_088_000, n_layers: 28, hidden: 1536, ff: 8960, stored_bytes: 1_117_320_768 };
+        let q15 = PlanModel {
+            name: "q".into(),
+            n_params: 1_777_088_000,
+            n_layers: 28,
+            hidden: 1536,
+            ff: 8960,
+            vocab: 151936,
+            stored_bytes: 1_117_320_768,
+        };
         let p = plan(&q15, Method::Pke, 1, 3, "cpu", 1, Some(4 << 30));
         assert_eq!(p.weights_mode, "native");
         assert!((p.edit_peak_gib - 3.21).abs() < 0.2, "{}", p.edit_peak_gib);
@@ -204,12 +223,22 @@ mod tests {
         assert!((p.edit_peak_gib - 9.63).abs() < 0.5, "{}", p.edit_peak_gib);
         // Llama-3-8B shape with a 151,936-token vocabulary (8.22 B, 4.71 GiB Q4_K_M): native on 24 GiB,
         // measured at 7.44 GiB; it fits.
-        let l8 =
-            PlanModel { name: "l".into(), n_params: 8_220_000_000, n_layers: 32, hidden: 4096, ff: 14336, stored_bytes: 5_057_000_000 };
+        let l8 = PlanModel {
+            name: "l".into(),
+            n_params: 8_220_000_000,
+            n_layers: 32,
+            hidden: 4096,
+            ff: 14336,
+            vocab: 151936,
+            stored_bytes: 5_057_000_000,
+        };
         let p = plan(&l8, Method::Pke, 1, 2, "cpu", 1, Some(24 << 30));
         assert_eq!(p.weights_mode, "native");
         assert!((p.edit_peak_gib - 7.44).abs() < 0.4, "{}", p.edit_peak_gib);
         assert_eq!(p.fits, Some(true));
+        // Its fine-tuning attack trains 5.6 B MLP weights in float32 with Adam: ~90 GB, which does not fit.
+        assert!(p.attack_peak_gib > 80.0, "{}", p.attack_peak_gib);
+        assert!(render(&p).contains("does not fit: `pke attack` refuses finetune here"), "{}", render(&p));
     }
 
     #[test]

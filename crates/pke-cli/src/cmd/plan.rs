@@ -45,6 +45,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
                 n_layers: h.spec.n_layers,
                 hidden: h.spec.hidden_size,
                 ff: h.spec.intermediate_size,
+                vocab: h.spec.vocab_size,
                 stored_bytes: h.stored_bytes,
             }
         }
@@ -57,6 +58,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
                 n_layers: s.layers,
                 hidden: s.hidden,
                 ff: s.ff,
+                vocab: s.vocab,
                 stored_bytes,
             }
         }
