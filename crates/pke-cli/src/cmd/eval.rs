@@ -46,6 +46,7 @@ pub struct EvalArgs {
     /// SafeEdit JSON file: adds DS and the four DG metrics.
     #[arg(long)]
     pub safeedit: Option<PathBuf>,
+    /// SafeEdit records to use: the file's first ones, at most this many (`all` for every record).
     #[arg(long, default_value = "20", value_parser = parse_size)]
     pub n_safeedit: usize,
     /// Part of every evaluation set: test (for reporting) or validation (for choosing methods and

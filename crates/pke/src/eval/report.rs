@@ -1060,13 +1060,13 @@ fn rouge_to_base(
 /// SafeEdit's five inputs per record: the adversarial prompt (DS) and the four generalization inputs.
 pub const SAFEEDIT_INPUTS: [&str; 5] = ["DS", "DG_onlyQ", "DG_otherA", "DG_otherQ", "DG_otherAQ"];
 
-/// The first `n` records of a SafeEdit file, each with its four generalization inputs.
+/// The first `n` records of a SafeEdit file (all of them when it has fewer: it is the user's own file,
+/// and the default `n` is a quick-run cap), each with its four generalization inputs.
 fn load_safeedit(file: &std::path::Path, n: usize) -> Result<Vec<EditCase>> {
     let all = crate::data::cases::load_cases(file)?;
     if all.is_empty() {
         return Err(Error::Data { path: file.into(), line: 0, msg: "no SafeEdit records".into() });
     }
-    check_size("--n-safeedit", n, &file.display().to_string(), all.len())?;
     let cases: Vec<_> = all.into_iter().take(n).collect();
     if cases.is_empty() {
         return Err(Error::Input(format!("--n-safeedit 0: no records of {} to evaluate", file.display())));
