@@ -56,6 +56,11 @@ pub struct IntentRow {
     pub layer: usize,
     pub cases: Separation,
     pub retain_twins: Option<Separation>,
+    /// The edit cases' direction scored on the retain set's own twin pairs instead of the probes
+    /// (cross-fitted: the benign mean it subtracts leaves out the scored fold's benign sides). Training
+    /// data only, so a locator may choose by it; None without retain twins.
+    #[serde(default)]
+    pub cases_on_retain: Option<Separation>,
     pub probes: Separation,
     /// Cosine between the `cases` direction and the `probes` direction fitted on all pairs.
     pub cos_cases_probes: f64,
@@ -79,6 +84,16 @@ impl IntentMap {
     /// The row with the highest `probes` AUC at `site`.
     pub fn best(&self, site: &str) -> Option<&IntentRow> {
         self.rows.iter().filter(|r| r.site == site).max_by(|a, b| a.probes.auc.total_cmp(&b.probes.auc))
+    }
+
+    /// The layer whose edit cases' direction best tells the retain set's twins from their benign sides at
+    /// `site` ([`IntentRow::cases_on_retain`]): where an edit made from these cases would read intent,
+    /// chosen on training data alone. None without retain twins.
+    pub fn suggested_layer(&self, site: &str) -> Option<&IntentRow> {
+        self.rows
+            .iter()
+            .filter(|r| r.site == site && r.cases_on_retain.is_some())
+            .max_by(|a, b| a.cases_on_retain.as_ref().unwrap().auc.total_cmp(&b.cases_on_retain.as_ref().unwrap().auc))
     }
 
     /// A markdown table: one line per layer, the three AUCs per site.
@@ -123,6 +138,29 @@ impl IntentMap {
                 s.push_str(&format!(
                     "| {site} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |\n",
                     r.layer, r.probes.auc, r.probes.paired, r.probes.twins_at_5pct, r.cases.auc, r.cases.twins_at_5pct, r.cos_cases_probes
+                ));
+            }
+        }
+        if self.rows.iter().any(|r| r.cases_on_retain.is_some()) {
+            s.push_str(
+                "\nThe layer a locator can choose from training data alone: where the cases' direction best tells the \
+                 retain set's twins from their benign sides (cross-fit), with the same direction's AUC on the probes:\n\n\
+                 | site | suggested layer | AUC on the retain twins | cases' AUC on the probes there | best cases' AUC on the probes (layer) |\n|---|---|---|---|---|\n",
+            );
+            for site in SITES {
+                let (Some(r), Some(top)) = (
+                    self.suggested_layer(site),
+                    self.rows.iter().filter(|r| r.site == site).max_by(|a, b| a.cases.auc.total_cmp(&b.cases.auc)),
+                ) else {
+                    continue;
+                };
+                s.push_str(&format!(
+                    "| {site} | {} | {:.2} | {:.2} | {:.2} ({}) |\n",
+                    r.layer,
+                    r.cases_on_retain.as_ref().map_or(f64::NAN, |x| x.auc),
+                    r.cases.auc,
+                    top.cases.auc,
+                    top.layer
                 ));
             }
         }
@@ -237,6 +275,21 @@ fn separation(r: &[f64], pairs: &[(&[f32], &[f32])]) -> Separation {
     Separation { auc: auc(&pos, &neg), paired, twins_at_5pct: above_fpr(&pos, &neg, 0.05) }
 }
 
+/// Two folds by index (even, odd): `score(fit, held)` fits on one and scores the other; the scores are
+/// averaged over the folds, weighted by their sizes.
+fn cross_fit(n: usize, mut score: impl FnMut(&[usize], &[usize]) -> Separation) -> Separation {
+    let mut out = Separation { auc: 0.0, paired: 0.0, twins_at_5pct: 0.0 };
+    for f in 0..2 {
+        let (fit, held): (Vec<usize>, Vec<usize>) = (0..n).partition(|i| i % 2 == f);
+        let sep = score(&fit, &held);
+        let w = held.len() as f64 / n as f64;
+        out.auc += sep.auc * w;
+        out.paired += sep.paired * w;
+        out.twins_at_5pct += sep.twins_at_5pct * w;
+    }
+    out
+}
+
 /// Build the map. `pairs`: (benign look-alike, harmful twin) prompts to score on; `cases`: the edit cases'
 /// prompts; `retain`: (benign, optional harmful twin) prompts of the retain set. Needs at least 4 pairs
 /// (two per fold) and at least one case and one retain prompt.
@@ -259,6 +312,8 @@ pub fn intent_map(
     let twin_p: Vec<String> = pairs.iter().map(|(_, h)| h.clone()).collect();
     let retain_b: Vec<String> = retain.iter().map(|(b, _)| b.clone()).collect();
     let retain_h: Vec<String> = retain.iter().filter_map(|(_, h)| h.clone()).collect();
+    // Index in `retain_b` of each retain twin's benign side, in `retain_h` order.
+    let twin_of: Vec<usize> = retain.iter().enumerate().filter(|(_, (_, h))| h.is_some()).map(|(i, _)| i).collect();
     let ab = activations(model, tok, &benign_p, chat, progress)?;
     let ah = activations(model, tok, &twin_p, chat, progress)?;
     let ac = activations(model, tok, cases, chat, progress)?;
@@ -272,24 +327,28 @@ pub fn intent_map(
             let rc = direction(&at(&ac, si, l), &at(&arb, si, l));
             let cases_sep = separation(&rc, &both);
             let retain_twins = (!arh.is_empty()).then(|| separation(&direction(&at(&arh, si, l), &at(&arb, si, l)), &both));
-            // Two folds by pair index: fit on one, score on the other; the AUC and paired accuracy are
-            // averaged over the folds, weighted by their sizes.
-            let (mut fold_auc, mut fold_paired, mut fold_tpr) = (0f64, 0f64, 0f64);
-            for f in 0..2 {
-                let (fit, held): (Vec<usize>, Vec<usize>) = (0..pairs.len()).partition(|i| i % 2 == f);
+            let cases_on_retain = (twin_of.len() >= 4).then(|| {
+                let (c, rb, rh) = (at(&ac, si, l), at(&arb, si, l), at(&arh, si, l));
+                cross_fit(twin_of.len(), |_, held| {
+                    // The benign mean leaves out the held pairs' benign sides.
+                    let held_b: std::collections::HashSet<usize> = held.iter().map(|&k| twin_of[k]).collect();
+                    let neg: Vec<&[f32]> = rb.iter().enumerate().filter(|(i, _)| !held_b.contains(i)).map(|(_, x)| *x).collect();
+                    let r = direction(&c, &neg);
+                    separation(&r, &held.iter().map(|&k| (rh[k], rb[twin_of[k]])).collect::<Vec<_>>())
+                })
+            });
+            let probes = cross_fit(pairs.len(), |fit, held| {
                 let r = direction(&fit.iter().map(|&i| h[i]).collect::<Vec<_>>(), &fit.iter().map(|&i| b[i]).collect::<Vec<_>>());
-                let sep = separation(&r, &held.iter().map(|&i| both[i]).collect::<Vec<_>>());
-                fold_auc += sep.auc * held.len() as f64 / pairs.len() as f64;
-                fold_paired += sep.paired * held.len() as f64 / pairs.len() as f64;
-                fold_tpr += sep.twins_at_5pct * held.len() as f64 / pairs.len() as f64;
-            }
+                separation(&r, &held.iter().map(|&i| both[i]).collect::<Vec<_>>())
+            });
             let rp = direction(&h, &b);
             rows.push(IntentRow {
                 site: s.to_string(),
                 layer: l,
                 cases: cases_sep,
                 retain_twins,
-                probes: Separation { auc: fold_auc, paired: fold_paired, twins_at_5pct: fold_tpr },
+                cases_on_retain,
+                probes,
                 cos_cases_probes: cosine(&rc, &rp),
             });
         }
