@@ -229,7 +229,9 @@ pub fn edited_tensors(edited: &Checkpoint, base: &Checkpoint) -> Result<Vec<Stri
                 w0.dims()
             )));
         }
-        if (w - w0)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()? > 0.0 {
+        // The same tensor (an edited model holding its base's unchanged weights, `share_base`) is equal
+        // without reading it.
+        if w.id() != w0.id() && (w - w0)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()? > 0.0 {
             out.push(name.clone());
         }
     }

@@ -298,8 +298,19 @@ fn intent_map_finds_intent_late_and_not_in_shuffled_labels() {
     let s = map.suggested_layer("mlp_post").unwrap();
     let on_retain = |r: &pke::locate::intent::IntentRow| r.cases_on_retain.as_ref().unwrap().auc;
     let l11 = map.rows.iter().find(|r| r.site == "mlp_post" && r.layer == 11).unwrap();
-    assert!(s.layer >= 13 && on_retain(s) > 0.75 && s.cases.auc > 0.65, "suggested {} ({:.2}; probes {:.2})", s.layer, on_retain(s), s.cases.auc);
-    assert!(on_retain(l11) < on_retain(s) - 0.2 && l11.cases.auc < s.cases.auc - 0.1, "layer 11 {:.2}; probes {:.2}", on_retain(l11), l11.cases.auc);
+    assert!(
+        s.layer >= 13 && on_retain(s) > 0.75 && s.cases.auc > 0.65,
+        "suggested {} ({:.2}; probes {:.2})",
+        s.layer,
+        on_retain(s),
+        s.cases.auc
+    );
+    assert!(
+        on_retain(l11) < on_retain(s) - 0.2 && l11.cases.auc < s.cases.auc - 0.1,
+        "layer 11 {:.2}; probes {:.2}",
+        on_retain(l11),
+        l11.cases.auc
+    );
     assert!(md.contains(&format!("| mlp_post | {} | {:.2} |", s.layer, on_retain(s))), "{md}");
     // Swap twin and benign in every other pair, seeded by position: the cross-fit direction then has no
     // consistent intent to learn.
