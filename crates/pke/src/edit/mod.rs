@@ -652,7 +652,7 @@ pub fn compute_delta_with(
             .chain(prose_ids(tok, p.preserve_text, model.spec.max_position_embeddings)?.into_iter().map(|ids| (ids, None)))
             .collect();
         let harmful: Vec<Vec<u32>> = prepared.iter().map(|c| c.safe.ids[..c.safe.rows[0] + 1].to_vec()).collect();
-        preserve::projectors(model, &down, &benign, &harmful, p.preserve_energy, p.preserve_sink)?
+        preserve::projectors(model, &down, &benign, &harmful, p.preserve_energy, p.preserve_sink, p.preserve_last)?
     } else {
         vec![]
     };

@@ -168,6 +168,11 @@ pub struct EditParams {
     /// perplexity measures) keeps its layer output too.
     #[serde(default)]
     pub preserve_text: usize,
+    /// With `preserve_energy`: the share of the protected second moment given to the benign retain
+    /// prompts' last-token keys, where the first reply token (refusal or answer) is decided (0 = every
+    /// position weighs the same, so the last tokens count about one in a hundred).
+    #[serde(default)]
+    pub preserve_last: f64,
     /// Clamp edited weights to w0 ± this (0 = off).
     pub norm_constraint: f64,
     pub mode: BatchMode,

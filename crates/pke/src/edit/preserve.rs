@@ -248,7 +248,11 @@ pub fn projectors(
     harmful: &[Vec<u32>],
     energy: f64,
     protect_sink: bool,
+    last_share: f64,
 ) -> Result<Vec<Projector>> {
+    if !(0.0..1.0).contains(&last_share) {
+        return Err(Error::Input(format!("preserve_last must be in [0, 1), got {last_share}")));
+    }
     if benign.is_empty() {
         return Err(Error::Input(
             "preserve_energy > 0 but there are no benign sequences to preserve (retain set and locality pairs are empty)".into(),
@@ -275,9 +279,18 @@ pub fn projectors(
         let (s, c) = second_moment(&rest)?;
         let sink = (sink.sum(0)? / sink.dim(0)? as f64)?.to_vec1::<f32>()?.into_iter().map(f64::from).collect::<Vec<_>>();
         let always = if protect_sink { vec![sink] } else { vec![] };
-        let ns = NullSpace::new(&s, c, energy, &always)?;
-        let benign_last =
+        let benign_last: Vec<Tensor> =
             kb.iter().zip(benign).filter_map(|(k, (_, n))| n.map(|n| k.narrow(0, n - 1, 1))).collect::<candle_core::Result<_>>()?;
+        // With `last_share`, the benign prompts' last tokens (where the reply's first token, refusal or
+        // answer, is decided) weigh that share of the protected second moment instead of one position in
+        // a hundred.
+        let protected = if last_share > 0.0 && !benign_last.is_empty() {
+            let (sl, _) = second_moment(&Tensor::cat(&benign_last, 0)?)?;
+            s.iter().zip(&sl).map(|(a, b)| (1.0 - last_share) * a + last_share * b).collect()
+        } else {
+            s.clone()
+        };
+        let ns = NullSpace::new(&protected, c, energy, &always)?;
         let harmful_last = kh.iter().map(|k| k.narrow(0, k.dim(0)? - 1, 1)).collect::<candle_core::Result<_>>()?;
         // Share of the free directions in the second moment of some key rows (0 without rows).
         let share = |rows: Vec<Tensor>| -> Result<f64> {

@@ -124,14 +124,33 @@ fn null_space_without_usable_benign_sequences_is_a_clear_error() {
     let m = pke::model::Decoder::random(crate::grad::tiny_spec(pke::model::Arch::Llama), 3).unwrap();
     let targets = vec![("model.layers.1.mlp.down_proj.weight".to_string(), 1usize, vec![0usize, 4, 9])];
     let harmful = vec![vec![1u32, 5, 9, 3]];
-    let e = err_of(projectors(&m, &targets, &[], &harmful, 0.95, true));
+    let e = err_of(projectors(&m, &targets, &[], &harmful, 0.95, true, 0.0));
     assert!(e.contains("no benign sequences"), "{e}");
     let single = vec![(vec![1u32], None), (vec![7u32], Some(0))];
-    let e = err_of(projectors(&m, &targets, &single, &harmful, 0.95, true));
+    let e = err_of(projectors(&m, &targets, &single, &harmful, 0.95, true, 0.0));
     assert!(e.contains("single token"), "{e}");
     // With real sequences it works and leaves some directions free.
     let ok = vec![(vec![1u32, 5, 9, 3, 17], None), (vec![1u32, 8, 2, 30], Some(2))];
-    let p = projectors(&m, &targets, &ok, &harmful, 0.5, true).unwrap();
+    let p = projectors(&m, &targets, &ok, &harmful, 0.5, true, 0.0).unwrap();
     assert_eq!(p.len(), 1);
     assert!(p[0].summary.free_dims >= 1 && p[0].summary.free_dims < 3, "{:?}", p[0].summary);
+    let e = err_of(projectors(&m, &targets, &ok, &harmful, 0.5, true, 1.0));
+    assert!(e.contains("preserve_last must be in [0, 1), got 1"), "{e}");
+}
+
+/// `preserve_last`: weighting the benign prompts' last tokens protects them (their keys' share in the free
+/// directions falls) where pooling every position leaves them mostly free.
+#[test]
+fn null_space_weighted_to_the_last_prompt_token_protects_it() {
+    use pke::edit::preserve::projectors;
+    let m = pke::model::Decoder::random(crate::grad::tiny_spec(pke::model::Arch::Llama), 3).unwrap();
+    let targets = vec![("model.layers.1.mlp.down_proj.weight".to_string(), 1usize, (0..12).collect::<Vec<usize>>())];
+    let harmful = vec![vec![1u32, 5, 9, 3]];
+    // Long benign sequences whose prompts end early: the last prompt tokens are 4 of ~100 positions.
+    let benign: Vec<(Vec<u32>, Option<usize>)> =
+        (0..4u32).map(|i| ((0..25).map(|j| (i * 7 + j * 3) % 30 + 1).collect(), Some(3 + i as usize))).collect();
+    let pooled = projectors(&m, &targets, &benign, &harmful, 0.9, false, 0.0).unwrap();
+    let last = projectors(&m, &targets, &benign, &harmful, 0.9, false, 0.5).unwrap();
+    let (a, b) = (pooled[0].summary.benign_last_free, last[0].summary.benign_last_free);
+    assert!(b < 0.5 * a, "last-token share free: pooled {a}, weighted {b}");
 }
