@@ -289,6 +289,15 @@ impl EditParams {
         if !(0.0..1.0).contains(&p.preserve_energy) {
             return Err(Error::Input(format!("preserve_energy must be in [0, 1), got {}", p.preserve_energy)));
         }
+        if !(0.0..1.0).contains(&p.preserve_last) {
+            return Err(Error::Input(format!("preserve_last must be in [0, 1), got {}", p.preserve_last)));
+        }
+        if p.preserve_energy == 0.0 && (p.preserve_text > 0 || p.preserve_last > 0.0) {
+            return Err(Error::Input(format!(
+                "preserve_text ({}) and preserve_last ({}) shape the null space, which is off (preserve_energy = 0): set preserve_energy too",
+                p.preserve_text, p.preserve_last
+            )));
+        }
         if p.retain_weight < 0.0 || !p.retain_weight.is_finite() {
             return Err(Error::Input(format!("retain_weight must be >= 0, got {}", p.retain_weight)));
         }
@@ -316,5 +325,18 @@ mod tests {
         assert!(e.contains("steps"), "{e}");
         assert!(EditParams::defaults(Method::Dinm).quirk_inert_kl);
         assert!(!EditParams::defaults(Method::Pke).quirk_inert_kl);
+    }
+
+    /// The null space's refinements need the null space, and `preserve_last` is a share.
+    #[test]
+    fn null_space_refinements_are_checked() {
+        let r = |o: &[&str]| EditParams::resolve(Method::Pke, None, &o.iter().map(|x| x.to_string()).collect::<Vec<_>>());
+        let p = r(&["preserve_text=2048", "preserve_last=0.5"]).unwrap();
+        assert_eq!((p.preserve_text, p.preserve_last), (2048, 0.5));
+        let e = r(&["preserve_energy=0", "preserve_text=2048"]).unwrap_err().to_string();
+        assert!(e.contains("preserve_text (2048)") && e.contains("preserve_energy = 0"), "{e}");
+        let e = r(&["preserve_last=1.5"]).unwrap_err().to_string();
+        assert!(e.contains("preserve_last must be in [0, 1), got 1.5"), "{e}");
+        assert!(EditParams::resolve(Method::Dinm, None, &[]).is_ok(), "the other methods keep the null space off");
     }
 }
