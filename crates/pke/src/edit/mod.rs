@@ -632,6 +632,9 @@ pub fn compute_delta_with(
         cases.iter().chain(&twins).enumerate().map(|(i, c)| prepare(tok, i, c, chat, p, method)).collect::<Result<_>>()?;
     let l0 = *hotspots.chosen_layers.iter().min().expect("non-empty");
     let prepared = precompute(model, seqs, l0)?;
+    // Before the retain replies are generated, so a `preserve_text` the passages cannot fill is refused at
+    // once (generating them takes minutes on a large model).
+    let prose = if p.preserve_energy > 0.0 { prose_ids(tok, p.preserve_text, model.spec.max_position_embeddings)? } else { vec![] };
     let replies = if p.retain_weight > 0.0 || p.preserve_energy > 0.0 {
         let prompts = crate::data::probes::benign_prompts(retain_set);
         if prompts.is_empty() && p.retain_weight > 0.0 {
@@ -649,7 +652,7 @@ pub fn compute_delta_with(
             .iter()
             .map(|s| (s.ids.clone(), Some(s.rows[0] + 1)))
             .chain(prepared.iter().filter_map(|c| c.loc.as_ref().map(|(s, _)| (s.ids.clone(), None))))
-            .chain(prose_ids(tok, p.preserve_text, model.spec.max_position_embeddings)?.into_iter().map(|ids| (ids, None)))
+            .chain(prose.into_iter().map(|ids| (ids, None)))
             .collect();
         let harmful: Vec<Vec<u32>> = prepared.iter().map(|c| c.safe.ids[..c.safe.rows[0] + 1].to_vec()).collect();
         preserve::projectors(model, &down, &benign, &harmful, p.preserve_energy, p.preserve_sink, p.preserve_last)?
