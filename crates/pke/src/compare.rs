@@ -486,7 +486,7 @@ pub fn compare_with(
                 locate_seconds: *locate_seconds,
                 edit_seconds: outcome.seconds,
                 final_loss: outcome.log.last().map(|l| l.loss),
-                steps_run: outcome.log.len(),
+                steps_run: outcome.steps_run(),
                 delta_sha256: Some(outcome.delta.sha256()?),
                 report: rep,
                 rates: vec![],

@@ -142,8 +142,21 @@ pub fn run(a: Args) -> Result<ExitCode> {
         }))?;
     } else {
         for s in &outcome.log {
+            let watch = s
+                .watch
+                .map(|w| {
+                    format!(
+                        "  held-out: harmful refused {:.2}, benign refused {:.2}, prose drift {:+.4}",
+                        w.harmful_refused, w.benign_refused, w.drift
+                    )
+                })
+                .unwrap_or_default();
+            if s.reverted {
+                println!("step {:>3}  taken back (past stop_drift / stop_benign_rise){watch}", s.step);
+                continue;
+            }
             println!(
-                "step {:>3}{}  loss {:.5}  nll_safe {:.4}  kl {:.5}  ul {:.4}  nll_unsafe {:.4}",
+                "step {:>3}{}  loss {:.5}  nll_safe {:.4}  kl {:.5}  ul {:.4}  nll_unsafe {:.4}{watch}",
                 s.step,
                 s.case.as_deref().map(|c| format!(" [{c}]")).unwrap_or_default(),
                 s.loss,

