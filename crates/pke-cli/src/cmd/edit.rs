@@ -136,7 +136,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     }
     if a.json {
         super::print_json(&serde_json::json!({
-            "method": method.to_string(), "hparams": params, "steps": outcome.log, "seconds": outcome.seconds, "locate_seconds": locate_seconds,
+            "method": method.to_string(), "hparams": params, "steps": outcome.log, "seconds": outcome.seconds, "setup_seconds": outcome.setup_seconds, "locate_seconds": locate_seconds,
             "edited_tensors": delta.names(), "changed_values": delta.n_values(), "preserve": outcome.preserve,
             "delta": a.delta, "hf_folder": a.output.out, "gguf": a.output.gguf, "chosen_layers": hotspots.chosen_layers,
         }))?;
@@ -146,8 +146,10 @@ pub fn run(a: Args) -> Result<ExitCode> {
                 .watch
                 .map(|w| {
                     format!(
-                        "  held-out: harmful refused {:.2}, benign refused {:.2}, prose drift {:+.4}",
-                        w.harmful_refused, w.benign_refused, w.drift
+                        "  held-out: harmful refused {}, benign refused {:.2}, prose drift {:+.4}",
+                        w.harmful_refused.map(|h| format!("{h:.2}")).unwrap_or("-".into()),
+                        w.benign_refused,
+                        w.drift
                     )
                 })
                 .unwrap_or_default();
@@ -167,12 +169,13 @@ pub fn run(a: Args) -> Result<ExitCode> {
             );
         }
         println!(
-            "{} edit of {} on layer(s) {:?}: {} values changed in {:.1} s",
+            "{} edit of {} on layer(s) {:?}: {} values changed in {:.1} s ({:.1} s of it before the first step)",
             method,
             a.model,
             hotspots.chosen_layers,
             delta.n_values(),
-            outcome.seconds
+            outcome.seconds,
+            outcome.setup_seconds
         );
         for p in &outcome.preserve {
             println!("{}", p.describe());

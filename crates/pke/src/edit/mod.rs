@@ -68,6 +68,10 @@ struct Prepared {
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct StepLog {
     pub step: usize,
+    /// Seconds since the edit began, when this step began (after the setup: retain replies, null space,
+    /// held-out probes).
+    #[serde(default)]
+    pub elapsed_s: f64,
     pub case: Option<String>,
     pub loss: f64,
     pub nll_safe: f64,
@@ -103,6 +107,9 @@ pub struct EditOutcome {
     pub delta: WeightDelta,
     pub log: Vec<StepLog>,
     pub seconds: f64,
+    /// Of `seconds`, the time before the first step: tokenizing, the original model's retain replies and
+    /// the null space's keys, the held-out probes.
+    pub setup_seconds: f64,
     /// Per edited `down_proj` of a null-space edit, what the projection leaves free (empty when off).
     pub preserve: Vec<preserve::PreserveSummary>,
 }
@@ -720,6 +727,7 @@ pub fn compute_delta_with(
     let mut benign0: Option<f64> = None;
     let mut before_update: Option<Vec<Tensor>> = None;
     let mut stopped = false;
+    let setup_seconds = t0.elapsed().as_secs_f64();
 
     let mut m = model.clone();
     // Weights held as stored are for models too big for float32: recompute the blocks above the edited
@@ -766,7 +774,7 @@ pub fn compute_delta_with(
     let mut done = 0;
     'groups: for group in &groups {
         for step in 0..p.steps {
-            let mut entry = StepLog { step, ..Default::default() };
+            let mut entry = StepLog { step, elapsed_s: t0.elapsed().as_secs_f64(), ..Default::default() };
             let n = group.len() as f64;
             let frozen = untracked(&m, &vars, &targets)?;
             if let Some(w) = &watch {
@@ -864,9 +872,14 @@ pub fn compute_delta_with(
             done += 1;
             progress(done, total_steps, &entry);
             entry.greedy_opening = all_open;
-            // With the held-out probes, the refusal must also have spread beyond the cases.
-            let spread = entry.watch.is_none_or(|r| r.harmful_refused >= p.stop_probe_share - 1e-9);
-            let taken = p.stop_nll > 0.0 && method != Method::Ga && max_nll < p.stop_nll && all_open && step >= p.min_steps && spread;
+            let mut taken = p.stop_nll > 0.0 && method != Method::Ga && max_nll < p.stop_nll && all_open && step >= p.min_steps;
+            // With the held-out probes, the refusal must also have spread beyond the cases (read only here,
+            // where it decides).
+            if let (Some(w), Some(r), true) = (&watch, entry.watch.as_mut(), taken) {
+                let h = w.harmful_refused(&frozen, tok)?;
+                r.harmful_refused = Some(h);
+                taken = h >= p.stop_probe_share - 1e-9;
+            }
             let stop = entry.loss < p.early_stop_loss || taken;
             log.push(entry);
             if stop {
@@ -951,5 +964,5 @@ pub fn compute_delta_with(
         metadata.insert("preserve".into(), serde_json::to_string(&preserve)?);
     }
     metadata.insert("pke_version".into(), env!("CARGO_PKG_VERSION").into());
-    Ok(EditOutcome { delta: WeightDelta { tensors, metadata }, log, seconds: t0.elapsed().as_secs_f64(), preserve })
+    Ok(EditOutcome { delta: WeightDelta { tensors, metadata }, log, seconds: t0.elapsed().as_secs_f64(), setup_seconds, preserve })
 }

@@ -27,8 +27,9 @@ pub const PROSE_TOKENS: usize = 1024;
 /// What the watch reads at the current weights.
 #[derive(Clone, Copy, Debug, Default, serde::Serialize)]
 pub struct Reading {
-    /// Share of the held-out harmful requests whose greedy reply is a refusal.
-    pub harmful_refused: f64,
+    /// Share of the held-out harmful requests whose greedy reply is a refusal (read only on steps where the
+    /// rest of the stop holds, the only ones where it can decide).
+    pub harmful_refused: Option<f64>,
     /// Share of the benign probes whose greedy reply is a refusal.
     pub benign_refused: f64,
     /// Mean NLL per token of the held-out prose minus the original model's (nats).
@@ -124,16 +125,18 @@ impl Watch {
         Ok(refused as f64 / prompts.len() as f64)
     }
 
-    /// The watch's reading of `model` (the weights as they are now, without gradient tracking).
+    /// The bounds' reading of `model` (the weights as they are now, without gradient tracking): benign
+    /// refusals and prose drift.
     pub(super) fn read(&self, model: &Decoder, tok: &Tok) -> Result<Reading> {
         let drift = prose_nll(model, &self.prose)? - self.prose_base;
         if !drift.is_finite() {
             return Err(Error::NonFinite(format!("the held-out prose NLL drift is {drift} (try a smaller lr); nothing was written")));
         }
-        Ok(Reading {
-            harmful_refused: self.refused(model, tok, &self.harmful)?,
-            benign_refused: self.refused(model, tok, &self.benign)?,
-            drift,
-        })
+        Ok(Reading { harmful_refused: None, benign_refused: self.refused(model, tok, &self.benign)?, drift })
+    }
+
+    /// Share of the held-out harmful requests `model` refuses.
+    pub(super) fn harmful_refused(&self, model: &Decoder, tok: &Tok) -> Result<f64> {
+        self.refused(model, tok, &self.harmful)
     }
 }
