@@ -9,9 +9,10 @@
 //! greedy decoding). Before its first step a default `pke` edit generates the original model's replies to
 //! the 48 retain prompts and the null space's keys: ~9 s + 6.9e-8 s per parameter (18.5 s on SmolLM2,
 //! 43.4 s on Qwen2.5-Coder-0.5B, 2026-12-02 at commit 75fe1db), ~15% more native; with it, ten steps on
-//! the Llama-3-8B-shaped file come out at ~19 min against the 20 min measured (docs/scaling.md). Peak memory of a one-case edit: the weights (float32, or as stored when native) plus
-//! four copies of the trained tensors (value, gradient, two Adam moments; for `pke` only the hotspot
-//! columns' change, 10% of one `down_proj`, since commit 669a4e9) plus activations and the autograd graph.
+//! the Llama-3-8B-shaped file come out at ~19 min against the 20 min measured (docs/scaling.md). Peak
+//! memory of a one-case edit: the weights (float32, or as stored when native) plus four copies of the
+//! trained tensors (value, gradient, two Adam moments; for `pke` only the hotspot columns' change, 10% of
+//! one `down_proj`, since commit 669a4e9) plus activations and the autograd graph.
 //! Float32: ~10.5 KB per layer and unit of (d + d_ff) (fitted on the Qwen2.5-Coder-1.5B float32 edit,
 //! 9.63 GiB). Native, where the edit recomputes the blocks above its layer and locate's graph over all
 //! layers sets the peak: ~1.7 GB plus ~1.9 KB per layer and unit (two points: Qwen2.5-Coder-1.5B native,

@@ -317,12 +317,8 @@ static RETAIN_REPLIES: std::sync::Mutex<Option<(RetainKey, Vec<Seq>)>> = std::sy
 /// stop token kept); prompts with an empty reply are left out. `model_id` is the weights identity of the
 /// model the caller was given (`model` may be its exact copy, rebuilt per call).
 fn retain_replies(model: &Decoder, model_id: u64, tok: &Tok, prompts: &[String], chat: bool, p: &EditParams) -> Result<Vec<Seq>> {
-    let mut ids = Vec::with_capacity(prompts.len());
-    for (i, pr) in prompts.iter().enumerate() {
-        let x = tok.encode(&prompt_text(tok, pr, chat, None)?, !chat)?;
-        if x.is_empty() {
-            return Err(Error::Input(format!("retain prompt {} tokenizes to zero tokens", i + 1)));
-        }
+    let ids = encode_prompts(tok, prompts, chat, "retain prompt")?;
+    for (i, x) in ids.iter().enumerate() {
         if x.len() + p.retain_tokens > model.spec.max_position_embeddings {
             return Err(Error::ContextOverflow {
                 len: x.len() + p.retain_tokens,
@@ -330,7 +326,6 @@ fn retain_replies(model: &Decoder, model_id: u64, tok: &Tok, prompts: &[String],
                 extra: format!(" (retain prompt {} with {} reply tokens)", i + 1, p.retain_tokens),
             });
         }
-        ids.push(x);
     }
     let opts = crate::generate::GenOpts { max_new_tokens: p.retain_tokens, stop_ids: tok.stop_token_ids(), ..Default::default() };
     let key: RetainKey = (model_id, ids.clone(), p.retain_tokens, opts.stop_ids.clone());
@@ -353,6 +348,38 @@ fn retain_replies(model: &Decoder, model_id: u64, tok: &Tok, prompts: &[String],
     Ok(out)
 }
 
+/// Prompt ids as the edit sees them (chat template or not); an empty one is an error naming `what` and
+/// its position.
+fn encode_prompts(tok: &Tok, prompts: &[String], chat: bool, what: &str) -> Result<Vec<Vec<u32>>> {
+    prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let ids = tok.encode(&prompt_text(tok, p, chat, None)?, !chat)?;
+            if ids.is_empty() {
+                return Err(Error::Input(format!("{what} {} tokenizes to zero tokens", i + 1)));
+            }
+            Ok(ids)
+        })
+        .collect()
+}
+
+/// Book passages as token ids, in the order given, each cut to the context `ctx`; passages under two tokens
+/// are left out. Lazy: callers take what they need.
+fn passage_ids<'a>(
+    tok: &'a Tok,
+    passages: impl Iterator<Item = &'a String> + 'a,
+    ctx: usize,
+) -> impl Iterator<Item = Result<Vec<u32>>> + 'a {
+    passages
+        .map(move |passage| {
+            let mut ids = tok.encode(passage, true)?;
+            ids.truncate(ctx);
+            Ok(ids)
+        })
+        .filter(|ids: &Result<Vec<u32>>| ids.as_ref().map_or(true, |ids| ids.len() >= 2))
+}
+
 /// About `tokens` tokens of plain prose (whole book passages in order, each its own sequence), for the
 /// null space to protect; none for 0.
 fn prose_ids(tok: &Tok, tokens: usize, ctx: usize) -> Result<Vec<Vec<u32>>> {
@@ -361,12 +388,9 @@ fn prose_ids(tok: &Tok, tokens: usize, ctx: usize) -> Result<Vec<Vec<u32>>> {
         return Ok(out);
     }
     let mut n = 0;
-    for passage in crate::data::sets::prose_passages()? {
-        let mut ids = tok.encode(&passage, true)?;
-        ids.truncate(ctx);
-        if ids.len() < 2 {
-            continue;
-        }
+    let passages = crate::data::sets::prose_passages()?;
+    for ids in passage_ids(tok, passages.iter(), ctx) {
+        let ids = ids?;
         n += ids.len();
         out.push(ids);
         if n >= tokens {
@@ -403,6 +427,14 @@ fn untracked(m: &Decoder, vars: &[TrainVar], targets: &[EditTarget]) -> Result<D
         }
     }
     Ok(frozen)
+}
+
+/// Set the trained tensors back to `before` (their values before the last update).
+fn take_back(vars: &[TrainVar], before: Vec<Tensor>) -> Result<()> {
+    for ((_, var, ..), t) in vars.iter().zip(before) {
+        var.set(&t)?;
+    }
+    Ok(())
 }
 
 /// Back-propagate one loss term and add its gradient for each trainable tensor to `acc`.
@@ -550,11 +582,7 @@ fn prepare_direction(
         })
         .collect::<Result<_>>()?;
     let mut benign = Vec::new();
-    for (i, b) in benign_prompts.iter().enumerate() {
-        let ids = tok.encode(&prompt_text(tok, b, chat, None)?, !chat)?;
-        if ids.is_empty() {
-            return Err(Error::Input(format!("retain prompt {} tokenizes to zero tokens", i + 1)));
-        }
+    for ids in encode_prompts(tok, benign_prompts, chat, "retain prompt")? {
         let res = resume_at(model, &ids, l0)?;
         benign.push((ids, res));
     }
@@ -679,6 +707,13 @@ pub fn compute_delta_with(
     // Before the retain replies are generated, so a `preserve_text` the passages cannot fill is refused at
     // once (generating them takes minutes on a large model).
     let prose = if p.preserve_energy > 0.0 { prose_ids(tok, p.preserve_text, model.spec.max_position_embeddings)? } else { vec![] };
+    // Likewise the held-out probes (too many for AdvBench is refused here).
+    let watch = if p.stop_probes > 0 && method != Method::Ga {
+        let prompts = crate::data::probes::benign_prompts(retain_set);
+        Some(watch::Watch::new(model, tok, cases, &prompts, p.stop_probes, chat, l0)?)
+    } else {
+        None
+    };
     let replies = if p.retain_weight > 0.0 || p.preserve_energy > 0.0 {
         let prompts = crate::data::probes::benign_prompts(retain_set);
         if prompts.is_empty() && p.retain_weight > 0.0 {
@@ -717,12 +752,6 @@ pub fn compute_delta_with(
         None
     };
     let mut direction_cursor = 0usize;
-    let watch = if p.stop_probes > 0 && method != Method::Ga {
-        let prompts = crate::data::probes::benign_prompts(retain_set);
-        Some(watch::Watch::new(model, tok, cases, &prompts, p.stop_probes, chat, l0)?)
-    } else {
-        None
-    };
     // The original model's benign refusal share, and the weights before the last update (to take it back).
     let mut benign0: Option<f64> = None;
     let mut before_update: Option<Vec<Tensor>> = None;
@@ -782,9 +811,7 @@ pub fn compute_delta_with(
                 let b0 = *benign0.get_or_insert(r.benign_refused);
                 entry.watch = Some(r);
                 if before_update.is_some() && past_bounds(&r, b0, p) {
-                    for ((_, var, ..), t) in vars.iter().zip(before_update.take().expect("checked")) {
-                        var.set(&t)?;
-                    }
+                    take_back(&vars, before_update.take().expect("checked"))?;
                     entry.reverted = true;
                     log.push(entry);
                     stopped = true;
@@ -924,9 +951,7 @@ pub fn compute_delta_with(
         let r = w.read(&untracked(&m, &vars, &targets)?, tok)?;
         if let (Some(prev), Some(b0)) = (before_update.take(), benign0) {
             if past_bounds(&r, b0, p) {
-                for ((_, var, ..), t) in vars.iter().zip(prev) {
-                    var.set(&t)?;
-                }
+                take_back(&vars, prev)?;
                 log.push(StepLog { step: p.steps, watch: Some(r), reverted: true, ..Default::default() });
             }
         }

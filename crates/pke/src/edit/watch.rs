@@ -7,12 +7,11 @@
 //! The same rule for every model: how many steps that takes is the model's business (SmolLM2-135M needed
 //! about 12 steps of the default, Qwen2.5-Coder-0.5B broke after 2).
 
-use super::{nll, resume_at, scalar, Seq};
+use super::{encode_prompts, nll, passage_ids, resume_at, scalar, Seq};
 use crate::data::EditCase;
 use crate::eval::judge::RefusalJudge;
 use crate::generate::{generate, GenOpts};
 use crate::io::tokenizer::Tok;
-use crate::locate::signals::prompt_text;
 use crate::model::Decoder;
 use crate::{Error, Result};
 
@@ -45,21 +44,6 @@ pub(super) struct Watch {
     pad: u32,
 }
 
-/// Prompt ids as the edit sees them (chat template or not).
-fn encode_prompts(tok: &Tok, prompts: &[String], chat: bool, what: &str) -> Result<Vec<Vec<u32>>> {
-    prompts
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            let ids = tok.encode(&prompt_text(tok, p, chat, None)?, !chat)?;
-            if ids.is_empty() {
-                return Err(Error::Input(format!("{what} {} tokenizes to zero tokens", i + 1)));
-            }
-            Ok(ids)
-        })
-        .collect()
-}
-
 /// Mean NLL per token over `seqs`, weighted by their length.
 fn prose_nll(model: &Decoder, seqs: &[Seq]) -> Result<f64> {
     let (mut sum, mut n) = (0f64, 0usize);
@@ -90,12 +74,9 @@ impl Watch {
         let ctx = model.spec.max_position_embeddings;
         let mut prose = Vec::new();
         let mut tokens = 0;
-        for passage in crate::data::sets::prose_passages()?.iter().rev() {
-            let mut ids = tok.encode(passage, true)?;
-            ids.truncate(ctx);
-            if ids.len() < 2 {
-                continue;
-            }
+        let passages = crate::data::sets::prose_passages()?;
+        for ids in passage_ids(tok, passages.iter().rev(), ctx) {
+            let ids = ids?;
             tokens += ids.len() - 1;
             let mut s = Seq { rows: (0..ids.len() - 1).collect(), labels: ids[1..].to_vec(), ids, resume: None };
             s.resume = resume_at(model, &s.ids, l0)?;

@@ -263,6 +263,10 @@ fn held_out_probes_hold_the_stop_back_and_a_drifting_step_is_taken_back() {
         let diff = (&x.after - &want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(diff == 0.0, "{}: taken back to {diff} off the shorter edit", x.name);
     }
+    // More probes than AdvBench holds past the cases: a clear error, before any reply is generated.
+    let p = EditParams::resolve(Method::Pke, None, &["stop_probes=1000".to_string()]).unwrap();
+    let e = compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, Some(&retain), |_, _, _| {}).unwrap_err().to_string();
+    assert!(e.contains("stop_probes = 1000") && e.contains("AdvBench holds only 420"), "{e}");
 }
 
 #[test]
