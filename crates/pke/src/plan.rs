@@ -66,6 +66,9 @@ pub struct Plan {
     /// Of the edit, the time before the first step (pke's null space: the original model's retain replies
     /// and keys).
     pub edit_setup_s: Option<f64>,
+    /// Of the edit, the held-out stop's readings before each step (pke's default `stop_probes`: greedy
+    /// replies to the benign probes and the held-out prose, forward only; `stop_probes=0` saves it).
+    pub edit_watch_s: Option<f64>,
     pub eval_s: Option<f64>,
     pub notes: Vec<String>,
 }
@@ -76,6 +79,13 @@ const F32_ACT_PER_UNIT: f64 = 10.5e3;
 /// The same for a native edit (peak while locating; the edit recomputes the blocks above its layer).
 const NATIVE_ACT_BASE: f64 = 1.7e9;
 const NATIVE_ACT_PER_UNIT: f64 = 1.9e3;
+/// The held-out stop's reading per step on two threads (32 benign probes answered with 16 tokens, 1,024
+/// tokens of prose scored): a fixed part and a part per parameter, through the two measured readings
+/// (SmolLM2-135M 10.7 s, Qwen2.5-Coder-0.5B 20.1 s: a step with the reading minus one without, quiet
+/// machine, 2026-12-02; docs/scaling.md). The harmful probes read on the steps where the NLL stop holds
+/// are not counted (SmolLM2: +4.5 s on 6 of 17 steps).
+const WATCH_BASE_S: f64 = 7.2;
+const WATCH_PER_PARAM_S: f64 = 2.6e-8;
 
 /// Plan an edit of `cases` cases (`steps` optimizer steps) with `method`, and a default-size evaluation,
 /// on `device` (`cpu` or `cuda`) split over `devices` (tensor-parallel: every weight divided evenly).
@@ -109,6 +119,9 @@ pub fn plan(m: &PlanModel, method: Method, cases: usize, steps: usize, device: &
         * slow;
     // The null space (on by default for pke only) is set up once, whatever the number of cases.
     let setup = if method == Method::Pke { (9.0 + 6.9e-8 * m.n_params as f64) * slow } else { 0.0 };
+    // So is the held-out stop's reading before every step (pke only): WATCH_BASE_S + WATCH_PER_PARAM_S per
+    // parameter.
+    let watch = if method == Method::Pke { (WATCH_BASE_S + WATCH_PER_PARAM_S * m.n_params as f64) * slow } else { 0.0 };
     let mut notes = vec![];
     if !cpu {
         notes.push(format!("no timing was measured on {device}: times are not estimated"));
@@ -146,8 +159,9 @@ pub fn plan(m: &PlanModel, method: Method, cases: usize, steps: usize, device: &
         available_gib: avail.map(|a| a / GIB),
         fits,
         locate_s: cpu.then_some(8e-9 * m.n_params as f64 * cases as f64 * slow),
-        edit_s: cpu.then_some(setup + per_step * steps as f64),
+        edit_s: cpu.then_some(setup + (per_step + watch) * steps as f64),
         edit_setup_s: cpu.then_some(setup),
+        edit_watch_s: cpu.then_some(watch * steps as f64),
         eval_s: cpu.then_some(2e-6 * m.n_params as f64 / if native { 1.5 } else { 1.0 }),
         notes,
     }
@@ -164,7 +178,7 @@ pub fn render(p: &Plan) -> String {
     let mut s = format!(
         "model         {} ({:.2} B parameters, {} layers, d={}, d_ff={})\n\
          stored        {:.2} GiB; float32 {:.2} GiB (weights mode: {})\n\
-         edit          {} x {} case(s), {} steps: peak ~{:.1} GiB{}; locate {}, edit {} ({} of it before the first step)\n\
+         edit          {} x {} case(s), {} steps: peak ~{:.1} GiB{}; locate {}, edit {} ({} of it before the first step, {} the held-out stop's readings)\n\
          evaluation    default sizes: peak ~{:.1} GiB{}; {}\n\
          attack        with finetune (every MLP weight trained, Adam): peak ~{:.1} GiB on one device{}\n\
          available     {}\n\
@@ -185,6 +199,7 @@ pub fn render(p: &Plan) -> String {
         t(p.locate_s),
         t(p.edit_s),
         t(p.edit_setup_s),
+        t(p.edit_watch_s),
         p.eval_peak_gib,
         if p.devices > 1 { " per device" } else { "" },
         t(p.eval_s),
@@ -252,8 +267,9 @@ mod tests {
         assert!(p.attack_peak_gib > 80.0, "{}", p.attack_peak_gib);
         // Ten steps of the default edit on the Llama-3-8B-shaped file took 1,215 s (replies and keys for the
         // null space, then the steps; docs/scaling.md): within 15%.
+        // That run predates the held-out stop (on by default since): its readings are counted apart.
         let p10 = plan(&l8, Method::Pke, 1, 10, "cpu", 1, Some(24 << 30));
-        assert!((p10.edit_s.unwrap() / 1215.0 - 1.0).abs() < 0.15, "{:?}", p10.edit_s);
+        assert!(((p10.edit_s.unwrap() - p10.edit_watch_s.unwrap()) / 1215.0 - 1.0).abs() < 0.15, "{:?}", p10.edit_s);
         assert!(render(&p).contains("does not fit: `pke attack` refuses finetune here"), "{}", render(&p));
     }
 
@@ -263,9 +279,15 @@ mod tests {
         assert_eq!(small.fits, Some(true));
         // The fit reproduces the measured SmolLM2 pke step (0.71 s) within 10%, and its null-space setup
         // (18.5 s) within 15%.
-        let setup = small.edit_setup_s.unwrap();
-        assert!(((small.edit_s.unwrap() - setup) / 10.0 - 0.71).abs() < 0.071, "{:?}", small.edit_s);
+        let (setup, watch) = (small.edit_setup_s.unwrap(), small.edit_watch_s.unwrap());
+        assert!(((small.edit_s.unwrap() - setup - watch) / 10.0 - 0.71).abs() < 0.071, "{:?}", small.edit_s);
         assert!((setup / 18.5 - 1.0).abs() < 0.15, "{setup}");
+        // The held-out stop's reading: 10.7 s per step measured on SmolLM2, 20.1 s on Qwen2.5-Coder-0.5B
+        // (494 M parameters); none for the other methods.
+        assert!((watch / 10.0 / 10.7 - 1.0).abs() < 0.1, "{watch}");
+        let q = plan(&model(494_000_000), Method::Pke, 1, 10, "cpu", 1, Some(24 << 30));
+        assert!((q.edit_watch_s.unwrap() / 10.0 / 20.1 - 1.0).abs() < 0.1, "{:?}", q.edit_watch_s);
+        assert_eq!(plan(&model(135_000_000), Method::Dinm, 1, 10, "cpu", 1, None).edit_watch_s, Some(0.0));
         // 8 B parameters with no room for float32: auto goes native, and says why.
         let big = plan(&model(8_000_000_000), Method::Pke, 1, 10, "cpu", 1, Some(24 << 30));
         assert_eq!(big.weights_mode, "native");

@@ -88,10 +88,24 @@ impl Watch {
         let opts = GenOpts { max_new_tokens: REPLY_TOKENS, stop_ids: tok.stop_token_ids(), ..Default::default() };
         let harmful = encode_prompts(tok, &harmful, chat, "stop probe")?;
         let benign = encode_prompts(tok, &benign, chat, "retain prompt")?;
-        if let Some(long) = harmful.iter().chain(&benign).find(|x| x.len() + REPLY_TOKENS > ctx) {
-            return Err(Error::ContextOverflow { len: long.len() + REPLY_TOKENS, ctx, extra: " (a stop probe with its reply)".into() });
+        for (what, set) in [("held-out harmful request", &harmful), ("retain prompt", &benign)] {
+            if let Some((i, long)) = set.iter().enumerate().find(|(_, x)| x.len() + REPLY_TOKENS > ctx) {
+                return Err(Error::ContextOverflow {
+                    len: long.len() + REPLY_TOKENS,
+                    ctx,
+                    extra: format!(
+                        " ({what} {} with its {REPLY_TOKENS}-token reply, a probe of the held-out stop; stop_probes=0 turns it off)",
+                        i + 1
+                    ),
+                });
+            }
         }
         let prose_base = prose_nll(model, &prose)?;
+        if !prose_base.is_finite() {
+            return Err(Error::NonFinite(format!(
+                "the original model's NLL on the held-out prose is {prose_base} (its weights hold a non-finite value); nothing was written"
+            )));
+        }
         Ok(Watch { harmful, benign, prose, prose_base, opts, pad: tok.pad_or_eos().unwrap_or(0) })
     }
 

@@ -139,7 +139,7 @@ fn compare_bad_inputs_are_clear_errors() {
 fn repeats_edit_disjoint_case_subsets_and_summarize() {
     let ck = crate::common::smollm2();
     let cases = pke::data::sets::builtin_cases("advbench", 2).unwrap();
-    let p = EditParams { steps: 2, ..EditParams::defaults(Method::Pke) };
+    let p = EditParams { steps: 2, stop_probes: 0, ..EditParams::defaults(Method::Pke) };
     let s = CompareSettings {
         arms: vec![Arm::vanilla(), Arm::edit(Method::Pke, p)],
         eval: tiny_eval(),
@@ -170,7 +170,7 @@ fn per_instance_judges_five_inputs_per_case() {
     use pke::compare::{per_instance, SAFEEDIT_INPUTS};
     let ck = crate::common::smollm2();
     let cases = pke::data::sets::builtin_cases("safeedit-style", 2).unwrap();
-    let arms = vec![Arm::vanilla(), Arm::edit(Method::Pke, EditParams { steps: 2, ..EditParams::defaults(Method::Pke) })];
+    let arms = vec![Arm::vanilla(), Arm::edit(Method::Pke, EditParams { steps: 2, stop_probes: 0, ..EditParams::defaults(Method::Pke) })];
     let loc = LocateSettings { chat: true, ..Default::default() };
     let retain = crate::common::small_retain();
     let runs = per_instance(ck, &cases, &arms, &tiny_eval(), &loc, Some(&retain), |_, _, _| {}).unwrap();

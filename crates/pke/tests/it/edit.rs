@@ -122,7 +122,7 @@ fn dinm_edits_the_whole_layer_and_ga_runs() {
         }
     }
     // The same bound on a hotspot-column edit, whose trained tensor is the columns' change alone.
-    let p = EditParams::resolve(Method::Pke, None, &["steps=2".into(), "norm_constraint=1e-3".into()]).unwrap();
+    let p = EditParams::resolve(Method::Pke, None, &["steps=2".into(), "norm_constraint=1e-3".into(), "stop_probes=0".into()]).unwrap();
     let retain = crate::common::small_retain();
     let out = compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, Some(&retain), |_, _, _| {}).unwrap();
     let t = &out.delta.tensors[0];
@@ -142,11 +142,15 @@ fn nan_loss_is_a_clear_error() {
     w[3][7] = f32::NAN;
     broken.set(&name, candle_core::Tensor::new(w, broken.device()).unwrap()).unwrap();
     // Unprojected: the first step's loss is the first thing the NaN reaches.
-    let p = EditParams::resolve(Method::Pke, None, &["steps=2".into(), "preserve_energy=0".into()]).unwrap();
+    let p = EditParams::resolve(Method::Pke, None, &["steps=2".into(), "preserve_energy=0".into(), "stop_probes=0".into()]).unwrap();
     let e = compute_delta(&broken, &ck.tok, &cases, &h, Method::Pke, &p, |_, _, _| {}).unwrap_err().to_string();
     assert!(e.contains("non-finite") && e.contains("nothing was written"), "{e}");
-    // The null-space default first generates the original replies to the benign prompts: it stops there.
-    let p = EditParams::resolve(Method::Pke, None, &["steps=2".into()]).unwrap();
+    // The held-out stop scores its prose on the original weights first: it stops there.
+    let p = EditParams::resolve(Method::Pke, None, &["steps=2".into(), "preserve_energy=0".into()]).unwrap();
+    let e = compute_delta(&broken, &ck.tok, &cases, &h, Method::Pke, &p, |_, _, _| {}).unwrap_err().to_string();
+    assert!(e.contains("non-finite") && e.contains("held-out prose"), "{e}");
+    // The null space first generates the original replies to the benign prompts: it stops there.
+    let p = EditParams::resolve(Method::Pke, None, &["steps=2".into(), "stop_probes=0".into()]).unwrap();
     let e = compute_delta(&broken, &ck.tok, &cases, &h, Method::Pke, &p, |_, _, _| {}).unwrap_err().to_string();
     assert!(e.contains("non-finite") && e.contains("NaN logits"), "{e}");
 }
@@ -191,7 +195,8 @@ fn stop_nll_ends_the_edit_once_every_case_has_taken_it() {
     let ck = crate::common::smollm2();
     let (cases, h) = smol_setup(2);
     let run = |extra: &[&str]| {
-        let mut o: Vec<String> = vec!["steps=6".into(), "lr=5e-3".into(), "preserve_energy=0".into()];
+        // The held-out stop off: this test is about the NLL stop alone.
+        let mut o: Vec<String> = vec!["steps=6".into(), "lr=5e-3".into(), "preserve_energy=0".into(), "stop_probes=0".into()];
         o.extend(extra.iter().map(|s| s.to_string()));
         let p = EditParams::resolve(Method::Pke, None, &o).unwrap();
         compute_delta(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, |_, _, _| {}).unwrap()
@@ -237,7 +242,9 @@ fn held_out_probes_hold_the_stop_back_and_a_drifting_step_is_taken_back() {
     let (cases, h) = smol_setup(1);
     let retain = crate::common::small_retain();
     let run = |extra: &[String]| {
-        let mut o: Vec<String> = vec!["lr=5e-2".into(), "preserve_energy=0".into(), "warmup_steps=0".into()];
+        // The default's bounds off: each run below sets the ones it tests.
+        let mut o: Vec<String> =
+            vec!["lr=5e-2".into(), "preserve_energy=0".into(), "warmup_steps=0".into(), "stop_drift=0".into(), "stop_benign_rise=0".into()];
         o.extend(extra.iter().cloned());
         let p = EditParams::resolve(Method::Pke, None, &o).unwrap();
         compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, Some(&retain), |_, _, _| {}).unwrap()
@@ -257,7 +264,7 @@ fn held_out_probes_hold_the_stop_back_and_a_drifting_step_is_taken_back() {
     assert!(b.log.last().unwrap().reverted && b.log.len() == j + 1, "{:?}", b.log);
     assert_eq!(b.steps_run(), j);
     // What is left is the edit with one update fewer (j - 1 updates; none at all for j = 1).
-    let c = run(&["stop_nll=0".to_string(), format!("steps={}", (j - 1).max(1))]);
+    let c = run(&["stop_probes=0".to_string(), "stop_nll=0".to_string(), format!("steps={}", (j - 1).max(1))]);
     for (x, y) in b.delta.tensors.iter().zip(&c.delta.tensors) {
         let want = if j == 1 { x.before.clone() } else { y.after.clone() };
         let diff = (&x.after - &want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
@@ -276,7 +283,13 @@ fn warmup_scales_the_first_updates() {
     let ck = crate::common::smollm2();
     let (cases, h) = smol_setup(1);
     let first_move = |warmup: usize| {
-        let o = vec!["steps=1".to_string(), "lr=1e-3".into(), format!("warmup_steps={warmup}"), "preserve_energy=0".into()];
+        let o = vec![
+            "steps=1".to_string(),
+            "lr=1e-3".into(),
+            format!("warmup_steps={warmup}"),
+            "preserve_energy=0".into(),
+            "stop_probes=0".into(),
+        ];
         let p = EditParams::resolve(Method::Pke, None, &o).unwrap();
         let out = compute_delta(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, |_, _, _| {}).unwrap();
         let t = &out.delta.tensors[0];
@@ -300,6 +313,7 @@ fn retain_term_keeps_the_lookalike_replies_closer() {
             format!("retain_weight={w}"),
             "retain_tokens=8".into(),
             "preserve_energy=0".into(),
+            "stop_probes=0".into(),
         ];
         let p = EditParams::resolve(Method::Pke, None, &o).unwrap();
         compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, Some(&retain), |_, _, _| {}).unwrap()
@@ -313,13 +327,22 @@ fn retain_term_keeps_the_lookalike_replies_closer() {
     assert!(a > 0.0 && b < 0.8 * a, "retain KL with the term {b} < 0.8 x without {a}");
     assert!(keep.delta.metadata["retain"].contains("user retain set, 3 prompts"), "{:?}", keep.delta.metadata.get("retain"));
     // Off (and unprojected): nothing is generated or logged.
-    let p = EditParams::resolve(Method::Pke, None, &["steps=1".into(), "preserve_energy=0".into()]).unwrap();
+    let p = EditParams::resolve(Method::Pke, None, &["steps=1".into(), "preserve_energy=0".into(), "stop_probes=0".into()]).unwrap();
     let off = compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, Some(&[]), |_, _, _| {}).unwrap();
     assert!(off.log.iter().all(|s| s.retain_kl == 0.0) && !off.delta.metadata.contains_key("retain"));
     // Bad retain input: an empty set, a prompt too long for the context.
-    let p = EditParams::resolve(Method::Pke, None, &["steps=1".into(), "retain_weight=1".into(), "preserve_energy=0".into()]).unwrap();
+    let p = EditParams::resolve(
+        Method::Pke,
+        None,
+        &["steps=1".into(), "retain_weight=1".into(), "preserve_energy=0".into(), "stop_probes=0".into()],
+    )
+    .unwrap();
     let e = compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, Some(&[]), |_, _, _| {}).unwrap_err().to_string();
     assert!(e.contains("retain set has no prompts"), "{e}");
+    // The default's held-out stop answers benign retain prompts too: without any, a clear error.
+    let p = EditParams::resolve(Method::Pke, None, &["steps=1".into()]).unwrap();
+    let e = compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, Some(&[]), |_, _, _| {}).unwrap_err().to_string();
+    assert!(e.contains("stop_probes > 0 needs benign prompts"), "{e}");
     let long = vec![pke::edit::Probe { benign: "word ".repeat(9000), ..retain[0].clone() }];
     let e = compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, Some(&long), |_, _, _| {}).unwrap_err().to_string();
     assert!(e.contains("retain prompt 1") && e.contains("8192"), "{e}");
@@ -336,13 +359,13 @@ fn twin_cases_train_the_harmful_twins_as_extra_cases() {
     assert_eq!(twins.len(), 3);
     assert_eq!(twins[0].prompt, retain[0].harmful.clone().unwrap());
     assert!(twins[0].locality_prompt.is_none() && twins[0].safe_response.contains("can't"));
-    let o = vec!["steps=4".to_string(), "stop_nll=0".into(), "twin_cases=3".into()];
+    let o = vec!["steps=4".to_string(), "stop_nll=0".into(), "stop_probes=0".into(), "twin_cases=3".into()];
     let p = EditParams::resolve(Method::Pke, None, &o).unwrap();
     let with = compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, Some(&retain), |_, _, _| {}).unwrap();
     assert_eq!(with.delta.metadata["twin_cases"], "3");
     assert_eq!(with.delta.metadata["n_cases"], "2");
     // The twins are trained: their refusal NLL falls more than without them (averaged with the cases').
-    let off = EditParams::resolve(Method::Pke, None, &o[..2]).unwrap();
+    let off = EditParams::resolve(Method::Pke, None, &o[..3]).unwrap();
     let without = compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::Pke, &off, Some(&retain), |_, _, _| {}).unwrap();
     assert!(!without.delta.metadata.contains_key("twin_cases"));
     assert_ne!(with.log[0].nll_safe, without.log[0].nll_safe, "step 0 averages over 5 cases, not 2");
@@ -399,7 +422,8 @@ fn edit_keys_trains_the_hotspot_neurons_input_rows_and_round_trips() {
     let ck = crate::common::smollm2();
     let (cases, h) = smol_setup(2);
     let before = bits(&ck.model);
-    let p = EditParams::resolve(Method::Pke, None, &["steps=3".into(), "lr=1e-3".into(), "edit_keys=true".into()]).unwrap();
+    let p = EditParams::resolve(Method::Pke, None, &["steps=3".into(), "lr=1e-3".into(), "edit_keys=true".into(), "stop_probes=0".into()])
+        .unwrap();
     let retain = crate::common::small_retain();
     let out = compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, Some(&retain), |_, _, _| {}).unwrap();
     let hot = h.neuron_indices(11).unwrap();
@@ -470,6 +494,7 @@ fn direction_term_pushes_harmful_cases_along_the_direction_and_holds_the_benign_
             format!("direction_weight={w}"),
             "lr=3e-2".into(),
             "preserve_energy=0".into(),
+            "stop_probes=0".into(),
         ]
     };
     let p = EditParams::resolve(Method::Pke, None, &o("1")).unwrap();
@@ -481,7 +506,7 @@ fn direction_term_pushes_harmful_cases_along_the_direction_and_holds_the_benign_
     assert!(first > 0.1 && first.is_finite(), "{first}");
     assert!(last < 0.5 * first, "the direction term should fall: {first} -> {last}");
     // Off: logged as 0.
-    let p = EditParams::resolve(Method::Pke, None, &["steps=1".into()]).unwrap();
+    let p = EditParams::resolve(Method::Pke, None, &["steps=1".into(), "stop_probes=0".into()]).unwrap();
     let off = compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, Some(&retain), |_, _, _| {}).unwrap();
     assert!(off.log.iter().all(|s| s.direction == 0.0));
     // A pke hyper-parameter: other methods do not take it.
@@ -503,6 +528,7 @@ fn recovery_term_trains_the_refusal_after_a_compliant_opening() {
         "prefill_weight=1".into(),
         "lr=2e-2".into(),
         "preserve_energy=0".into(),
+        "stop_probes=0".into(),
     ];
     let p = EditParams::resolve(Method::Pke, None, &o).unwrap();
     let out = compute_delta(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, |_, _, _| {}).unwrap();
@@ -511,7 +537,7 @@ fn recovery_term_trains_the_refusal_after_a_compliant_opening() {
     assert!(last < 0.7 * first, "the recovery NLL should fall: {first} -> {last}");
     // Off (unprojected: the projection does not touch the term's logging, and would first generate the
     // 48 built-in retain replies).
-    let p = EditParams::resolve(Method::Pke, None, &["steps=1".into(), "preserve_energy=0".into()]).unwrap();
+    let p = EditParams::resolve(Method::Pke, None, &["steps=1".into(), "preserve_energy=0".into(), "stop_probes=0".into()]).unwrap();
     let off = compute_delta(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, |_, _, _| {}).unwrap();
     assert!(off.log.iter().all(|s| s.nll_recover == 0.0));
     for bad in ["prefill_weight=-1", "prefill_weight=nan"] {
@@ -543,8 +569,14 @@ fn preserve_energy_keeps_the_benign_layer_output() {
     let (cases, h) = smol_setup(2);
     let retain: Vec<pke::edit::Probe> = pke::edit::builtin_retain().into_iter().take(8).collect();
     let run = |extra: &[&str]| {
-        let mut o =
-            vec!["steps=6".to_string(), "lr=1e-2".into(), "stop_nll=0".into(), "retain_tokens=8".into(), "preserve_energy=0".into()];
+        let mut o = vec![
+            "steps=6".to_string(),
+            "lr=1e-2".into(),
+            "stop_nll=0".into(),
+            "retain_tokens=8".into(),
+            "preserve_energy=0".into(),
+            "stop_probes=0".into(),
+        ];
         o.extend(extra.iter().map(|x| x.to_string()));
         let p = EditParams::resolve(Method::Pke, None, &o).unwrap();
         compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, Some(&retain), |_, _, _| {}).unwrap()
@@ -615,7 +647,12 @@ fn preserve_energy_keeps_the_benign_layer_output() {
         &cases,
         &h,
         Method::Pke,
-        &EditParams::resolve(Method::Pke, None, &["steps=1".into(), "retain_tokens=8".into(), "preserve_text=100000000".into()]).unwrap(),
+        &EditParams::resolve(
+            Method::Pke,
+            None,
+            &["steps=1".into(), "retain_tokens=8".into(), "preserve_text=100000000".into(), "stop_probes=0".into()],
+        )
+        .unwrap(),
         Some(&retain),
         |_, _, _| {},
     )
