@@ -247,6 +247,9 @@ mod tests {
         // The same model with room for float32: f32, measured at 9.63 GiB.
         let p = plan(&q15, Method::Pke, 1, 3, "cpu", 1, Some(24 << 30));
         assert_eq!(p.weights_mode, "f32");
+        // The held-out stop's reading, measured there at 59.6 s per step (not one of the two points its
+        // line was fitted to): within 15%.
+        assert!((p.edit_watch_s.unwrap() / 3.0 / 59.6 - 1.0).abs() < 0.15, "{:?}", p.edit_watch_s);
         assert!((p.edit_peak_gib - 9.63).abs() < 0.5, "{}", p.edit_peak_gib);
         // Llama-3-8B shape with a 151,936-token vocabulary (8.22 B, 4.71 GiB Q4_K_M): native on 24 GiB,
         // measured at 7.44 GiB; it fits.
