@@ -119,8 +119,7 @@ pub fn plan(m: &PlanModel, method: Method, cases: usize, steps: usize, device: &
         * slow;
     // The null space (on by default for pke only) is set up once, whatever the number of cases.
     let setup = if method == Method::Pke { (9.0 + 6.9e-8 * m.n_params as f64) * slow } else { 0.0 };
-    // So is the held-out stop's reading before every step (pke only): WATCH_BASE_S + WATCH_PER_PARAM_S per
-    // parameter.
+    // The held-out stop (on by default for pke only) reads its probes before every step.
     let watch = if method == Method::Pke { (WATCH_BASE_S + WATCH_PER_PARAM_S * m.n_params as f64) * slow } else { 0.0 };
     let mut notes = vec![];
     if !cpu {

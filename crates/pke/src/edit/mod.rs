@@ -318,15 +318,7 @@ static RETAIN_REPLIES: std::sync::Mutex<Option<(RetainKey, Vec<Seq>)>> = std::sy
 /// model the caller was given (`model` may be its exact copy, rebuilt per call).
 fn retain_replies(model: &Decoder, model_id: u64, tok: &Tok, prompts: &[String], chat: bool, p: &EditParams) -> Result<Vec<Seq>> {
     let ids = encode_prompts(tok, prompts, chat, "retain prompt")?;
-    for (i, x) in ids.iter().enumerate() {
-        if x.len() + p.retain_tokens > model.spec.max_position_embeddings {
-            return Err(Error::ContextOverflow {
-                len: x.len() + p.retain_tokens,
-                ctx: model.spec.max_position_embeddings,
-                extra: format!(" (retain prompt {} with {} reply tokens)", i + 1, p.retain_tokens),
-            });
-        }
-    }
+    check_room(&ids, p.retain_tokens, model.spec.max_position_embeddings, "retain prompt", "")?;
     let opts = crate::generate::GenOpts { max_new_tokens: p.retain_tokens, stop_ids: tok.stop_token_ids(), ..Default::default() };
     let key: RetainKey = (model_id, ids.clone(), p.retain_tokens, opts.stop_ids.clone());
     if let Some((k, v)) = &*RETAIN_REPLIES.lock().unwrap_or_else(|e| e.into_inner()) {
@@ -362,6 +354,17 @@ fn encode_prompts(tok: &Tok, prompts: &[String], chat: bool, what: &str) -> Resu
             Ok(ids)
         })
         .collect()
+}
+
+/// Every prompt of `prompts` leaves room for `reply` tokens in the context `ctx`; else an error naming the
+/// first that does not as `what` (1-based), with `note` after it.
+fn check_room(prompts: &[Vec<u32>], reply: usize, ctx: usize, what: &str, note: &str) -> Result<()> {
+    match prompts.iter().enumerate().find(|(_, x)| x.len() + reply > ctx) {
+        Some((i, x)) => {
+            Err(Error::ContextOverflow { len: x.len() + reply, ctx, extra: format!(" ({what} {} with {reply} reply tokens{note})", i + 1) })
+        }
+        None => Ok(()),
+    }
 }
 
 /// Book passages as token ids, in the order given, each cut to the context `ctx`; passages under two tokens
@@ -707,19 +710,19 @@ pub fn compute_delta_with(
     // Before the retain replies are generated, so a `preserve_text` the passages cannot fill is refused at
     // once (generating them takes minutes on a large model).
     let prose = if p.preserve_energy > 0.0 { prose_ids(tok, p.preserve_text, model.spec.max_position_embeddings)? } else { vec![] };
+    // The retain set's benign prompts: the held-out probes', the retain replies' and the direction's.
+    let benign_prompts = crate::data::probes::benign_prompts(retain_set);
     // Likewise the held-out probes (too many for AdvBench is refused here).
     let watch = if p.stop_probes > 0 && method != Method::Ga {
-        let prompts = crate::data::probes::benign_prompts(retain_set);
-        Some(watch::Watch::new(model, tok, cases, &prompts, p.stop_probes, chat, l0)?)
+        Some(watch::Watch::new(model, tok, cases, &benign_prompts, p.stop_probes, chat, l0)?)
     } else {
         None
     };
     let replies = if p.retain_weight > 0.0 || p.preserve_energy > 0.0 {
-        let prompts = crate::data::probes::benign_prompts(retain_set);
-        if prompts.is_empty() && p.retain_weight > 0.0 {
+        if benign_prompts.is_empty() && p.retain_weight > 0.0 {
             return Err(Error::Input("retain_weight > 0 but the retain set has no prompts".into()));
         }
-        retain_replies(model, model_id, tok, &prompts, chat, p)?
+        retain_replies(model, model_id, tok, &benign_prompts, chat, p)?
     } else {
         vec![]
     };
@@ -745,9 +748,8 @@ pub fn compute_delta_with(
         if method == Method::Dinm {
             return Err(Error::Input("direction_weight is not available for dinm (its inputs follow EasyEdit's strings)".into()));
         }
-        let prompts = crate::data::probes::benign_prompts(retain_set);
         let last = *hotspots.chosen_layers.iter().max().expect("non-empty");
-        Some(prepare_direction(model, tok, &prepared, &prompts, chat, p, l0, last)?)
+        Some(prepare_direction(model, tok, &prepared, &benign_prompts, chat, p, l0, last)?)
     } else {
         None
     };

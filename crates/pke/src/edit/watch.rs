@@ -7,7 +7,7 @@
 //! The same rule for every model: how many steps that takes is the model's business (SmolLM2-135M needed
 //! about 12 steps of the default, Qwen2.5-Coder-0.5B broke after 2).
 
-use super::{encode_prompts, nll, passage_ids, resume_at, scalar, Seq};
+use super::{check_room, encode_prompts, nll, passage_ids, resume_at, scalar, Seq};
 use crate::data::EditCase;
 use crate::eval::judge::RefusalJudge;
 use crate::generate::{generate, GenOpts};
@@ -88,18 +88,9 @@ impl Watch {
         let opts = GenOpts { max_new_tokens: REPLY_TOKENS, stop_ids: tok.stop_token_ids(), ..Default::default() };
         let harmful = encode_prompts(tok, &harmful, chat, "stop probe")?;
         let benign = encode_prompts(tok, &benign, chat, "retain prompt")?;
-        for (what, set) in [("held-out harmful request", &harmful), ("retain prompt", &benign)] {
-            if let Some((i, long)) = set.iter().enumerate().find(|(_, x)| x.len() + REPLY_TOKENS > ctx) {
-                return Err(Error::ContextOverflow {
-                    len: long.len() + REPLY_TOKENS,
-                    ctx,
-                    extra: format!(
-                        " ({what} {} with its {REPLY_TOKENS}-token reply, a probe of the held-out stop; stop_probes=0 turns it off)",
-                        i + 1
-                    ),
-                });
-            }
-        }
+        let note = ", a probe of the held-out stop; stop_probes=0 turns it off";
+        check_room(&harmful, REPLY_TOKENS, ctx, "held-out harmful request", note)?;
+        check_room(&benign, REPLY_TOKENS, ctx, "retain prompt", note)?;
         let prose_base = prose_nll(model, &prose)?;
         if !prose_base.is_finite() {
             return Err(Error::NonFinite(format!(
