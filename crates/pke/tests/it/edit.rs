@@ -256,7 +256,7 @@ fn held_out_probes_hold_the_stop_back_and_a_drifting_step_is_taken_back() {
         let p = EditParams::resolve(Method::Pke, None, &o).unwrap();
         compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, Some(&retain), |_, _, _| {}).unwrap()
     };
-    let watch = ["stop_probes=2".to_string(), "stop_probe_share=1.0".into(), "stop_nll=100".into()];
+    let watch = ["stop_probes=2".to_string(), "stop_probe_share=1.0".into(), "stop_nll=100".into(), "stop_prose_tokens=256".into()];
     // stop_nll = 100 alone stops at step 0; the probes (unrefused by SmolLM2 before a few steps) hold it back.
     let a = run(&[&watch[..], &["steps=3".to_string()]].concat());
     let readings: Vec<_> = a.log.iter().map(|s| s.watch.expect("read every step")).collect();
