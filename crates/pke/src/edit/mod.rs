@@ -417,13 +417,14 @@ fn prepare_retain(model: &Decoder, replies: Vec<Seq>, l0: usize) -> Result<Vec<(
 }
 
 /// A trainable tensor: its name, the variable, its original value, the column mask of a whole trained
-/// weight (None: the variable is a column delta), and its optimizer state.
-type TrainVar = (String, Var, Tensor, Option<Tensor>, Adam);
+/// weight (None: the variable is a column delta), its optimizer state, and the (low, high) bounds of
+/// `quant_block`.
+type TrainVar = (String, Var, Tensor, Option<Tensor>, Adam, Option<(Tensor, Tensor)>);
 
 /// `m` with the trained tensors' current values, without gradient tracking.
 fn untracked(m: &Decoder, vars: &[TrainVar], targets: &[EditTarget]) -> Result<Decoder> {
     let mut frozen = m.clone();
-    for ((name, var, _, mask, _), t) in vars.iter().zip(targets) {
+    for ((name, var, _, mask, ..), t) in vars.iter().zip(targets) {
         match mask {
             Some(_) => frozen.set(name, var.as_tensor().detach())?,
             None => frozen.set_column_delta(name, &t.index, var.as_tensor().detach())?,
@@ -659,6 +660,28 @@ pub fn compute_delta(
     compute_delta_with(model, tok, cases, hotspots, method, p, None, progress)
 }
 
+/// `quant_block`: per trained value, the bounds that keep the weight inside the range its block of `block`
+/// consecutive input columns held in `full` (the original weight, `[out, in]`), with the block's extremes
+/// fixed, so each block keeps its minimum and maximum (Q4_1's scale and offset) exactly. For a column
+/// slice the trained tensor is the change of the columns `index` from `w0`, so the bounds are shifted by
+/// `w0`.
+fn block_range(full: &Tensor, w0: &Tensor, index: &[usize], sliced: bool, block: usize, name: &str) -> Result<(Tensor, Tensor)> {
+    let (rows, cols) = full.dims2()?;
+    if cols % block != 0 {
+        return Err(Error::Input(format!("quant_block = {block} does not divide the {cols} input columns of `{name}`")));
+    }
+    let blocks = full.reshape((rows, cols / block, block))?;
+    let (lo, hi) = (blocks.min_keepdim(2)?, blocks.max_keepdim(2)?);
+    let at: Vec<usize> = if sliced { index.iter().map(|c| c / block).collect() } else { (0..cols).map(|c| c / block).collect() };
+    let at = index_tensor(&at, full.device())?;
+    let (lo, hi) = (lo.squeeze(2)?.index_select(&at, 1)?, hi.squeeze(2)?.index_select(&at, 1)?);
+    // A weight that is its block's minimum or maximum stays as it is: moved inward, it would narrow the
+    // block's range and shift the grid the other weights sit on.
+    let extreme = w0.eq(&lo)?.maximum(&w0.eq(&hi)?)?;
+    let (lo, hi) = (extreme.where_cond(w0, &lo)?, extreme.where_cond(w0, &hi)?);
+    Ok(if sliced { ((lo - w0)?, (hi - w0)?) } else { (lo, hi) })
+}
+
 /// As [`compute_delta`], with the retain set given (`None` = the built-in one). Its benign prompts are
 /// used only when `p.retain_weight > 0`, its harmful twins only when `p.twin_cases > 0`.
 #[allow(clippy::too_many_arguments)]
@@ -787,14 +810,16 @@ pub fn compute_delta_with(
                 mask[c] = 1.0;
             }
             let shape = if t.axis == 0 { (f, 1) } else { (1, f) };
-            (full, var, Some(Tensor::from_vec(mask, shape, model.device())?))
+            (full.clone(), var, Some(Tensor::from_vec(mask, shape, model.device())?))
         };
+        // `quant_block`: the range each edited weight must stay in, as the trained tensor holds it.
+        let range = if p.quant_block > 0 { Some(block_range(&full, &w0, &t.index, sliced, p.quant_block, &t.name)?) } else { None };
         // A projected weight keeps its optimizer state in the free basis's coordinates.
         let adam = match projectors.iter().find(|pr| pr.name == t.name) {
             Some(pr) => Adam::new(&Tensor::zeros((w0.dim(0)?, pr.basis.dim(1)?), w0.dtype(), w0.device())?)?,
             None => Adam::new(var.as_tensor())?,
         };
-        vars.push((t.name.clone(), var, w0, mask, adam));
+        vars.push((t.name.clone(), var, w0, mask, adam, range));
     }
     let groups: Vec<Vec<usize>> = match p.mode {
         BatchMode::Joint => vec![(0..prepared.len()).collect()],
@@ -919,7 +944,7 @@ pub fn compute_delta_with(
                 before_update = Some(vars.iter().map(|(_, var, ..)| var.as_tensor().copy()).collect::<candle_core::Result<_>>()?);
             }
             let lr = if p.warmup_steps > 0 { p.lr * ((step + 1) as f64 / p.warmup_steps as f64).min(1.0) } else { p.lr };
-            for ((name, var, w0, mask, adam), g) in vars.iter_mut().zip(&grads) {
+            for ((name, var, w0, mask, adam, range), g) in vars.iter_mut().zip(&grads) {
                 let g = g.as_ref().ok_or_else(|| Error::Input(format!("no gradient reached `{name}`")))?;
                 let now = var.as_tensor().detach();
                 match (projectors.iter().find(|pr| &pr.name == name), &*mask) {
@@ -941,6 +966,10 @@ pub fn compute_delta_with(
                     let (c, now) = (p.norm_constraint, var.as_tensor().detach());
                     var.set(&if mask.is_some() { now.clamp(&(&*w0 - c)?, &(&*w0 + c)?)? } else { now.clamp(-c, c)? })?;
                 }
+                if let Some((lo, hi)) = range {
+                    let now = var.as_tensor().detach();
+                    var.set(&now.clamp(&*lo, &*hi)?)?;
+                }
                 let w = var.as_tensor();
                 if !w.abs()?.max_all()?.to_scalar::<f32>()?.is_finite() {
                     return Err(Error::NonFinite(format!("`{name}` became non-finite (try a smaller lr); nothing was written")));
@@ -959,7 +988,7 @@ pub fn compute_delta_with(
         }
     }
     let mut tensors = Vec::new();
-    for ((name, var, w0, mask, _), t) in vars.iter().zip(&targets) {
+    for ((name, var, w0, mask, ..), t) in vars.iter().zip(&targets) {
         let now = var.as_tensor().detach();
         tensors.push(match mask {
             Some(_) => TensorDelta::between(name, w0, &now, &t.index, t.axis)?,

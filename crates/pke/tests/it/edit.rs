@@ -696,3 +696,70 @@ fn preserve_energy_keeps_the_benign_layer_output() {
     let e = EditParams::resolve(Method::Pke, None, &["preserve_energy=1".into()]).unwrap_err().to_string();
     assert!(e.contains("preserve_energy must be in [0, 1)"), "{e}");
 }
+
+/// `quant_block`: every edited weight stays inside the range its 32-column block held, so re-quantizing the
+/// edited `down_proj` to the source's Q4_1 brings the unedited weights beside the edited columns back
+/// (without it, edited values outside a block's range widen its scale and coarsen its other values).
+#[test]
+fn quant_block_keeps_the_blocks_of_the_source_type() {
+    let ck = crate::common::smollm2();
+    let (cases, h) = smol_setup(1);
+    let retain = crate::common::small_retain();
+    let name = down_proj_name(11);
+    let hot = h.neuron_indices(11).unwrap();
+    let run = |extra: &[&str]| {
+        let mut o: Vec<String> = ["steps=3", "lr=5e-2", "warmup_steps=0", "stop_nll=0", "stop_probes=0", "preserve_energy=0"]
+            .iter()
+            .map(|x| x.to_string())
+            .collect();
+        o.extend(extra.iter().map(|x| x.to_string()));
+        let p = EditParams::resolve(Method::Pke, None, &o).unwrap();
+        let out = compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, Some(&retain), |_, _, _| {}).unwrap();
+        let mut m = ck.model.clone();
+        out.delta.apply(&mut m, false).unwrap();
+        (out, m.get(&name).unwrap())
+    };
+    let w0 = ck.model.get(&name).unwrap();
+    // Relative error that a Q4_1 round trip of `w` leaves on the columns no edit touches.
+    let requant_error = |w: &candle_core::Tensor| {
+        let q = pke::io::gguf_export::quantize_checked(&name, w, candle_core::quantized::GgmlDType::Q4_1).unwrap();
+        let back = q.dequantize(&candle_core::Device::Cpu).unwrap().to_vec2::<f32>().unwrap();
+        let w = w.to_vec2::<f32>().unwrap();
+        let (mut e, mut n) = (0f64, 0f64);
+        for (r, b) in w.iter().zip(&back) {
+            for (c, (x, y)) in r.iter().zip(b).enumerate() {
+                if !hot.contains(&c) {
+                    e += ((x - y) as f64).powi(2);
+                    n += (*x as f64).powi(2);
+                }
+            }
+        }
+        (e / n).sqrt()
+    };
+    let (free, wf) = run(&[]);
+    let (kept, wk) = run(&["quant_block=32"]);
+    // Both edits learn.
+    for o in [&free, &kept] {
+        assert!(o.log.last().unwrap().nll_safe < o.log[0].nll_safe, "{:?}", o.log);
+    }
+    // Within each block's original range, and at its bound somewhere (the bound acted).
+    let (w0v, wkv) = (w0.to_vec2::<f32>().unwrap(), wk.to_vec2::<f32>().unwrap());
+    let mut at_bound = 0;
+    for (r0, r1) in w0v.iter().zip(&wkv) {
+        for (b0, b1) in r0.chunks(32).zip(r1.chunks(32)) {
+            let (lo, hi) = b0.iter().fold((f32::MAX, f32::MIN), |(l, h), x| (l.min(*x), h.max(*x)));
+            // (w0 + (bound - w0) may round one ulp past the bound)
+            let tol = 1e-6 * (hi - lo).abs().max(1e-3);
+            assert!(b1.iter().all(|x| *x >= lo - tol && *x <= hi + tol), "a weight left its block's range");
+            at_bound += b1.iter().zip(b0).filter(|(x, y)| x != y && ((**x - lo).abs() <= tol || (**x - hi).abs() <= tol)).count();
+        }
+    }
+    assert!(at_bound > 0, "the bound never acted at lr 5e-2");
+    assert_eq!(requant_error(&w0), 0.0, "the source's values sit on its Q4_1 grid");
+    let (ef, ek) = (requant_error(&wf), requant_error(&wk));
+    eprintln!("Q4_1 round trip, unedited columns: relative error {ef:.2e} unbounded, {ek:.2e} with quant_block=32");
+    assert!(ef > 1e-3 && ek < 1e-3 * ef.max(1e-3) + 1e-6, "unbounded {ef}, bounded {ek}");
+    let p = EditParams::resolve(Method::Pke, None, &["quant_block=7".into(), "stop_probes=0".into()]).unwrap();
+    let e = compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, Some(&retain), |_, _, _| {}).unwrap_err().to_string();
+    assert!(e.contains("quant_block = 7 does not divide the 1536 input columns"), "{e}");
+}
