@@ -737,7 +737,7 @@ pub fn compute_delta_with(
     let benign_prompts = crate::data::probes::benign_prompts(retain_set);
     // Likewise the held-out probes (too many for AdvBench is refused here).
     let watch = if p.stop_probes > 0 && method != Method::Ga {
-        Some(watch::Watch::new(model, tok, cases, &benign_prompts, p.stop_probes, p.stop_prose_tokens, chat, l0)?)
+        Some(watch::Watch::new(model, tok, cases, &benign_prompts, p, chat, l0)?)
     } else {
         None
     };

@@ -200,9 +200,11 @@ pub struct EditParams {
     pub norm_constraint: f64,
     /// Keep every edited weight within the range (min..max) its block of this many consecutive input
     /// columns held before the edit, and the weights at a block's minimum or maximum where they are (0 =
-    /// off; 32 = the blocks of GGUF's Q4_0/Q4_1/Q5_*/Q8_0 and the sub-blocks of the k-quants). Re-quantizing the edited tensor to its source type then keeps each
-    /// block's scale and minimum, so the unedited weights beside the edited columns come back exactly
-    /// (the re-quantization attack, docs/results.md).
+    /// off; 32 = the blocks of GGUF's Q4_0/Q4_1/Q5_*/Q8_0 and the sub-blocks of the k-quants).
+    /// Re-quantizing the edited tensor to its source type then keeps each block's scale and minimum, so
+    /// the unedited weights beside the edited columns come back exactly (the re-quantization attack,
+    /// docs/results.md). The bound is applied after each update, so with `preserve_energy` it can move the
+    /// change slightly out of the null space's free directions.
     #[serde(default)]
     pub quant_block: usize,
     pub mode: BatchMode,

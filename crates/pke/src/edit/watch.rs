@@ -7,7 +7,7 @@
 //! The same rule for every model: how many steps that takes is the model's business (SmolLM2-135M needed
 //! about 12 steps of the default, Qwen2.5-Coder-0.5B broke after 2).
 
-use super::{check_room, encode_prompts, nll, passage_ids, resume_at, scalar, Seq};
+use super::{check_room, encode_prompts, nll, passage_ids, resume_at, scalar, EditParams, Seq};
 use crate::data::EditCase;
 use crate::eval::judge::RefusalJudge;
 use crate::generate::{generate, GenOpts};
@@ -53,20 +53,19 @@ fn prose_nll(model: &Decoder, seqs: &[Seq]) -> Result<f64> {
 }
 
 impl Watch {
-    /// `n` harmful and (at most) `n` benign probes, and (at least) `prose_tokens` tokens of prose, read on
-    /// the original `model`. `l0`: the lowest edited block (the prose's residual entering it is computed
-    /// once).
-    #[allow(clippy::too_many_arguments)]
+    /// `p.stop_probes` harmful and (at most) as many benign probes, and (at least) `p.stop_prose_tokens`
+    /// tokens of prose, read on the original `model`. `l0`: the lowest edited block (the prose's residual
+    /// entering it is computed once).
     pub(super) fn new(
         model: &Decoder,
         tok: &Tok,
         cases: &[EditCase],
         benign: &[String],
-        n: usize,
-        prose_tokens: usize,
+        p: &EditParams,
         chat: bool,
         l0: usize,
     ) -> Result<Self> {
+        let (n, prose_tokens) = (p.stop_probes, p.stop_prose_tokens);
         let adv = crate::data::sets::advbench()?;
         let harmful: Vec<String> =
             adv.iter().skip(HARMFUL_FROM).filter(|q| !cases.iter().any(|c| &c.prompt == *q)).take(n).cloned().collect();
