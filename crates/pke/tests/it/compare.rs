@@ -20,15 +20,18 @@ fn tiny_eval() -> EvalSettings {
     }
 }
 
+/// A method's defaults, two steps; the held-out stop stays on in the pke arm, with four probes and 256
+/// tokens of prose to keep the tests short.
+fn short_params(m: Method) -> EditParams {
+    EditParams { steps: 2, stop_probes: if m == Method::Pke { 4 } else { 0 }, stop_prose_tokens: 256, ..EditParams::defaults(m) }
+}
+
 #[test]
 fn compare_runs_each_arm_on_the_same_sets() {
     let ck = crate::common::smollm2();
     let cases = pke::data::sets::builtin_cases("advbench", 1).unwrap();
-    // The held-out stop stays on in the pke arm, with four probes and 256 tokens of prose to keep the test short.
-    let p =
-        |m| EditParams { steps: 2, stop_probes: if m == Method::Pke { 4 } else { 0 }, stop_prose_tokens: 256, ..EditParams::defaults(m) };
     let s = CompareSettings {
-        arms: vec![Arm::edit(Method::Pke, p(Method::Pke)), Arm::vanilla(), Arm::edit(Method::Ga, p(Method::Ga))],
+        arms: vec![Arm::edit(Method::Pke, short_params(Method::Pke)), Arm::vanilla(), Arm::edit(Method::Ga, short_params(Method::Ga))],
         eval: tiny_eval(),
         locate: LocateSettings { chat: true, ..Default::default() },
         retain: Some(crate::common::small_retain()),
@@ -200,14 +203,11 @@ fn per_instance_judges_five_inputs_per_case() {
 fn compare_attacks_every_editing_arm_and_runs_the_vanilla_side_once() {
     let ck = crate::common::smollm2();
     let cases = pke::data::sets::builtin_cases("advbench", 1).unwrap();
-    // The held-out stop stays on in the pke arm, with four probes and 256 tokens of prose to keep the test short.
-    let p =
-        |m| EditParams { steps: 2, stop_probes: if m == Method::Pke { 4 } else { 0 }, stop_prose_tokens: 256, ..EditParams::defaults(m) };
     let dir = tempfile::tempdir().unwrap();
     // Requant's own behaviour is tested in attack.rs; here the cheap attacks show the plumbing.
     let attacks = AttackSettings { attacks: vec![Attack::Prefill, Attack::Jailbreak], jailbreak_per_family: 1, ..Default::default() };
     let s = CompareSettings {
-        arms: vec![Arm::vanilla(), Arm::edit(Method::Pke, p(Method::Pke)), Arm::edit(Method::Ga, p(Method::Ga))],
+        arms: vec![Arm::vanilla(), Arm::edit(Method::Pke, short_params(Method::Pke)), Arm::edit(Method::Ga, short_params(Method::Ga))],
         eval: EvalSettings { n_prefill: 2, ..tiny_eval() },
         locate: LocateSettings { chat: true, ..Default::default() },
         retain: Some(crate::common::small_retain()),
