@@ -42,12 +42,22 @@ impl Input {
     }
 }
 
-/// Key/value cache for incremental decoding: per layer (k, v) after RoPE, shape (b, kv_heads, t, hd),
-/// and the key padding mask (b, t).
-#[derive(Clone, Debug, Default)]
+/// Key/value cache for incremental decoding: per layer the keys and values after RoPE, shape
+/// (b, kv_heads, t, hd), in buffers with room to grow (new positions are copied in place, not the whole
+/// cache re-concatenated each step), and the key padding mask (b, t). Not `Clone`: a copy would share the
+/// buffers that later steps write into.
+#[derive(Debug, Default)]
 pub struct KvCache {
-    pub kv: Vec<Option<(Tensor, Tensor)>>,
+    kv: Vec<Option<LayerKv>>,
     pub key_mask: Vec<Vec<u8>>,
+}
+
+/// One layer's cache: `k` and `v` have room for `k.dim(2)` positions, of which `len` are filled.
+#[derive(Debug)]
+struct LayerKv {
+    k: Tensor,
+    v: Tensor,
+    len: usize,
 }
 
 impl KvCache {
@@ -57,6 +67,35 @@ impl KvCache {
     }
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Append layer `l`'s new keys and values (b, kv_heads, s, hd); returns every cached position's.
+    fn append(&mut self, l: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        if self.kv.len() <= l {
+            self.kv.resize_with(l + 1, || None);
+        }
+        let (b, h, s, d) = k.dims4()?;
+        let slot = &mut self.kv[l];
+        let len = slot.as_ref().map_or(0, |e| e.len);
+        if slot.as_ref().is_none_or(|e| len + s > e.k.dim(2).unwrap_or(0)) {
+            // Room for the prompt and 64 more positions, doubling after that.
+            let cap = (len + s).max(2 * len).max(len + s + 64);
+            let grown = LayerKv {
+                k: Tensor::zeros((b, h, cap, d), k.dtype(), k.device())?,
+                v: Tensor::zeros((b, h, cap, d), v.dtype(), v.device())?,
+                len,
+            };
+            if let Some(old) = slot.take() {
+                grown.k.slice_set(&old.k.narrow(2, 0, len)?.contiguous()?, 2, 0)?;
+                grown.v.slice_set(&old.v.narrow(2, 0, len)?.contiguous()?, 2, 0)?;
+            }
+            *slot = Some(grown);
+        }
+        let e = slot.as_mut().expect("set above");
+        e.k.slice_set(&k.detach().contiguous()?, 2, e.len)?;
+        e.v.slice_set(&v.detach().contiguous()?, 2, e.len)?;
+        e.len += s;
+        Ok((e.k.narrow(2, 0, e.len)?, e.v.narrow(2, 0, e.len)?))
     }
 }
 
@@ -189,6 +228,9 @@ impl std::str::FromStr for Weights {
 struct QWeight {
     stored: std::sync::Arc<candle_core::quantized::QTensor>,
     fast: std::sync::Arc<candle_core::quantized::QTensor>,
+    /// `fast` repacked for pke's int8 kernel ([`super::int8`]), where this CPU and the shape allow it; the
+    /// generation path prefers it to `fast`.
+    packed: Option<std::sync::Arc<super::int8::PackedQ8>>,
     /// True when the decoder holds no float copy of this weight.
     only: bool,
 }
@@ -426,6 +468,11 @@ impl Decoder {
                     q += t.storage_size_in_bytes();
                 }
             }
+            if let Some(p) = &w.packed {
+                if seen.insert(std::sync::Arc::as_ptr(p) as usize) {
+                    q += p.size_in_bytes();
+                }
+            }
         }
         f + q
     }
@@ -514,7 +561,7 @@ impl Decoder {
     /// outputs differ from the float32 path by quantization noise, and decoding reads ~4-8x fewer bytes.
     /// Weights already edited stay float32. Returns the number of weights attached.
     pub fn attach_quantized(&mut self, g: &crate::io::gguf::GgufFile) -> Result<usize> {
-        for (hf, w) in gguf_linear_blocks(g, &self.spec)? {
+        for (hf, w) in gguf_linear_blocks(g, &self.spec, true)? {
             // A trainable weight (a Var) or one already held in blocks keeps what it has.
             if self.weights.get(&hf).is_some_and(|t| !t.track_op()) && !self.quant.contains_key(&hf) {
                 self.quant.insert(hf, QWeight { only: false, ..w });
@@ -524,7 +571,7 @@ impl Decoder {
             && !self.quant.contains_key("lm_head.weight")
             && self.weights.contains_key("model.embed_tokens.weight")
         {
-            if let Some((_, w)) = gguf_blocks(g, &self.spec, "token_embd.weight")? {
+            if let Some((_, w)) = gguf_blocks(g, &self.spec, "token_embd.weight", true)? {
                 self.quant.insert("lm_head.weight".into(), QWeight { only: false, ..w });
             }
         }
@@ -550,8 +597,8 @@ impl Decoder {
     /// Build from a GGUF file keeping every linear weight and the embedding in their blocks (see
     /// [`Weights::Native`]); the rest (norms, biases, float32-stored tensors) is float32.
     pub fn from_gguf_native(g: &crate::io::gguf::GgufFile, spec: ModelSpec) -> Result<Self> {
-        let blocks = gguf_linear_blocks(g, &spec)?;
-        let embed = gguf_blocks(g, &spec, "token_embd.weight")?;
+        let blocks = gguf_linear_blocks(g, &spec, false)?;
+        let embed = gguf_blocks(g, &spec, "token_embd.weight", false)?;
         let small = crate::io::checkpoint::load_gguf_weights_except(g, &spec, |hf| {
             blocks.iter().any(|(n, _)| n == hf) || embed.as_ref().is_some_and(|(n, _)| n == hf)
         })?;
@@ -575,7 +622,7 @@ impl Decoder {
             .into_iter()
             .map(|(n, q)| {
                 let q = std::sync::Arc::new(q);
-                (n, QWeight { stored: q.clone(), fast: q, only: true })
+                (n, QWeight { stored: q.clone(), fast: q, packed: None, only: true })
             })
             .collect();
         Self::with_blocks(spec, floats, quant, origin)
@@ -637,7 +684,11 @@ impl Decoder {
     fn lin_base(&self, x: &Tensor, name: &str, bias: Option<&Tensor>) -> Result<Tensor> {
         if let Some(q) = self.quant.get(name) {
             if self.quant_kernels && !x.track_op() {
-                let y = x.contiguous()?.apply_op1_no_bwd(q.fast.as_ref())?;
+                let x = x.contiguous()?;
+                let y = match &q.packed {
+                    Some(p) => x.apply_op1_no_bwd(p.as_ref())?,
+                    None => x.apply_op1_no_bwd(q.fast.as_ref())?,
+                };
                 return Ok(match bias {
                     Some(b) => y.broadcast_add(b)?,
                     None => y,
@@ -872,33 +923,18 @@ impl Decoder {
             let k = rope(&k.transpose(1, 2)?.contiguous()?, cos, sin)?; // (b, nkv, s, hd)
             let v = v.transpose(1, 2)?.contiguous()?; // (b, nkv, s, hd)
             let (k, v) = match cache.as_deref_mut() {
-                Some(c) => {
-                    if c.kv.len() < spec.n_layers {
-                        c.kv.resize(spec.n_layers, None);
-                    }
-                    let kv = match &c.kv[l] {
-                        Some((pk, pv)) => (Tensor::cat(&[pk, &k], 2)?, Tensor::cat(&[pv, &v], 2)?),
-                        None => (k, v),
-                    };
-                    c.kv[l] = Some((kv.0.detach(), kv.1.detach()));
-                    kv
-                }
+                Some(c) => c.append(l, &k, &v)?,
                 None => (k, v),
             };
+            // Grouped-query attention without copying keys and values per head: query heads
+            // g*rep .. (g+1)*rep read kv head g, so (b, nh, s, hd) is viewed as (b, nkv, rep*s, hd).
             let rep = nh / nkv;
-            // (b, nkv, t, hd) -> (b, nh, t, hd)
-            let repeat = |t: &Tensor| -> Result<Tensor> {
-                if rep == 1 {
-                    return Ok(t.clone());
-                }
-                let (b_, g, tt, d_) = t.dims4()?;
-                Ok(t.unsqueeze(2)?.expand((b_, g, rep, tt, d_))?.reshape((b_, g * rep, tt, d_))?)
-            };
-            let (k, v) = (repeat(&k)?, repeat(&v)?);
-            let scores = (q.matmul(&k.t()?.contiguous()?)? * spec.attn_scale)?; // (b, nh, s, t)
+            let t = k.dim(2)?;
+            let qg = q.reshape((b, nkv, rep * s, hd))?;
+            let scores = (qg.matmul(&k.t()?)? * spec.attn_scale)?.reshape((b, nh, s, t))?;
             let scores = scores.broadcast_add(mask)?;
             let probs = softmax_last(&scores)?;
-            let mut att = probs.matmul(&v)?; // (b, nh, s, hd)
+            let mut att = probs.reshape((b, nkv, rep * s, t))?.matmul(&v)?.reshape((b, nh, s, hd))?;
             if let Some(r) = rows {
                 att = att.broadcast_mul(r)?;
             }
@@ -985,8 +1021,10 @@ impl Decoder {
 /// A GGUF tensor in its blocks (q/k rows un-permuted as [`names::unpermute_qk`] does, moving whole rows
 /// of blocks, which is exact), with its `fast` twin: Q4_1, Q5_0 and Q5_1 have no SIMD dot products in
 /// candle, so their matmuls run on a Q8_0 copy (8.5 bits, still 4x fewer bytes than f32). None for a
-/// tensor stored as float (F32/F16/BF16), which the float path handles.
-fn gguf_blocks(g: &crate::io::gguf::GgufFile, spec: &ModelSpec, gname: &str) -> Result<Option<(String, QWeight)>> {
+/// tensor stored as float (F32/F16/BF16), which the float path handles. Where pke's int8 kernel runs
+/// ([`super::int8`]), the Q8_0 values are repacked for it instead; `pack_q8` also repacks a tensor stored as
+/// Q8_0 (a second copy of it: not done for natively held models, where memory is the point).
+fn gguf_blocks(g: &crate::io::gguf::GgufFile, spec: &ModelSpec, gname: &str, pack_q8: bool) -> Result<Option<(String, QWeight)>> {
     use candle_core::quantized::{GgmlDType, QTensor};
     let Some(hf) = names::gguf_to_hf(spec.arch, gname) else { return Ok(None) };
     if !g.content.tensor_infos.contains_key(gname) {
@@ -1012,22 +1050,29 @@ fn gguf_blocks(g: &crate::io::gguf::GgufFile, spec: &ModelSpec, gname: &str) -> 
     };
     g.release(gname);
     let stored = std::sync::Arc::new(q);
-    let fast = match dtype {
-        GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1 => {
-            std::sync::Arc::new(QTensor::quantize(&stored.dequantize(&Device::Cpu)?, GgmlDType::Q8_0)?)
+    let packed = |q: &QTensor| -> Result<_> { Ok(super::int8::PackedQ8::for_kernels(q)?.map(std::sync::Arc::new)) };
+    let (fast, packed) = match dtype {
+        GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1 => {
+            let q8 = QTensor::quantize(&stored.dequantize(&Device::Cpu)?, GgmlDType::Q8_0)?;
+            match packed(&q8)? {
+                Some(p) => (stored.clone(), Some(p)),
+                None if dtype == GgmlDType::Q4_0 => (stored.clone(), None),
+                None => (std::sync::Arc::new(q8), None),
+            }
         }
-        _ => stored.clone(),
+        GgmlDType::Q8_0 if pack_q8 => (stored.clone(), packed(&stored)?),
+        _ => (stored.clone(), None),
     };
-    Ok(Some((hf, QWeight { stored, fast, only: true })))
+    Ok(Some((hf, QWeight { stored, fast, packed, only: true })))
 }
 
 /// Every linear weight of a GGUF file in its blocks (see [`gguf_blocks`]).
-fn gguf_linear_blocks(g: &crate::io::gguf::GgufFile, spec: &ModelSpec) -> Result<Vec<(String, QWeight)>> {
+fn gguf_linear_blocks(g: &crate::io::gguf::GgufFile, spec: &ModelSpec, pack_q8: bool) -> Result<Vec<(String, QWeight)>> {
     let mut out = Vec::new();
     for gname in g.tensor_names() {
         let Some(hf) = names::gguf_to_hf(spec.arch, gname) else { continue };
         if is_linear_weight(&hf) {
-            if let Some(w) = gguf_blocks(g, spec, gname)? {
+            if let Some(w) = gguf_blocks(g, spec, gname, pack_q8)? {
                 out.push(w);
             }
         }

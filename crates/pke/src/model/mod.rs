@@ -3,6 +3,7 @@
 pub mod arch;
 pub mod config;
 pub mod decoder;
+pub mod int8;
 pub mod ops;
 
 pub use arch::{Act, Arch, ArchSpec};

@@ -119,6 +119,36 @@ fn recording_does_not_change_the_forward_pass() {
     assert!(cap.get(Site::MlpAct(2)).is_some());
 }
 
+/// Decoding one token at a time with the KV cache gives the full forward's logits at every position, past
+/// the point where the cache's buffers grow (the prompt plus 64), for every architecture (grouped-query
+/// heads, Gemma's sliding window).
+#[test]
+fn cached_decoding_equals_the_full_forward_past_the_cache_growth() {
+    for arch in [Arch::Llama, Arch::Qwen2, Arch::Qwen3, Arch::Gemma3] {
+        let mut spec = tiny_spec(arch);
+        spec.max_position_embeddings = 128;
+        let m = Decoder::random(spec, 4).unwrap();
+        let ids: Vec<u32> = (0..90u32).map(|i| (i * 7 + 3) % 32).collect();
+        let full = m.logits(&m.forward(&Input::single(&ids)).unwrap().squeeze(0).unwrap()).unwrap();
+        let mut cache = pke::model::KvCache::default();
+        let h = m.forward_with(&Input::single(&ids[..3]), &mut pke::trace::Noop, Some(&mut cache)).unwrap();
+        let mut worst = 0f32;
+        let mut step = |pos: usize, h: &Tensor| {
+            let got = m.last_logits(h).unwrap().squeeze(0).unwrap();
+            let d = (got - full.get(pos).unwrap()).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            worst = worst.max(d);
+        };
+        step(2, &h);
+        for (pos, &id) in ids.iter().enumerate().skip(3) {
+            let input = Input { ids: vec![vec![id]], mask: None, positions: Some(vec![vec![pos as u32]]), resume: None };
+            let h = m.forward_with(&input, &mut pke::trace::Noop, Some(&mut cache)).unwrap();
+            step(pos, &h);
+        }
+        assert_eq!(cache.len(), ids.len());
+        assert!(worst < 1e-4, "{arch:?}: cached logits differ by {worst}");
+    }
+}
+
 /// The edit's two memory savers give the plain path's gradients: a trainable column delta beside a
 /// frozen weight (`set_column_delta`) and the blocks above it run as one recomputing op
 /// (`set_checkpoint_from`). In f64, so any difference is a wrong gradient, not rounding.
