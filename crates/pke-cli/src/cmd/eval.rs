@@ -31,6 +31,9 @@ pub struct EvalArgs {
     pub ppl_tokens: usize,
     #[arg(long, default_value_t = 48)]
     pub max_new_tokens: usize,
+    /// Prompts decoded together (greedy, KV cache; batches formed by prompt length).
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
     /// Refusal judge: broad or harmbench-prefixes.
     #[arg(long, default_value = "broad")]
     pub judge: String,
@@ -88,7 +91,9 @@ impl EvalArgs {
     pub fn settings(&self, chat: bool) -> Result<EvalSettings> {
         let all = pke::eval::report::ALL;
         let full = |n: usize| if self.full { all } else { n };
+        anyhow::ensure!((1..=256).contains(&self.batch), "--batch must be in 1..=256, got {}", self.batch);
         Ok(EvalSettings {
+            batch: self.batch,
             n_harmful: full(self.n_harmful),
             n_jailbreak: full(self.n_jailbreak),
             n_benign: full(self.n_benign),

@@ -125,7 +125,7 @@ impl Default for EvalSettings {
             chat: true,
             judge: RefusalJudge::Broad,
             harm_judge: true,
-            batch: 8,
+            batch: 16,
             extra_harmful: vec![],
             extra_benign: vec![],
             safeedit: None,
