@@ -20,6 +20,7 @@ def main() -> int:
     reps = int(sys.argv[3]) if len(sys.argv) > 3 else 3
     try:
         import llama_cpp
+        import numpy as np
     except ImportError:
         print("llama-decode.py: llama-cpp-python is not installed (scripts/bench-decode.sh installs it)", file=sys.stderr)
         return 1
@@ -35,7 +36,8 @@ def main() -> int:
         llm.eval(prompt)
         t = time.perf_counter()
         for _ in range(64):
-            tok = int(llm._scores[llm.n_tokens - 1].argmax())
+            logits = np.ctypeslib.as_array(llm._ctx.get_logits_ith(-1), shape=(llm.n_vocab(),))
+            tok = int(logits.argmax())
             llm.eval([tok])
         rates.append(64 / (time.perf_counter() - t))
     print(json.dumps({"gguf": path, "threads": threads, "llama_cpp": llama_cpp.__version__, "decode_tok_s": statistics.median(rates)}))

@@ -87,6 +87,12 @@ fn pick(logits: &[f32], opts: &GenOpts, rng: &mut rand::rngs::StdRng) -> u32 {
 
 /// Generate continuations of `prompts` (token ids) in one batch.
 pub fn generate(model: &Decoder, prompts: &[Vec<u32>], pad_id: u32, opts: &GenOpts) -> Result<Vec<Generation>> {
+    // On a thread of rayon's pool, so that the matmuls' parallel loops run on this thread and the pool's
+    // others instead of waking the pool and putting this thread to sleep a few hundred times per step.
+    rayon::scope(|_| generate_here(model, prompts, pad_id, opts))
+}
+
+fn generate_here(model: &Decoder, prompts: &[Vec<u32>], pad_id: u32, opts: &GenOpts) -> Result<Vec<Generation>> {
     if prompts.is_empty() {
         return Err(Error::Input("no prompts to generate from".into()));
     }
