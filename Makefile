@@ -2,7 +2,7 @@
 CARGO ?= cargo
 PKE := target/release/pke
 
-.PHONY: setup build demo test bench results crosscheck fmt clippy
+.PHONY: setup build demo test bench bench-decode results crosscheck fmt clippy
 
 setup:
 	scripts/setup.sh all
@@ -23,6 +23,11 @@ test: setup
 
 bench: setup build
 	RAYON_NUM_THREADS=2 $(PKE) bench-runtime -m smollm2 -m qwen2.5-0.5b -m gemma3-270m
+
+# pke's decode (single stream, batch 16) beside llama.cpp's single stream on the same GGUFs, one run;
+# installs llama-cpp-python into .data/llama-venv the first time (docs/benchmarks.md).
+bench-decode: setup build
+	scripts/bench-decode.sh
 
 # Rebuild the generated tables of docs/results.md (test split, both safety models, every method, attacks);
 # hours on 2 cores (the wall time is in the generated block). RESULTS_ATTACKS=0 for the compare tables alone.

@@ -33,7 +33,7 @@ echo "| model | llama.cpp single stream tok/s | pke single stream tok/s (f32 / i
 echo "|---|---|---|---|---|"
 for m in "${MODELS[@]}"; do
   gguf=$("$PKE" inspect -m "$m" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["source"])')
-  llama=$("$VENV/bin/python" scripts/llama-decode.py "$gguf" "$THREADS" "$REPS")
+  llama=$("$VENV/bin/python" scripts/llama-decode.py "$gguf" "$THREADS" "$REPS" 2> >(grep -v "^llama_kv_cache" >&2))
   python3 - "$m" "$BATCH" "$pke_json" "$llama" <<'EOF'
 import json, sys
 m, batch, rows, llama = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), json.loads(sys.argv[4])

@@ -89,7 +89,13 @@ fn pick(logits: &[f32], opts: &GenOpts, rng: &mut rand::rngs::StdRng) -> u32 {
 pub fn generate(model: &Decoder, prompts: &[Vec<u32>], pad_id: u32, opts: &GenOpts) -> Result<Vec<Generation>> {
     // On a thread of rayon's pool, so that the matmuls' parallel loops run on this thread and the pool's
     // others instead of waking the pool and putting this thread to sleep a few hundred times per step.
-    rayon::scope(|_| generate_here(model, prompts, pad_id, opts))
+    // A one-thread pool has no parallel loops to share, and callers on several threads (tests) would
+    // queue behind its one thread.
+    if rayon::current_num_threads() > 1 && rayon::current_thread_index().is_none() {
+        rayon::scope(|_| generate_here(model, prompts, pad_id, opts))
+    } else {
+        generate_here(model, prompts, pad_id, opts)
+    }
 }
 
 fn generate_here(model: &Decoder, prompts: &[Vec<u32>], pad_id: u32, opts: &GenOpts) -> Result<Vec<Generation>> {

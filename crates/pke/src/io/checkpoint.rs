@@ -421,8 +421,7 @@ impl Checkpoint {
         let tok = Tok::from_gguf(&g)?;
         let model = if mode == Weights::Native {
             check_native_memory(path, n_params, native_bytes(&infos), available)?;
-            // Where float32 would have fitted, memory is plentiful: Q8_0 tensors get their int8-kernel copy.
-            Decoder::from_gguf_native(&g, spec, auto_weights(n_params, available) == Weights::F32)?
+            Decoder::from_gguf_native(&g, spec)?
         } else {
             check_memory(path, n_params, available)?;
             Decoder::new(spec.clone(), load_gguf_weights(&g, &spec)?, path)?

@@ -595,12 +595,11 @@ impl Decoder {
     }
 
     /// Build from a GGUF file keeping every linear weight and the embedding in their blocks (see
-    /// [`Weights::Native`]); the rest (norms, biases, float32-stored tensors) is float32. `pack_q8`: also
-    /// repack the tensors stored as Q8_0 for the int8 kernel (a second copy of them; for when memory is
-    /// plentiful).
-    pub fn from_gguf_native(g: &crate::io::gguf::GgufFile, spec: ModelSpec, pack_q8: bool) -> Result<Self> {
-        let blocks = gguf_linear_blocks(g, &spec, pack_q8)?;
-        let embed = gguf_blocks(g, &spec, "token_embd.weight", pack_q8)?;
+    /// [`Weights::Native`]); the rest (norms, biases, float32-stored tensors) is float32. Tensors stored as
+    /// Q8_0 are not repacked for the int8 kernel (that would be a second copy of them): they run on candle's.
+    pub fn from_gguf_native(g: &crate::io::gguf::GgufFile, spec: ModelSpec) -> Result<Self> {
+        let blocks = gguf_linear_blocks(g, &spec, false)?;
+        let embed = gguf_blocks(g, &spec, "token_embd.weight", false)?;
         let small = crate::io::checkpoint::load_gguf_weights_except(g, &spec, |hf| {
             blocks.iter().any(|(n, _)| n == hf) || embed.as_ref().is_some_and(|(n, _)| n == hf)
         })?;
@@ -1025,7 +1024,7 @@ impl Decoder {
 /// candle, so their matmuls run on a Q8_0 copy (8.5 bits, still 4x fewer bytes than f32). None for a
 /// tensor stored as float (F32/F16/BF16), which the float path handles. Where pke's int8 kernel runs
 /// ([`super::int8`]), the Q8_0 values are repacked for it instead; `pack_q8` also repacks a tensor stored as
-/// Q8_0 (a second copy of it: for natively held models only where memory is plentiful).
+/// Q8_0 (a second copy of it: not for natively held models, where memory is the point).
 fn gguf_blocks(g: &crate::io::gguf::GgufFile, spec: &ModelSpec, gname: &str, pack_q8: bool) -> Result<Option<(String, QWeight)>> {
     use candle_core::quantized::{GgmlDType, QTensor};
     let Some(hf) = names::gguf_to_hf(spec.arch, gname) else { return Ok(None) };

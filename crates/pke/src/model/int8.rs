@@ -27,12 +27,13 @@ const QK: usize = 32;
 pub const ROWS: usize = 8;
 
 /// One 32-value block of sixteen weight rows: `qs[(g * 16 + r) * 4 + j]` = row `r`'s value `4 g + j`,
-/// plus 128; `d[r]` = row `r`'s block scale.
-#[repr(C, align(64))]
+/// plus 128; `d[r]` = row `r`'s block scale (f16, as Q8_0 stores it, so the packed weight takes exactly the
+/// bytes of its Q8_0 blocks).
+#[repr(C)]
 #[derive(Clone)]
 struct Tile {
     qs: [u8; QK * TILE_N],
-    d: [f32; TILE_N],
+    d: [f16; TILE_N],
 }
 
 /// One input row's block of 32 values quantized to int8: `x ~ d * qs`; `sum` = the sum of `qs` (for the
@@ -103,11 +104,11 @@ impl PackedQ8 {
         let mut tiles = Vec::with_capacity(n / TILE_N * kb);
         for t in 0..n / TILE_N {
             for b in 0..kb {
-                let mut tile = Tile { qs: [0; QK * TILE_N], d: [0.0; TILE_N] };
+                let mut tile = Tile { qs: [0; QK * TILE_N], d: [f16::ZERO; TILE_N] };
                 for r in 0..TILE_N {
                     let at = ((t * TILE_N + r) * kb + b) * BLOCK;
                     let blk = &data[at..at + BLOCK];
-                    tile.d[r] = f16::from_le_bytes([blk[0], blk[1]]).to_f32();
+                    tile.d[r] = f16::from_le_bytes([blk[0], blk[1]]);
                     for g in 0..QK / 4 {
                         for j in 0..4 {
                             tile.qs[(g * TILE_N + r) * 4 + j] = (blk[2 + g * 4 + j] as i8 as i16 + 128) as u8;
@@ -193,7 +194,7 @@ fn tile_rows_scalar(tiles: &[Tile], acts: &[ActBlock], kb: usize, rows: usize, a
                     }
                 }
                 let dot = (s - 128 * a.sum) as f32;
-                *out = dot.mul_add(tile.d[r] * a.d, *out);
+                *out = dot.mul_add(tile.d[r].to_f32() * a.d, *out);
             }
         }
     }
@@ -212,8 +213,8 @@ mod avx512 {
         let mut sums = [_mm512_setzero_ps(); ROWS];
         for (b, tile) in tiles.iter().enumerate() {
             let p = tile.qs.as_ptr() as *const __m512i;
-            let w: [__m512i; QK / 4] = std::array::from_fn(|g| _mm512_load_si512(p.add(g)));
-            let dw = _mm512_load_ps(tile.d.as_ptr());
+            let w: [__m512i; QK / 4] = std::array::from_fn(|g| _mm512_loadu_si512(p.add(g)));
+            let dw = _mm512_cvtph_ps(_mm256_loadu_si256(tile.d.as_ptr() as *const __m256i));
             for (i, s) in sums.iter_mut().enumerate().take(rows) {
                 let a = &acts[i * kb + b];
                 let q = a.qs.as_ptr() as *const i32;
