@@ -7,7 +7,7 @@
 #   scripts/bench-decode.sh [MODEL ...]        (default: smollm2 qwen2.5-0.5b gemma3-270m)
 #   THREADS=2 REPS=3 BATCH=16 scripts/bench-decode.sh
 #
-# The first run installs llama-cpp-python into .data/llama-venv (a C++ build, ~15 min on 2 cores).
+# The first run installs llama-cpp-python into .data/llama-venv (a C++ build, ~10 min on 2 cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 THREADS=${THREADS:-2}
