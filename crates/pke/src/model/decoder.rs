@@ -79,7 +79,7 @@ impl KvCache {
         let len = slot.as_ref().map_or(0, |e| e.len);
         if slot.as_ref().is_none_or(|e| len + s > e.k.dim(2).unwrap_or(0)) {
             // Room for the prompt and 64 more positions, doubling after that.
-            let cap = (len + s).max(2 * len).max(len + s + 64);
+            let cap = (2 * len).max(len + s + 64);
             let grown = LayerKv {
                 k: Tensor::zeros((b, h, cap, d), k.dtype(), k.device())?,
                 v: Tensor::zeros((b, h, cap, d), v.dtype(), v.device())?,
@@ -1051,18 +1051,15 @@ fn gguf_blocks(g: &crate::io::gguf::GgufFile, spec: &ModelSpec, gname: &str, pac
     };
     g.release(gname);
     let stored = std::sync::Arc::new(q);
-    let packed = |q: &QTensor| -> Result<_> { Ok(super::int8::PackedQ8::for_kernels(q)?.map(std::sync::Arc::new)) };
-    let (fast, packed) = match dtype {
-        GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1 => {
-            let q8 = QTensor::quantize(&stored.dequantize(&Device::Cpu)?, GgmlDType::Q8_0)?;
-            match packed(&q8)? {
-                Some(p) => (stored.clone(), Some(p)),
-                None if dtype == GgmlDType::Q4_0 => (stored.clone(), None),
-                None => (std::sync::Arc::new(q8), None),
-            }
+    // `PackedQ8::for_kernels` re-quantizes the Q4/Q5 types to Q8_0 itself, and only where it packs.
+    let packable =
+        matches!(dtype, GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1) || (dtype == GgmlDType::Q8_0 && pack_q8);
+    let packed = if packable { super::int8::PackedQ8::for_kernels(&stored)?.map(std::sync::Arc::new) } else { None };
+    let fast = match dtype {
+        GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1 if packed.is_none() => {
+            std::sync::Arc::new(QTensor::quantize(&stored.dequantize(&Device::Cpu)?, GgmlDType::Q8_0)?)
         }
-        GgmlDType::Q8_0 if pack_q8 => (stored.clone(), packed(&stored)?),
-        _ => (stored.clone(), None),
+        _ => stored.clone(),
     };
     Ok(Some((hf, QWeight { stored, fast, packed, only: true })))
 }

@@ -139,15 +139,7 @@ impl PackedQ8 {
             for m0 in (0..m).step_by(ROWS) {
                 let rows = (m - m0).min(ROWS);
                 let mut acc = [[0f32; TILE_N]; ROWS];
-                #[cfg(target_arch = "x86_64")]
-                if self.simd {
-                    // SAFETY: `simd` is only set where `simd_available()` (for_kernels).
-                    unsafe { avx512::tile_rows(tiles, &acts[m0 * kb..(m0 + rows) * kb], kb, rows, &mut acc) };
-                } else {
-                    tile_rows_scalar(tiles, &acts[m0 * kb..(m0 + rows) * kb], kb, rows, &mut acc);
-                }
-                #[cfg(not(target_arch = "x86_64"))]
-                tile_rows_scalar(tiles, &acts[m0 * kb..(m0 + rows) * kb], kb, rows, &mut acc);
+                self.tile_rows(tiles, &acts[m0 * kb..(m0 + rows) * kb], kb, rows, &mut acc);
                 for (i, a) in acc[..rows].iter().enumerate() {
                     // SAFETY: tile `t` writes columns 16 t .. 16 t + 16 of each row and no other tile
                     // writes them, so the parallel writes never overlap; the index is inside `y` (m * n).
@@ -158,6 +150,16 @@ impl PackedQ8 {
                 }
             }
         });
+    }
+
+    /// One tile column for `rows` input rows, on the kernel this weight was packed for.
+    fn tile_rows(&self, tiles: &[Tile], acts: &[ActBlock], kb: usize, rows: usize, acc: &mut [[f32; TILE_N]; ROWS]) {
+        #[cfg(target_arch = "x86_64")]
+        if self.simd {
+            // SAFETY: `simd` is only set where `simd_available()` (for_kernels).
+            return unsafe { avx512::tile_rows(tiles, acts, kb, rows, acc) };
+        }
+        tile_rows_scalar(tiles, acts, kb, rows, acc)
     }
 }
 
