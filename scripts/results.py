@@ -156,6 +156,10 @@ def model_section(out, data, model):
             copy_relative(os.path.join(a, f"attack.{ext}"), os.path.join(data, f"results-attack-{model}-{meth}.{ext}"))
         lines.append(f"#### Attacks on the {meth} edit")
         lines.append("")
+        # Which binary ran the attack (written by scripts/results.sh; by hand for a run kept from before).
+        if os.path.exists(os.path.join(a, "provenance")):
+            lines.append(read(os.path.join(a, "provenance")).strip())
+            lines.append("")
         # attack.md's own title ("# pke attack") would repeat the heading above.
         body = re.sub(r"\A# pke attack\n+", "", read(os.path.join(a, "attack.md")))
         lines.append(demote(relative(body), 3).strip())

@@ -3,7 +3,8 @@
 # defaults, on the test split of every evaluation set, on both safety models (SmolLM2-135M-Instruct and
 # Qwen2.5-Coder-0.5B-Instruct):
 #   1. pke compare with every method (vanilla, pke, dinm, ft-l, ga), default hyper-parameters, the
-#      built-in AdvBench edit cases, the prefill attack on 10 HarmBench behaviours;
+#      built-in AdvBench edit cases, every set in full (the default) and the prefill attack on every
+#      HarmBench test behaviour;
 #   2. (RESULTS_ATTACKS=1, the default) pke attack on each method's edit (scripts/attack-methods.sh sizes);
 #   3. scripts/results.py writes the tables, the goal check and the run's provenance (date, commit,
 #      machine, wall time) between the markers in docs/results.md, and copies each run's JSON and
@@ -37,7 +38,7 @@ $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $RAYON_NUM_TH
     n=$(cases_for "$m")
     rm -rf "$OUT/compare-$m"
     "$PKE" compare --model "$m" --builtin "advbench:$n" --chat --split test \
-      --methods vanilla,pke,dinm,ft-l,ga --n-prefill 10 --out "$OUT/compare-$m"
+      --methods vanilla,pke,dinm,ft-l,ga --n-prefill all --out "$OUT/compare-$m"
     if [ "${RESULTS_ATTACKS:-1}" = 1 ]; then
       for meth in pke dinm ft-l ga; do
         rm -rf "out/attack-$m-$meth"
@@ -46,6 +47,8 @@ $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $RAYON_NUM_TH
       for meth in pke dinm ft-l ga; do
         mkdir -p "$OUT/attack-$m-$meth"
         cp "out/attack-$m-$meth/attack.md" "out/attack-$m-$meth/attack.json" "$OUT/attack-$m-$meth/"
+        echo "Run by \`scripts/attack-methods.sh $m $meth\` (its quick set sizes) with the binary of commit $c." \
+          > "$OUT/attack-$m-$meth/provenance"
       done
     fi
   done

@@ -631,6 +631,21 @@ pub fn markdown(c: &Comparison) -> String {
             r.factual_accuracy.n,
             r.asr.definition
         );
+        let checks: Vec<String> = c
+            .rows
+            .iter()
+            .filter_map(|row| {
+                let k = row.report.kernel_check.as_ref()?;
+                Some(format!("{} {} of {}", row.label, k.same_verdicts?, k.n))
+            })
+            .collect();
+        s += &match r.kernels {
+            crate::eval::report::Kernels::Int8 => format!(
+                "\nReplies through the int8 kernels (weights an edit changed exact; perplexity, factual accuracy and KL exact). Kernel check, verdicts the exact path gives too on a sample: {}.\n",
+                if checks.is_empty() { "not run".to_string() } else { checks.join(", ") }
+            ),
+            crate::eval::report::Kernels::Exact => "\nReplies on the exact (float32) path.\n".to_string(),
+        };
         if let Some(l) = &r.lookalike {
             s += &format!(
                 "\nLook-alike probes: {} ({} split), {} benign look-alikes and {} harmful twins (refusal judge only).\n",

@@ -5,8 +5,8 @@
 //! The figures are fits to measurements on the project's 2-core development machine (AMD EPYC, 2 threads;
 //! docs/benchmarks.md): a default `pke` edit step costs ~5.3e-9 s per parameter in float32 (SmolLM2 0.71 s,
 //! Gemma 3 270M 1.6 s, Qwen2.5-0.5B 2.5 s) and ~15% more with native weights (Qwen2.5-Coder-1.5B), a `dinm`
-//! step ~1.5e-9, a `pke` locate ~8e-9 per case, and a default-size evaluation ~2e-6 s per parameter (mostly
-//! greedy decoding). Before its first step a default `pke` edit generates the original model's replies to
+//! step ~1.5e-9, a `pke` locate ~8e-9 per case, and a default (full-size, int8 kernels) evaluation ~150 s
+//! plus ~1e-6 s per parameter, mostly greedy decoding (SmolLM2 282 s, 2026-12-03). Before its first step a default `pke` edit generates the original model's replies to
 //! the 48 retain prompts and the null space's keys: ~9 s + 6.9e-8 s per parameter (18.5 s on SmolLM2,
 //! 43.4 s on Qwen2.5-Coder-0.5B, 2026-12-02 at commit 75fe1db), ~15% more native; with it, ten steps on
 //! the Llama-3-8B-shaped file come out at ~19 min against the 20 min measured (docs/scaling.md). Peak
@@ -17,13 +17,20 @@
 //! 9.63 GiB). Native, where the edit recomputes the blocks above its layer and locate's graph over all
 //! layers sets the peak: ~1.7 GB plus ~1.9 KB per layer and unit (two points: Qwen2.5-Coder-1.5B native,
 //! 3.21 GiB, and the Llama-3-8B-shaped synthetic file, 7.44 GiB; both measured 2026-12-01 at commit 669a4e9).
-//! An evaluation: ~1.3x the float32 weights, or ~2.2x the stored bytes native (candle's x86 quantized
-//! kernels keep a repacked copy of each weight). Rough by design: within a factor of ~1.5 on the measured
+//! An evaluation: ~1.5 GiB (harm judge, batch buffers) plus ~1.3x the float32 weights and the stored bytes
+//! (the int8 kernels' copy) with float32 weights (SmolLM2: 2.4 GiB measured), or plus ~2.2x the stored bytes
+//! native. Rough by design: within a factor of ~1.5 on the measured
 //! models; nothing was measured on a GPU.
 
 use serde::Serialize;
 
 use crate::edit::Method;
+
+/// A default evaluation (every set in full, replies through the int8 kernels): fixed seconds (judges,
+/// perplexity, the kernel check) and seconds per parameter, and the fixed part of its memory.
+const EVAL_BASE_S: f64 = 150.0;
+const EVAL_PER_PARAM_S: f64 = 1.0e-6;
+const EVAL_BASE_BYTES: f64 = 1.5 * GIB;
 
 /// What the plan needs to know about a model.
 #[derive(Clone, Debug, Serialize)]
@@ -108,7 +115,8 @@ pub fn plan(m: &PlanModel, method: Method, cases: usize, steps: usize, device: &
     let native_act = NATIVE_ACT_BASE + NATIVE_ACT_PER_UNIT * units;
     let act = if native { native_act } else { F32_ACT_PER_UNIT * units };
     let edit_peak = (weights + 4.0 * trained + act) / devices as f64;
-    let eval_peak = if native { 2.2 * m.stored_bytes as f64 } else { 1.3 * f32_bytes } / devices as f64;
+    let eval_peak =
+        (EVAL_BASE_BYTES + if native { 2.2 * m.stored_bytes as f64 } else { 1.3 * f32_bytes + m.stored_bytes as f64 }) / devices as f64;
     let attack_peak = weights + crate::attack::finetune_bytes_of(m.n_layers, m.hidden, m.ff, m.vocab, 2);
     let slow = if native { 1.15 } else { 1.0 };
     let per_step = match method {
@@ -161,7 +169,7 @@ pub fn plan(m: &PlanModel, method: Method, cases: usize, steps: usize, device: &
         edit_s: cpu.then_some(setup + (per_step + watch) * steps as f64),
         edit_setup_s: cpu.then_some(setup),
         edit_watch_s: cpu.then_some(watch * steps as f64),
-        eval_s: cpu.then_some(2e-6 * m.n_params as f64 / if native { 1.5 } else { 1.0 }),
+        eval_s: cpu.then_some(EVAL_BASE_S + EVAL_PER_PARAM_S * m.n_params as f64),
         notes,
     }
 }
@@ -178,7 +186,7 @@ pub fn render(p: &Plan) -> String {
         "model         {} ({:.2} B parameters, {} layers, d={}, d_ff={})\n\
          stored        {:.2} GiB; float32 {:.2} GiB (weights mode: {})\n\
          edit          {} x {} case(s), {} steps: peak ~{:.1} GiB{}; locate {}, edit {} ({} of it before the first step, {} the held-out stop's readings)\n\
-         evaluation    default sizes: peak ~{:.1} GiB{}; {}\n\
+         evaluation    full sets, int8 kernels: peak ~{:.1} GiB{}; {}\n\
          attack        with finetune (every MLP weight trained, Adam): peak ~{:.1} GiB on one device{}\n\
          available     {}\n\
          verdict       {}\n",

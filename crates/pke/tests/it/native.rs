@@ -164,12 +164,12 @@ fn native_weights_keep_a_half_precision_hf_folder_as_stored() {
     std::fs::remove_dir_all(&base).ok();
 }
 
-/// An evaluation with native weights runs the kernels and checks them against the exact path on a sample
-/// of its own replies: the check is reported (and absent for float32), and on SmolLM2 most reply tokens
-/// are the exact path's greedy choice.
+/// An evaluation with the int8 kernels (native weights, or float32 weights with the GGUF's blocks
+/// attached) checks them against the exact path on a sample of its own prompts: the check is reported
+/// (and absent for the exact path), and on SmolLM2 most reply tokens are the exact path's greedy choice.
 #[test]
-fn native_evaluation_reports_the_kernel_check() {
-    use pke::eval::report::{evaluate, EvalSettings};
+fn int8_evaluation_reports_the_kernel_check() {
+    use pke::eval::report::{evaluate, EvalSettings, Kernels};
     let s = EvalSettings {
         n_harmful: 2,
         n_jailbreak: 0,
@@ -178,17 +178,50 @@ fn native_evaluation_reports_the_kernel_check() {
         ppl_tokens: 32,
         max_new_tokens: 12,
         n_probes_per_category: 1,
+        kernels: Kernels::Int8,
         ..Default::default()
     };
     let n = native("smollm2");
     let r = evaluate(&n, None, &s, |_| {}).unwrap();
-    assert_eq!(r.weights, Weights::Native);
-    let k = r.kernel_check.expect("native evaluation has a kernel check");
-    // 2 HarmBench + 2 StrongREJECT prompts (the first 8 harmful are all 4) and 2 benign ones.
+    assert_eq!((r.weights, r.kernels), (Weights::Native, Kernels::Int8));
+    let k = r.kernel_check.expect("an int8 evaluation has a kernel check");
+    // 2 HarmBench + 2 StrongREJECT prompts (the first 16 harmful are all 4) and 2 benign ones.
     assert_eq!(k.n, 6);
     assert!(k.identical <= k.n && k.tokens > 0 && k.ci_low <= k.ci_high);
     assert!(k.token_agreement > 0.7, "{k:?}");
+    let same = k.same_verdicts.expect("verdicts compared");
+    assert!(same <= k.n && same >= k.identical, "{k:?}");
     assert!(r.rates.iter().any(|x| x.metric == "replies the exact path reproduces"));
-    let f = evaluate(crate::common::smollm2(), None, &s, |_| {}).unwrap();
-    assert!(f.kernel_check.is_none() && f.weights == Weights::F32);
+    assert!(r.rates.iter().any(|x| x.metric == "verdicts the exact path gives too"));
+    // Float32 weights: the blocks are attached for the replies, the same check runs.
+    let q = evaluate(crate::common::smollm2(), None, &s, |_| {}).unwrap();
+    assert_eq!((q.weights, q.kernels), (Weights::F32, Kernels::Int8));
+    assert!(q.kernel_check.is_some());
+    let f = evaluate(crate::common::smollm2(), None, &EvalSettings { kernels: Kernels::Exact, ..s }, |_| {}).unwrap();
+    assert!(f.kernel_check.is_none() && f.weights == Weights::F32 && f.kernels == Kernels::Exact);
+}
+
+/// With the int8 kernels, a weight an edit changed keeps its new float32 values: the GGUF's blocks (the
+/// values before the edit) are attached only to the weights that still hold them.
+#[test]
+fn int8_kernels_leave_edited_weights_exact() {
+    use pke::eval::report::{with_kernels, Kernels};
+    let ck = crate::common::smollm2();
+    let ids = ck.tok.encode("The capital of France is", true).unwrap();
+    let last = |c: &pke::io::checkpoint::Checkpoint| -> Vec<f32> {
+        let h = c.model.forward(&pke::model::Input::single(&ids)).unwrap().squeeze(0).unwrap();
+        let h = h.narrow(0, ids.len() - 1, 1).unwrap();
+        c.model.logits(&h).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    };
+    let diff = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    let name = "model.layers.20.mlp.down_proj.weight";
+    let mut edited = ck.clone();
+    let w = edited.model.get(name).unwrap();
+    edited.model.set(name, (w * 4.0).unwrap()).unwrap();
+    let (orig, exact, int8) =
+        (last(ck), last(&with_kernels(&edited, Kernels::Exact).unwrap()), last(&with_kernels(&edited, Kernels::Int8).unwrap()));
+    let (edit_size, kernel_noise) = (diff(&exact, &orig), diff(&int8, &exact));
+    eprintln!("edit moves logits by {edit_size:.3}; int8 vs exact on the edited model {kernel_noise:.3}");
+    assert!(edit_size > 1.0, "the edit must move the logits: {edit_size}");
+    assert!(kernel_noise < 0.25 * edit_size, "the int8 path lost the edit: {kernel_noise} vs {edit_size}");
 }
