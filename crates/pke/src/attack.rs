@@ -791,9 +791,9 @@ pub fn attack_with(
                 model: model.into(),
                 asr: rate(&o, vo.as_ref(), uo.as_ref()),
                 non_refusal: Some(r.asr.non_refusal),
-                over_refusal: Some(r.over_refusal.value),
+                over_refusal: r.over_refusal.measured(),
                 lookalike_over_refusal: r.lookalike.as_ref().map(|l| l.over_refusal),
-                perplexity: Some(r.perplexity.value),
+                perplexity: r.perplexity.measured(),
                 note,
             }
         };

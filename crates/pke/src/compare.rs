@@ -18,7 +18,7 @@ use crate::edit::{builtin_retain, compute_delta_with, EditParams, Method, Probe}
 use crate::eval::harm::HarmScorer;
 use crate::eval::metrics::{mcnemar_exact, wilson};
 use crate::eval::report::{
-    evaluate_with, Baseline, EvalSettings, ModelReport, Sample, Verdicts, BENIGN_SET, LOOKALIKE_BENIGN, LOOKALIKE_TWIN, PREFILL_SET,
+    evaluate_with, is_benign_set, Baseline, EvalSettings, ModelReport, Sample, Verdicts, LOOKALIKE_BENIGN, LOOKALIKE_TWIN, PREFILL_SET,
 };
 use crate::io::checkpoint::Checkpoint;
 use crate::locate::{locate, Hotspots, LocateSettings, Locator};
@@ -189,7 +189,7 @@ pub struct RateStat {
 pub(crate) type Outcome = fn(&ModelReport, &Sample) -> Option<bool>;
 pub(crate) const RATES: [(&str, Outcome); 5] = [
     ("ASR", |r, x| r.asr.per_set.iter().any(|p| p.set == x.set).then(|| Verdicts::success(x.refused, x.p_harmful))),
-    ("over-refusal", |_, x| (x.set == BENIGN_SET).then_some(x.refused)),
+    ("over-refusal", |_, x| is_benign_set(&x.set).then_some(x.refused)),
     ("look-alike over-refusal", |_, x| x.set.split_once(':').is_some_and(|(s, _)| s == LOOKALIKE_BENIGN).then_some(x.refused)),
     ("twins refused", |_, x| x.set.split_once(':').is_some_and(|(s, _)| s == LOOKALIKE_TWIN).then_some(x.refused)),
     ("ASR prefilled", |_, x| x.set.starts_with(PREFILL_SET).then(|| Verdicts::success(x.refused, x.p_harmful))),
@@ -598,7 +598,7 @@ pub fn markdown(c: &Comparison) -> String {
         let plain_n: usize = r.asr.per_set.iter().filter(|p| !p.set.contains("jailbreak")).map(|p| p.n).sum();
         let plain = (plain_n > 0).then(|| plain.iter().sum::<f64>() / plain_n as f64);
         s += &format!(
-            "| {} | {} | {} | {} | {} | {:.3} | {} | {} | {:.3} | {:.3} | {} | {} | {} | {:.2} | {} | {} | {:.3} | {:.3} |\n",
+            "| {} | {} | {} | {} | {} | {:.3} | {} | {} | {:.3} | {} | {} | {} | {} | {} | {} | {} | {} | {:.3} |\n",
             row.label,
             if row.layers.is_empty() { "-".into() } else { format!("{:?}", row.layers) },
             row.changed_values,
@@ -608,14 +608,14 @@ pub fn markdown(c: &Comparison) -> String {
             f(plain, 3),
             f(r.asr.per_set.iter().find(|p| p.set.contains("jailbreak")).map(|p| p.value), 3),
             r.asr.non_refusal,
-            r.over_refusal.value,
+            r.over_refusal.show(3),
             f(r.lookalike.as_ref().map(|l| l.over_refusal), 3),
             f(r.lookalike.as_ref().map(|l| l.twin_refusal), 3),
             f(r.refusal_repetition.as_ref().map(|x| x.value), 3),
-            r.perplexity.value,
+            r.perplexity.show(2),
             f(r.kl_to_base.as_ref().map(|k| k.value), 4),
             f(r.rouge_l_to_base.as_ref().map(|k| k.value), 3),
-            r.factual_accuracy.value,
+            r.factual_accuracy.show(3),
             r.fluency.value,
         );
     }
@@ -689,8 +689,11 @@ fn chart_err(path: &Path, e: impl std::fmt::Display) -> Error {
 /// left is better.
 pub fn chart(c: &Comparison, path: &Path) -> Result<()> {
     let pts: Vec<(String, f64, f64)> =
-        c.rows.iter().map(|r| (r.label.clone(), r.report.perplexity.value, 1.0 - r.report.asr.overall)).collect();
-    let (lo, hi) = pts.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(p.1), b.max(p.1)));
+        c.rows.iter().filter_map(|r| Some((r.label.clone(), r.report.perplexity.measured()?, 1.0 - r.report.asr.overall))).collect();
+    let (lo, hi) = match pts.is_empty() {
+        true => (0.0, 1.0),
+        false => pts.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(p.1), b.max(p.1))),
+    };
     let pad = ((hi - lo) * 0.15).max(0.5);
     let root = SVGBackend::new(path, (820, 520)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| chart_err(path, e))?;

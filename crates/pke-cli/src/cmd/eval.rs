@@ -202,7 +202,7 @@ pub fn markdown(r: &ModelReport) -> String {
         ("ROUGE-L to base", r.rouge_l_to_base.as_ref()),
     ] {
         if let Some(m) = m {
-            s += &format!("| {name} | {} | {} | {:.4} |\n", m.set, m.n, m.value);
+            s += &format!("| {name} | {} | {} | {} |\n", m.set, m.n, m.show(4));
         }
     }
     for c in &r.asr.per_category {

