@@ -571,11 +571,12 @@ impl Decoder {
     /// hold the file's values. `g` must be the file the model was loaded from. Returns the number of
     /// weights attached.
     pub fn attach_quantized(&mut self, g: &crate::io::gguf::GgufFile) -> Result<usize> {
-        for (hf, w) in gguf_linear_blocks(g, &self.spec, true)? {
-            // A trainable weight (a Var), a changed one or one already held in blocks keeps what it has.
-            if self.weights.get(&hf).is_some_and(|t| !t.track_op()) && !self.quant.contains_key(&hf) && !self.changed.contains(&hf) {
-                self.quant.insert(hf, QWeight { only: false, ..w });
-            }
+        // A trainable weight (a Var), a changed one or one already held in blocks keeps what it has; only
+        // the others' blocks are read (and repacked), so a natively held model costs nothing here.
+        let wanted =
+            |hf: &str| self.weights.get(hf).is_some_and(|t| !t.track_op()) && !self.quant.contains_key(hf) && !self.changed.contains(hf);
+        for (hf, w) in gguf_linear_blocks(g, &self.spec, true, wanted)? {
+            self.quant.insert(hf, QWeight { only: false, ..w });
         }
         if self.spec.tie_word_embeddings
             && !self.changed.contains("lm_head.weight")
@@ -614,7 +615,7 @@ impl Decoder {
     /// [`Weights::Native`]); the rest (norms, biases, float32-stored tensors) is float32. Tensors stored as
     /// Q8_0 are not repacked for the int8 kernel (that would be a second copy of them): they run on candle's.
     pub fn from_gguf_native(g: &crate::io::gguf::GgufFile, spec: ModelSpec) -> Result<Self> {
-        let blocks = gguf_linear_blocks(g, &spec, false)?;
+        let blocks = gguf_linear_blocks(g, &spec, false, |_| true)?;
         let embed = gguf_blocks(g, &spec, "token_embd.weight", false)?;
         let small = crate::io::checkpoint::load_gguf_weights_except(g, &spec, |hf| {
             blocks.iter().any(|(n, _)| n == hf) || embed.as_ref().is_some_and(|(n, _)| n == hf)
@@ -1081,12 +1082,18 @@ fn gguf_blocks(g: &crate::io::gguf::GgufFile, spec: &ModelSpec, gname: &str, pac
     Ok(Some((hf, QWeight { stored, fast, packed, only: true })))
 }
 
-/// Every linear weight of a GGUF file in its blocks (see [`gguf_blocks`]).
-fn gguf_linear_blocks(g: &crate::io::gguf::GgufFile, spec: &ModelSpec, pack_q8: bool) -> Result<Vec<(String, QWeight)>> {
+/// The linear weights of a GGUF file that `wanted` asks for (by HF name), in their blocks (see
+/// [`gguf_blocks`]); the others are not read.
+fn gguf_linear_blocks(
+    g: &crate::io::gguf::GgufFile,
+    spec: &ModelSpec,
+    pack_q8: bool,
+    wanted: impl Fn(&str) -> bool,
+) -> Result<Vec<(String, QWeight)>> {
     let mut out = Vec::new();
     for gname in g.tensor_names() {
         let Some(hf) = names::gguf_to_hf(spec.arch, gname) else { continue };
-        if is_linear_weight(&hf) {
+        if is_linear_weight(&hf) && wanted(&hf) {
             if let Some(w) = gguf_blocks(g, spec, gname, pack_q8)? {
                 out.push(w);
             }
