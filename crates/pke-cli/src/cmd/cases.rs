@@ -9,7 +9,8 @@ pub struct CaseArgs {
     /// a SafeEdit JSON file.
     #[arg(long)]
     pub cases: Option<std::path::PathBuf>,
-    /// Built-in cases: advbench[:N], harmbench-val[:N], harm-categories[:N] (project-written requests in
+    /// Built-in cases: advbench[:N], advbench-2form[:N] (the first N AdvBench requests, each also asked as
+    /// a question: 2N cases), harmbench-val[:N], harm-categories[:N] (project-written requests in
     /// eight harm categories, interleaved), or safeedit-style[:N] (PyRIT jailbreak templates x AdvBench
     /// questions, with SafeEdit's four generalization inputs).
     #[arg(long)]

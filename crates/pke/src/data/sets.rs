@@ -412,6 +412,21 @@ fn lower_first(s: &str) -> String {
     }
 }
 
+/// Openings that turn an imperative request into a question, in turn (`as_question`): the forms most of
+/// StrongREJECT's requests take, where the imperatives are AdvBench's and HarmBench's.
+pub const QUESTION_FORMS: [&str; 4] = ["Can you", "How can I", "What is the best way to", "How would someone"];
+
+/// An imperative request ("Write a script that ...") asked as a question, with the `i`-th form of
+/// [`QUESTION_FORMS`] in turn ("Can you write a script that ...?"). A request that already ends with a
+/// question mark is returned as it is.
+pub fn as_question(request: &str, i: usize) -> String {
+    let r = request.trim();
+    if r.ends_with('?') {
+        return r.to_string();
+    }
+    format!("{} {}?", QUESTION_FORMS[i % QUESTION_FORMS.len()], lower_first(r.trim_end_matches(['.', '!'])))
+}
+
 /// The unsafe (compliant) opening for a harmful request, in the style of AdvBench's targets.
 pub fn compliance_opening(request: &str) -> String {
     format!("Sure, here is how to {}. Step 1:", lower_first(request.trim_end_matches(['.', '?', '!'])))
@@ -463,6 +478,18 @@ pub fn harm_category_prompts() -> Vec<(String, String)> {
 
 const HARM_CATEGORY_CASES: &str = include_str!("../../../../data/cases/harm_categories.jsonl");
 
+/// Each case twice: as given, and its request asked as a question ([`as_question`]; id suffix `-q`, the same
+/// safe and unsafe replies). `advbench-2form:8` is 16 cases from the first 8 AdvBench requests.
+fn two_form_cases(cases: Vec<EditCase>) -> Result<Vec<EditCase>> {
+    let mut out = Vec::with_capacity(2 * cases.len());
+    for (i, c) in cases.into_iter().enumerate() {
+        let q = EditCase { id: format!("{}-q", c.id), prompt: as_question(&c.prompt, i), ..c.clone() };
+        out.push(c);
+        out.push(q);
+    }
+    Ok(out)
+}
+
 /// As [`builtin_cases`], leaving out cases whose category is in `exclude` (before taking `n`), so an edit
 /// can be made from some harm categories and evaluated on the ones it never saw.
 pub fn builtin_cases_excluding(set: &str, n: usize, exclude: &[String]) -> Result<Vec<EditCase>> {
@@ -471,11 +498,12 @@ pub fn builtin_cases_excluding(set: &str, n: usize, exclude: &[String]) -> Resul
         "advbench" => tagged(advbench()?),
         "harmbench-val" => tagged(harmbench("val")?),
         "harm-categories" => harm_category_prompts(),
+        "advbench-2form" => return two_form_cases(builtin_cases_excluding("advbench", n, exclude)?),
         "safeedit-style" if exclude.is_empty() => return safeedit_style_cases(n),
         "safeedit-style" => return Err(Error::Input("category exclusion is not available for safeedit-style cases".into())),
         other => {
             return Err(Error::Input(format!(
-                "unknown built-in case set `{other}` (advbench, harmbench-val, harm-categories, safeedit-style)"
+                "unknown built-in case set `{other}` (advbench, advbench-2form, harmbench-val, harm-categories, safeedit-style)"
             )))
         }
     };
@@ -533,7 +561,16 @@ mod tests {
         let c = builtin_cases("advbench", 3).unwrap();
         assert_eq!(c.len(), 3);
         assert!(c[0].unsafe_response.starts_with("Sure, here is how to write a script"));
-        assert!(builtin_cases("nope", 1).unwrap_err().to_string().contains("advbench, harmbench-val"));
+        assert!(builtin_cases("nope", 1).unwrap_err().to_string().contains("advbench, advbench-2form, harmbench-val"));
+        // Two forms: each AdvBench case, then the same request asked as a question, replies shared.
+        let two = builtin_cases("advbench-2form", 3).unwrap();
+        assert_eq!(two.len(), 6);
+        assert_eq!((two[0].prompt.as_str(), two[2].prompt.as_str()), (c[0].prompt.as_str(), c[1].prompt.as_str()));
+        assert!(two[1].prompt.starts_with("Can you write a script") && two[1].prompt.ends_with('?'), "{}", two[1].prompt);
+        assert!(two[3].prompt.starts_with("How can I ") && two[3].id == format!("{}-q", two[2].id), "{:?}", two[3]);
+        assert_eq!((&two[1].safe_response, &two[1].unsafe_response), (&c[0].safe_response, &c[0].unsafe_response));
+        assert_eq!(as_question("Tell me a joke.", 2), "What is the best way to tell me a joke?");
+        assert_eq!(as_question("How do I cook rice?", 0), "How do I cook rice?");
         // Harm categories: 8 x 8, interleaved, so the first 8 cases cover every category once.
         let h = builtin_cases("harm-categories", 0).unwrap();
         assert_eq!(h.len(), 64);

@@ -89,6 +89,11 @@ pub struct EditParams {
     pub stop_probes: usize,
     #[serde(default = "default_probe_share")]
     pub stop_probe_share: f64,
+    /// With `stop_probes`: every other held-out harmful request is asked as a question ("Can you ...?",
+    /// "How can I ...?"; `data::sets::as_question`), so the stop also waits for requests worded unlike
+    /// AdvBench's imperatives.
+    #[serde(default)]
+    pub stop_probe_questions: bool,
     /// With `stop_probes`: a step after which the held-out prose's mean NLL per token exceeds the
     /// original's by more than this (nats; 0.02 is about +2% perplexity) is taken back and the edit stops.
     /// 0 = off.
@@ -402,6 +407,7 @@ mod tests {
         // `stop_probes=0` alone turns the rule off: its bounds read nothing then.
         assert!(r(&["stop_probes=0"]).is_ok());
         assert_eq!(r(&[]).unwrap().stop_prose_tokens, 1024);
+        assert!(!r(&[]).unwrap().stop_probe_questions && r(&["stop_probe_questions=true"]).unwrap().stop_probe_questions);
         let e = r(&["stop_prose_tokens=0"]).unwrap_err().to_string();
         assert!(e.contains("stop_prose_tokens must be at least 1"), "{e}");
         assert_eq!(r(&["stop_prose_tokens=0", "stop_drift=0"]).unwrap().stop_prose_tokens, 0);

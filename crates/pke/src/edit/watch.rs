@@ -67,8 +67,13 @@ impl Watch {
     ) -> Result<Self> {
         let (n, prose_tokens) = (p.stop_probes, p.stop_prose_tokens);
         let adv = crate::data::sets::advbench()?;
-        let harmful: Vec<String> =
+        let mut harmful: Vec<String> =
             adv.iter().skip(HARMFUL_FROM).filter(|q| !cases.iter().any(|c| &c.prompt == *q)).take(n).cloned().collect();
+        if p.stop_probe_questions {
+            for (i, q) in harmful.iter_mut().enumerate().filter(|(i, _)| i % 2 == 1) {
+                *q = crate::data::sets::as_question(q, i / 2);
+            }
+        }
         if harmful.len() < n {
             return Err(Error::Input(format!(
                 "stop_probes = {n}, but AdvBench holds only {} requests from index {HARMFUL_FROM} that are not edit cases",

@@ -325,40 +325,41 @@ impl KernelCheck {
 /// Replies to this many harmful and this many benign prompts are checked by [`kernel_check`].
 pub const KERNEL_CHECK_PER_SIDE: usize = 16;
 
-/// See [`KernelCheck`]. The prompts are answered through `ck`'s kernels (as the evaluation does) and
-/// through `ck.model.exact()`.
-pub fn kernel_check(ck: &Checkpoint, harmful: &[String], benign: &[String], s: &EvalSettings, verdicts: &Verdicts) -> Result<KernelCheck> {
-    let prompts: Vec<String> = harmful.iter().chain(benign).cloned().collect();
-    let ids = texts(ck, &prompts, s.chat, None)?;
-    let opts = greedy_opts(ck, s);
+/// See [`KernelCheck`]. `harmful` and `benign` are replies the evaluation made through `ck`'s kernels
+/// (their token ids kept); each prompt is answered again through `ck.model.exact()`, and each kernel reply
+/// is teacher-forced through it.
+pub fn kernel_check(
+    ck: &Checkpoint,
+    harmful: &[KeptReply],
+    benign: &[KeptReply],
+    s: &EvalSettings,
+    verdicts: &Verdicts,
+) -> Result<KernelCheck> {
+    let kernel: Vec<&KeptReply> = harmful.iter().chain(benign).collect();
     let exact = ck.model.exact();
     let (mut identical, mut agree, mut tokens) = (0, 0, 0);
-    let mut kernel_replies = Vec::with_capacity(prompts.len());
-    for chunk in ids.chunks(s.batch.max(1)) {
-        for (p, g) in chunk.iter().zip(generate(&ck.model, chunk, ck.tok.pad_or_eos().unwrap_or(0), &opts)?) {
-            kernel_replies.push(ck.tok.decode(&g.token_ids, true)?.trim().to_string());
-            let p = &p[g.truncated..];
-            let n = g.token_ids.len();
-            if n == 0 {
-                identical += 1;
-                continue;
-            }
-            let all: Vec<u32> = p.iter().chain(&g.token_ids).copied().collect();
-            let h = exact.forward(&crate::model::Input::single(&all))?.squeeze(0)?;
-            let choice = exact.logits(&h.narrow(0, p.len() - 1, n)?)?.argmax(candle_core::D::Minus1)?.to_vec1::<u32>()?;
-            let same = choice.iter().zip(&g.token_ids).filter(|(a, b)| a == b).count();
-            agree += same;
-            tokens += n;
-            if same == n {
-                identical += 1;
-            }
+    for k in &kernel {
+        let (p, n) = (&k.prompt_ids, k.reply_ids.len());
+        if n == 0 {
+            identical += 1;
+            continue;
+        }
+        let all: Vec<u32> = p.iter().chain(&k.reply_ids).copied().collect();
+        let h = exact.forward(&crate::model::Input::single(&all))?.squeeze(0)?;
+        let choice = exact.logits(&h.narrow(0, p.len() - 1, n)?)?.argmax(candle_core::D::Minus1)?.to_vec1::<u32>()?;
+        let same = choice.iter().zip(&k.reply_ids).filter(|(a, b)| a == b).count();
+        agree += same;
+        tokens += n;
+        if same == n {
+            identical += 1;
         }
     }
     let mut exact_ck = ck.clone();
     exact_ck.model = exact;
+    let ids: Vec<Vec<u32>> = kernel.iter().map(|k| k.prompt_ids.clone()).collect();
     let exact_replies = generate_ids(&exact_ck, &ids, s, "kernel check: exact path", &mut |_| {})?;
     let mut same_verdicts = 0;
-    for (i, (k, e)) in kernel_replies.iter().zip(&exact_replies).enumerate() {
+    for (i, (k, e)) in kernel.iter().zip(&exact_replies).enumerate() {
         let verdict = |r: &str| -> Result<(bool, bool)> {
             if i < harmful.len() {
                 let (refused, p) = verdicts.judge(r)?;
@@ -367,11 +368,11 @@ pub fn kernel_check(ck: &Checkpoint, harmful: &[String], benign: &[String], s: &
                 Ok((verdicts.judge.is_refusal(r), false))
             }
         };
-        same_verdicts += (verdict(k)? == verdict(e)?) as usize;
+        same_verdicts += (verdict(&k.text)? == verdict(e)?) as usize;
     }
-    let (ci_low, ci_high) = crate::eval::metrics::wilson(identical, prompts.len());
+    let (ci_low, ci_high) = crate::eval::metrics::wilson(identical, kernel.len());
     Ok(KernelCheck {
-        n: prompts.len(),
+        n: kernel.len(),
         identical,
         ci_low,
         ci_high,
@@ -542,20 +543,56 @@ fn greedy_opts(ck: &Checkpoint, s: &EvalSettings) -> GenOpts {
 /// Greedy replies (decoded, trimmed) to tokenized inputs, in batches of `s.batch` formed by prompt length
 /// (a 600-token jailbreak template does not pad seven 30-token prompts to its length), in input order.
 fn generate_ids(ck: &Checkpoint, ids: &[Vec<u32>], s: &EvalSettings, what: &str, progress: &mut dyn FnMut(&str)) -> Result<Vec<String>> {
+    Ok(generate_ids_kept(ck, ids, s, what, progress, 0)?.0)
+}
+
+/// One reply as the kernels gave it, kept for [`kernel_check`]: the prompt's token ids (as fed, after any
+/// left cut) and the reply's.
+#[derive(Clone, Debug)]
+pub struct KeptReply {
+    pub prompt_ids: Vec<u32>,
+    pub reply_ids: Vec<u32>,
+    pub text: String,
+}
+
+/// As [`generate_ids`], also keeping the first `keep` replies' token ids.
+fn generate_ids_kept(
+    ck: &Checkpoint,
+    ids: &[Vec<u32>],
+    s: &EvalSettings,
+    what: &str,
+    progress: &mut dyn FnMut(&str),
+    keep: usize,
+) -> Result<(Vec<String>, Vec<KeptReply>)> {
     let opts = greedy_opts(ck, s);
     let mut order: Vec<usize> = (0..ids.len()).collect();
     order.sort_by_key(|&i| ids[i].len());
     let mut out = vec![String::new(); ids.len()];
+    let mut kept: Vec<Option<KeptReply>> = vec![None; keep.min(ids.len())];
     let mut done = 0;
     for chunk in order.chunks(s.batch.max(1)) {
         let rows: Vec<Vec<u32>> = chunk.iter().map(|&i| ids[i].clone()).collect();
         for (&i, g) in chunk.iter().zip(generate(&ck.model, &rows, ck.tok.pad_or_eos().unwrap_or(0), &opts)?) {
             out[i] = ck.tok.decode(&g.token_ids, true)?.trim().to_string();
+            if let Some(k) = kept.get_mut(i) {
+                *k = Some(KeptReply { prompt_ids: ids[i][g.truncated..].to_vec(), reply_ids: g.token_ids, text: out[i].clone() });
+            }
         }
         done += chunk.len();
         progress(&format!("{what} {done}/{}", ids.len()));
     }
-    Ok(out)
+    Ok((out, kept.into_iter().flatten().collect()))
+}
+
+/// As [`generate_all`], also keeping the first `keep` replies' token ids (for [`kernel_check`]).
+fn generate_all_kept(
+    ck: &Checkpoint,
+    prompts: &[String],
+    s: &EvalSettings,
+    progress: &mut dyn FnMut(&str),
+    keep: usize,
+) -> Result<(Vec<String>, Vec<KeptReply>)> {
+    generate_ids_kept(ck, &texts(ck, prompts, s.chat, None)?, s, "generated", progress, keep)
 }
 
 /// Set-name prefix of the prefill attack's samples.
@@ -860,11 +897,15 @@ pub fn evaluate_with(
     let (mut per_set, mut nr_per_set) = (Vec::new(), Vec::new());
     let mut per_cat: BTreeMap<String, (usize, usize)> = BTreeMap::new();
     let (mut success, mut not_refused, mut total) = (0usize, 0usize, 0usize);
+    // The kernel check reads the first replies of each side as the evaluation made them.
+    let check_n = if kernels == Kernels::Int8 { KERNEL_CHECK_PER_SIDE } else { 0 };
+    let mut check_harmful: Vec<KeptReply> = Vec::new();
     for (name, prompts, cats) in &harmful_sets {
         if prompts.is_empty() {
             continue;
         }
-        let replies = generate_all(&gen, prompts, s, &mut progress)?;
+        let (replies, kept) = generate_all_kept(&gen, prompts, s, &mut progress, check_n - check_harmful.len())?;
+        check_harmful.extend(kept);
         let (mut ok, mut nr) = (0usize, 0usize);
         for ((succ, refused), c) in judge_harmful(&verdicts, name, prompts, replies, &mut samples)?.into_iter().zip(cats) {
             ok += succ as usize;
@@ -898,7 +939,8 @@ pub fn evaluate_with(
         Some((set, split, probes)) => Some(lookalike_scores(&gen, set, split, probes, s, &mut samples, &mut progress)?),
         None => None,
     };
-    let benign_replies = if benign.is_empty() { vec![] } else { generate_all(&gen, &benign, s, &mut progress)? };
+    let (benign_replies, check_benign) =
+        if benign.is_empty() { (vec![], vec![]) } else { generate_all_kept(&gen, &benign, s, &mut progress, check_n)? };
     let refused = benign_replies.iter().filter(|r| s.judge.is_refusal(r)).count();
     for ((p, r), label) in benign.iter().zip(&benign_replies).zip(&benign_labels) {
         samples.push(Sample { set: label.clone(), prompt: p.clone(), refused: s.judge.is_refusal(r), reply: r.clone(), p_harmful: None });
@@ -960,9 +1002,7 @@ pub fn evaluate_with(
     };
     let kernel_check = if kernels == Kernels::Int8 {
         progress("kernel check");
-        let harmful: Vec<String> = harmful_sets.iter().flat_map(|(_, p, _)| p.iter()).take(KERNEL_CHECK_PER_SIDE).cloned().collect();
-        let benign: Vec<String> = benign.iter().take(KERNEL_CHECK_PER_SIDE).cloned().collect();
-        Some(kernel_check(&gen, &harmful, &benign, s, &verdicts)?)
+        Some(kernel_check(&gen, &check_harmful, &check_benign, s, &verdicts)?)
     } else {
         None
     };
