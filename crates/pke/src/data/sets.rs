@@ -480,14 +480,14 @@ const HARM_CATEGORY_CASES: &str = include_str!("../../../../data/cases/harm_cate
 
 /// Each case twice: as given, and its request asked as a question ([`as_question`]; id suffix `-q`, the same
 /// safe and unsafe replies). `advbench-2form:8` is 16 cases from the first 8 AdvBench requests.
-fn two_form_cases(cases: Vec<EditCase>) -> Result<Vec<EditCase>> {
+fn two_form_cases(cases: Vec<EditCase>) -> Vec<EditCase> {
     let mut out = Vec::with_capacity(2 * cases.len());
     for (i, c) in cases.into_iter().enumerate() {
         let q = EditCase { id: format!("{}-q", c.id), prompt: as_question(&c.prompt, i), ..c.clone() };
         out.push(c);
         out.push(q);
     }
-    Ok(out)
+    out
 }
 
 /// As [`builtin_cases`], leaving out cases whose category is in `exclude` (before taking `n`), so an edit
@@ -498,7 +498,7 @@ pub fn builtin_cases_excluding(set: &str, n: usize, exclude: &[String]) -> Resul
         "advbench" => tagged(advbench()?),
         "harmbench-val" => tagged(harmbench("val")?),
         "harm-categories" => harm_category_prompts(),
-        "advbench-2form" => return two_form_cases(builtin_cases_excluding("advbench", n, exclude)?),
+        "advbench-2form" => return Ok(two_form_cases(builtin_cases_excluding("advbench", n, exclude)?)),
         "safeedit-style" if exclude.is_empty() => return safeedit_style_cases(n),
         "safeedit-style" => return Err(Error::Input("category exclusion is not available for safeedit-style cases".into())),
         other => {
