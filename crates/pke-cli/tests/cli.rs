@@ -370,6 +370,13 @@ fn a_model_too_large_for_memory_is_refused_before_loading_and_inspect_reads_only
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["fits"], false);
     assert_eq!(v["model"]["n_params"], 134515008);
+    // Without --steps it counts the method's step cap (config/methods/), not a fixed number.
+    for (method, m) in [("pke", pke::edit::Method::Pke), ("dinm", pke::edit::Method::Dinm)] {
+        let (code, out, err) = run(&["plan", "-m", "smollm2", "--method", method, "--json"]);
+        assert_eq!(code, 0, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["steps"].as_u64(), Some(pke::edit::EditParams::defaults(m).steps as u64), "{method}");
+    }
     // A published 70B configuration split over 8 devices: an eighth of the memory per device. With this
     // little memory auto holds it as stored (~40 GiB of Q4_K_M blocks plus activations).
     let per = |devices: &str| {

@@ -18,9 +18,9 @@ pub struct Args {
     method: String,
     #[arg(long, default_value_t = 8)]
     cases: usize,
-    /// Optimizer steps (the default methods stop at 30).
-    #[arg(long, default_value_t = 30)]
-    steps: usize,
+    /// Optimizer steps (default: the method's step cap, config/methods/; an edit that stops early takes less).
+    #[arg(long)]
+    steps: Option<usize>,
     /// cpu or cuda.
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -64,7 +64,8 @@ pub fn run(a: Args) -> Result<ExitCode> {
         }
         _ => bail!("give --model or --shape"),
     };
-    let p = plan(&m, method, a.cases, a.steps, &a.device, a.devices, pke::io::checkpoint::available_memory());
+    let steps = a.steps.unwrap_or_else(|| pke::edit::EditParams::defaults(method).steps);
+    let p = plan(&m, method, a.cases, steps, &a.device, a.devices, pke::io::checkpoint::available_memory());
     if a.json {
         super::print_json(&p)?;
     } else {
