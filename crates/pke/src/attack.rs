@@ -273,8 +273,15 @@ fn check_ablatable(spec: &crate::model::ModelSpec) -> Result<()> {
 }
 
 /// Re-quantize the edited tensors of `edited` to `ty` (`source` = each tensor's type in the base GGUF),
-/// write the GGUF under `dir`, and load it back. The file is removed once loaded and hashed.
-pub fn requantize(edited: &Checkpoint, base: &Checkpoint, names: &[String], ty: &str, dir: &Path) -> Result<(Checkpoint, Requant)> {
+/// write the GGUF under `dir`, and load it back. The file stays as long as the returned [`tempfile::TempPath`]
+/// lives (an int8 evaluation reads its blocks from it) and is removed when that is dropped.
+pub fn requantize(
+    edited: &Checkpoint,
+    base: &Checkpoint,
+    names: &[String],
+    ty: &str,
+    dir: &Path,
+) -> Result<(Checkpoint, Requant, tempfile::TempPath)> {
     let g = GgufFile::open(requant_source(base)?)?;
     let fixed = if ty == "source" { None } else { Some(parse_ggml_type(ty)?) };
     let stored = std::cell::RefCell::new(std::collections::BTreeSet::new());
@@ -286,10 +293,9 @@ pub fn requantize(edited: &Checkpoint, base: &Checkpoint, names: &[String], ty: 
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let path = dir.join(format!("requant-{ty}.gguf"));
     write_gguf_typed(&g, &edited.model, names, &pick, &path)?;
-    let loaded = Checkpoint::load(&path);
-    let loaded = loaded.and_then(|ck| ck.sha256().map(|_| ck));
-    let _ = std::fs::remove_file(&path);
-    let ck = loaded?;
+    let file = tempfile::TempPath::from_path(&path);
+    let ck = Checkpoint::load(&path)?;
+    ck.sha256()?;
     let (mut dot, mut dd, mut err) = (0f64, 0f64, 0f64);
     for n in names {
         let w0 = base.model.get(n)?;
@@ -310,6 +316,7 @@ pub fn requantize(edited: &Checkpoint, base: &Checkpoint, names: &[String], ty: 
     Ok((
         ck,
         Requant { ty: ty.into(), stored_as, kept: dot / dd.max(f64::MIN_POSITIVE), rel_error: (err / dd.max(f64::MIN_POSITIVE)).sqrt() },
+        file,
     ))
 }
 
@@ -820,7 +827,8 @@ pub fn attack_with(
     let mut requant = Vec::new();
     for ty in &requant_types {
         progress("requant", &format!("re-quantizing {} tensors to {ty}", names.len()));
-        let (ck, info) = requantize(edited, base, &names, ty, work_dir)?;
+        // The re-quantized GGUF is kept until its evaluation is done: the int8 kernels read its blocks.
+        let (ck, info, _file) = requantize(edited, base, &names, ty, work_dir)?;
         let r = eval(&ck, Some(&vanilla_r), &format!("requant {ty}"), &mut progress)?;
         let note = format!("stored as {}; edit kept {:.2}, relative error {:.2}", info.stored_as.join("/"), info.kept, info.rel_error);
         rows.push(row_of(&format!("requant:{ty}"), "edited", &r, ASR, Some(&vanilla_r), Some(&edited_r), note));

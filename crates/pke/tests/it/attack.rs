@@ -58,19 +58,25 @@ fn requant_reports_how_much_of_the_edit_survives() {
     let big = edited_copy(0.5);
     let names = edited_tensors(&big, base).unwrap();
     assert_eq!(names, vec![down_proj_name(11)]);
-    let (ck, info) = requantize(&big, base, &names, "source", dir.path()).unwrap();
+    let (ck, info, file) = requantize(&big, base, &names, "source", dir.path()).unwrap();
     assert_eq!(info.stored_as, vec!["Q4_1".to_string()]);
     assert!(info.kept > 0.7 && info.rel_error < 0.7, "{info:?}");
+    // While the file is held the re-quantized model can be evaluated on the int8 kernels (they read its
+    // blocks from the file: removing it at once broke every requant attack under the int8 default).
+    let int8 = pke::eval::report::with_kernels(&ck, pke::eval::report::Kernels::Int8).unwrap();
+    let ids = base.tok.encode("The capital of France is", true).unwrap();
+    int8.model.forward(&Input::single(&ids)).unwrap();
+    drop(file);
     assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none(), "the temporary GGUF is removed");
     // Untouched tensors are the base's own.
     let n = "model.layers.3.mlp.up_proj.weight";
     let same = (ck.model.get(n).unwrap() - base.model.get(n).unwrap()).unwrap().abs().unwrap().max_all().unwrap();
     assert_eq!(same.to_scalar::<f32>().unwrap(), 0.0);
     let tiny = edited_copy(1e-4);
-    let (_, info) = requantize(&tiny, base, &names, "source", dir.path()).unwrap();
+    let (_, info, _) = requantize(&tiny, base, &names, "source", dir.path()).unwrap();
     assert!(info.kept < 0.5, "a 1e-4 edit should not survive Q4_1: {info:?}");
     // Q8_0 keeps most of the tiny edit (its rounding of the touched blocks adds noise: rel_error > 1).
-    let (_, q8) = requantize(&tiny, base, &names, "q8_0", dir.path()).unwrap();
+    let (_, q8, _) = requantize(&tiny, base, &names, "q8_0", dir.path()).unwrap();
     assert_eq!(q8.stored_as, vec!["Q8_0".to_string()]);
     assert!(q8.kept > 0.5 && info.kept < 0.5, "q8_0 {q8:?} vs source {info:?}");
 }
