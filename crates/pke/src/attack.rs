@@ -293,7 +293,7 @@ pub fn requantize(
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let path = dir.join(format!("requant-{ty}.gguf"));
     write_gguf_typed(&g, &edited.model, names, &pick, &path)?;
-    let file = tempfile::TempPath::from_path(&path);
+    let file = tempfile::TempPath::try_from_path(&path).map_err(|e| Error::io(&path, e))?;
     let ck = Checkpoint::load(&path)?;
     ck.sha256()?;
     let (mut dot, mut dd, mut err) = (0f64, 0f64, 0f64);
