@@ -189,6 +189,35 @@ fn locate_edit_apply_revert_end_to_end() {
     let (code, _, err) = pke(&["apply", "-m", &d("edited"), "--delta", &d("delta.safetensors"), "--out", &d("twice")]);
     assert_eq!(code, 2);
     assert!(err.contains("does not hold"), "{err}");
+    // As a GGUF at the source's type: the edited down_proj is rounded shaped by default (and says how much
+    // benign error it saved), plainly on request; both files load.
+    let (code, _, err) =
+        pke(&["apply", "-m", "smollm2", "--delta", &d("delta.safetensors"), "--gguf", &d("shaped.gguf"), "--gguf-type", "source"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("mlp.down_proj.weight as Q4_1: benign output error") && err.contains("shaped ("), "{err}");
+    let (code, _, err) = pke(&[
+        "apply",
+        "-m",
+        "smollm2",
+        "--delta",
+        &d("delta.safetensors"),
+        "--gguf",
+        &d("plain.gguf"),
+        "--gguf-type",
+        "source",
+        "--gguf-rounding",
+        "plain",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("benign output error"), "{err}");
+    for f in ["shaped.gguf", "plain.gguf"] {
+        let (code, _, err) = pke(&["score", "-m", &d(f), "--text", "The quick brown fox jumps over the lazy dog."]);
+        assert_eq!(code, 0, "{f}: {err}");
+    }
+    let (code, _, err) =
+        pke(&["apply", "-m", "smollm2", "--delta", &d("delta.safetensors"), "--gguf", &d("x.gguf"), "--gguf-rounding", "fancy"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("fancy"), "{err}");
     // Outputs are never overwritten.
     let (code, _, err) = pke(&["revert", "-m", &d("edited"), "--delta", &d("delta.safetensors"), "--out", &d("reverted")]);
     assert_eq!(code, 2);

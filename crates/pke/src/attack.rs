@@ -5,7 +5,9 @@
 //!   (the evaluation's prefill attack; Qi et al. 2024 on shallow alignment);
 //! - **requant**: the edited tensors are re-quantized to the base GGUF's own types (or a named type),
 //!   written as a GGUF, reloaded and evaluated, as a user running the export in llama.cpp would; the report
-//!   also says how much of the edit the quantization kept;
+//!   also says how much of the edit the quantization kept. `TYPE+shaped` rounds the edited `down_proj`s as
+//!   `pke apply --gguf-type source` does by default (on plain rounding's grid, with GPTQ's error feedback
+//!   through the benign keys: [`crate::io::requant`]); plain `TYPE` is any other tool's quantizer;
 //! - **ablate**: the refusal direction (difference of mean residual activations on harmful vs harmless
 //!   prompts at the last prompt token) is projected out of every weight that writes to the residual stream
 //!   (Arditi et al. 2024's weight orthogonalization), at the layer whose direction, removed, leaves the
@@ -32,7 +34,7 @@ use crate::eval::report::{
 };
 use crate::io::checkpoint::{Checkpoint, Source};
 use crate::io::gguf::GgufFile;
-use crate::io::gguf_export::{parse_ggml_type, write_gguf_typed};
+use crate::io::gguf_export::{parse_ggml_type, write_gguf_shaped};
 use crate::locate::signals::prompt_text;
 use crate::model::Input;
 use crate::trace::{Capture, Site};
@@ -94,7 +96,7 @@ impl Default for AttackSettings {
         AttackSettings {
             attacks: vec![Attack::Prefill, Attack::Requant, Attack::Ablate, Attack::Jailbreak, Attack::Finetune],
             eval: EvalSettings::default(),
-            requant_types: vec!["source".into()],
+            requant_types: vec!["source".into(), "source+shaped".into()],
             ablate_prompts: 32,
             ablate_select: 8,
             jailbreak_per_family: 8,
@@ -151,6 +153,18 @@ pub struct Requant {
     pub stored_as: Vec<String>,
     pub kept: f64,
     pub rel_error: f64,
+    /// With `+shaped`: how each shaped tensor was rounded (benign output error, plain and shaped).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rounding: Vec<crate::io::requant::RoundingReport>,
+}
+
+/// A requant type as given (`source`, `q4_k`, ..., each optionally `+shaped`): the type and whether the
+/// edited `down_proj`s are rounded with [`crate::io::requant::quantize_shaped`].
+fn requant_spec(spec: &str) -> (&str, bool) {
+    match spec.strip_suffix("+shaped") {
+        Some(t) => (t, true),
+        None => (spec, false),
+    }
 }
 
 /// The refusal direction of one model.
@@ -283,7 +297,10 @@ pub fn requantize(
     dir: &Path,
 ) -> Result<(Checkpoint, Requant, tempfile::TempPath)> {
     let g = GgufFile::open(requant_source(base)?)?;
+    let spec = ty;
+    let (ty, shaped) = requant_spec(spec);
     let fixed = if ty == "source" { None } else { Some(parse_ggml_type(ty)?) };
+    let shaping = if shaped { crate::edit::preserve::shaping(&edited.model, &base.model, &edited.tok, names)? } else { Default::default() };
     let stored = std::cell::RefCell::new(std::collections::BTreeSet::new());
     let pick = |src| {
         let t = fixed.unwrap_or(src);
@@ -291,8 +308,8 @@ pub fn requantize(
         t
     };
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let path = dir.join(format!("requant-{ty}.gguf"));
-    write_gguf_typed(&g, &edited.model, names, &pick, &path)?;
+    let path = dir.join(format!("requant-{}.gguf", spec.replace('+', "-")));
+    let rounding = write_gguf_shaped(&g, &edited.model, names, &pick, &shaping, &path)?;
     let file = tempfile::TempPath::try_from_path(&path).map_err(|e| Error::io(&path, e))?;
     let ck = Checkpoint::load(&path)?;
     ck.sha256()?;
@@ -315,7 +332,13 @@ pub fn requantize(
     let stored_as = stored.into_inner().into_iter().collect();
     Ok((
         ck,
-        Requant { ty: ty.into(), stored_as, kept: dot / dd.max(f64::MIN_POSITIVE), rel_error: (err / dd.max(f64::MIN_POSITIVE)).sqrt() },
+        Requant {
+            ty: spec.into(),
+            stored_as,
+            kept: dot / dd.max(f64::MIN_POSITIVE),
+            rel_error: (err / dd.max(f64::MIN_POSITIVE)).sqrt(),
+            rounding,
+        },
         file,
     ))
 }
@@ -679,6 +702,7 @@ fn check_inputs(base: &Checkpoint, s: &AttackSettings) -> Result<Checked> {
     let requant_types: Vec<String> = if s.attacks.contains(&Attack::Requant) {
         requant_source(base)?;
         for t in &s.requant_types {
+            let (t, _) = requant_spec(t);
             if t != "source" {
                 parse_ggml_type(t)?;
             }
@@ -830,7 +854,10 @@ pub fn attack_with(
         // The re-quantized GGUF is kept until its evaluation is done: the int8 kernels read its blocks.
         let (ck, info, _file) = requantize(edited, base, &names, ty, work_dir)?;
         let r = eval(&ck, Some(&vanilla_r), &format!("requant {ty}"), &mut progress)?;
-        let note = format!("stored as {}; edit kept {:.2}, relative error {:.2}", info.stored_as.join("/"), info.kept, info.rel_error);
+        let mut note = format!("stored as {}; edit kept {:.2}, relative error {:.2}", info.stored_as.join("/"), info.kept, info.rel_error);
+        for x in &info.rounding {
+            note += &format!("; shaped rounding: benign output error {:.3} (plain {:.3})", x.shaped, x.plain);
+        }
         rows.push(row_of(&format!("requant:{ty}"), "edited", &r, ASR, Some(&vanilla_r), Some(&edited_r), note));
         reports.insert(format!("requant:{ty}/edited"), r);
         requant.push(info);

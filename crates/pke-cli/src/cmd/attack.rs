@@ -10,8 +10,9 @@ use pke::attack::{attack, markdown, work_dir, Attack, AttackSettings};
 #[derive(clap::Args)]
 pub struct AttackArgs {
     /// Types the edited tensors are re-quantized to: `source` (each tensor's type in the base GGUF) and/or
-    /// GGML names (q8_0, q4_0, q4_k, ...), comma-separated.
-    #[arg(long, default_value = "source", value_delimiter = ',')]
+    /// GGML names (q8_0, q4_0, q4_k, ...), comma-separated; `TYPE+shaped` rounds the edited down_proj as
+    /// `pke apply --gguf-type source` does by default (activation-aware), plain `TYPE` as any quantizer.
+    #[arg(long, default_value = "source,source+shaped", value_delimiter = ',')]
     requant_types: Vec<String>,
     /// Prompts per side (harmful AdvBench from the back, harmless retain prompts) for the refusal direction.
     #[arg(long, default_value_t = 32)]

@@ -18,6 +18,11 @@ pub struct OutputArgs {
     /// Type of the changed tensors in the GGUF: f32, f16, or source (re-quantized to the original type).
     #[arg(long, default_value = "f32")]
     gguf_type: String,
+    /// How `--gguf-type source` rounds an edited `down_proj`: `shaped` (on the grid plain rounding picks,
+    /// with GPTQ's error feedback through the benign keys, so benign inputs see less of the rounding) or
+    /// `plain` (the type's quantizer, as llama.cpp's).
+    #[arg(long, default_value = "shaped", value_parser = ["shaped", "plain"])]
+    gguf_rounding: String,
 }
 
 #[derive(clap::Args)]
@@ -132,7 +137,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         let mut model = ck.model.clone();
         delta.apply(&mut model, false)?;
         let card = pke::io::card::model_card(&CardInput { base: &ck, delta: &delta, reverted: false, evaluation: None })?;
-        write_outputs(&ck, &model, &delta.names(), a.output.out.as_deref(), a.output.gguf.as_deref(), &a.output.gguf_type, &card)?;
+        write_outputs(&ck, &model, &delta.names(), &a.output, &card)?;
     }
     if a.json {
         super::print_json(&serde_json::json!({
@@ -197,25 +202,31 @@ fn write_outputs(
     ck: &pke::io::checkpoint::Checkpoint,
     model: &pke::model::Decoder,
     edited: &[String],
-    out: Option<&std::path::Path>,
-    gguf: Option<&std::path::Path>,
-    gguf_type: &str,
+    o: &OutputArgs,
     card: &str,
 ) -> Result<()> {
-    let ty: pke::io::gguf_export::EditedType = gguf_type.parse()?;
-    let src = match (gguf, &ck.source) {
+    let ty: pke::io::gguf_export::EditedType = o.gguf_type.parse()?;
+    let src = match (&o.gguf, &ck.source) {
         (Some(_), pke::io::checkpoint::Source::Gguf(p)) => Some(pke::io::gguf::GgufFile::open(p)?),
         (Some(_), pke::io::checkpoint::Source::HfDir(d)) => bail!("--gguf needs a GGUF source model; {} is a HF folder", d.display()),
         (None, _) => None,
     };
-    if let Some(o) = out {
-        pke::io::hf::write_hf_dir_with(model, &ck.tok, o, None, Some(card))?;
+    if let Some(out) = &o.out {
+        pke::io::hf::write_hf_dir_with(model, &ck.tok, out, None, Some(card))?;
     }
-    if let (Some(g), Some(src)) = (gguf, src) {
+    if let (Some(g), Some(src)) = (&o.gguf, src) {
         if let Some(parent) = g.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
         }
-        pke::io::gguf_export::write_gguf(&src, model, edited, ty, g)?;
+        let shaping = if ty == pke::io::gguf_export::EditedType::Source && o.gguf_rounding == "shaped" {
+            pke::edit::preserve::shaping(model, &ck.model, &ck.tok, edited)?
+        } else {
+            Default::default()
+        };
+        let pick = |t| pke::io::gguf_export::pick_type(ty, t);
+        for r in pke::io::gguf_export::write_gguf_shaped(&src, model, edited, &pick, &shaping, g)? {
+            eprintln!("{}", r.describe());
+        }
     }
     Ok(())
 }
@@ -246,7 +257,7 @@ pub fn apply(a: ApplyArgs, revert: bool) -> Result<ExitCode> {
         bail!("nothing to write: give --out HF_DIR and/or --gguf FILE");
     }
     let card = pke::io::card::model_card(&CardInput { base: &ck, delta: &d, reverted: revert, evaluation: None })?;
-    write_outputs(&ck, &model, &d.names(), a.output.out.as_deref(), a.output.gguf.as_deref(), &a.output.gguf_type, &card)?;
+    write_outputs(&ck, &model, &d.names(), &a.output, &card)?;
     let dest: Vec<String> = a.output.out.iter().chain(a.output.gguf.iter()).map(|p| p.display().to_string()).collect();
     println!("{} {} ({} tensors) -> {}", if revert { "reverted" } else { "applied" }, a.delta.display(), d.tensors.len(), dest.join(", "));
     Ok(ExitCode::SUCCESS)

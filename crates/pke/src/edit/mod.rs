@@ -342,7 +342,7 @@ fn retain_replies(model: &Decoder, model_id: u64, tok: &Tok, prompts: &[String],
 
 /// Prompt ids as the edit sees them (chat template or not); an empty one is an error naming `what` and
 /// its position.
-fn encode_prompts(tok: &Tok, prompts: &[String], chat: bool, what: &str) -> Result<Vec<Vec<u32>>> {
+pub(crate) fn encode_prompts(tok: &Tok, prompts: &[String], chat: bool, what: &str) -> Result<Vec<Vec<u32>>> {
     prompts
         .iter()
         .enumerate()
@@ -385,7 +385,7 @@ fn passage_ids<'a>(
 
 /// About `tokens` tokens of plain prose (whole book passages in order, each its own sequence), for the
 /// null space to protect; none for 0.
-fn prose_ids(tok: &Tok, tokens: usize, ctx: usize) -> Result<Vec<Vec<u32>>> {
+pub(crate) fn prose_ids(tok: &Tok, tokens: usize, ctx: usize) -> Result<Vec<Vec<u32>>> {
     let mut out = Vec::new();
     if tokens == 0 {
         return Ok(out);

@@ -110,7 +110,7 @@ impl Projector {
 
 /// Per target (layer, edited columns) and per sequence, the keys (positions, |cols|) of that layer's MLP,
 /// from one forward pass per sequence.
-fn keys(model: &Decoder, seqs: &[Vec<u32>], targets: &[(usize, Tensor)]) -> Result<Vec<Vec<Tensor>>> {
+pub(crate) fn keys(model: &Decoder, seqs: &[Vec<u32>], targets: &[(usize, Tensor)]) -> Result<Vec<Vec<Tensor>>> {
     let mut out: Vec<Vec<Tensor>> = targets.iter().map(|_| Vec::with_capacity(seqs.len())).collect();
     let stop = targets.iter().map(|(l, _)| *l).max();
     for ids in seqs {
@@ -312,6 +312,66 @@ pub fn projectors(
         let fd = b.ncols();
         let basis = Tensor::from_vec((0..c * fd).map(|i| b[(i / fd, i % fd)] as f32).collect::<Vec<_>>(), (c, fd), model.device())?;
         out.push(Projector { name: name.clone(), idx, basis, summary });
+    }
+    Ok(out)
+}
+
+/// Plain-prose tokens and built-in benign prompts whose keys [`shaping`] weighs rounding errors by.
+pub const SHAPING_PROSE_TOKENS: usize = 4096;
+
+/// The benign keys' second moment over the changed columns of every edited `down_proj` in `edited`
+/// (against `base`), for shaped re-quantization ([`crate::io::requant`]). The keys come from `model` (the
+/// edited model: the keys of a layer do not depend on its own `down_proj`) on about
+/// [`SHAPING_PROSE_TOKENS`] tokens of book prose and the built-in retain set's benign prompts (chat
+/// template when the tokenizer has one). As in [`projectors`], the first position (the attention sink) is
+/// kept out of the moment and weighed as one direction holding as much of the trace as all other positions
+/// together. Tensors other than `down_proj`, or with no changed column, get none.
+pub fn shaping(
+    model: &Decoder,
+    base: &Decoder,
+    tok: &crate::io::tokenizer::Tok,
+    edited: &[String],
+) -> Result<crate::io::requant::ShapingMap> {
+    let mut targets: Vec<(String, usize, Vec<usize>)> = Vec::new();
+    for name in edited {
+        let Some(layer) = (0..model.spec.n_layers).find(|&l| crate::model::decoder::down_proj_name(l) == *name) else { continue };
+        let changed = (model.get(name)?.to_dtype(DType::F32)? - base.get(name)?.to_dtype(DType::F32)?)?.abs()?.max(0)?.to_vec1::<f32>()?;
+        let cols: Vec<usize> = changed.iter().enumerate().filter(|(_, d)| **d > 0.0).map(|(j, _)| j).collect();
+        if !cols.is_empty() {
+            targets.push((name.clone(), layer, cols));
+        }
+    }
+    let mut out = crate::io::requant::ShapingMap::new();
+    if targets.is_empty() {
+        return Ok(out);
+    }
+    let ctx = model.spec.max_position_embeddings;
+    let mut seqs = super::prose_ids(tok, SHAPING_PROSE_TOKENS, ctx)?;
+    let chat = tok.chat_template.is_some();
+    seqs.extend(super::encode_prompts(tok, &crate::data::probes::builtin_retain_prompts(), chat, "built-in retain prompt")?);
+    let at: Vec<(usize, Tensor)> = targets.iter().map(|(_, l, c)| Ok((*l, index_tensor(c, model.device())?))).collect::<Result<_>>()?;
+    let per_target = keys(model, &seqs, &at)?;
+    for ((name, _, cols), kb) in targets.into_iter().zip(per_target) {
+        let rest: Vec<Tensor> = kb
+            .iter()
+            .filter(|k| k.dim(0).is_ok_and(|n| n > 1))
+            .map(|k| k.narrow(0, 1, k.dim(0)? - 1))
+            .collect::<candle_core::Result<_>>()?;
+        let rest = Tensor::cat(&rest, 0)?;
+        let positions = rest.dim(0)? + kb.len();
+        let (mut s, c) = second_moment(&rest)?;
+        let sink = Tensor::cat(&kb.iter().map(|k| k.narrow(0, 0, 1)).collect::<candle_core::Result<Vec<_>>>()?, 0)?;
+        let sink: Vec<f64> = (sink.sum(0)? / sink.dim(0)? as f64)?.to_vec1::<f32>()?.into_iter().map(f64::from).collect();
+        let (trace, norm2) = ((0..c).map(|i| s[i * c + i]).sum::<f64>(), sink.iter().map(|x| x * x).sum::<f64>());
+        if norm2 > 0.0 {
+            let w = trace / norm2;
+            for i in 0..c {
+                for j in 0..c {
+                    s[i * c + j] += w * sink[i] * sink[j];
+                }
+            }
+        }
+        out.insert(name, crate::io::requant::Shaping { columns: cols, moment: s, positions });
     }
     Ok(out)
 }

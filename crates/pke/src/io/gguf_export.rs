@@ -11,6 +11,7 @@ use candle_core::quantized::{GgmlDType, QTensor};
 
 use crate::io::gguf::GgufFile;
 use crate::io::names;
+use crate::io::requant::{quantize_shaped, RoundingReport, ShapingMap};
 use crate::model::Decoder;
 use crate::{Error, Result};
 
@@ -38,12 +39,16 @@ impl std::str::FromStr for EditedType {
 
 /// Write `model` as a GGUF at `path` (atomically), taking everything not in `edited` from `src`.
 pub fn write_gguf(src: &GgufFile, model: &Decoder, edited: &[String], ty: EditedType, path: &Path) -> Result<()> {
-    let pick = |src_type: GgmlDType| match ty {
+    write_gguf_typed(src, model, edited, &|t| pick_type(ty, t), path)
+}
+
+/// The storage type of an edited tensor whose source type is `src_type`.
+pub fn pick_type(ty: EditedType, src_type: GgmlDType) -> GgmlDType {
+    match ty {
         EditedType::F32 => GgmlDType::F32,
         EditedType::F16 => GgmlDType::F16,
         EditedType::Source => src_type,
-    };
-    write_gguf_typed(src, model, edited, &pick, path)
+    }
 }
 
 /// A GGML storage type by its llama.cpp name (`q4_0`, `Q4_K`, `f16`, ...).
@@ -93,6 +98,21 @@ pub fn write_gguf_typed(
     pick: &dyn Fn(GgmlDType) -> GgmlDType,
     path: &Path,
 ) -> Result<()> {
+    write_gguf_shaped(src, model, edited, pick, &ShapingMap::new(), path).map(|_| ())
+}
+
+/// As [`write_gguf_typed`]; edited tensors in `shaping` that are stored in a block type are rounded with
+/// [`quantize_shaped`] (the benign keys see less of the rounding), the others plainly. Returns how each
+/// shaped tensor was rounded.
+pub fn write_gguf_shaped(
+    src: &GgufFile,
+    model: &Decoder,
+    edited: &[String],
+    pick: &dyn Fn(GgmlDType) -> GgmlDType,
+    shaping: &ShapingMap,
+    path: &Path,
+) -> Result<Vec<RoundingReport>> {
+    let mut reports = Vec::new();
     if path.exists() && std::fs::canonicalize(path).ok() == std::fs::canonicalize(&src.path).ok() {
         return Err(Error::Input(format!("refusing to overwrite the source model {}", path.display())));
     }
@@ -115,7 +135,15 @@ pub fn write_gguf_typed(
                 t = (t + arch.norm_weight_offset as f64)?;
             }
             let (_, src_type, _) = src.tensor_bytes(gname)?;
-            quantize_checked(&hf, &t, pick(src_type))?
+            let ty = pick(src_type);
+            match shaping.get(&hf) {
+                Some(sh) if ty.block_size() > 1 => {
+                    let (q, r) = quantize_shaped(&hf, &t, ty, sh)?;
+                    reports.push(r);
+                    q
+                }
+                _ => quantize_checked(&hf, &t, ty)?,
+            }
         } else {
             src.qtensor(gname)?
         };
@@ -139,5 +167,5 @@ pub fn write_gguf_typed(
     if res.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
-    res
+    res.map(|_| reports)
 }

@@ -7,6 +7,7 @@ pub mod gguf;
 pub mod gguf_export;
 pub mod hf;
 pub mod names;
+pub mod requant;
 pub mod safetensors;
 pub mod synth;
 pub mod tokenizer;

@@ -81,6 +81,61 @@ fn requant_reports_how_much_of_the_edit_survives() {
     assert!(q8.kept > 0.5 && info.kept < 0.5, "q8_0 {q8:?} vs source {info:?}");
 }
 
+/// `source+shaped` rounds the edited columns on plain rounding's grid with error feedback through benign
+/// keys. On a real (short) PKE edit, whose change the benign inputs do not see: the report says the
+/// benign error fell, the untouched columns are exactly where plain rounding puts them, and a text that is
+/// not among the shaping data (Macbeth) reads closer to the float edit than after plain rounding.
+#[test]
+fn shaped_requant_hides_the_rounding_from_benign_inputs() {
+    use pke::edit::{compute_delta_with, EditParams, Method};
+    let base = crate::common::smollm2();
+    let dir = tempfile::tempdir().unwrap();
+    let cases = pke::data::sets::builtin_cases("advbench", 2).unwrap();
+    let s = pke::locate::LocateSettings { layers: vec![11], ..Default::default() };
+    let (h, _) = pke::locate::locate(&base.model, &base.tok, &cases, &s, None, |_, _| {}).unwrap();
+    let p = EditParams::resolve(
+        Method::Pke,
+        None,
+        &["steps=5".into(), "stop_nll=0".into(), "stop_probes=4".into(), "stop_prose_tokens=256".into()],
+    )
+    .unwrap();
+    let out = compute_delta_with(&base.model, &base.tok, &cases, &h, Method::Pke, &p, Some(&crate::common::small_retain()), |_, _, _| {})
+        .unwrap();
+    let mut edited = base.clone();
+    out.delta.apply(&mut edited.model, false).unwrap();
+    let names = edited_tensors(&edited, base).unwrap();
+    let name = down_proj_name(11);
+    assert_eq!(names, vec![name.clone()]);
+    let (plain, pinfo, _pf) = requantize(&edited, base, &names, "source", dir.path()).unwrap();
+    let (shaped, sinfo, _sf) = requantize(&edited, base, &names, "source+shaped", dir.path()).unwrap();
+    assert!(pinfo.rounding.is_empty(), "{pinfo:?}");
+    assert_eq!(sinfo.ty, "source+shaped");
+    assert_eq!(sinfo.stored_as, vec!["Q4_1".to_string()]);
+    let r = &sinfo.rounding[..];
+    assert_eq!(r.len(), 1, "{sinfo:?}");
+    assert!(r[0].shaped_kept && r[0].shaped < 0.9 * r[0].plain, "{:?}", r[0]);
+    assert!(sinfo.kept > 0.7, "the edit itself survives shaped rounding: {sinfo:?}");
+    let hot: std::collections::BTreeSet<usize> = out.delta.tensors[0].columns.iter().copied().collect();
+    let (wp, ws) = (plain.model.get(&name).unwrap().to_vec2::<f32>().unwrap(), shaped.model.get(&name).unwrap().to_vec2::<f32>().unwrap());
+    let mut moved = 0;
+    for (rp, rs) in wp.iter().zip(&ws) {
+        for (c, (a, b)) in rp.iter().zip(rs).enumerate() {
+            if hot.contains(&c) {
+                moved += usize::from(a != b);
+            } else {
+                assert_eq!(a, b, "column {c} is not edited: shaped rounding must leave it where plain rounding put it");
+            }
+        }
+    }
+    assert!(moved > 0, "shaped rounding changed no edited value");
+    let text = pke::data::sets::perplexity_text("macbeth_gut.txt").unwrap();
+    let ids = base.tok.encode(&text, true).unwrap()[..1024].to_vec();
+    let nll = |ck: &pke::io::checkpoint::Checkpoint| pke::score::score_ids(&ck.model, &ids).unwrap().mean_nll;
+    let want = nll(&edited);
+    let (dp, ds) = ((nll(&plain) - want).abs(), (nll(&shaped) - want).abs());
+    assert!(ds < 0.5 * dp, "Macbeth's mean NLL moved {ds} from the float edit's after shaped rounding, {dp} after plain");
+}
+
 #[test]
 fn an_edited_model_holds_its_unedited_tensors_as_the_bases_own() {
     let base = crate::common::smollm2();
