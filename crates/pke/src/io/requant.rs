@@ -84,20 +84,23 @@ fn error_energy(q: &[f32], w: &[f32], n: usize, cols: &[usize], s: &[f64]) -> (V
     (e, energy)
 }
 
-/// Σ_rows x S xᵀ for `x` (rows x c).
+/// Σ_rows x S xᵀ for `x` (rows x c), rows in parallel.
 fn quad(x: &[f64], rows: usize, c: usize, s: &[f64]) -> f64 {
-    let mut total = 0.0;
-    for r in 0..rows {
-        let xr = &x[r * c..(r + 1) * c];
-        for i in 0..c {
-            if xr[i] == 0.0 {
-                continue;
+    use rayon::prelude::*;
+    x[..rows * c]
+        .par_chunks(c.max(1))
+        .map(|xr| {
+            let mut total = 0.0;
+            for i in 0..c {
+                if xr[i] == 0.0 {
+                    continue;
+                }
+                let si = &s[i * c..(i + 1) * c];
+                total += xr[i] * si.iter().zip(xr).map(|(a, b)| a * b).sum::<f64>();
             }
-            let si = &s[i * c..(i + 1) * c];
-            total += xr[i] * si.iter().zip(xr).map(|(a, b)| a * b).sum::<f64>();
-        }
-    }
-    total
+            total
+        })
+        .sum()
 }
 
 /// Where one element's quantized value lives in its block and which affine map reads it.
@@ -281,24 +284,24 @@ pub fn quantize_shaped(name: &str, t: &Tensor, dtype: GgmlDType, sh: &Shaping) -
     // x: the edited columns' values still to be rounded (rows x c, in GPTQ order), updated as it goes.
     let mut x: Vec<f64> =
         (0..rows).flat_map(|r| order.iter().map(move |&i| (r, i))).map(|(r, i)| w[r * n + sh.columns[i]] as f64).collect();
-    for k in 0..c {
-        let col = sh.columns[order[k]];
-        let (blk, e) = (col / lay.block_len, col % lay.block_len);
-        let ukk = u[(k, k)];
-        for r in 0..rows {
-            let off = (r * blocks_per_row + blk) * lay.block_bytes;
-            let b = &mut bytes[off..off + lay.block_bytes];
+    // Rows are independent (each its own blocks and its own x), so each runs GPTQ's column loop alone.
+    use rayon::prelude::*;
+    let row_bytes = blocks_per_row * lay.block_bytes;
+    bytes.par_chunks_mut(row_bytes).zip(x.par_chunks_mut(c)).for_each(|(row, xr)| {
+        for k in 0..c {
+            let col = sh.columns[order[k]];
+            let (blk, e) = (col / lay.block_len, col % lay.block_len);
+            let b = &mut row[blk * lay.block_bytes..(blk + 1) * lay.block_bytes];
             let (a, z) = affine(dtype, b, e);
-            let v = x[r * c + k];
+            let v = xr[k];
             let q = if a == 0.0 { get_q(dtype, b, e) } else { (((v - z as f64) / a as f64).round() as i32).clamp(lay.qmin, lay.qmax) };
             set_q(dtype, b, e, q);
-            let err = (v - (a as f64 * q as f64 + z as f64)) / ukk;
-            let xr = &mut x[r * c..(r + 1) * c];
+            let err = (v - (a as f64 * q as f64 + z as f64)) / u[(k, k)];
             for j in k + 1..c {
                 xr[j] -= err * u[(k, j)];
             }
         }
-    }
+    });
     let shaped_q = candle_core::quantized::ggml_file::qtensor_from_ggml(dtype, &bytes, plain_q.shape().dims().to_vec(), &Device::Cpu)?;
     let (_, shaped) = error_energy(&dequantize(&shaped_q)?, &w, n, &sh.columns, &sh.moment);
     if shaped < plain {
