@@ -125,6 +125,22 @@ pub(crate) fn keys(model: &Decoder, seqs: &[Vec<u32>], targets: &[(usize, Tensor
     Ok(out)
 }
 
+/// One target's benign keys (one tensor per sequence) split at the attention sink: every position after
+/// the first, stacked; the mean first-position key; and the number of positions in all. An error naming
+/// `what` when every sequence is a single token.
+fn split_sink(kb: &[Tensor], what: &str) -> Result<(Tensor, Vec<f64>, usize)> {
+    let rest: Vec<Tensor> =
+        kb.iter().filter(|k| k.dim(0).is_ok_and(|n| n > 1)).map(|k| k.narrow(0, 1, k.dim(0)? - 1)).collect::<candle_core::Result<_>>()?;
+    if rest.is_empty() {
+        return Err(Error::Input(format!("{what}: every benign sequence is a single token")));
+    }
+    let rest = Tensor::cat(&rest, 0)?;
+    let sink = Tensor::cat(&kb.iter().map(|k| k.narrow(0, 0, 1)).collect::<candle_core::Result<Vec<_>>>()?, 0)?;
+    let positions = rest.dim(0)? + sink.dim(0)?;
+    let sink = (sink.sum(0)? / sink.dim(0)? as f64)?.to_vec1::<f32>()?.into_iter().map(f64::from).collect();
+    Ok((rest, sink, positions))
+}
+
 /// The second moment K^T K / n as a row-major f64 matrix.
 fn second_moment(k: &Tensor) -> Result<(Vec<f64>, usize)> {
     let n = k.dim(0)?;
@@ -265,19 +281,8 @@ pub fn projectors(
     let harmful_keys = keys(model, harmful, &at)?;
     let mut out = Vec::new();
     for ((((name, layer, _), (_, idx)), kb), kh) in targets.iter().zip(at).zip(&benign_keys).zip(&harmful_keys) {
-        let rest: Vec<Tensor> = kb
-            .iter()
-            .filter(|k| k.dim(0).is_ok_and(|n| n > 1))
-            .map(|k| k.narrow(0, 1, k.dim(0)? - 1))
-            .collect::<candle_core::Result<_>>()?;
-        if rest.is_empty() {
-            return Err(Error::Input("preserve_energy: every benign sequence is a single token".into()));
-        }
-        let rest = Tensor::cat(&rest, 0)?;
-        let sink = Tensor::cat(&kb.iter().map(|k| k.narrow(0, 0, 1)).collect::<candle_core::Result<Vec<_>>>()?, 0)?;
-        let positions = rest.dim(0)? + sink.dim(0)?;
+        let (rest, sink, positions) = split_sink(kb, "preserve_energy")?;
         let (s, c) = second_moment(&rest)?;
-        let sink = (sink.sum(0)? / sink.dim(0)? as f64)?.to_vec1::<f32>()?.into_iter().map(f64::from).collect::<Vec<_>>();
         let always = if protect_sink { vec![sink] } else { vec![] };
         let benign_last: Vec<Tensor> =
             kb.iter().zip(benign).filter_map(|(k, (_, n))| n.map(|n| k.narrow(0, n - 1, 1))).collect::<candle_core::Result<_>>()?;
@@ -358,16 +363,8 @@ pub fn shaping(
     let at: Vec<(usize, Tensor)> = targets.iter().map(|(_, l, c)| Ok((*l, index_tensor(c, model.device())?))).collect::<Result<_>>()?;
     let per_target = keys(model, &seqs, &at)?;
     for ((name, _, cols), kb) in targets.into_iter().zip(per_target) {
-        let rest: Vec<Tensor> = kb
-            .iter()
-            .filter(|k| k.dim(0).is_ok_and(|n| n > 1))
-            .map(|k| k.narrow(0, 1, k.dim(0)? - 1))
-            .collect::<candle_core::Result<_>>()?;
-        let rest = Tensor::cat(&rest, 0)?;
-        let positions = rest.dim(0)? + kb.len();
+        let (rest, sink, positions) = split_sink(&kb, "shaped rounding")?;
         let (mut s, c) = second_moment(&rest)?;
-        let sink = Tensor::cat(&kb.iter().map(|k| k.narrow(0, 0, 1)).collect::<candle_core::Result<Vec<_>>>()?, 0)?;
-        let sink: Vec<f64> = (sink.sum(0)? / sink.dim(0)? as f64)?.to_vec1::<f32>()?.into_iter().map(f64::from).collect();
         let (trace, norm2) = ((0..c).map(|i| s[i * c + i]).sum::<f64>(), sink.iter().map(|x| x * x).sum::<f64>());
         if norm2 > 0.0 {
             let w = trace / norm2;

@@ -70,8 +70,8 @@ impl RoundingReport {
     }
 }
 
-/// The rounding error on the edited columns (rows x c) and its benign energy tr(E S Eᵀ).
-fn error_energy(q: &[f32], w: &[f32], n: usize, cols: &[usize], s: &[f64]) -> (Vec<f64>, f64) {
+/// The benign energy tr(E S Eᵀ) of the rounding error E on the edited columns (rows x c).
+fn error_energy(q: &[f32], w: &[f32], n: usize, cols: &[usize], s: &[f64]) -> f64 {
     let c = cols.len();
     let rows = w.len() / n;
     let mut e = vec![0.0; rows * c];
@@ -80,8 +80,7 @@ fn error_energy(q: &[f32], w: &[f32], n: usize, cols: &[usize], s: &[f64]) -> (V
             e[r * c + j] = q[r * n + col] as f64 - w[r * n + col] as f64;
         }
     }
-    let energy = quad(&e, rows, c, s);
-    (e, energy)
+    quad(&e, rows, c, s)
 }
 
 /// Σ_rows x S xᵀ for `x` (rows x c), rows in parallel.
@@ -263,7 +262,7 @@ pub fn quantize_shaped(name: &str, t: &Tensor, dtype: GgmlDType, sh: &Shaping) -
     }
     let w = t.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
     let plain_q = crate::io::gguf_export::quantize_checked(name, t, dtype)?;
-    let (_, plain) = error_energy(&dequantize(&plain_q)?, &w, n, &sh.columns, &sh.moment);
+    let plain = error_energy(&dequantize(&plain_q)?, &w, n, &sh.columns, &sh.moment);
     let wc: Vec<f64> = (0..rows).flat_map(|r| sh.columns.iter().map(move |&j| (r, j))).map(|(r, j)| w[r * n + j] as f64).collect();
     let reference = quad(&wc, rows, c, &sh.moment).max(f64::MIN_POSITIVE);
     let mut report = RoundingReport {
@@ -303,7 +302,7 @@ pub fn quantize_shaped(name: &str, t: &Tensor, dtype: GgmlDType, sh: &Shaping) -
         }
     });
     let shaped_q = candle_core::quantized::ggml_file::qtensor_from_ggml(dtype, &bytes, plain_q.shape().dims().to_vec(), &Device::Cpu)?;
-    let (_, shaped) = error_energy(&dequantize(&shaped_q)?, &w, n, &sh.columns, &sh.moment);
+    let shaped = error_energy(&dequantize(&shaped_q)?, &w, n, &sh.columns, &sh.moment);
     if shaped < plain {
         report.shaped = (shaped / reference).sqrt();
         report.shaped_kept = true;
