@@ -49,8 +49,9 @@ struct CaseSeqs {
     safe: Seq,
     unsafe_: Seq,
     loc: Option<Seq>,
-    /// The safe reply after the prompt and the unsafe reply's opening (`prefill_weight`).
-    recover: Option<Seq>,
+    /// The safe reply after the prompt and the unsafe reply's opening (`prefill_weight`), one sequence
+    /// per opening depth (`prefill_depths`); empty when off.
+    recover: Vec<Seq>,
 }
 
 /// The sequences of one case, ready to train on.
@@ -59,7 +60,8 @@ struct Prepared {
     id: String,
     safe: Seq,
     unsafe_: Seq,
-    recover: Option<Seq>,
+    /// Recovery sequences, one trained per step in turn (empty when off).
+    recover: Vec<Seq>,
     /// Locality sequence and the original model's log-probabilities at its KL rows (A, V).
     loc: Option<(Seq, Tensor)>,
 }
@@ -174,7 +176,7 @@ fn prepare(tok: &Tok, i: usize, c: &EditCase, chat: bool, p: &EditParams, method
             }
             _ => None,
         };
-        return Ok(CaseSeqs { id: c.id.clone(), safe, unsafe_, loc, recover: None });
+        return Ok(CaseSeqs { id: c.id.clone(), safe, unsafe_, loc, recover: Vec::new() });
     }
     let prompt = encode_nonempty(tok, &prompt_text(tok, &c.prompt, chat, None)?, !chat, "the prompt", &c.id)?;
     let mut safe = encode_nonempty(tok, &sep(&c.safe_response), false, "the safe reply", &c.id)?;
@@ -195,18 +197,28 @@ fn prepare(tok: &Tok, i: usize, c: &EditCase, chat: bool, p: &EditParams, method
         _ => None,
     };
     let recover = if p.prefill_weight > 0.0 {
-        let opening = if p.prefill_openings.is_empty() {
-            // At least one token of the (non-empty) unsafe reply, never all of a longer one.
-            unsafe_[..p.prefill_tokens.min(unsafe_.len() - 1).max(1)].to_vec()
+        let openings: Vec<Vec<u32>> = if p.prefill_openings.is_empty() {
+            // At least one token of the (non-empty) unsafe reply, never all of a longer one; depths that
+            // clip to the same opening are trained once.
+            let depths = if p.prefill_depths.is_empty() { vec![p.prefill_tokens] } else { p.prefill_depths.clone() };
+            let mut cut: Vec<usize> = depths.iter().map(|&d| d.min(unsafe_.len() - 1).max(1)).collect();
+            cut.sort_unstable();
+            cut.dedup();
+            cut.iter().map(|&d| unsafe_[..d].to_vec()).collect()
         } else {
             // The given openings, one per case in turn.
             let o = &p.prefill_openings[i % p.prefill_openings.len()];
-            encode_nonempty(tok, &sep(o), false, "the prefill opening", &c.id)?
+            vec![encode_nonempty(tok, &sep(o), false, "the prefill opening", &c.id)?]
         };
-        let opened: Vec<u32> = prompt.iter().chain(&opening).copied().collect();
-        Some(seq_after(&opened, &safe))
+        openings
+            .iter()
+            .map(|opening| {
+                let opened: Vec<u32> = prompt.iter().chain(opening).copied().collect();
+                seq_after(&opened, &safe)
+            })
+            .collect()
     } else {
-        None
+        Vec::new()
     };
     Ok(CaseSeqs { id: c.id.clone(), safe: seq_after(&prompt, &safe), unsafe_: seq_after(&prompt, &unsafe_), loc, recover })
 }
@@ -276,11 +288,12 @@ fn precompute(model: &Decoder, cases: Vec<CaseSeqs>, l0: usize) -> Result<Vec<Pr
         };
         let recover = c
             .recover
+            .into_iter()
             .map(|mut seq| -> Result<Seq> {
                 seq.resume = resume_of(&seq.ids)?;
                 Ok(seq)
             })
-            .transpose()?;
+            .collect::<Result<Vec<_>>>()?;
         out.push(Prepared { id: c.id, safe: c.safe, unsafe_: c.unsafe_, loc, recover });
     }
     Ok(out)
@@ -483,7 +496,8 @@ impl Adam {
 /// Loss terms of one case at the current weights.
 /// `frozen` is the same weights without gradient tracking, for terms computed without gradient.
 /// With `skip_inert_kl`, an inert KL term (no gradient) is left out and logged as NaN; see
-/// `EditParams::always_log_inert_kl`.
+/// `EditParams::always_log_inert_kl`. `step` picks the recovery sequence trained (one opening depth per
+/// step in turn).
 fn case_loss(
     model: &Decoder,
     frozen: &Decoder,
@@ -491,6 +505,7 @@ fn case_loss(
     method: Method,
     p: &EditParams,
     skip_inert_kl: bool,
+    step: usize,
 ) -> Result<(Tensor, StepLog)> {
     let zero = || Tensor::zeros((), candle_core::DType::F32, model.device());
     let mut log = StepLog::default();
@@ -518,7 +533,7 @@ fn case_loss(
             loss = (loss + (k * p.kl_weight)?)?;
         }
     }
-    if let (Some(seq), true) = (&c.recover, p.prefill_weight > 0.0 && method != Method::Ga) {
+    if let (Some(seq), true) = (c.recover.get(step % c.recover.len().max(1)), p.prefill_weight > 0.0 && method != Method::Ga) {
         // The stop rule waits for the recovery reply to open the greedy reply too.
         let (r, opens) = nll_and_greedy_opening(model, seq, p.stop_greedy_tokens)?;
         log.greedy_opening &= opens;
@@ -854,7 +869,7 @@ pub fn compute_delta_with(
             // early stop fires has back-propagated too (one wasted backward per edit).
             let mut grads: Vec<Option<Tensor>> = vec![None; vars.len()];
             for &i in group {
-                let (l, s) = case_loss(&m, &frozen, &prepared[i], method, p, lazy_kl)?;
+                let (l, s) = case_loss(&m, &frozen, &prepared[i], method, p, lazy_kl, step)?;
                 // With the recovery term, the NLL stop waits for the refusal after the compliant opening too.
                 max_nll = max_nll.max(s.nll_safe).max(s.nll_recover);
                 all_open &= s.greedy_opening || method == Method::Ga;

@@ -180,6 +180,11 @@ pub struct EditParams {
     /// Keep the attack's own opening ("Sure, here is") out of them to measure transfer, not recall.
     #[serde(default)]
     pub prefill_openings: Vec<String>,
+    /// With `prefill_weight`: depths (in tokens of the case's own unsafe reply) to train the recovery
+    /// after, one depth per step in turn, instead of the single `prefill_tokens` (Qi et al. 2024 draw the
+    /// depth at random per example). Empty = `[prefill_tokens]`. Not with `prefill_openings`.
+    #[serde(default)]
+    pub prefill_depths: Vec<usize>,
     /// Null-space edit (0 = off; `down_proj` columns only): after every step the change to each edited
     /// `down_proj` is projected away from the top eigen-directions of the benign keys (the edited neurons'
     /// activations on the retain set's benign prompts with the original replies, and on the locality
@@ -324,6 +329,14 @@ impl EditParams {
         }
         if let Some(i) = p.prefill_openings.iter().position(|o| o.trim().is_empty()) {
             return Err(Error::Input(format!("prefill_openings: opening {} is empty", i + 1)));
+        }
+        if p.prefill_depths.contains(&0) {
+            return Err(Error::Input(format!("prefill_depths: every depth must be at least 1 token, got {:?}", p.prefill_depths)));
+        }
+        if !p.prefill_depths.is_empty() && !p.prefill_openings.is_empty() {
+            return Err(Error::Input(
+                "prefill_depths (depths of each case's own unsafe reply) and prefill_openings (given openings) exclude each other".into(),
+            ));
         }
         if !(0.0..=1.0).contains(&p.top_fraction) {
             return Err(Error::Input(format!("top_fraction must be in (0, 1] (0 = the locate settings'), got {}", p.top_fraction)));

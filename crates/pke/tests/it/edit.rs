@@ -563,6 +563,23 @@ fn recovery_term_trains_the_refusal_after_a_compliant_opening() {
     assert!(g1 < 0.7 * g0, "the recovery NLL after the given openings should fall: {g0} -> {g1}");
     let e = EditParams::resolve(Method::Pke, None, &[r#"prefill_openings=["Sure", "  "]"#.into()]).unwrap_err().to_string();
     assert!(e.contains("prefill_openings: opening 2 is empty"), "{e}");
+    // Depths of the case's own reply, one per step in turn (sorted): with a step too small to move the
+    // weights, step 0 reads the 1-token opening and step 1 the default 6-token one, as the first run did.
+    let mut o3 = o.to_vec();
+    o3.push("prefill_depths=[6, 1]".into());
+    o3.push("lr=1e-12".into());
+    o3[0] = "steps=2".into();
+    let p = EditParams::resolve(Method::Pke, None, &o3).unwrap();
+    let depths = compute_delta(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, |_, _, _| {}).unwrap();
+    let (d1, d6) = (depths.log[0].nll_recover, depths.log[1].nll_recover);
+    assert!((d6 - first).abs() < 1e-3 * first, "depth 6 at step 1 {d6} vs the default's first step {first}");
+    assert!((d1 - first).abs() > 1e-2, "depth 1 at step 0 {d1} should differ from depth 6's {first}");
+    let e = EditParams::resolve(Method::Pke, None, &["prefill_depths=[2, 0]".into()]).unwrap_err().to_string();
+    assert!(e.contains("prefill_depths: every depth must be at least 1"), "{e}");
+    let e = EditParams::resolve(Method::Pke, None, &["prefill_depths=[2]".into(), r#"prefill_openings=["Sure"]"#.into()])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("exclude each other"), "{e}");
 }
 
 /// The null-space edit (`preserve_energy`): the preserved benign prompts' `down_proj` output at the edited
