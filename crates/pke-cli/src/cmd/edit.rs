@@ -162,8 +162,10 @@ pub fn run(a: Args) -> Result<ExitCode> {
                 println!("step {:>3}  taken back (past stop_drift / stop_benign_rise){watch}", s.step);
                 continue;
             }
+            // The recovery term's NLL (`prefill_weight`) only when it is on.
+            let recover = if params.prefill_weight > 0.0 { format!("  nll_recover {:.4}", s.nll_recover) } else { String::new() };
             println!(
-                "step {:>3}{}  loss {:.5}  nll_safe {:.4}  kl {:.5}  ul {:.4}  nll_unsafe {:.4}{watch}",
+                "step {:>3}{}  loss {:.5}  nll_safe {:.4}  kl {:.5}  ul {:.4}  nll_unsafe {:.4}{recover}{watch}",
                 s.step,
                 s.case.as_deref().map(|c| format!(" [{c}]")).unwrap_or_default(),
                 s.loss,
