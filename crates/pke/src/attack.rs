@@ -991,11 +991,15 @@ pub fn attack_with(
     })
 }
 
-/// The report as a markdown table.
 /// Bits per weight of a GGML type name (`q4_1` 5.0, `q4_k` 4.5, ...); None for an unknown name.
 fn bits_per_weight(name: &str) -> Option<f64> {
     let t = crate::io::gguf_export::parse_ggml_type(name).ok()?;
     Some(t.type_size() as f64 * 8.0 / t.block_size() as f64)
+}
+
+/// A re-quantized edit holds where its ASR stays within 2 points of the float32 edit's `e`.
+fn requant_holds(x: &AttackRow, e: f64) -> bool {
+    x.asr.value <= e + 0.02 + 1e-9
 }
 
 /// The sentence naming the smallest re-quantization type (fewest bits per weight of the edited tensors,
@@ -1003,10 +1007,10 @@ fn bits_per_weight(name: &str) -> Option<f64> {
 /// edit's `e`, among the types tried.
 fn smallest_holding(infos: &[Requant], rows: &[&AttackRow], e: f64) -> String {
     let mut best: Option<(f64, String)> = None;
-    for x in rows.iter().filter(|x| x.asr.value <= e + 0.02 + 1e-9) {
+    for x in rows.iter().filter(|x| requant_holds(x, e)) {
         let spec = &x.attack["requant:".len()..];
         let Some(info) = infos.iter().find(|i| i.ty == spec) else { continue };
-        let bits = info.stored_as.iter().filter_map(|n| bits_per_weight(n)).fold(None, |a: Option<f64>, b| Some(a.map_or(b, |a| a.max(b))));
+        let bits = info.stored_as.iter().filter_map(|n| bits_per_weight(n)).reduce(f64::max);
         if let Some(b) = bits {
             if best.as_ref().is_none_or(|(bb, _)| b < *bb) {
                 best = Some((b, format!("{spec} (stored as {}, {b:.2} bits per weight)", info.stored_as.join("/"))));
@@ -1019,6 +1023,7 @@ fn smallest_holding(infos: &[Requant], rows: &[&AttackRow], e: f64) -> String {
     }
 }
 
+/// The report as a markdown table.
 pub fn markdown(r: &AttackReport) -> String {
     let p = |x: Option<f64>| match x {
         None => "-".to_string(),
@@ -1063,10 +1068,7 @@ pub fn markdown(r: &AttackReport) -> String {
     if let (Some(e), false) = (edited_asr, requant.is_empty()) {
         let verdict: Vec<String> = requant
             .iter()
-            .map(|x| {
-                let held = x.asr.value <= e + 0.02 + 1e-9;
-                format!("{} {}", &x.attack["requant:".len()..], if held { "holds" } else { "does not hold" })
-            })
+            .map(|x| format!("{} {}", &x.attack["requant:".len()..], if requant_holds(x, e) { "holds" } else { "does not hold" }))
             .collect();
         s += &format!(
             "\nRe-quantization (the edit holds where ASR stays within 2 points of the float32 edit's {e:.3}): {}.\n",
