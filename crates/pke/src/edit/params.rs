@@ -182,7 +182,8 @@ pub struct EditParams {
     pub prefill_openings: Vec<String>,
     /// With `prefill_weight`: depths (in tokens of the case's own unsafe reply) to train the recovery
     /// after, one depth per step in turn, instead of the single `prefill_tokens` (Qi et al. 2024 draw the
-    /// depth at random per example). Empty = `[prefill_tokens]`. Not with `prefill_openings`.
+    /// depth at random per example); the stop rules read the depth of the step they check. Empty =
+    /// `[prefill_tokens]`. Not with `prefill_openings`.
     #[serde(default)]
     pub prefill_depths: Vec<usize>,
     /// Null-space edit (0 = off; `down_proj` columns only): after every step the change to each edited
