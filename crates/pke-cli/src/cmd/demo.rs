@@ -107,7 +107,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let outcome = compute_delta(&ck.model, &ck.tok, &cases, &h, Method::Pke, &params, |d, n, s| {
         bar.set_length(n as u64);
         bar.set_position(d as u64);
-        bar.set_message(format!("editing  loss {:.4} (nll_safe {:.3}, kl {:.4})", s.loss, s.nll_safe, s.kl));
+        bar.set_message(format!("editing  loss {:.4} (nll_safe {:.3}, kl {})", s.loss, s.nll_safe, s.kl_text(4)));
     })?;
     bar.finish_and_clear();
     let mut delta = outcome.delta;
@@ -118,12 +118,12 @@ pub fn run(a: Args) -> Result<ExitCode> {
     delta.apply(&mut edited.model, false)?;
     if let Some(l) = outcome.log.last() {
         println!(
-            "{} values changed in {:.1} s; final loss {:.4} (nll_safe {:.3}, kl {:.4})",
+            "{} values changed in {:.1} s; final loss {:.4} (nll_safe {:.3}, kl {})",
             delta.n_values(),
             outcome.seconds,
             l.loss,
             l.nll_safe,
-            l.kl
+            l.kl_text(4)
         );
     }
 

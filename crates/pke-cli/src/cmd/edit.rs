@@ -122,7 +122,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let outcome = compute_delta_with(&ck.model, &ck.tok, &cases, &hotspots, method, &params, retain.as_deref(), |done, total, s| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
-        bar.set_message(format!("editing  loss {:.4} (nll_safe {:.3}, kl {:.4})", s.loss, s.nll_safe, s.kl));
+        bar.set_message(format!("editing  loss {:.4} (nll_safe {:.3}, kl {})", s.loss, s.nll_safe, s.kl_text(4)));
     })?;
     bar.finish_and_clear();
     let mut delta: WeightDelta = outcome.delta;
@@ -165,12 +165,12 @@ pub fn run(a: Args) -> Result<ExitCode> {
             // The recovery term's NLL (`prefill_weight`) only when it is on.
             let recover = if params.prefill_weight > 0.0 { format!("  nll_recover {:.4}", s.nll_recover) } else { String::new() };
             println!(
-                "step {:>3}{}  loss {:.5}  nll_safe {:.4}  kl {:.5}  ul {:.4}  nll_unsafe {:.4}{recover}{watch}",
+                "step {:>3}{}  loss {:.5}  nll_safe {:.4}  kl {}  ul {:.4}  nll_unsafe {:.4}{recover}{watch}",
                 s.step,
                 s.case.as_deref().map(|c| format!(" [{c}]")).unwrap_or_default(),
                 s.loss,
                 s.nll_safe,
-                s.kl,
+                s.kl_text(5),
                 s.unlikelihood,
                 s.nll_unsafe
             );

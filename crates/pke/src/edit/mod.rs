@@ -103,6 +103,18 @@ pub struct StepLog {
     pub reverted: bool,
 }
 
+impl StepLog {
+    /// The locality KL term as printed: "-" where it was not evaluated (EasyEdit's KL has no gradient, so
+    /// DINM leaves it out; NaN in the log, null in JSON; see `EditParams::always_log_inert_kl`).
+    pub fn kl_text(&self, decimals: usize) -> String {
+        if self.kl.is_nan() {
+            "-".into()
+        } else {
+            format!("{:.*}", decimals, self.kl)
+        }
+    }
+}
+
 /// The result of an edit.
 #[derive(Clone, Debug)]
 pub struct EditOutcome {

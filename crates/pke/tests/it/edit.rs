@@ -108,6 +108,7 @@ fn dinm_edits_the_whole_layer_and_ga_runs() {
         if m == Method::Dinm {
             // The inert KL is skipped on steps where it cannot decide the early stop: same delta bytes.
             assert!(out.log[0].kl.is_nan(), "lazy by default");
+            assert_eq!(out.log[0].kl_text(4), "-", "a skipped KL prints as a dash, not NaN");
             let eager = EditParams { always_log_inert_kl: true, ..p.clone() };
             let out2 = compute_delta(&ck.model, &ck.tok, &cases, &h, m, &eager, |_, _, _| {}).unwrap();
             let vals = |o: &pke::edit::EditOutcome| o.delta.tensors[0].after.flatten_all().unwrap().to_vec1::<f32>().unwrap();
@@ -115,6 +116,7 @@ fn dinm_edits_the_whole_layer_and_ga_runs() {
             // EasyEdit's inert KL: zero at step 0 and no gradient, so the loss is 0.1 x NLL at step 0.
             assert!(out2.log[0].kl.abs() < 1e-6, "{}", out2.log[0].kl);
             assert!(out2.log[1].kl > 0.0);
+            assert_eq!(out2.log[1].kl_text(3), format!("{:.3}", out2.log[1].kl));
             assert!((out2.log[0].loss - 0.1 * out2.log[0].nll_safe).abs() < 1e-5);
             // An early-stop threshold the edit term alone meets: the KL is then computed and can block it.
             let stop = EditParams { early_stop_loss: 1e3, ..p.clone() };
