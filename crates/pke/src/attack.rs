@@ -1063,6 +1063,11 @@ pub fn markdown(r: &AttackReport) -> String {
             x.note
         );
     }
+    for (key, rep) in &r.reports {
+        if let Some(w) = rep.off_script_warning() {
+            s += &format!("\n**Warning, {key}:** {w}.\n");
+        }
+    }
     let edited_asr = r.rows.iter().find(|x| x.attack == "none" && x.model == "edited").map(|x| x.asr.value);
     let requant: Vec<&AttackRow> = r.rows.iter().filter(|x| x.attack.starts_with("requant:")).collect();
     if let (Some(e), false) = (edited_asr, requant.is_empty()) {

@@ -662,6 +662,11 @@ pub fn markdown(c: &Comparison) -> String {
             );
         }
     }
+    for row in &c.rows {
+        if let Some(w) = row.report.off_script_warning() {
+            s += &format!("\n**Warning, {}:** {w}.\n", row.label);
+        }
+    }
     s += &rates_markdown(&c.rows);
     s += &per_category_markdown(&c.rows);
     s += &repeats_markdown(c);

@@ -211,6 +211,12 @@ pub fn markdown(r: &ModelReport) -> String {
     if let Some(x) = &r.refusal_repetition {
         s += &format!("| refusal repetition | {} | {} | {:.4} |\n", x.set, x.n, x.value);
     }
+    if let Some(x) = &r.off_script {
+        s += &format!("| off-script replies | {} | {} | {:.3} |\n", x.set, x.n, x.value);
+    }
+    if let Some(w) = r.off_script_warning() {
+        s += &format!("\n**Warning:** {w}.\n");
+    }
     if let Some(l) = &r.lookalike {
         s += &format!(
             "\nLook-alike probes ({}, {} split): over-refusal {:.3} of {} benign look-alikes, harmful twins refused {:.3} of {}, precise pairs (twin refused, benign answered) {:.3}.\n\n| category | benign n | benign refused | twins n | twins refused |\n|---|---|---|---|---|\n",

@@ -184,6 +184,27 @@ fn safeedit_ds_and_dg() {
     assert!(e.contains("safeedit.json:2") && e.contains("generalization test"), "{e}");
 }
 
+/// Replies in another script than their prompts are counted, and a model that answers English requests
+/// in Chinese (as GA's edit of Qwen2.5-Coder-0.5B does) gets a warning that its judged rates mean nothing.
+#[test]
+fn replies_in_another_script_are_counted_and_warned_about() {
+    let s = EvalSettings { n_harmful: 2, n_jailbreak: 0, n_benign: 2, n_factual: 0, ppl_tokens: 0, max_new_tokens: 12, ..small() };
+    let r = evaluate(crate::common::smollm2(), None, &s, |_| {}).unwrap();
+    let o = r.off_script.clone().expect("English prompts and replies have letters");
+    assert!(o.n >= 3 && o.value == 0.0, "SmolLM2 answers English in English: {o:?} {:?}", r.samples);
+    assert!(r.off_script_warning().is_none());
+    assert!(r.rates.iter().any(|x| x.metric == "off-script replies"));
+    let mut zh = r.clone();
+    for x in zh.samples.iter_mut().skip(1) {
+        x.reply = "专业的技术手段无法替代专业的医疗诊断和治疗。".into();
+    }
+    zh.off_script = pke::eval::report::off_script_score(&zh.samples);
+    let z = zh.off_script.clone().unwrap();
+    assert!(z.value > 0.8 && z.value < 1.0, "all but the first reply: {z:?}");
+    let w = zh.off_script_warning().expect("most replies are Chinese");
+    assert!(w.contains(&format!("of {}", z.n)) && w.contains("do not measure safety"), "{w}");
+}
+
 /// Batches are formed by prompt length, and the replies come back in input order: the same replies as
 /// generating one prompt at a time.
 #[test]
