@@ -153,6 +153,7 @@ pub struct CompareRow {
     /// Locate time (charged to every method that uses those hotspots) and edit time, seconds.
     pub locate_seconds: f64,
     pub edit_seconds: f64,
+    /// The loss of the last step the edit kept ([`crate::edit::EditOutcome::final_loss`]).
     pub final_loss: Option<f64>,
     /// Optimizer steps the edit ran (fewer than `steps` when an early stop fired); 0 for vanilla.
     #[serde(default)]
@@ -485,7 +486,7 @@ pub fn compare_with(
                 changed_values: outcome.delta.n_values(),
                 locate_seconds: *locate_seconds,
                 edit_seconds: outcome.seconds,
-                final_loss: outcome.log.last().map(|l| l.loss),
+                final_loss: outcome.final_loss(),
                 steps_run: outcome.steps_run(),
                 delta_sha256: Some(outcome.delta.sha256()?),
                 report: rep,

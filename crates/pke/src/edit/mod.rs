@@ -133,6 +133,11 @@ impl EditOutcome {
     pub fn steps_run(&self) -> usize {
         self.log.iter().filter(|e| !e.reverted).count()
     }
+
+    /// The loss of the last step the edit kept (a step taken back has no loss of its own); None without steps.
+    pub fn final_loss(&self) -> Option<f64> {
+        self.log.iter().rev().find(|e| !e.reverted).map(|e| e.loss)
+    }
 }
 
 /// Whether a held-out reading is past the `stop_drift` / `stop_benign_rise` bounds (`benign0`: the original

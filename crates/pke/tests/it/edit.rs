@@ -272,6 +272,7 @@ fn held_out_probes_hold_the_stop_back_and_a_drifting_step_is_taken_back() {
     let b = run(&[&watch[..], &["steps=3".to_string(), format!("stop_drift={bound}")]].concat());
     assert!(b.log.last().unwrap().reverted && b.log.len() == j + 1, "{:?}", b.log);
     assert_eq!(b.steps_run(), j);
+    assert_eq!(b.final_loss(), Some(b.log[j - 1].loss), "the loss of the last kept step, not the taken-back entry's");
     // What is left is the edit with one update fewer (j - 1 updates; none at all for j = 1).
     let c = run(&["stop_probes=0".to_string(), "stop_nll=0".to_string(), format!("steps={}", (j - 1).max(1))]);
     for (x, y) in b.delta.tensors.iter().zip(&c.delta.tensors) {
