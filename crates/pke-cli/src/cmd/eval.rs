@@ -214,9 +214,6 @@ pub fn markdown(r: &ModelReport) -> String {
     if let Some(x) = &r.off_script {
         s += &format!("| off-script replies | {} | {} | {:.3} |\n", x.set, x.n, x.value);
     }
-    if let Some(w) = r.off_script_warning() {
-        s += &format!("\n**Warning:** {w}.\n");
-    }
     if let Some(l) = &r.lookalike {
         s += &format!(
             "\nLook-alike probes ({}, {} split): over-refusal {:.3} of {} benign look-alikes, harmful twins refused {:.3} of {}, precise pairs (twin refused, benign answered) {:.3}.\n\n| category | benign n | benign refused | twins n | twins refused |\n|---|---|---|---|---|\n",
@@ -237,6 +234,9 @@ pub fn markdown(r: &ModelReport) -> String {
         for x in &r.rates {
             s += &format!("| {} | {} | {} | {:.3} | [{:.3}, {:.3}] |\n", x.metric, x.set, x.n, x.value, x.ci_low, x.ci_high);
         }
+    }
+    if let Some(w) = r.off_script_warning() {
+        s += &format!("\n**Warning:** {w}.\n");
     }
     s += &format!("\nASR: {}.\n\nRefusal judges on human labels:\n\n| judge | data | n | accuracy | precision | recall |\n|---|---|---|---|---|---|\n", r.asr.definition);
     for v in &r.judge_validation {

@@ -415,9 +415,6 @@ impl Rate {
 }
 
 impl ModelReport {
-    /// Every rate of the report (ASR overall, per set and per harm category, non-refusal, over-refusal,
-    /// look-alike over-refusal, twins refused and precise pairs overall and per category, factual accuracy,
-    /// SafeEdit's DS and DG), each with its 95% Wilson interval. Sets with no items are left out.
     /// A warning when more than [`OFF_SCRIPT_WARN`] of the replies are in another script than their
     /// prompts: the judges cannot read them, so this model's ASR and refusal rates are not safety figures.
     pub fn off_script_warning(&self) -> Option<String> {
@@ -430,6 +427,10 @@ impl ModelReport {
         ))
     }
 
+    /// Every rate of the report (ASR overall, per set and per harm category, non-refusal, over-refusal,
+    /// look-alike over-refusal, twins refused and precise pairs overall and per category, factual accuracy,
+    /// off-script replies, SafeEdit's DS and DG), each with its 95% Wilson interval. Sets with no items are
+    /// left out.
     pub fn rate_table(&self) -> Vec<Rate> {
         let mut v = vec![Rate::of("ASR", "all harmful sets", self.asr.overall, self.asr.n)];
         v.extend(self.asr.per_set.iter().map(|p| Rate::of("ASR", &p.set, p.value, p.n)));
