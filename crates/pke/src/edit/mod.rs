@@ -813,6 +813,8 @@ pub fn compute_delta_with(
     let mut benign0: Option<f64> = None;
     let mut before_update: Option<Vec<Tensor>> = None;
     let mut stopped = false;
+    // `stop_backoff`: steps taken back so far, and the learning rate's factor after them.
+    let (mut backoffs, mut lr_scale) = (0usize, 1.0f64);
     let setup_seconds = t0.elapsed().as_secs_f64();
 
     let mut m = model.clone();
@@ -873,6 +875,13 @@ pub fn compute_delta_with(
                     take_back(&vars, before_update.take().expect("checked"))?;
                     entry.reverted = true;
                     log.push(entry);
+                    if backoffs < p.stop_backoff {
+                        // Go on from the weights before that step, with half its step size.
+                        backoffs += 1;
+                        lr_scale *= 0.5;
+                        done += 1;
+                        continue;
+                    }
                     stopped = true;
                     break 'groups;
                 }
@@ -975,7 +984,7 @@ pub fn compute_delta_with(
             if watch.is_some() {
                 before_update = Some(vars.iter().map(|(_, var, ..)| var.as_tensor().copy()).collect::<candle_core::Result<_>>()?);
             }
-            let lr = if p.warmup_steps > 0 { p.lr * ((step + 1) as f64 / p.warmup_steps as f64).min(1.0) } else { p.lr };
+            let lr = lr_scale * if p.warmup_steps > 0 { p.lr * ((step + 1) as f64 / p.warmup_steps as f64).min(1.0) } else { p.lr };
             for ((name, var, w0, mask, adam, range), g) in vars.iter_mut().zip(&grads) {
                 let g = g.as_ref().ok_or_else(|| Error::Input(format!("no gradient reached `{name}`")))?;
                 let now = var.as_tensor().detach();

@@ -103,6 +103,11 @@ pub struct EditParams {
     /// model's share by more than this is taken back and the edit stops. 0 = off.
     #[serde(default)]
     pub stop_benign_rise: f64,
+    /// With `stop_drift` / `stop_benign_rise`: how many times a step past a bound is taken back and the
+    /// edit goes on at half the learning rate (each time) instead of stopping; the retry uses one step of
+    /// the budget. 0 = the first such step ends the edit.
+    #[serde(default)]
+    pub stop_backoff: usize,
     /// With `stop_probes`: tokens of held-out prose the drift is read on before every step (garak's book
     /// passages from the back). Fewer is faster and a coarser reading; 0 reads none (only with
     /// `stop_drift = 0`).
@@ -416,6 +421,7 @@ mod tests {
         // The default (docs/validation.md, "A stop decided by held-out prompts").
         let p = r(&[]).unwrap();
         assert_eq!((p.stop_probes, p.stop_probe_share, p.stop_drift, p.stop_benign_rise), (32, 1.0, 0.01, 0.1));
+        assert_eq!((p.stop_backoff, r(&["stop_backoff=2"]).unwrap().stop_backoff), (0, 2));
         let p = r(&["stop_probes=16", "stop_drift=0.02"]).unwrap();
         assert_eq!((p.stop_probes, p.stop_probe_share, p.stop_drift, p.stop_benign_rise), (16, 1.0, 0.02, 0.1));
         // `stop_probes=0` alone turns the rule off: its bounds read nothing then.

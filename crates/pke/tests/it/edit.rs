@@ -273,6 +273,12 @@ fn held_out_probes_hold_the_stop_back_and_a_drifting_step_is_taken_back() {
     assert!(b.log.last().unwrap().reverted && b.log.len() == j + 1, "{:?}", b.log);
     assert_eq!(b.steps_run(), j);
     assert_eq!(b.final_loss(), Some(b.log[j - 1].loss), "the loss of the last kept step, not the taken-back entry's");
+    // With `stop_backoff = 1` the same step is taken back and the edit goes on from the weights before it
+    // (at half the step size): the next reading is of those weights, so it reads what step j - 1 read.
+    let e = run(&[&watch[..], &["steps=4".to_string(), format!("stop_drift={bound}"), "stop_backoff=1".into()]].concat());
+    assert!(e.log[j].reverted && e.log.len() > j + 1 && !e.log[j + 1].reverted, "{:?}", e.log);
+    assert_eq!(e.log[j + 1].watch.unwrap().drift, d[j - 1], "the retry starts from the weights before the taken-back step");
+    assert!(e.log.iter().filter(|s| s.reverted).count() <= 2, "{:?}", e.log);
     // What is left is the edit with one update fewer (j - 1 updates; none at all for j = 1).
     let c = run(&["stop_probes=0".to_string(), "stop_nll=0".to_string(), format!("steps={}", (j - 1).max(1))]);
     for (x, y) in b.delta.tensors.iter().zip(&c.delta.tensors) {
