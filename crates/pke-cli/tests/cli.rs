@@ -290,6 +290,10 @@ fn cases_prints_jsonl_that_edit_reads_back() {
     let (code, _, err) = pke(&["cases", "--builtin", "advbench:x"]);
     assert_eq!(code, 2);
     assert!(err.contains("advbench:x"), "{err}");
+    // Choosing the answered cases needs a model, which `pke cases` does not load.
+    let (code, _, err) = pke(&["cases", "--builtin", "advbench:3", "--answered-only"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--answered-only reads the model's replies"), "{err}");
 }
 
 #[test]

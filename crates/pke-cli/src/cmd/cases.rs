@@ -22,23 +22,76 @@ pub struct CaseArgs {
     /// hate,harassment, to measure how an edit transfers to kinds of harm it never saw.
     #[arg(long, value_delimiter = ',')]
     pub exclude_category: Vec<String>,
+    /// Keep only cases the model answers (its greedy reply is not a refusal): with --builtin SET:N, the
+    /// first N such requests of the set (AdvBench's scanned up to its 100th request, the held-out stop's
+    /// probes start there); with --cases, every answered case of the file. A case the model already
+    /// refuses teaches the edit nothing.
+    #[arg(long)]
+    pub answered_only: bool,
+}
+
+/// `SET[:N]` of `--builtin` (no count: 0, the whole set).
+fn parse_builtin(spec: &str) -> Result<(&str, usize)> {
+    Ok(match spec.split_once(':') {
+        Some((s, n)) => (s, n.parse::<usize>().map_err(|_| anyhow::anyhow!("--builtin {spec}: `{n}` is not a count"))?),
+        None => (spec, 0),
+    })
 }
 
 impl CaseArgs {
+    /// The cases as given (no model read): `--answered-only` needs [`CaseArgs::load_for`].
     pub fn load(&self) -> Result<Vec<EditCase>> {
+        if self.answered_only {
+            bail!("--answered-only reads the model's replies: it applies to locate, edit, compare and intent");
+        }
+        self.load_unread()
+    }
+
+    /// The cases as given, whatever `--answered-only` says: its callers check the input before the model
+    /// loads, and choose among these with [`CaseArgs::load_for`] after.
+    pub fn load_unread(&self) -> Result<Vec<EditCase>> {
         match (&self.cases, &self.builtin) {
             (Some(_), None) if !self.exclude_category.is_empty() => bail!("--exclude-category applies to --builtin cases"),
             (Some(p), None) => Ok(load_cases(p)?),
             (None, Some(spec)) => {
-                let (set, n) = match spec.split_once(':') {
-                    Some((s, n)) => (s, n.parse::<usize>().map_err(|_| anyhow::anyhow!("--builtin {spec}: `{n}` is not a count"))?),
-                    None => (spec.as_str(), 0),
-                };
+                let (set, n) = parse_builtin(spec)?;
                 Ok(pke::data::sets::builtin_cases_excluding(set, n, &self.exclude_category)?)
             }
             (Some(_), Some(_)) => bail!("give either --cases or --builtin, not both"),
             (None, None) => bail!("no edit cases: give --cases FILE or --builtin advbench:N"),
         }
+    }
+
+    /// The cases, and with `--answered-only` only those `ck`'s model answers (a line on stderr says which
+    /// were left out).
+    pub fn load_for(&self, ck: &pke::io::checkpoint::Checkpoint) -> Result<Vec<EditCase>> {
+        if !self.answered_only {
+            return self.load_unread();
+        }
+        let (pool, n) = match (&self.cases, &self.builtin) {
+            (None, Some(spec)) => {
+                let (set, n) = parse_builtin(spec)?;
+                let mut all = pke::data::sets::builtin_cases_excluding(set, 0, &self.exclude_category)?;
+                if set.starts_with("advbench") || set == "safeedit-style" {
+                    // Two cases per request in advbench-2form.
+                    let per = if set == "advbench-2form" { 2 } else { 1 };
+                    all.truncate(per * pke::edit::watch::HARMFUL_FROM);
+                }
+                (all, n)
+            }
+            _ => (self.load_unread()?, 0),
+        };
+        let bar = super::progress_bar(1, "reading which cases the model answers");
+        let s = pke::edit::select::answered_cases(&ck.model, &ck.tok, pool, n, self.chat)?;
+        bar.finish_and_clear();
+        eprintln!(
+            "--answered-only: {} cases the model answers, {} of the {} read left out as already refused{}",
+            s.kept.len(),
+            s.refused.len(),
+            s.examined,
+            if s.refused.is_empty() { String::new() } else { format!(" ({})", s.refused.join(", ")) }
+        );
+        Ok(s.kept)
     }
 }
 

@@ -5,6 +5,7 @@
 pub mod delta;
 pub mod params;
 pub mod preserve;
+pub mod select;
 pub mod watch;
 
 use std::collections::BTreeMap;
