@@ -6,11 +6,15 @@
 #      built-in AdvBench edit cases, every set in full (the default) and the prefill attack on every
 #      HarmBench test behaviour;
 #   2. (RESULTS_ATTACKS=1, the default) pke attack on each method's edit (scripts/attack-methods.sh sizes);
-#   3. scripts/results.py writes the tables, the goal check and the run's provenance (date, commit,
+#   3. (RESULTS_REPEATS=3, the default) the pke default made from RESULTS_REPEATS disjoint sets of as many
+#      AdvBench requests (requests 1..r*n dealt round-robin, `pke compare --repeats`): the spread a user's
+#      own cases get, where the compare table has one set;
+#   4. scripts/results.py writes the tables, the goal check and the run's provenance (date, commit,
 #      machine, wall time) between the markers in docs/results.md, and copies each run's JSON and
 #      markdown to docs/data/results-*.
 # Usage: scripts/results.sh [MODEL...]   (default: smollm2 qwen2.5-0.5b)
 #   RESULTS_ATTACKS=0        skip the attacks (the compare tables alone)
+#   RESULTS_REPEATS=N        case sets of the repeats run (default 3; 0 or 1 skips it)
 #   RESULTS_ASSEMBLE_ONLY=1  only step 3, from the runs already under out/results
 #   RESULTS_THREADS=N        RAYON_NUM_THREADS for the runs (default: all cores)
 set -euo pipefail
@@ -50,6 +54,14 @@ $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $RAYON_NUM_TH
         echo "Run by \`scripts/attack-methods.sh $m $meth\` (its quick set sizes) with the binary of commit $c." \
           > "$OUT/attack-$m-$meth/provenance"
       done
+    fi
+    r=${RESULTS_REPEATS:-3}
+    if [ "$r" -gt 1 ]; then
+      # Requests 1..r*n of AdvBench dealt round-robin into r sets of n (case i in set i mod r).
+      rm -rf "$OUT/repeats-$m"
+      "$PKE" compare --model "$m" --builtin "advbench:$((r * n))" --chat --split test \
+        --methods vanilla,pke --repeats "$r" --out "$OUT/repeats-$m"
+      echo "Run by \`make results\` with the binary of commit $c." > "$OUT/repeats-$m/provenance"
     fi
   done
   echo $(( $(date +%s) - t0 )) > "$OUT/wall_seconds"
