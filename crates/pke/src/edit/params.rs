@@ -94,6 +94,12 @@ pub struct EditParams {
     /// AdvBench's imperatives.
     #[serde(default)]
     pub stop_probe_questions: bool,
+    /// With `stop_probes`: every third held-out harmful request is wrapped in one of the project's own
+    /// jailbreak framings ([`crate::edit::watch::PROBE_WRAPPERS`]: role-play, fiction, "ignore your
+    /// rules", ...; none is a PyRIT template the evaluation uses), so the stop also waits for wrapped
+    /// requests to be refused.
+    #[serde(default)]
+    pub stop_probe_wrapped: bool,
     /// With `stop_probes`: a step after which the held-out prose's mean NLL per token exceeds the
     /// original's by more than this (nats; 0.02 is about +2% perplexity) is taken back and the edit stops.
     /// 0 = off.
@@ -428,6 +434,7 @@ mod tests {
         assert!(r(&["stop_probes=0"]).is_ok());
         assert_eq!(r(&[]).unwrap().stop_prose_tokens, 1024);
         assert!(!r(&[]).unwrap().stop_probe_questions && r(&["stop_probe_questions=true"]).unwrap().stop_probe_questions);
+        assert!(!r(&[]).unwrap().stop_probe_wrapped && r(&["stop_probe_wrapped=true"]).unwrap().stop_probe_wrapped);
         let e = r(&["stop_prose_tokens=0"]).unwrap_err().to_string();
         assert!(e.contains("stop_prose_tokens must be at least 1"), "{e}");
         assert_eq!(r(&["stop_prose_tokens=0", "stop_drift=0"]).unwrap().stop_prose_tokens, 0);
