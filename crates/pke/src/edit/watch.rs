@@ -156,3 +156,20 @@ impl Watch {
         self.refused(model, tok, &self.harmful)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::PROBE_WRAPPERS;
+
+    #[test]
+    fn probe_wrappers_hold_one_request_and_are_no_evaluation_template() {
+        let templates = crate::data::sets::jailbreak_templates().unwrap();
+        for w in PROBE_WRAPPERS {
+            assert_eq!(w.matches("{}").count(), 1, "{w}");
+            let framing = w.replace("{}", "");
+            // No PyRIT template (the evaluation's jailbreak set uses every one) contains the framing's words.
+            let head: String = framing.chars().take(40).collect();
+            assert!(templates.iter().all(|t| !t.value.contains(&head)), "{w}");
+        }
+    }
+}
