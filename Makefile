@@ -29,8 +29,9 @@ bench: setup build
 bench-decode: setup build
 	scripts/bench-decode.sh
 
-# Rebuild the generated tables of docs/results.md (test split, both safety models, every method, attacks);
-# hours on 2 cores (the wall time is in the generated block). RESULTS_ATTACKS=0 for the compare tables alone.
+# Rebuild the generated tables of docs/results.md (test split, both safety models, every method, attacks,
+# the pke default over three case sets); hours on 2 cores (the wall time is in the generated block).
+# RESULTS_ATTACKS=0 RESULTS_REPEATS=0 for the compare tables alone.
 results: setup build
 	scripts/results.sh
 
