@@ -233,8 +233,8 @@ def repeats_section(out, data, model):
     md = relative(read(os.path.join(src, "compare.md")))
     for ext in ("json", "md"):
         copy_relative(os.path.join(src, f"compare.{ext}"), os.path.join(data, f"results-repeats-{model}.{ext}"))
-    r = max(len(x.get("values", [])) for x in cj.get("repeats", [{}])) if cj.get("repeats") else 0
-    n = len(cj["cases"]) // max(r, 1)
+    r = len(cj["repeats"][0]["values"]) if cj.get("repeats") else 1
+    n = len(cj["cases"]) // r
     lines = [head, ""]
     prov = os.path.join(src, "provenance")
     if os.path.exists(prov):

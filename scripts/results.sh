@@ -15,7 +15,7 @@
 # Usage: scripts/results.sh [MODEL...]   (default: smollm2 qwen2.5-0.5b)
 #   RESULTS_ATTACKS=0        skip the attacks (the compare tables alone)
 #   RESULTS_REPEATS=N        case sets of the repeats run (default 3; 0 or 1 skips it)
-#   RESULTS_ASSEMBLE_ONLY=1  only step 3, from the runs already under out/results
+#   RESULTS_ASSEMBLE_ONLY=1  only step 4, from the runs already under out/results
 #   RESULTS_THREADS=N        RAYON_NUM_THREADS for the runs (default: all cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."

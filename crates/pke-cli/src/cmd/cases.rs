@@ -39,7 +39,7 @@ fn parse_builtin(spec: &str) -> Result<(&str, usize)> {
 }
 
 impl CaseArgs {
-    /// The cases as given (no model read): `--answered-only` needs [`CaseArgs::load_for`].
+    /// The cases as given (no model read): `--answered-only` needs [`CaseArgs::choose`].
     pub fn load(&self) -> Result<Vec<EditCase>> {
         if self.answered_only {
             bail!("--answered-only reads the model's replies: it applies to locate, edit, compare and intent");
@@ -48,7 +48,7 @@ impl CaseArgs {
     }
 
     /// The cases as given, whatever `--answered-only` says: its callers check the input before the model
-    /// loads, and choose among these with [`CaseArgs::load_for`] after.
+    /// loads, and choose among these with [`CaseArgs::choose`] after.
     pub fn load_unread(&self) -> Result<Vec<EditCase>> {
         match (&self.cases, &self.builtin) {
             (Some(_), None) if !self.exclude_category.is_empty() => bail!("--exclude-category applies to --builtin cases"),
@@ -62,11 +62,12 @@ impl CaseArgs {
         }
     }
 
-    /// The cases, and with `--answered-only` only those `ck`'s model answers (a line on stderr says which
-    /// were left out).
-    pub fn load_for(&self, ck: &pke::io::checkpoint::Checkpoint) -> Result<Vec<EditCase>> {
+    /// `given` (what [`CaseArgs::load_unread`] returned), or with `--answered-only` only the cases `ck`'s
+    /// model answers: among `given` for a file, among the whole built-in set for `--builtin SET:N` (a line
+    /// on stderr says which were left out).
+    pub fn choose(&self, ck: &pke::io::checkpoint::Checkpoint, given: Vec<EditCase>) -> Result<Vec<EditCase>> {
         if !self.answered_only {
-            return self.load_unread();
+            return Ok(given);
         }
         let (pool, n) = match (&self.cases, &self.builtin) {
             (None, Some(spec)) => {
@@ -79,7 +80,7 @@ impl CaseArgs {
                 }
                 (all, n)
             }
-            _ => (self.load_unread()?, 0),
+            _ => (given, 0),
         };
         let bar = super::progress_bar(1, "reading which cases the model answers");
         let s = pke::edit::select::answered_cases(&ck.model, &ck.tok, pool, n, self.chat)?;

@@ -99,8 +99,8 @@ pub fn run(a: Args) -> Result<ExitCode> {
         std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
         return write_outputs(&c, &a.out, a.json);
     }
-    // Checked before the model loads (with --answered-only: read again below, against the model).
-    let mut cases = a.cases.load_unread()?;
+    // Checked before the model loads (with --answered-only: chosen among below, against the model).
+    let cases = a.cases.load_unread()?;
     let eval = a.eval.settings(a.cases.chat)?;
     let settings = CompareSettings {
         arms: arms(&a.methods, &a.overrides)?,
@@ -118,9 +118,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         bail!("--attacks applies to the pooled comparison, not to --per-instance");
     }
     let ck = super::load_model(&a.model)?;
-    if a.cases.answered_only {
-        cases = a.cases.load_for(&ck)?;
-    }
+    let cases = a.cases.choose(&ck, cases)?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
     if a.per_instance {
         let bar = super::progress_bar(cases.len() as u64, "per-instance");

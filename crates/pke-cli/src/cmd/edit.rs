@@ -66,7 +66,7 @@ pub struct Args {
 pub fn run(a: Args) -> Result<ExitCode> {
     let method: Method = a.method.parse()?;
     let params = EditParams::resolve(method, a.config.as_deref(), &a.overrides)?;
-    let mut cases = a.cases.load_unread()?;
+    let cases = a.cases.load_unread()?;
     let retain = a.retain.load()?;
     let retain_prompts = retain.as_deref().map(pke::data::probes::benign_prompts);
     if let Some(out) = &a.output.out {
@@ -75,9 +75,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         }
     }
     let ck = super::load_model(&a.model)?;
-    if a.cases.answered_only {
-        cases = a.cases.load_for(&ck)?;
-    }
+    let cases = a.cases.choose(&ck, cases)?;
     let sha = ck.sha256()?;
     let t_locate = std::time::Instant::now();
     let hotspots: Hotspots = match &a.hotspots {

@@ -30,7 +30,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
-    let mut cases = a.cases.load_unread()?;
+    let cases = a.cases.load_unread()?;
     let all = match &a.probes {
         Some(p) => probes::load_probes(p)?,
         None => probes::builtin_probes(),
@@ -42,9 +42,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let retain: Vec<(String, Option<String>)> =
         a.retain.load()?.unwrap_or_else(probes::builtin_retain).into_iter().map(|p| (p.benign, p.harmful)).collect();
     let ck = super::load_model(&a.model)?;
-    if a.cases.answered_only {
-        cases = a.cases.load_for(&ck)?;
-    }
+    let cases = a.cases.choose(&ck, cases)?;
     let prompts: Vec<String> = cases.iter().map(|c| c.prompt.clone()).collect();
     let total = 2 * pairs.len() + prompts.len() + retain.len() + retain.iter().filter(|r| r.1.is_some()).count();
     let bar = super::progress_bar(total as u64, "reading activations");

@@ -101,9 +101,10 @@ pub fn write_hotspots(h: &pke::locate::Hotspots, dir: &std::path::Path) -> Resul
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
+    let cases = a.cases.load_unread()?;
     let settings = settings(&a)?;
     let ck = super::load_model(&a.model)?;
-    let cases = a.cases.load_for(&ck)?;
+    let cases = a.cases.choose(&ck, cases)?;
     let reference = a.reference.as_deref().map(super::load_model).transpose()?;
     let bar = super::progress_bar(cases.len() as u64, "locating");
     let (mut h, _) =
