@@ -30,7 +30,7 @@ pub struct Selection {
 
 /// The first `n` of `candidates` (0 = all of them) that `model` answers: its greedy reply
 /// ([`SELECT_REPLY_TOKENS`] tokens, through the chat template when `chat`) is not a refusal by the broad
-/// judge. An error when fewer than `n` are answered, naming how many were.
+/// judge. An error when fewer than `n` are answered, naming how many were, or when none is.
 pub fn answered_cases(model: &Decoder, tok: &Tok, candidates: Vec<EditCase>, n: usize, chat: bool) -> Result<Selection> {
     if candidates.is_empty() {
         return Err(Error::Input("no edit cases to choose the answered ones from".into()));
@@ -57,6 +57,11 @@ pub fn answered_cases(model: &Decoder, tok: &Tok, candidates: Vec<EditCase>, n: 
                 kept.push(c.clone());
             }
         }
+    }
+    if kept.is_empty() {
+        return Err(Error::Input(format!(
+            "the model refuses every one of the {examined} edit cases read: none is left to edit with; give other cases"
+        )));
     }
     if n > 0 && kept.len() < n {
         return Err(Error::Input(format!(

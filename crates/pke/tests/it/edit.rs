@@ -812,8 +812,11 @@ fn answered_only_leaves_out_cases_the_model_already_refuses() {
     let all = answered_cases(&ck.model, &ck.tok, cases.clone(), 0, true).unwrap();
     assert_eq!(all.kept.len(), 2);
     assert_eq!(all.examined, 3);
-    let e = answered_cases(&ck.model, &ck.tok, cases, 3, true).unwrap_err().to_string();
+    let e = answered_cases(&ck.model, &ck.tok, cases.clone(), 3, true).unwrap_err().to_string();
     assert!(e.contains("asked for 3") && e.contains("answers only 2 of the 3"), "{e}");
+    // A file whose every case the model refuses leaves nothing to edit with.
+    let e = answered_cases(&ck.model, &ck.tok, cases[..1].to_vec(), 0, true).unwrap_err().to_string();
+    assert!(e.contains("refuses every one of the 1 edit cases"), "{e}");
     let e = answered_cases(&ck.model, &ck.tok, vec![], 1, true).unwrap_err().to_string();
     assert!(e.contains("no edit cases"), "{e}");
 }
