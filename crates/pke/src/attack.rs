@@ -402,27 +402,9 @@ pub fn orthogonalize(ck: &mut Checkpoint, r: &[f32]) -> Result<()> {
     Ok(())
 }
 
-/// Harmful prompts for the refusal direction and for choosing its layer: AdvBench from the back (edit cases
-/// come from the front), disjoint from every evaluation set. Harmless: the built-in retain prompts.
-fn direction_prompts(n: usize, n_select: usize) -> Result<(Vec<String>, Vec<String>, Vec<String>)> {
-    let adv = sets::advbench()?;
-    let back: Vec<String> = adv.iter().rev().take(n + n_select).cloned().collect();
-    let harmless: Vec<String> = probes::builtin_retain_prompts().into_iter().take(n).collect();
-    if back.len() < n + n_select || harmless.len() < n {
-        return Err(Error::Input(format!(
-            "the ablate attack needs {} harmful and {n} harmless prompts; AdvBench has {} and the retain set {}",
-            n + n_select,
-            adv.len(),
-            harmless.len()
-        )));
-    }
-    let (fit, select) = back.split_at(n);
-    Ok((fit.to_vec(), harmless, select.to_vec()))
-}
-
 /// Find `ck`'s refusal direction and return the model with it projected out of the weights.
 pub fn ablate(ck: &Checkpoint, s: &AttackSettings, label: &str, progress: &mut dyn FnMut(&str)) -> Result<(Checkpoint, Ablation)> {
-    let (harmful, harmless, select) = direction_prompts(s.ablate_prompts, s.ablate_select)?;
+    let (harmful, harmless, select) = probes::refusal_direction_prompts(s.ablate_prompts, s.ablate_select)?;
     progress(&format!("ablate {label}: residual streams of {} + {} prompts", harmful.len(), harmless.len()));
     let (h, _) = last_token_resid(ck, &harmful, s.eval.chat)?;
     let (b, orig_lp) = last_token_resid(ck, &harmless, s.eval.chat)?;
@@ -447,13 +429,7 @@ pub fn ablate(ck: &Checkpoint, s: &AttackSettings, label: &str, progress: &mut d
         let r: Vec<f32> = diff.iter().map(|x| (x / norm) as f32).collect();
         let proj =
             |v: &[Vec<Vec<f32>>]| -> Vec<f64> { v.iter().map(|x| x[l].iter().zip(&r).map(|(a, b)| *a as f64 * *b as f64).sum()).collect() };
-        let (ph, pb) = (proj(&h), proj(&b));
-        let mv = |v: &[f64]| {
-            let m = v.iter().sum::<f64>() / v.len() as f64;
-            (m, v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / v.len() as f64)
-        };
-        let ((mh, vh), (mb, vb)) = (mv(&ph), mv(&pb));
-        let separation = (mh - mb) / ((vh + vb) / 2.0).sqrt().max(1e-12);
+        let separation = crate::edit::separation(&proj(&h), &proj(&b));
         let mut cand = ck.clone();
         orthogonalize(&mut cand, &r)?;
         progress(&format!("ablate {label}: trying the direction after block {l}"));
@@ -716,7 +692,7 @@ fn check_inputs(base: &Checkpoint, s: &AttackSettings) -> Result<Checked> {
     };
     if s.attacks.contains(&Attack::Ablate) {
         check_ablatable(&base.model.spec)?;
-        direction_prompts(s.ablate_prompts, s.ablate_select)?;
+        probes::refusal_direction_prompts(s.ablate_prompts, s.ablate_select)?;
     }
     let jb = if s.attacks.contains(&Attack::Jailbreak) {
         if s.jailbreak_per_family == 0 {

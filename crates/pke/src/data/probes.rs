@@ -165,6 +165,27 @@ pub fn builtin_retain_prompts() -> Vec<String> {
     benign_prompts(&builtin_retain())
 }
 
+/// Harmful prompts for a refusal direction (and for choosing its layer), harmless ones beside them:
+/// AdvBench from the back (edit cases come from the front, the held-out stop's probes from the 100th
+/// request), disjoint from every evaluation set; harmless: the built-in retain prompts. Returns (`n`
+/// harmful, `n` harmless, `n_select` more harmful). Used by the ablate attack and the edit's
+/// `write_refusal`.
+pub fn refusal_direction_prompts(n: usize, n_select: usize) -> Result<(Vec<String>, Vec<String>, Vec<String>)> {
+    let adv = super::sets::advbench()?;
+    let back: Vec<String> = adv.iter().rev().take(n + n_select).cloned().collect();
+    let harmless: Vec<String> = builtin_retain_prompts().into_iter().take(n).collect();
+    if back.len() < n + n_select || harmless.len() < n {
+        return Err(Error::Input(format!(
+            "a refusal direction needs {} harmful and {n} harmless prompts; AdvBench has {} and the retain set {}",
+            n + n_select,
+            adv.len(),
+            harmless.len()
+        )));
+    }
+    let (fit, select) = back.split_at(n);
+    Ok((fit.to_vec(), harmless, select.to_vec()))
+}
+
 /// The benign side of each probe or retain pair, in order.
 pub fn benign_prompts(pairs: &[Probe]) -> Vec<String> {
     pairs.iter().map(|x| x.benign.clone()).collect()

@@ -640,6 +640,64 @@ fn prepare_direction(
     Ok(Direction { layer, r, target: mh + p.direction_margin * gap, gap, benign, harmful })
 }
 
+/// `write_refusal`: for each target that writes to the residual stream (`down_proj` columns, axis 1), the
+/// model's refusal direction after its block as a column (d, 1): the difference of the mean
+/// last-prompt-token residual streams of harmful requests and harmless prompts
+/// ([`crate::data::probes::refusal_direction_prompts`], 32 each), in the original model, unnormalized
+/// (a read-out of 1 moves a prompt by the distance between the two means). Also, per layer, how far
+/// apart the two sets lie along it (in pooled standard deviations of the projection) and that distance.
+pub(crate) fn refusal_writes(
+    model: &Decoder,
+    tok: &Tok,
+    chat: bool,
+    targets: &[EditTarget],
+) -> Result<(Vec<Option<Tensor>>, Vec<WriteDirection>)> {
+    let (harmful, harmless, _) = crate::data::probes::refusal_direction_prompts(32, 0)?;
+    let hs = encode_prompts(tok, &harmful, chat, "refusal-direction prompt")?;
+    let bs = encode_prompts(tok, &harmless, chat, "refusal-direction harmless prompt")?;
+    let mut by_layer: BTreeMap<usize, Tensor> = BTreeMap::new();
+    let mut seps = Vec::new();
+    for t in targets.iter().filter(|t| t.axis == 1) {
+        if by_layer.contains_key(&t.layer) {
+            continue;
+        }
+        let states = |seqs: &[Vec<u32>]| -> Result<Vec<Vec<f32>>> {
+            seqs.iter().map(|ids| Ok(last_token_state(model, ids, &None, t.layer)?.to_vec1::<f32>()?)).collect()
+        };
+        let (h, b) = (states(&hs)?, states(&bs)?);
+        let (hr, br): (Vec<&[f32]>, Vec<&[f32]>) = (h.iter().map(|x| x.as_slice()).collect(), b.iter().map(|x| x.as_slice()).collect());
+        let diff = crate::locate::intent::direction(&hr, &br);
+        let norm = diff.iter().map(|x| x * x).sum::<f64>().sqrt();
+        if !(norm > 0.0 && norm.is_finite()) {
+            return Err(Error::Input(format!(
+                "write_refusal: harmful and harmless prompts have the same mean residual after block {}",
+                t.layer
+            )));
+        }
+        let r: Vec<f64> = diff.iter().map(|x| x / norm).collect();
+        let proj = |v: &[&[f32]]| -> Vec<f64> { v.iter().map(|x| x.iter().zip(&r).map(|(a, b)| *a as f64 * b).sum()).collect() };
+        seps.push((t.layer, separation(&proj(&hr), &proj(&br)), norm));
+        // In units of the gap: c . a(x) = 1 moves x by the distance between the two means.
+        let col: Vec<f32> = diff.iter().map(|x| *x as f32).collect();
+        by_layer.insert(t.layer, Tensor::from_vec(col, (model.spec.hidden_size, 1), model.device())?);
+    }
+    Ok((targets.iter().map(|t| if t.axis == 1 { by_layer.get(&t.layer).cloned() } else { None }).collect(), seps))
+}
+
+/// A `write_refusal` direction's layer, the harmful / harmless separation along it (pooled standard
+/// deviations) and its length (the distance between the two means).
+pub(crate) type WriteDirection = (usize, f64, f64);
+
+/// (mean(a) - mean(b)) / sqrt((var(a) + var(b)) / 2).
+pub(crate) fn separation(a: &[f64], b: &[f64]) -> f64 {
+    let mv = |v: &[f64]| {
+        let m = v.iter().sum::<f64>() / v.len() as f64;
+        (m, v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / v.len() as f64)
+    };
+    let ((ma, va), (mb, vb)) = (mv(a), mv(b));
+    (ma - mb) / ((va + vb) / 2.0).sqrt().max(1e-12)
+}
+
 /// One trainable slice of a weight: the indices along `axis` (1 columns, 0 rows) that may change.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EditTarget {
@@ -810,6 +868,16 @@ pub fn compute_delta_with(
         None
     };
     let mut direction_cursor = 0usize;
+    // `write_refusal`: per target, the direction (d, 1) its columns may write along.
+    let (writes, write_seps) = if p.write_refusal {
+        let w = refusal_writes(model, tok, chat, &targets)?;
+        for (l, sep, gap) in &w.1 {
+            eprintln!("write_refusal: the edit writes along the refusal direction after block {l} (the harmful and harmless means {gap:.2} apart, {sep:.1} pooled sd)");
+        }
+        w
+    } else {
+        (vec![None; targets.len()], vec![])
+    };
     // The original model's benign refusal share, and the weights before the last update (to take it back).
     let mut benign0: Option<f64> = None;
     let mut before_update: Option<Vec<Tensor>> = None;
@@ -850,9 +918,13 @@ pub fn compute_delta_with(
         // `quant_block`: the range each edited weight must stay in, as the trained tensor holds it.
         let range = if p.quant_block > 0 { Some(block_range(&full, &w0, &t.index, sliced, p.quant_block, &t.name)?) } else { None };
         // A projected weight keeps its optimizer state in the free basis's coordinates.
-        let adam = match projectors.iter().find(|pr| pr.name == t.name) {
-            Some(pr) => Adam::new(&Tensor::zeros((w0.dim(0)?, pr.basis.dim(1)?), w0.dtype(), w0.device())?)?,
-            None => Adam::new(var.as_tensor())?,
+        // With `write_refusal`, in the coordinates along the refusal direction (one row).
+        let written = writes[vars.len()].is_some();
+        let rows = if written { 1 } else { w0.dim(0)? };
+        let adam = match (projectors.iter().find(|pr| pr.name == t.name), written) {
+            (Some(pr), _) => Adam::new(&Tensor::zeros((rows, pr.basis.dim(1)?), w0.dtype(), w0.device())?)?,
+            (None, true) => Adam::new(&Tensor::zeros((rows, var.as_tensor().dim(1)?), w0.dtype(), w0.device())?)?,
+            (None, false) => Adam::new(var.as_tensor())?,
         };
         vars.push((t.name.clone(), var, w0, mask, adam, range));
     }
@@ -986,19 +1058,40 @@ pub fn compute_delta_with(
                 before_update = Some(vars.iter().map(|(_, var, ..)| var.as_tensor().copy()).collect::<candle_core::Result<_>>()?);
             }
             let lr = lr_scale * if p.warmup_steps > 0 { p.lr * ((step + 1) as f64 / p.warmup_steps as f64).min(1.0) } else { p.lr };
-            for ((name, var, w0, mask, adam, range), g) in vars.iter_mut().zip(&grads) {
+            for (((name, var, w0, mask, adam, range), g), wr) in vars.iter_mut().zip(&grads).zip(&writes) {
                 let g = g.as_ref().ok_or_else(|| Error::Input(format!("no gradient reached `{name}`")))?;
                 let now = var.as_tensor().detach();
+                // `write_refusal`: a gradient read along the direction (r^T G), an update written along it (r u).
+                let read = |c: Tensor| -> Result<Tensor> {
+                    Ok(match wr {
+                        Some(r) => r.t()?.matmul(&c)?,
+                        None => c,
+                    })
+                };
+                let write = |u: Tensor| -> Result<Tensor> {
+                    Ok(match wr {
+                        Some(r) => r.matmul(&u)?,
+                        None => u,
+                    })
+                };
                 match (projectors.iter().find(|pr| &pr.name == name), &*mask) {
                     // Adam in the free basis's coordinates: the change stays in the free directions exactly,
                     // and its per-coordinate scaling acts on those directions, not on single weights.
                     (Some(pr), Some(_)) => {
-                        let u = adam.update(&pr.coordinates(g)?)?;
-                        var.set(&pr.step(&now, &u, lr)?)?;
+                        let u = adam.update(&read(pr.coordinates(g)?)?)?;
+                        var.set(&pr.step(&now, &write(u)?, lr)?)?;
                     }
                     (Some(pr), None) => {
-                        let u = adam.update(&pr.column_coordinates(g)?)?;
-                        var.set(&(now + pr.column_step(&u, lr)?)?)?;
+                        let u = adam.update(&read(pr.column_coordinates(g)?)?)?;
+                        var.set(&(now + pr.column_step(&write(u)?, lr)?)?)?;
+                    }
+                    (None, mask) if wr.is_some() => {
+                        let g = match mask {
+                            Some(m) => g.broadcast_mul(m)?,
+                            None => g.clone(),
+                        };
+                        let u = adam.update(&read(g)?)?;
+                        var.set(&(now - (write(u)? * lr)?)?)?;
                     }
                     (None, Some(mask)) => adam.step(var, &g.broadcast_mul(mask)?, lr)?,
                     (None, None) => adam.step(var, g, lr)?,
@@ -1047,6 +1140,10 @@ pub fn compute_delta_with(
     metadata.insert("n_cases".into(), cases.len().to_string());
     if !twins.is_empty() {
         metadata.insert("twin_cases".into(), twins.len().to_string());
+    }
+    if !write_seps.is_empty() {
+        // Per layer written along: the harmful / harmless separation along the direction and its length.
+        metadata.insert("write_refusal".into(), serde_json::to_string(&write_seps)?);
     }
     if p.retain_weight > 0.0 || p.preserve_energy > 0.0 || !twins.is_empty() {
         metadata.insert(

@@ -178,6 +178,15 @@ pub struct EditParams {
     pub direction_offset: usize,
     #[serde(default = "default_direction_margin")]
     pub direction_margin: f64,
+    /// pke only: the edited `down_proj` columns may write only along the model's own refusal direction
+    /// at the edited layer (the difference of mean residual streams after that block, at the last prompt
+    /// token, between harmful requests and harmless prompts, in the original model: the direction the
+    /// ablate attack removes, read where the edit writes). Each column's change is then c_j r, so the edit
+    /// adds r in proportion to a learned read-out of the hotspot neurons (c . a(x)): a gate on *when*
+    /// the model's own refusal is switched on, where a free edit may write any output (e.g. the refusal
+    /// text's first token) for the cases' words. With `preserve_energy`, c stays in the free directions.
+    #[serde(default)]
+    pub write_refusal: bool,
     /// Safety-recovery term (0 = off; not for dinm): the safe reply is also trained after the prompt
     /// followed by the first `prefill_tokens` tokens of the case's unsafe reply, so the refusal holds when
     /// the reply has been opened compliantly (Qi et al. 2024's recovery examples). The stop rules

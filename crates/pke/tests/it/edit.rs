@@ -820,3 +820,60 @@ fn answered_only_leaves_out_cases_the_model_already_refuses() {
     let e = answered_cases(&ck.model, &ck.tok, vec![], 1, true).unwrap_err().to_string();
     assert!(e.contains("no edit cases"), "{e}");
 }
+
+#[test]
+fn write_refusal_changes_every_column_along_the_refusal_direction() {
+    let ck = crate::common::smollm2();
+    let (cases, h) = smol_setup(1);
+    let retain = crate::common::small_retain();
+    let run = |extra: &[&str]| {
+        let mut o: Vec<String> =
+            ["steps=2", "lr=0.1", "warmup_steps=0", "stop_probes=0", "stop_nll=0"].iter().map(|s| s.to_string()).collect();
+        o.extend(extra.iter().map(|s| s.to_string()));
+        let p = EditParams::resolve(Method::Pke, None, &o).unwrap();
+        compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, Some(&retain), |_, _, _| {}).unwrap()
+    };
+    // The refusal direction after block 11, computed here from the same prompts: harmful minus harmless mean
+    // of the last prompt token's residual stream.
+    let (harmful, harmless, _) = pke::data::probes::refusal_direction_prompts(32, 0).unwrap();
+    let mean = |ps: &[String]| -> Vec<f64> {
+        let mut acc = vec![0f64; ck.model.spec.hidden_size];
+        for p in ps {
+            let ids = ck.tok.encode(&pke::io::chat::prompt_text(&ck.tok, p, h.settings.chat, None).unwrap(), !h.settings.chat).unwrap();
+            let hs = pke::trace::hidden_states(&ck.model, &Input::single(&ids)).unwrap();
+            let last = hs[12].squeeze(0).unwrap().get(ids.len() - 1).unwrap().to_vec1::<f32>().unwrap();
+            for (a, x) in acc.iter_mut().zip(last) {
+                *a += x as f64 / ps.len() as f64;
+            }
+        }
+        acc
+    };
+    let r: Vec<f64> = mean(&harmful).iter().zip(mean(&harmless)).map(|(a, b)| a - b).collect();
+    let rn = r.iter().map(|x| x * x).sum::<f64>().sqrt();
+    // Share of the change outside the direction (0 = every column a multiple of r) and the change's size.
+    let off_direction = |out: &pke::edit::EditOutcome| -> (f64, f64) {
+        let t = &out.delta.tensors[0];
+        let d = (&t.after - &t.before).unwrap().to_dtype(candle_core::DType::F64).unwrap().to_vec2::<f64>().unwrap();
+        let (mut total, mut along) = (0f64, 0f64);
+        for j in 0..d[0].len() {
+            let col: Vec<f64> = d.iter().map(|row| row[j]).collect();
+            let dot = col.iter().zip(&r).map(|(a, b)| a * b).sum::<f64>() / rn;
+            total += col.iter().map(|x| x * x).sum::<f64>();
+            along += dot * dot;
+        }
+        (1.0 - along / total, total.sqrt())
+    };
+    for ns in ["preserve_energy=0", "preserve_energy=0.9"] {
+        let out = run(&["write_refusal=true", ns]);
+        let (off, size) = off_direction(&out);
+        assert!(size > 0.0 && off < 1e-6, "{ns}: {off} of the change lies off the refusal direction (size {size})");
+        let meta = &out.delta.metadata["write_refusal"];
+        assert!(meta.starts_with("[[11,"), "{meta}");
+    }
+    // Without it the same edit writes in many directions: the check above can fail.
+    let (off, _) = off_direction(&run(&["preserve_energy=0"]));
+    assert!(off > 0.5, "the free edit's change is {off} off the direction");
+    // Not a setting of the whole-weight methods.
+    let e = EditParams::resolve(Method::Dinm, None, &["write_refusal=true".to_string()]).unwrap_err().to_string();
+    assert!(e.contains("write_refusal") && e.contains("dinm"), "{e}");
+}
