@@ -421,15 +421,10 @@ pub fn ablate(ck: &Checkpoint, s: &AttackSettings, label: &str, progress: &mut d
     // embedding plus every o_proj and down_proj, ~1 GB on a 0.5B model).
     let mut best: Option<(AblationCandidate, Vec<f32>)> = None;
     for l in (lo..hi).step_by(step) {
-        let diff = crate::locate::intent::direction(&at(&h, l), &at(&b, l));
-        let norm = diff.iter().map(|x| x * x).sum::<f64>().sqrt();
-        if norm == 0.0 || !norm.is_finite() {
+        let Some(md) = crate::locate::intent::mean_difference(&at(&h, l), &at(&b, l)) else {
             continue;
-        }
-        let r: Vec<f32> = diff.iter().map(|x| (x / norm) as f32).collect();
-        let proj =
-            |v: &[Vec<Vec<f32>>]| -> Vec<f64> { v.iter().map(|x| x[l].iter().zip(&r).map(|(a, b)| *a as f64 * *b as f64).sum()).collect() };
-        let separation = crate::edit::separation(&proj(&h), &proj(&b));
+        };
+        let (r, separation) = (md.unit, md.separation);
         let mut cand = ck.clone();
         orthogonalize(&mut cand, &r)?;
         progress(&format!("ablate {label}: trying the direction after block {l}"));

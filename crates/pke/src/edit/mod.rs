@@ -666,19 +666,12 @@ pub(crate) fn refusal_writes(
         };
         let (h, b) = (states(&hs)?, states(&bs)?);
         let (hr, br): (Vec<&[f32]>, Vec<&[f32]>) = (h.iter().map(|x| x.as_slice()).collect(), b.iter().map(|x| x.as_slice()).collect());
-        let diff = crate::locate::intent::direction(&hr, &br);
-        let norm = diff.iter().map(|x| x * x).sum::<f64>().sqrt();
-        if !(norm > 0.0 && norm.is_finite()) {
-            return Err(Error::Input(format!(
-                "write_refusal: harmful and harmless prompts have the same mean residual after block {}",
-                t.layer
-            )));
-        }
-        let r: Vec<f64> = diff.iter().map(|x| x / norm).collect();
-        let proj = |v: &[&[f32]]| -> Vec<f64> { v.iter().map(|x| x.iter().zip(&r).map(|(a, b)| *a as f64 * b).sum()).collect() };
-        seps.push((t.layer, separation(&proj(&hr), &proj(&br)), norm));
+        let md = crate::locate::intent::mean_difference(&hr, &br).ok_or_else(|| {
+            Error::Input(format!("write_refusal: harmful and harmless prompts have the same mean residual after block {}", t.layer))
+        })?;
+        seps.push((t.layer, md.separation, md.norm));
         // In units of the gap: c . a(x) = 1 moves x by the distance between the two means.
-        let col: Vec<f32> = diff.iter().map(|x| *x as f32).collect();
+        let col: Vec<f32> = md.diff.iter().map(|x| *x as f32).collect();
         by_layer.insert(t.layer, Tensor::from_vec(col, (model.spec.hidden_size, 1), model.device())?);
     }
     Ok((targets.iter().map(|t| if t.axis == 1 { by_layer.get(&t.layer).cloned() } else { None }).collect(), seps))
@@ -687,16 +680,6 @@ pub(crate) fn refusal_writes(
 /// A `write_refusal` direction's layer, the harmful / harmless separation along it (pooled standard
 /// deviations) and its length (the distance between the two means).
 pub(crate) type WriteDirection = (usize, f64, f64);
-
-/// (mean(a) - mean(b)) / sqrt((var(a) + var(b)) / 2).
-pub(crate) fn separation(a: &[f64], b: &[f64]) -> f64 {
-    let mv = |v: &[f64]| {
-        let m = v.iter().sum::<f64>() / v.len() as f64;
-        (m, v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / v.len() as f64)
-    };
-    let ((ma, va), (mb, vb)) = (mv(a), mv(b));
-    (ma - mb) / ((va + vb) / 2.0).sqrt().max(1e-12)
-}
 
 /// One trainable slice of a weight: the indices along `axis` (1 columns, 0 rows) that may change.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -221,6 +221,40 @@ pub(crate) fn direction(pos: &[&[f32]], neg: &[&[f32]]) -> Vec<f64> {
     mean(pos).iter().zip(mean(neg)).map(|(a, b)| a - b).collect()
 }
 
+/// A difference-of-means direction with what its users report: `diff` = mean(pos) - mean(neg), its
+/// length, the unit direction as float32, and how far apart the two sets lie along that unit direction
+/// (difference of the projections' means over their pooled standard deviation).
+pub(crate) struct MeanDifference {
+    pub diff: Vec<f64>,
+    pub norm: f64,
+    pub unit: Vec<f32>,
+    pub separation: f64,
+}
+
+/// [`direction`] with its length, unit vector and separation; None when the two means coincide (or are
+/// not finite). The refusal direction of the ablate attack and of the edit's `write_refusal`.
+pub(crate) fn mean_difference(pos: &[&[f32]], neg: &[&[f32]]) -> Option<MeanDifference> {
+    let diff = direction(pos, neg);
+    let norm = diff.iter().map(|x| x * x).sum::<f64>().sqrt();
+    if !(norm > 0.0 && norm.is_finite()) {
+        return None;
+    }
+    let unit: Vec<f32> = diff.iter().map(|x| (x / norm) as f32).collect();
+    let proj = |v: &[&[f32]]| -> Vec<f64> { v.iter().map(|x| x.iter().zip(&unit).map(|(a, b)| *a as f64 * *b as f64).sum()).collect() };
+    let separation = pooled_separation(&proj(pos), &proj(neg));
+    Some(MeanDifference { diff, norm, unit, separation })
+}
+
+/// (mean(a) - mean(b)) / sqrt((var(a) + var(b)) / 2).
+fn pooled_separation(a: &[f64], b: &[f64]) -> f64 {
+    let mv = |v: &[f64]| {
+        let m = v.iter().sum::<f64>() / v.len() as f64;
+        (m, v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / v.len() as f64)
+    };
+    let ((ma, va), (mb, vb)) = (mv(a), mv(b));
+    (ma - mb) / ((va + vb) / 2.0).sqrt().max(1e-12)
+}
+
 fn dot(r: &[f64], x: &[f32]) -> f64 {
     r.iter().zip(x).map(|(a, b)| a * *b as f64).sum()
 }
@@ -368,6 +402,17 @@ pub fn intent_map(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mean_difference_reports_length_unit_and_pooled_separation() {
+        // Along x the sets sit at 3 +- 1 and 0 +- 1 (population sd 1), y is the same for both.
+        let (p, n): (Vec<[f32; 2]>, Vec<[f32; 2]>) = (vec![[2.0, 5.0], [4.0, 5.0]], vec![[-1.0, 5.0], [1.0, 5.0]]);
+        let (pr, nr): (Vec<&[f32]>, Vec<&[f32]>) = (p.iter().map(|x| &x[..]).collect(), n.iter().map(|x| &x[..]).collect());
+        let md = mean_difference(&pr, &nr).unwrap();
+        assert_eq!((md.diff.clone(), md.norm, md.unit.clone()), (vec![3.0, 0.0], 3.0, vec![1.0, 0.0]));
+        assert!((md.separation - 3.0).abs() < 1e-12, "{}", md.separation);
+        assert!(mean_difference(&pr, &pr).is_none(), "equal means have no direction");
+    }
 
     #[test]
     fn auc_counts_wins_and_ties() {
