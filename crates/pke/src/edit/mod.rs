@@ -514,8 +514,8 @@ impl Adam {
 /// Loss terms of one case at the current weights.
 /// `frozen` is the same weights without gradient tracking, for terms computed without gradient.
 /// With `skip_inert_kl`, an inert KL term (no gradient) is left out and logged as NaN; see
-/// `EditParams::always_log_inert_kl`. `step` picks the recovery sequence trained (one opening depth per
-/// step in turn).
+/// `EditParams::always_log_inert_kl`. `turn` picks the recovery sequence trained (one opening depth per
+/// turn: the step, or the case's own visit count under `cases_per_step`).
 fn case_loss(
     model: &Decoder,
     frozen: &Decoder,
@@ -523,7 +523,7 @@ fn case_loss(
     method: Method,
     p: &EditParams,
     skip_inert_kl: bool,
-    step: usize,
+    turn: usize,
 ) -> Result<(Tensor, StepLog)> {
     let zero = || Tensor::zeros((), candle_core::DType::F32, model.device());
     let mut log = StepLog::default();
@@ -551,7 +551,7 @@ fn case_loss(
             loss = (loss + (k * p.kl_weight)?)?;
         }
     }
-    if let (Some(seq), true) = (c.recover.get(step % c.recover.len().max(1)), p.prefill_weight > 0.0 && method != Method::Ga) {
+    if let (Some(seq), true) = (c.recover.get(turn % c.recover.len().max(1)), p.prefill_weight > 0.0 && method != Method::Ga) {
         // The stop rule waits for the recovery reply to open the greedy reply too.
         let (r, opens) = nll_and_greedy_opening(model, seq, p.stop_greedy_tokens)?;
         log.greedy_opening &= opens;
@@ -918,10 +918,25 @@ pub fn compute_delta_with(
     let total_steps = groups.len() * p.steps;
     let mut log = Vec::new();
     let mut done = 0;
+    // `cases_per_step`: where the next step's cases start, and each case's NLL (the larger of its safe and
+    // recovery replies') and greedy opening from the last step that trained it, which the stop reads.
+    let mut case_cursor = 0usize;
+    let mut seen_nll = vec![f64::INFINITY; prepared.len()];
+    let mut seen_open = vec![false; prepared.len()];
+    // Steps that trained each case: with a few cases per step, case i takes its recovery depths in turn
+    // from its own visits (offset by i), since the global step would give it the same depth every round.
+    let mut visits = vec![0usize; prepared.len()];
     'groups: for group in &groups {
         for step in 0..p.steps {
             let mut entry = StepLog { step, elapsed_s: t0.elapsed().as_secs_f64(), ..Default::default() };
-            let n = group.len() as f64;
+            let active: Vec<usize> = if p.cases_per_step == 0 || p.cases_per_step >= group.len() {
+                group.clone()
+            } else {
+                let a = (0..p.cases_per_step).map(|j| group[(case_cursor + j) % group.len()]).collect();
+                case_cursor = (case_cursor + p.cases_per_step) % group.len();
+                a
+            };
+            let n = active.len() as f64;
             let frozen = untracked(&m, &vars, &targets)?;
             if let Some(w) = &watch {
                 let r = w.read(&frozen, tok)?;
@@ -943,18 +958,18 @@ pub fn compute_delta_with(
                 }
             }
             let lazy_kl = p.quirk_inert_kl && p.kl_weight != 0.0 && !p.always_log_inert_kl;
-            let mut max_nll = 0f64;
-            let mut all_open = true;
             // The loss is a mean over cases (and retain prompts), so its gradient is the sum of each
             // term's: each term is back-propagated as soon as it is computed, and only one term's graph
             // (activations and full-vocabulary logits) is alive at a time. The price: the step on which an
             // early stop fires has back-propagated too (one wasted backward per edit).
             let mut grads: Vec<Option<Tensor>> = vec![None; vars.len()];
-            for &i in group {
-                let (l, s) = case_loss(&m, &frozen, &prepared[i], method, p, lazy_kl, step)?;
+            for &i in &active {
+                let turn = if active.len() < group.len() { visits[i] + i } else { step };
+                visits[i] += 1;
+                let (l, s) = case_loss(&m, &frozen, &prepared[i], method, p, lazy_kl, turn)?;
                 // With the recovery term, the NLL stop waits for the refusal after the compliant opening too.
-                max_nll = max_nll.max(s.nll_safe).max(s.nll_recover);
-                all_open &= s.greedy_opening || method == Method::Ga;
+                seen_nll[i] = s.nll_safe.max(s.nll_recover);
+                seen_open[i] = s.greedy_opening || method == Method::Ga;
                 entry.loss += s.loss / n;
                 entry.nll_safe += s.nll_safe / n;
                 entry.kl += s.kl / n;
@@ -980,10 +995,13 @@ pub fn compute_delta_with(
                 entry.retain_kl = rv;
                 entry.loss += p.retain_weight * rv;
             }
+            // Every case of the group as last trained (with all cases per step: this step's values).
+            let max_nll = group.iter().map(|&i| seen_nll[i]).fold(0f64, f64::max);
+            let all_open = group.iter().all(|&i| seen_open[i]);
             if let Some(d) = &direction {
                 let w = p.direction_weight;
                 let mut dv = 0f64;
-                for &i in group {
+                for &i in &active {
                     let (ids, res) = &d.harmful[i];
                     let proj = projection(&last_token_state(&m, ids, res, d.layer)?, &d.r)?;
                     let short = ((proj * -1.0)? + d.target)?.relu()?;
@@ -1009,7 +1027,7 @@ pub fn compute_delta_with(
             if lazy_kl && entry.loss < p.early_stop_loss + 1e-6 {
                 // The inert KL (>= 0, no gradient) could decide the early stop: add its value now.
                 let mut kl_sum = 0.0;
-                for &i in group {
+                for &i in &active {
                     if let Some((seq, base)) = &prepared[i].loc {
                         kl_sum += scalar(&kl(&frozen, seq, base)?)? / n;
                     }

@@ -132,6 +132,11 @@ pub struct EditParams {
     /// Retain prompts per step (cycled through the set in order; 0 = all every step).
     #[serde(default)]
     pub retain_per_step: usize,
+    /// Edit cases per step, cycled through the cases in order (0 = all every step): an edit can learn from
+    /// many cases (e.g. `--builtin advbench:96`) at the cost per step of a few. The NLL stop reads each
+    /// case's value from the last step that trained it, so it waits until every case has come round.
+    #[serde(default)]
+    pub cases_per_step: usize,
     /// Tokens of the original reply the retain term keeps (the first ones decide answer vs refusal).
     #[serde(default = "default_retain_tokens")]
     pub retain_tokens: usize,

@@ -243,6 +243,41 @@ fn stop_nll_ends_the_edit_once_every_case_has_taken_it() {
     assert!(e.contains("stop_nll"), "{e}");
 }
 
+/// `cases_per_step`: each step trains the next cases in turn, and the NLL stop waits until every case has
+/// been trained and read, where all cases per step stop at once.
+#[test]
+fn cases_per_step_trains_the_cases_in_turn_and_the_stop_waits_for_all() {
+    let ck = crate::common::smollm2();
+    let (cases, h) = smol_setup(3);
+    let run = |cases: &[EditCase], extra: &[&str]| {
+        let mut o: Vec<String> = vec!["steps=4".into(), "lr=5e-3".into(), "preserve_energy=0".into(), "stop_probes=0".into()];
+        o.extend(extra.iter().map(|s| s.to_string()));
+        let p = EditParams::resolve(Method::Pke, None, &o).unwrap();
+        compute_delta(&ck.model, &ck.tok, cases, &h, Method::Pke, &p, |_, _, _| {}).unwrap()
+    };
+    // A threshold above every starting NLL: all cases per step stop before any update; one case per step
+    // reads case 0 at step 0, cases 1 and 2 at steps 1 and 2, and only then may stop.
+    assert_eq!(run(&cases, &["stop_nll=100"]).log.len(), 1);
+    let one = run(&cases, &["stop_nll=100", "cases_per_step=1"]);
+    assert_eq!(one.log.len(), 3, "{:?}", one.log.iter().map(|s| s.nll_safe).collect::<Vec<_>>());
+    // Each step's logged NLL is that of the one case it trained: step 0 reads case 0 on the unedited model,
+    // as an edit made from case 0 alone does.
+    let step0 = |cs: &[EditCase]| run(cs, &["steps=1", "stop_nll=0"]).log[0].nll_safe;
+    let alone: Vec<f64> = (0..3).map(|i| step0(&cases[i..i + 1])).collect();
+    assert_eq!(one.log[0].nll_safe, alone[0]);
+    assert!(alone.iter().any(|x| (x - alone[0]).abs() > 1e-3), "the three cases' NLLs must differ for this test: {alone:?}");
+    // Two per step over three cases: the steps train (0, 1), (2, 0), (1, 2), (0, 1); more than the cases
+    // per step is the same as all of them.
+    let two = run(&cases, &["stop_nll=0", "cases_per_step=2"]);
+    assert_eq!(two.log.len(), 4);
+    assert!((two.log[0].nll_safe - (alone[0] + alone[1]) / 2.0).abs() < 1e-9, "{} {alone:?}", two.log[0].nll_safe);
+    let all = run(&cases, &["stop_nll=0"]);
+    let many = run(&cases, &["stop_nll=0", "cases_per_step=5"]);
+    let after = |o: &pke::edit::EditOutcome| o.delta.tensors[0].after.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert!(after(&all) == after(&many), "more cases per step than cases must train all of them");
+    assert!(after(&all) != after(&two), "two cases per step must be another edit");
+}
+
 /// The held-out stop rule: probes the edit never trains on hold back a stop the NLL alone would take, and
 /// a step that drifts past `stop_drift` is taken back, leaving exactly the edit one step shorter.
 #[test]
