@@ -1049,7 +1049,9 @@ pub fn compute_delta_with(
                 r.harmful_refused = Some(h);
                 taken = h >= p.stop_probe_share - 1e-9;
             }
-            let stop = entry.loss < p.early_stop_loss || taken;
+            // The loss is this step's cases' alone: under `cases_per_step` it ends the edit only once every
+            // case has been read.
+            let stop = (entry.loss < p.early_stop_loss && max_nll.is_finite()) || taken;
             log.push(entry);
             if stop {
                 stopped = p.mode == BatchMode::Joint;
