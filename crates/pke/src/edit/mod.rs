@@ -329,6 +329,16 @@ fn resume_at(model: &Decoder, ids: &[u32], l0: usize) -> Result<Option<(usize, T
 }
 
 /// `acc + t`, starting from `t`.
+/// The next `per_step` indices of `0..len` in turn from `cursor` (all of them, from the cursor, when
+/// `per_step` is 0 or at least `len`), moving the cursor past them: how the edit cycles through its cases
+/// (`cases_per_step`) and the retain and direction terms through their benign prompts (`retain_per_step`).
+fn next_window(cursor: &mut usize, len: usize, per_step: usize) -> Vec<usize> {
+    let k = if per_step == 0 { len } else { per_step.min(len) };
+    let window = (0..k).map(|j| (*cursor + j) % len).collect();
+    *cursor = (*cursor + k) % len.max(1);
+    window
+}
+
 fn accumulate(acc: &mut Option<Tensor>, t: Tensor) -> Result<()> {
     *acc = Some(match acc.take() {
         Some(a) => (a + t)?,
@@ -929,13 +939,7 @@ pub fn compute_delta_with(
     'groups: for group in &groups {
         for step in 0..p.steps {
             let mut entry = StepLog { step, elapsed_s: t0.elapsed().as_secs_f64(), ..Default::default() };
-            let active: Vec<usize> = if p.cases_per_step == 0 || p.cases_per_step >= group.len() {
-                group.clone()
-            } else {
-                let a = (0..p.cases_per_step).map(|j| group[(case_cursor + j) % group.len()]).collect();
-                case_cursor = (case_cursor + p.cases_per_step) % group.len();
-                a
-            };
+            let active: Vec<usize> = next_window(&mut case_cursor, group.len(), p.cases_per_step).into_iter().map(|j| group[j]).collect();
             let n = active.len() as f64;
             let frozen = untracked(&m, &vars, &targets)?;
             if let Some(w) = &watch {
@@ -979,10 +983,11 @@ pub fn compute_delta_with(
                 backprop(&(l / n)?, &vars, &mut grads)?;
             }
             if !retain_seqs.is_empty() {
-                let k = if p.retain_per_step == 0 { retain_seqs.len() } else { p.retain_per_step.min(retain_seqs.len()) };
+                let window = next_window(&mut retain_cursor, retain_seqs.len(), p.retain_per_step);
+                let k = window.len();
                 let mut rv = 0f64;
-                for j in 0..k {
-                    let (seq, base) = &retain_seqs[(retain_cursor + j) % retain_seqs.len()];
+                for j in window {
+                    let (seq, base) = &retain_seqs[j];
                     let r = kl(&m, seq, base)?;
                     let v = scalar(&r)?;
                     if !v.is_finite() {
@@ -991,7 +996,6 @@ pub fn compute_delta_with(
                     rv += v / k as f64;
                     backprop(&(r * (p.retain_weight / k as f64))?, &vars, &mut grads)?;
                 }
-                retain_cursor = (retain_cursor + k) % retain_seqs.len();
                 entry.retain_kl = rv;
                 entry.loss += p.retain_weight * rv;
             }
@@ -1009,15 +1013,15 @@ pub fn compute_delta_with(
                     dv += scalar(&term)? / n;
                     backprop(&(term * (w / n))?, &vars, &mut grads)?;
                 }
-                let k = if p.retain_per_step == 0 { d.benign.len() } else { p.retain_per_step.min(d.benign.len()) };
-                for j in 0..k {
-                    let ((ids, res), p0) = &d.benign[(direction_cursor + j) % d.benign.len()];
+                let window = next_window(&mut direction_cursor, d.benign.len(), p.retain_per_step);
+                let k = window.len();
+                for j in window {
+                    let ((ids, res), p0) = &d.benign[j];
                     let proj = projection(&last_token_state(&m, ids, res, d.layer)?, &d.r)?;
                     let term = ((proj - *p0)? / d.gap)?.sqr()?;
                     dv += scalar(&term)? / k as f64;
                     backprop(&(term * (w / k as f64))?, &vars, &mut grads)?;
                 }
-                direction_cursor = (direction_cursor + k) % d.benign.len();
                 if !dv.is_finite() {
                     return Err(Error::NonFinite(format!("the direction term is {dv} (try a smaller lr); nothing was written")));
                 }
@@ -1163,4 +1167,21 @@ pub fn compute_delta_with(
     }
     metadata.insert("pke_version".into(), env!("CARGO_PKG_VERSION").into());
     Ok(EditOutcome { delta: WeightDelta { tensors, metadata }, log, seconds: t0.elapsed().as_secs_f64(), setup_seconds, preserve })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::next_window;
+
+    #[test]
+    fn next_window_cycles_in_turn_and_takes_all_when_asked() {
+        let mut c = 0;
+        let w: Vec<Vec<usize>> = (0..4).map(|_| next_window(&mut c, 3, 2)).collect();
+        assert_eq!(w, vec![vec![0, 1], vec![2, 0], vec![1, 2], vec![0, 1]]);
+        // 0 or more than there are: every index, in order, the cursor staying where it was.
+        let mut c = 0;
+        assert_eq!((next_window(&mut c, 3, 0), next_window(&mut c, 3, 5), c), (vec![0, 1, 2], vec![0, 1, 2], 0));
+        let mut c = 0;
+        assert!(next_window(&mut c, 0, 4).is_empty());
+    }
 }
