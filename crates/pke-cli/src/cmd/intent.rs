@@ -22,6 +22,15 @@ pub struct Args {
     /// Part of the probes to score on: validation (default; for choosing) or test (for reporting), or all.
     #[arg(long, default_value = "validation")]
     pub split: Split,
+    /// Also fit reads beyond one direction (shrinkage LDA per site and layer, one LDA over all of them,
+    /// the mean and the maximum of the per-layer scores), on the probes (cross-fit) and on training data,
+    /// and score the HarmBench and StrongREJECT requests of the same split against the look-alikes'
+    /// threshold.
+    #[arg(long)]
+    pub reads: bool,
+    /// LDA shrinkage for --reads, as a multiple of the within-class scatter's mean eigenvalue.
+    #[arg(long, default_value_t = 1.0)]
+    pub shrink: f64,
     /// Output folder for intent.json and intent.md.
     #[arg(long, default_value = "out/intent")]
     pub out: PathBuf,
@@ -41,12 +50,25 @@ pub fn run(a: Args) -> Result<ExitCode> {
     }
     let retain: Vec<(String, Option<String>)> =
         a.retain.load()?.unwrap_or_else(probes::builtin_retain).into_iter().map(|p| (p.benign, p.harmful)).collect();
+    if a.reads && !(a.shrink > 0.0 && a.shrink.is_finite()) {
+        bail!("--shrink must be a positive number, not {}", a.shrink);
+    }
+    // HarmBench's own split and StrongREJECT's half of the same part (every set, whole: a map, not a run).
+    let harmful: Vec<String> = if a.reads {
+        let hb = pke::data::sets::harmbench(pke::eval::report::harmbench_split(a.split))?;
+        hb.into_iter().chain(pke::eval::report::strongreject_part(a.split)?.into_iter().map(|x| x.0)).collect()
+    } else {
+        vec![]
+    };
     let ck = super::load_model(&a.model)?;
     let cases = a.cases.choose(&ck, cases)?;
     let prompts: Vec<String> = cases.iter().map(|c| c.prompt.clone()).collect();
-    let total = 2 * pairs.len() + prompts.len() + retain.len() + retain.iter().filter(|r| r.1.is_some()).count();
+    let total = 2 * pairs.len() + prompts.len() + retain.len() + retain.iter().filter(|r| r.1.is_some()).count() + harmful.len();
     let bar = super::progress_bar(total as u64, "reading activations");
-    let mut map = pke::locate::intent::intent_map(&ck.model, &ck.tok, &pairs, &prompts, &retain, a.cases.chat, &mut |n| bar.inc(n as u64))?;
+    let reads = a.reads.then_some(pke::locate::intent::ReadsWanted { harmful: &harmful, shrink: a.shrink });
+    let mut map = pke::locate::intent::intent_map_with(&ck.model, &ck.tok, &pairs, &prompts, &retain, reads, a.cases.chat, &mut |n| {
+        bar.inc(n as u64)
+    })?;
     bar.finish_and_clear();
     map.model = ck.source.path().display().to_string();
     map.split = a.split.to_string();

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::io::chat::prompt_text;
 use crate::io::tokenizer::Tok;
+use crate::locate::reads::{self, Read, ReadScore, Roles};
 use crate::model::{Decoder, Input};
 use crate::trace::{Capture, Site};
 use crate::{Error, Result};
@@ -64,6 +65,11 @@ pub struct IntentRow {
     pub probes: Separation,
     /// Cosine between the `cases` direction and the `probes` direction fitted on all pairs.
     pub cos_cases_probes: f64,
+    /// The difference-of-means and shrinkage-LDA reads of this site and layer, each fitted on the probes
+    /// (cross-fit) and on training data, with the harmful requests they catch
+    /// ([`crate::locate::reads`]); empty unless asked for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reads: Vec<Read>,
 }
 
 /// The whole map.
@@ -78,6 +84,15 @@ pub struct IntentMap {
     pub n_retain_benign: usize,
     pub n_retain_twins: usize,
     pub rows: Vec<IntentRow>,
+    /// Harmful requests scored against the look-alikes' threshold by the reads (0 without reads).
+    #[serde(default)]
+    pub n_harmful: usize,
+    /// The LDA shrinkage the reads used (x the scatter's mean eigenvalue); None without reads.
+    #[serde(default)]
+    pub shrink: Option<f64>,
+    /// Reads of every site and layer at once ([`crate::locate::reads::joint`]); empty unless asked for.
+    #[serde(default)]
+    pub reads: Vec<Read>,
 }
 
 impl IntentMap {
@@ -163,6 +178,58 @@ impl IntentMap {
                     top.layer
                 ));
             }
+        }
+        if !self.reads.is_empty() {
+            s.push_str(&self.reads_markdown());
+        }
+        s
+    }
+}
+
+impl IntentMap {
+    /// The reads beyond one direction: per site, the layer whose cross-fit LDA reads the probes best and
+    /// the difference of means there, then the joint reads of every site and layer.
+    fn reads_markdown(&self) -> String {
+        let cell = |r: Option<&ReadScore>| match r {
+            Some(r) => format!(
+                "{:.2} | {:.2} | {} |",
+                r.twins.auc,
+                r.twins.twins_at_5pct,
+                r.harmful_at_5pct.map(|x| format!("{x:.2}")).unwrap_or_else(|| "-".into())
+            ),
+            None => "- | - | - |".into(),
+        };
+        let mut s = format!(
+            "\nReads beyond one direction (docs/validation.md): each fitted on half the probe pairs and scored on the \
+             other half (cross-fit), and on training data alone (the {} cases and {} retain twins against the {} retain \
+             prompts) scored on every pair. \"harmful\" = share of {} harmful requests of the same split (HarmBench, \
+             StrongREJECT) above the threshold that 95% of the look-alikes stay below. LDA shrinkage {}. The per-site \
+             rows take the layer with the best cross-fit LDA AUC (a choice made on the probes).\n\n\
+             | read | cross-fit: AUC | twins at 5% | harmful at 5% | training data: AUC | twins at 5% | harmful at 5% |\n\
+             |---|---|---|---|---|---|---|\n",
+            self.n_cases,
+            self.n_retain_twins,
+            self.n_retain_benign,
+            self.n_harmful,
+            self.shrink.map(|x| format!("{x}")).unwrap_or_else(|| "-".into())
+        );
+        for site in SITES {
+            let lda_auc = |r: &IntentRow| r.reads.iter().find(|x| x.name == reads::LDA).map_or(f64::NEG_INFINITY, |x| x.probes.twins.auc);
+            let Some(best) = self.rows.iter().filter(|r| r.site == site).max_by(|a, b| lda_auc(a).total_cmp(&lda_auc(b))) else {
+                continue;
+            };
+            for rd in &best.reads {
+                s.push_str(&format!(
+                    "| {site}, layer {}, {} | {} {}\n",
+                    best.layer,
+                    rd.name,
+                    cell(Some(&rd.probes)),
+                    cell(rd.training.as_ref())
+                ));
+            }
+        }
+        for rd in &self.reads {
+            s.push_str(&format!("| {} | {} {}\n", rd.name, cell(Some(&rd.probes)), cell(rd.training.as_ref())));
         }
         s
     }
@@ -336,6 +403,35 @@ pub fn intent_map(
     chat: bool,
     progress: &mut dyn FnMut(usize),
 ) -> Result<IntentMap> {
+    intent_map_with(model, tok, pairs, cases, retain, None, chat, progress)
+}
+
+/// What [`intent_map_with`] adds to the map: the reads beyond one direction ([`crate::locate::reads`]),
+/// with `harmful` requests scored against the look-alikes' threshold (may be empty) and the LDA
+/// shrinkage `shrink` (> 0, x the scatter's mean eigenvalue).
+pub struct ReadsWanted<'a> {
+    pub harmful: &'a [String],
+    pub shrink: f64,
+}
+
+/// [`intent_map`], and with `reads` the difference-of-means and shrinkage-LDA reads of every site and
+/// layer and the joint reads of all of them, each fitted on the probes (cross-fit) and on training data.
+#[allow(clippy::too_many_arguments)]
+pub fn intent_map_with(
+    model: &Decoder,
+    tok: &Tok,
+    pairs: &[(String, String)],
+    cases: &[String],
+    retain: &[(String, Option<String>)],
+    reads: Option<ReadsWanted>,
+    chat: bool,
+    progress: &mut dyn FnMut(usize),
+) -> Result<IntentMap> {
+    if let Some(r) = &reads {
+        if !(r.shrink > 0.0 && r.shrink.is_finite()) {
+            return Err(Error::Input(format!("intent reads: the LDA shrinkage must be a positive number, not {}", r.shrink)));
+        }
+    }
     if pairs.len() < 4 {
         return Err(Error::Input(format!("intent map: {} probe pairs with a harmful twin; at least 4 are needed", pairs.len())));
     }
@@ -353,6 +449,10 @@ pub fn intent_map(
     let ac = activations(model, tok, cases, chat, progress)?;
     let arb = activations(model, tok, &retain_b, chat, progress)?;
     let arh = activations(model, tok, &retain_h, chat, progress)?;
+    let aharm = match &reads {
+        Some(r) => activations(model, tok, r.harmful, chat, progress)?,
+        None => vec![],
+    };
     let mut rows = Vec::new();
     for (si, s) in SITES.iter().enumerate() {
         for l in 0..model.spec.n_layers {
@@ -384,8 +484,28 @@ pub fn intent_map(
                 cases_on_retain,
                 probes,
                 cos_cases_probes: cosine(&rc, &rp),
+                reads: vec![],
             });
         }
+    }
+    let mut joint = vec![];
+    if let Some(r) = &reads {
+        // One index space over every prompt: look-alikes, twins, cases, retain benign, retain twins, harmful.
+        let all: Vec<&Vec<Vec<Vec<f32>>>> = ab.iter().chain(&ah).chain(&ac).chain(&arb).chain(&arh).chain(&aharm).collect();
+        let (np, nc, nrb, nrh) = (pairs.len(), ac.len(), arb.len(), arh.len());
+        let start = [0, np, 2 * np, 2 * np + nc, 2 * np + nc + nrb, 2 * np + nc + nrb + nrh];
+        let roles = Roles {
+            pairs: (0..np).map(|i| (start[1] + i, start[0] + i)).collect(),
+            train_pos: (start[2]..start[3]).chain(start[4]..start[5]).collect(),
+            train_neg: (start[3]..start[4]).collect(),
+            harmful: (start[5]..all.len()).collect(),
+        };
+        let views: Vec<(usize, usize)> =
+            rows.iter().map(|row| (SITES.iter().position(|s| *s == row.site).unwrap_or(0), row.layer)).collect();
+        for (row, rd) in rows.iter_mut().zip(reads::per_view(&all, &roles, &views, r.shrink)) {
+            row.reads = rd;
+        }
+        joint = reads::joint(&all, &roles, &views, r.shrink);
     }
     Ok(IntentMap {
         model: String::new(),
@@ -396,6 +516,9 @@ pub fn intent_map(
         n_retain_benign: retain_b.len(),
         n_retain_twins: retain_h.len(),
         rows,
+        n_harmful: aharm.len(),
+        shrink: reads.as_ref().map(|r| r.shrink),
+        reads: joint,
     })
 }
 

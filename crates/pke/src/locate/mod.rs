@@ -8,6 +8,7 @@ pub mod charts;
 pub mod dinm;
 pub mod hotspots;
 pub mod intent;
+pub mod reads;
 pub mod score;
 pub mod signals;
 

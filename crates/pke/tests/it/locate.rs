@@ -275,8 +275,13 @@ fn intent_map_finds_intent_late_and_not_in_shuffled_labels() {
     let retain: Vec<(String, Option<String>)> = builtin_retain().into_iter().take(24).map(|p| (p.benign, p.harmful)).collect();
     // The default edit's cases (`--builtin advbench:8`).
     let cases: Vec<String> = pke::data::sets::builtin_cases("advbench", 8).unwrap().into_iter().map(|c| c.prompt).collect();
-    let map = intent_map(&ck.model, &ck.tok, &pairs, &cases, &retain, true, &mut |_| {}).unwrap();
+    // With the reads beyond one direction, and eight HarmBench validation behaviours scored against the
+    // look-alikes' threshold.
+    let harmful: Vec<String> = pke::data::sets::harmbench("val").unwrap().into_iter().take(8).collect();
+    let wanted = pke::locate::intent::ReadsWanted { harmful: &harmful, shrink: 1.0 };
+    let map = pke::locate::intent::intent_map_with(&ck.model, &ck.tok, &pairs, &cases, &retain, Some(wanted), true, &mut |_| {}).unwrap();
     assert_eq!(map.rows.len(), 3 * 30);
+    assert_eq!((map.n_harmful, map.shrink, map.reads.len()), (8, Some(1.0), 3));
     assert_eq!((map.n_pairs, map.n_cases, map.n_retain_benign, map.n_retain_twins), (24, 8, 24, 24));
     for r in &map.rows {
         for x in [r.cases.auc, r.probes.auc, r.retain_twins.as_ref().unwrap().auc, r.probes.paired] {
@@ -288,6 +293,24 @@ fn intent_map_finds_intent_late_and_not_in_shuffled_labels() {
     };
     let best = late(&map);
     assert!(best > 0.75, "best late cross-fit AUC {best}");
+    // Each row's difference-of-means read, refitted by the reads module on the same folds, is the map's
+    // own cross-fit read. Fitted on training data (8 cases and 24 retain twins against 24 retain prompts),
+    // shrinkage LDA reads the probes' intent better than the difference of means in the second half of
+    // the network (mean AUC 0.84 against 0.70 here; on all 91 validation pairs, docs/validation.md).
+    // With 12 fitted pairs per fold the cross-fit LDA is no better than the difference of means: it needs
+    // more prompts than the directions it whitens.
+    let read = |r: &pke::locate::intent::IntentRow, name: &str| r.reads.iter().find(|x| x.name == name).unwrap().clone();
+    for r in &map.rows {
+        let dm = read(r, pke::locate::reads::MEAN_DIFF);
+        assert!((dm.probes.twins.auc - r.probes.auc).abs() < 1e-9 && (dm.probes.twins.paired - r.probes.paired).abs() < 1e-9, "{r:?}");
+        assert!(dm.probes.harmful_at_5pct.is_some_and(|x| (0.0..=1.0).contains(&x)), "{r:?}");
+    }
+    let trained = |name: &str| {
+        let v: Vec<f64> = map.rows.iter().filter(|r| r.layer >= 14).map(|r| read(r, name).training.unwrap().twins.auc).collect();
+        v.iter().sum::<f64>() / v.len() as f64
+    };
+    let (lda, dom) = (trained(pke::locate::reads::LDA), trained(pke::locate::reads::MEAN_DIFF));
+    assert!(lda > dom + 0.08, "trained on the retain twins: LDA {lda} vs difference of means {dom}");
     let md = map.markdown();
     let best_row = map.best("mlp_post").unwrap();
     assert!(md.contains(&format!("| mlp_post | {} | {:.2} |", best_row.layer, best_row.probes.auc)), "{md}");
@@ -312,6 +335,7 @@ fn intent_map_finds_intent_late_and_not_in_shuffled_labels() {
         l11.cases.auc
     );
     assert!(md.contains(&format!("| mlp_post | {} | {:.2} |", s.layer, on_retain(s))), "{md}");
+    assert!(md.contains("| one LDA over every site and layer | ") && md.contains("shrinkage LDA | "), "{md}");
     // Swap twin and benign in every other pair, seeded by position: the cross-fit direction then has no
     // consistent intent to learn.
     let shuffled: Vec<(String, String)> = pairs
