@@ -231,6 +231,34 @@ impl IntentMap {
         for rd in &self.reads {
             s.push_str(&format!("| {} | {} {}\n", rd.name, cell(Some(&rd.probes)), cell(rd.training.as_ref())));
         }
+        s.push_str("\nPer layer: twins caught at 5% look-alikes by the difference of means (DoM) and shrinkage LDA, cross-fit on the probes / fitted on training data:\n\n| layer |");
+        for site in SITES {
+            s.push_str(&format!(" {site}: DoM | LDA |"));
+        }
+        s.push_str("\n|---|");
+        for _ in SITES {
+            s.push_str("---|---|");
+        }
+        s.push('\n');
+        let layers: std::collections::BTreeSet<usize> = self.rows.iter().map(|r| r.layer).collect();
+        for l in layers {
+            s.push_str(&format!("| {l} |"));
+            for site in SITES {
+                for name in [reads::MEAN_DIFF, reads::LDA] {
+                    let rd =
+                        self.rows.iter().find(|r| r.layer == l && r.site == site).and_then(|r| r.reads.iter().find(|x| x.name == name));
+                    match rd {
+                        Some(rd) => s.push_str(&format!(
+                            " {:.2} / {} |",
+                            rd.probes.twins.twins_at_5pct,
+                            rd.training.as_ref().map(|t| format!("{:.2}", t.twins.twins_at_5pct)).unwrap_or_else(|| "-".into())
+                        )),
+                        None => s.push_str(" - |"),
+                    }
+                }
+            }
+            s.push('\n');
+        }
         s
     }
 }

@@ -314,7 +314,11 @@ fn intent_map_finds_intent_late_and_not_in_shuffled_labels() {
     let md = map.markdown();
     let best_row = map.best("mlp_post").unwrap();
     assert!(md.contains(&format!("| mlp_post | {} | {:.2} |", best_row.layer, best_row.probes.auc)), "{md}");
-    assert_eq!(md.lines().filter(|l| l.starts_with("| ") && l.chars().nth(2).is_some_and(|c| c.is_ascii_digit())).count(), 30);
+    assert_eq!(
+        md.lines().filter(|l| l.starts_with("| ") && l.chars().nth(2).is_some_and(|c| c.is_ascii_digit())).count(),
+        2 * 30,
+        "a line per layer in the map and in the reads' table"
+    );
     // From training data alone (the cases' direction on the retain set's own twins), the locator's layer
     // is a late one where the same direction also reads the probes' intent; at the located layer 11 it
     // reads none.
