@@ -111,6 +111,13 @@ impl IntentMap {
             .max_by(|a, b| a.cases_on_retain.as_ref().unwrap().auc.total_cmp(&b.cases_on_retain.as_ref().unwrap().auc))
     }
 
+    /// The layer whose shrinkage-LDA read, cross-fitted on the retain set's pairs (training data alone),
+    /// tells their twins from their benign sides best at `site` (AUC); None without reads or retain pairs.
+    pub fn suggested_lda_layer(&self, site: &str) -> Option<&IntentRow> {
+        let key = |r: &IntentRow| r.reads.iter().find(|x| x.name == reads::LDA).and_then(|x| x.retain_cross_fit.as_ref()).map(|x| x.auc);
+        self.rows.iter().filter(|r| r.site == site && key(r).is_some()).max_by(|a, b| key(a).unwrap().total_cmp(&key(b).unwrap()))
+    }
+
     /// A markdown table: one line per layer, the three AUCs per site.
     pub fn markdown(&self) -> String {
         let mut s = format!(
@@ -230,6 +237,38 @@ impl IntentMap {
         }
         for rd in &self.reads {
             s.push_str(&format!("| {} | {} {}\n", rd.name, cell(Some(&rd.probes)), cell(rd.training.as_ref())));
+        }
+        s.push_str(
+            "\nThe layer a locator can choose from training data alone by the LDA read: fitted on the cases and half the \
+             retain set's pairs and scored on the other half (cross-fit), with the same read fitted on all the training \
+             data and scored on the probes there:\n\n\
+             | site | suggested layer | retain pairs: AUC | twins at 5% | probes: twins at 5% | harmful at 5% | best layer on the probes (twins at 5%) |\n\
+             |---|---|---|---|---|---|---|\n",
+        );
+        for site in SITES {
+            let lda = |r: &IntentRow| r.reads.iter().find(|x| x.name == reads::LDA).cloned();
+            let (Some(r), Some(top)) = (
+                self.suggested_lda_layer(site),
+                self.rows
+                    .iter()
+                    .filter(|r| r.site == site)
+                    .filter_map(|r| lda(r).and_then(|x| x.training).map(|t| (r.layer, t.twins.twins_at_5pct)))
+                    .max_by(|a, b| a.1.total_cmp(&b.1)),
+            ) else {
+                continue;
+            };
+            let (Some(rd), Some(rc)) = (lda(r), lda(r).and_then(|x| x.retain_cross_fit)) else { continue };
+            let t = rd.training.as_ref();
+            s.push_str(&format!(
+                "| {site} | {} | {:.2} | {:.2} | {} | {} | {} ({:.2}) |\n",
+                r.layer,
+                rc.auc,
+                rc.twins_at_5pct,
+                t.map(|t| format!("{:.2}", t.twins.twins_at_5pct)).unwrap_or_else(|| "-".into()),
+                t.and_then(|t| t.harmful_at_5pct).map(|x| format!("{x:.2}")).unwrap_or_else(|| "-".into()),
+                top.0,
+                top.1
+            ));
         }
         s.push_str("\nPer layer: twins caught at 5% look-alikes by the difference of means (DoM) and shrinkage LDA, cross-fit on the probes / fitted on training data:\n\n| layer |");
         for site in SITES {
@@ -527,6 +566,8 @@ pub fn intent_map_with(
             train_pos: (start[2]..start[3]).chain(start[4]..start[5]).collect(),
             train_neg: (start[3]..start[4]).collect(),
             harmful: (start[5]..all.len()).collect(),
+            cases: (start[2]..start[3]).collect(),
+            retain_pairs: twin_of.iter().enumerate().map(|(k, &b)| (start[4] + k, start[3] + b)).collect(),
         };
         let views: Vec<(usize, usize)> =
             rows.iter().map(|row| (SITES.iter().position(|s| *s == row.site).unwrap_or(0), row.layer)).collect();

@@ -38,6 +38,11 @@ pub struct Read {
     pub probes: ReadScore,
     /// None without training data to fit on (no retain twins and fewer than two cases).
     pub training: Option<ReadScore>,
+    /// Training data alone, cross-fitted: fitted on the cases and half the retain set's pairs, scored on
+    /// the other half's twins against their benign sides (both ways round). What a locator may choose a
+    /// layer by; None with fewer than 4 retain pairs.
+    #[serde(default)]
+    pub retain_cross_fit: Option<Separation>,
 }
 
 /// Per prompt, per site, per layer: an activation (the intent map's layout).
@@ -191,6 +196,10 @@ pub(crate) struct Roles {
     pub train_neg: Vec<usize>,
     /// Harmful requests scored against the look-alikes' threshold.
     pub harmful: Vec<usize>,
+    /// The edit cases, and the retain set's (harmful twin, benign side) pairs: the parts of the training
+    /// data a cross-fit on training data alone splits.
+    pub cases: Vec<usize>,
+    pub retain_pairs: Vec<(usize, usize)>,
 }
 
 /// A read as a function of the fitted prompts: its score for any prompt.
@@ -241,7 +250,34 @@ fn both_ways<'a>(roles: &Roles, make: Fitter<'a, '_>) -> Both {
         let (p, q, h) = score_on(&s, &roles.pairs, &roles.harmful);
         read_score(&p, &q, &h)
     });
-    acc.map(|a| (a, training))
+    acc.map(|a| (a, training, retain_cross_fit(roles, make)))
+}
+
+/// The read fitted on the cases and one half of the retain pairs (with every benign retain prompt but the
+/// other half's), scored on the other half; both ways round, averaged by size. None with fewer than 4
+/// retain pairs or when a fold cannot be fitted.
+fn retain_cross_fit<'a>(roles: &Roles, make: Fitter<'a, '_>) -> Option<Separation> {
+    let n = roles.retain_pairs.len();
+    if n < 4 {
+        return None;
+    }
+    let mut out = Separation { auc: 0.0, paired: 0.0, twins_at_5pct: 0.0 };
+    for f in 0..2 {
+        let part = |keep: bool| -> Vec<(usize, usize)> {
+            roles.retain_pairs.iter().enumerate().filter(|(i, _)| (i % 2 == f) == keep).map(|(_, p)| *p).collect()
+        };
+        let (fit, held) = (part(true), part(false));
+        let pos: Vec<usize> = roles.cases.iter().copied().chain(fit.iter().map(|p| p.0)).collect();
+        let neg: Vec<usize> = roles.train_neg.iter().copied().filter(|b| !held.iter().any(|p| p.1 == *b)).collect();
+        let s = make(&pos, &neg)?;
+        let (p, q, _) = score_on(&s, &held, &[]);
+        let r = read_score(&p, &q, &[]);
+        let w = held.len() as f64 / n as f64;
+        out.auc += r.twins.auc * w;
+        out.paired += r.twins.paired * w;
+        out.twins_at_5pct += r.twins.twins_at_5pct * w;
+    }
+    Some(out)
 }
 
 fn scaled(r: &ReadScore, w: f64) -> ReadScore {
@@ -264,14 +300,14 @@ fn add(a: &ReadScore, b: &ReadScore) -> ReadScore {
 
 /// A read's scores fitted both ways: on the probes (cross-fit) and on training data (None when it
 /// cannot be fitted there). None when it cannot be fitted on the probes.
-pub(crate) type Both = Option<(ReadScore, Option<ReadScore>)>;
+pub(crate) type Both = Option<(ReadScore, Option<ReadScore>, Option<Separation>)>;
 
 /// The per-view reads' names.
 pub const MEAN_DIFF: &str = "difference of means";
 pub const LDA: &str = "shrinkage LDA";
 
 fn named(name: &str, r: Both) -> Option<Read> {
-    r.map(|(probes, training)| Read { name: name.to_string(), probes, training })
+    r.map(|(probes, training, retain_cross_fit)| Read { name: name.to_string(), probes, training, retain_cross_fit })
 }
 
 /// Per (site, layer) of `views`: the difference-of-means read ([`MEAN_DIFF`]) and the shrinkage LDA read
@@ -378,6 +414,8 @@ mod tests {
             train_pos: pairs.iter().take(12).map(|p| p.0).collect(),
             train_neg: pairs.iter().take(12).map(|p| p.1).collect(),
             harmful: pairs.iter().skip(30).map(|p| p.0).collect(),
+            cases: vec![],
+            retain_pairs: pairs.iter().take(12).copied().collect(),
         };
         let views = [(0, 0), (0, 1)];
         let pv = per_view(&all, &roles, &views, 1.0);
@@ -395,5 +433,7 @@ mod tests {
         for r in &j {
             assert!((0.0..=1.0).contains(&r.probes.twins.auc), "{r:?}");
         }
+        // Cross-fitted on the 12 training pairs alone: the OR reads their held halves too.
+        assert!(or.retain_cross_fit.as_ref().unwrap().auc > 0.9, "{or:?}");
     }
 }

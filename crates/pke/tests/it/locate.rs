@@ -311,6 +311,12 @@ fn intent_map_finds_intent_late_and_not_in_shuffled_labels() {
     };
     let (lda, dom) = (trained(pke::locate::reads::LDA), trained(pke::locate::reads::MEAN_DIFF));
     assert!(lda > dom + 0.08, "trained on the retain twins: LDA {lda} vs difference of means {dom}");
+    // Cross-fitted on the retain pairs alone, the LDA read names a layer of the network's second half
+    // (SmolLM2's MLP neurons read intent from layer 12 on; 14-22 within 0.02 of the best on all 48 pairs).
+    let sl = map.suggested_lda_layer("mlp_post").unwrap();
+    let rcf = read(sl, pke::locate::reads::LDA).retain_cross_fit.unwrap();
+    assert!(sl.layer >= 12 && rcf.auc > 0.85, "suggested layer {} ({rcf:?})", sl.layer);
+    assert!(map.markdown().contains(&format!("| mlp_post | {} | {:.2} |", sl.layer, rcf.auc)));
     let md = map.markdown();
     let best_row = map.best("mlp_post").unwrap();
     assert!(md.contains(&format!("| mlp_post | {} | {:.2} |", best_row.layer, best_row.probes.auc)), "{md}");
