@@ -125,31 +125,14 @@ impl IntentMap {
              AUC of harmful twin vs benign look-alike along each direction (0.5 = cannot tell):\n\n",
             self.model, self.n_pairs, self.split, self.n_cases, self.n_retain_benign, self.n_retain_twins
         );
-        s.push_str("| layer |");
-        for site in SITES {
-            s.push_str(&format!(" {site}: cases | retain twins | probes (cross-fit) |"));
-        }
-        s.push_str("\n|---|");
-        for _ in SITES {
-            s.push_str("---|---|---|");
-        }
-        s.push('\n');
-        let layers: std::collections::BTreeSet<usize> = self.rows.iter().map(|r| r.layer).collect();
-        for l in layers {
-            s.push_str(&format!("| {l} |"));
-            for site in SITES {
-                match self.rows.iter().find(|r| r.layer == l && r.site == site) {
-                    Some(r) => s.push_str(&format!(
-                        " {:.2} | {} | {:.2} |",
-                        r.cases.auc,
-                        r.retain_twins.as_ref().map(|x| format!("{:.2}", x.auc)).unwrap_or_else(|| "-".into()),
-                        r.probes.auc
-                    )),
-                    None => s.push_str(" - | - | - |"),
-                }
-            }
-            s.push('\n');
-        }
+        s.push_str(&self.per_layer_table(&["cases", "retain twins", "probes (cross-fit)"], |r| {
+            format!(
+                " {:.2} | {} | {:.2} |",
+                r.cases.auc,
+                r.retain_twins.as_ref().map(|x| format!("{:.2}", x.auc)).unwrap_or_else(|| "-".into()),
+                r.probes.auc
+            )
+        }));
         s.push_str(
             "\nBest layer per site (cross-fit on the probes): AUC, paired accuracy, and the share of twins a linear \
              readout there catches while at most 5% of the look-alikes pass its threshold; the cases' direction at \
@@ -194,6 +177,30 @@ impl IntentMap {
 }
 
 impl IntentMap {
+    /// A table with a line per layer and, per site, the columns `cols` (`{site}: {col}` headers) filled by
+    /// `cells` from that site's row (`" - |"` per column where the map has none).
+    fn per_layer_table(&self, cols: &[&str], cells: impl Fn(&IntentRow) -> String) -> String {
+        let mut s = String::from("| layer |");
+        for site in SITES {
+            s.push_str(&format!(" {site}: {} |", cols.join(" | ")));
+        }
+        s.push_str("\n|---|");
+        s.push_str(&"---|".repeat(cols.len() * SITES.len()));
+        s.push('\n');
+        let layers: std::collections::BTreeSet<usize> = self.rows.iter().map(|r| r.layer).collect();
+        for l in layers {
+            s.push_str(&format!("| {l} |"));
+            for site in SITES {
+                match self.rows.iter().find(|r| r.layer == l && r.site == site) {
+                    Some(r) => s.push_str(&cells(r)),
+                    None => s.push_str(&" - |".repeat(cols.len())),
+                }
+            }
+            s.push('\n');
+        }
+        s
+    }
+
     /// The reads beyond one direction: per site, the layer whose cross-fit LDA reads the probes best and
     /// the difference of means there, then the joint reads of every site and layer.
     fn reads_markdown(&self) -> String {
@@ -270,34 +277,23 @@ impl IntentMap {
                 top.1
             ));
         }
-        s.push_str("\nPer layer: twins caught at 5% look-alikes by the difference of means (DoM) and shrinkage LDA, cross-fit on the probes / fitted on training data:\n\n| layer |");
-        for site in SITES {
-            s.push_str(&format!(" {site}: DoM | LDA |"));
-        }
-        s.push_str("\n|---|");
-        for _ in SITES {
-            s.push_str("---|---|");
-        }
-        s.push('\n');
-        let layers: std::collections::BTreeSet<usize> = self.rows.iter().map(|r| r.layer).collect();
-        for l in layers {
-            s.push_str(&format!("| {l} |"));
-            for site in SITES {
-                for name in [reads::MEAN_DIFF, reads::LDA] {
-                    let rd =
-                        self.rows.iter().find(|r| r.layer == l && r.site == site).and_then(|r| r.reads.iter().find(|x| x.name == name));
-                    match rd {
-                        Some(rd) => s.push_str(&format!(
-                            " {:.2} / {} |",
-                            rd.probes.twins.twins_at_5pct,
-                            rd.training.as_ref().map(|t| format!("{:.2}", t.twins.twins_at_5pct)).unwrap_or_else(|| "-".into())
-                        )),
-                        None => s.push_str(" - |"),
-                    }
-                }
-            }
-            s.push('\n');
-        }
+        s.push_str(
+            "\nPer layer: twins caught at 5% look-alikes by the difference of means (DoM) and shrinkage LDA, cross-fit on \
+             the probes / fitted on training data:\n\n",
+        );
+        s.push_str(&self.per_layer_table(&["DoM", "LDA"], |r| {
+            [reads::MEAN_DIFF, reads::LDA]
+                .iter()
+                .map(|name| match r.reads.iter().find(|x| x.name == *name) {
+                    Some(rd) => format!(
+                        " {:.2} / {} |",
+                        rd.probes.twins.twins_at_5pct,
+                        rd.training.as_ref().map(|t| format!("{:.2}", t.twins.twins_at_5pct)).unwrap_or_else(|| "-".into())
+                    ),
+                    None => " - |".into(),
+                })
+                .collect()
+        }));
         s
     }
 }
