@@ -355,6 +355,14 @@ fn intent_map_finds_intent_late_and_not_in_shuffled_labels() {
         .collect();
     let control = late(&intent_map(&ck.model, &ck.tok, &shuffled, &cases, &retain, true, &mut |_| {}).unwrap());
     assert!(control < best - 0.15, "shuffled labels {control} vs intent {best}");
+    // A shrinkage that is not a positive number: an error naming it, before any forward pass.
+    for bad in [0.0, -1.0, f64::NAN] {
+        let w = pke::locate::intent::ReadsWanted { harmful: &harmful, shrink: bad };
+        let e = pke::locate::intent::intent_map_with(&ck.model, &ck.tok, &pairs, &cases, &retain, Some(w), true, &mut |_| {})
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("shrinkage must be a positive number") && e.contains(&format!("{bad}")), "{e}");
+    }
     let few = intent_map(&ck.model, &ck.tok, &pairs[..3], &cases, &retain, true, &mut |_| {}).unwrap_err().to_string();
     assert!(few.contains("3 probe pairs") && few.contains("at least 4"), "{few}");
     // A prompt longer than the context: the project's context error, naming the prompt, before any forward.
