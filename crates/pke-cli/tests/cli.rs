@@ -440,4 +440,8 @@ fn intent_refuses_probes_without_twins_before_loading_the_model() {
     assert_eq!(code, 2);
     assert!(err.contains("no probe in the all split has a harmful twin"), "{err}");
     std::fs::remove_dir_all(&dir).ok();
+    // A shrinkage that is not a positive number, before the model (which does not exist) is read.
+    let (code, _, err) = pke(&["intent", "--model", "no-such-model", "--builtin", "advbench:2", "--reads", "--shrink", "0"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--shrink must be a positive number, not 0"), "{err}");
 }
