@@ -328,7 +328,6 @@ fn resume_at(model: &Decoder, ids: &[u32], l0: usize) -> Result<Option<(usize, T
     Ok(Some((l0, cap.store.remove(&Site::ResidPost(l0 - 1)).expect("captured"))))
 }
 
-/// `acc + t`, starting from `t`.
 /// The next `per_step` indices of `0..len` in turn from `cursor` (all of them, from the cursor, when
 /// `per_step` is 0 or at least `len`), moving the cursor past them: how the edit cycles through its cases
 /// (`cases_per_step`) and the retain and direction terms through their benign prompts (`retain_per_step`).
@@ -339,6 +338,7 @@ fn next_window(cursor: &mut usize, len: usize, per_step: usize) -> Vec<usize> {
     window
 }
 
+/// `acc + t`, starting from `t`.
 fn accumulate(acc: &mut Option<Tensor>, t: Tensor) -> Result<()> {
     *acc = Some(match acc.take() {
         Some(a) => (a + t)?,

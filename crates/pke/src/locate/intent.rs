@@ -174,9 +174,7 @@ impl IntentMap {
         }
         s
     }
-}
 
-impl IntentMap {
     /// A table with a line per layer and, per site, the columns `cols` (`{site}: {col}` headers) filled by
     /// `cells` from that site's row (`" - |"` per column where the map has none).
     fn per_layer_table(&self, cols: &[&str], cells: impl Fn(&IntentRow) -> String) -> String {
@@ -264,7 +262,8 @@ impl IntentMap {
             ) else {
                 continue;
             };
-            let (Some(rd), Some(rc)) = (lda(r), lda(r).and_then(|x| x.retain_cross_fit)) else { continue };
+            let Some(rd) = lda(r) else { continue };
+            let Some(rc) = &rd.retain_cross_fit else { continue };
             let t = rd.training.as_ref();
             s.push_str(&format!(
                 "| {site} | {} | {:.2} | {:.2} | {} | {} | {} ({:.2}) |\n",
@@ -431,27 +430,46 @@ pub fn above_fpr(pos: &[f64], neg: &[f64], fpr: f64) -> f64 {
     pos.iter().filter(|&&p| p > t).count() as f64 / pos.len() as f64
 }
 
+impl Separation {
+    /// The scores of paired twins (`pos[i]`) and benign sides (`neg[i]`).
+    pub(crate) fn of_scores(pos: &[f64], neg: &[f64]) -> Separation {
+        let paired = pos.iter().zip(neg).filter(|(p, n)| p > n).count() as f64 / pos.len().max(1) as f64;
+        Separation { auc: auc(pos, neg), paired, twins_at_5pct: above_fpr(pos, neg, 0.05) }
+    }
+
+    /// Each field's mean over `parts`, weighted by their weights.
+    pub(crate) fn weighted_mean(parts: &[(Separation, f64)]) -> Separation {
+        let mut out = Separation { auc: 0.0, paired: 0.0, twins_at_5pct: 0.0 };
+        for (s, w) in parts {
+            out.auc += s.auc * w;
+            out.paired += s.paired * w;
+            out.twins_at_5pct += s.twins_at_5pct * w;
+        }
+        out
+    }
+}
+
 /// Scores of (twin, benign) pairs along `r`.
 fn separation(r: &[f64], pairs: &[(&[f32], &[f32])]) -> Separation {
     let pos: Vec<f64> = pairs.iter().map(|(h, _)| dot(r, h)).collect();
     let neg: Vec<f64> = pairs.iter().map(|(_, b)| dot(r, b)).collect();
-    let paired = pos.iter().zip(&neg).filter(|(p, n)| p > n).count() as f64 / pairs.len() as f64;
-    Separation { auc: auc(&pos, &neg), paired, twins_at_5pct: above_fpr(&pos, &neg, 0.05) }
+    Separation::of_scores(&pos, &neg)
 }
 
-/// Two folds by index (even, odd): `score(fit, held)` fits on one and scores the other; the scores are
-/// averaged over the folds, weighted by their sizes.
+/// Two folds of `0..n` by index (even, odd): `score(fit, held)` fits on one and scores the other; each
+/// fold's result with its weight, the held fold's share of `n`. None when a fold gives none.
+pub(crate) fn folds<T>(n: usize, mut score: impl FnMut(&[usize], &[usize]) -> Option<T>) -> Option<Vec<(T, f64)>> {
+    (0..2)
+        .map(|f| {
+            let (fit, held): (Vec<usize>, Vec<usize>) = (0..n).partition(|i| i % 2 == f);
+            score(&fit, &held).map(|t| (t, held.len() as f64 / n as f64))
+        })
+        .collect()
+}
+
+/// [`folds`] of a scoring that always gives a result, averaged by the folds' sizes.
 fn cross_fit(n: usize, mut score: impl FnMut(&[usize], &[usize]) -> Separation) -> Separation {
-    let mut out = Separation { auc: 0.0, paired: 0.0, twins_at_5pct: 0.0 };
-    for f in 0..2 {
-        let (fit, held): (Vec<usize>, Vec<usize>) = (0..n).partition(|i| i % 2 == f);
-        let sep = score(&fit, &held);
-        let w = held.len() as f64 / n as f64;
-        out.auc += sep.auc * w;
-        out.paired += sep.paired * w;
-        out.twins_at_5pct += sep.twins_at_5pct * w;
-    }
-    out
+    Separation::weighted_mean(&folds(n, |fit, held| Some(score(fit, held))).unwrap_or_default())
 }
 
 /// Build the map. `pairs`: (benign look-alike, harmful twin) prompts to score on; `cases`: the edit cases'
@@ -559,7 +577,6 @@ pub fn intent_map_with(
         let start = [0, np, 2 * np, 2 * np + nc, 2 * np + nc + nrb, 2 * np + nc + nrb + nrh];
         let roles = Roles {
             pairs: (0..np).map(|i| (start[1] + i, start[0] + i)).collect(),
-            train_pos: (start[2]..start[3]).chain(start[4]..start[5]).collect(),
             train_neg: (start[3]..start[4]).collect(),
             harmful: (start[5]..all.len()).collect(),
             cases: (start[2]..start[3]).collect(),

@@ -20,7 +20,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::intent::{above_fpr, auc, Separation};
+use super::intent::{above_fpr, folds, Separation};
 
 /// One read's scores.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -191,15 +191,20 @@ fn whiten(
 pub(crate) struct Roles {
     /// (harmful twin, benign look-alike) per probe pair.
     pub pairs: Vec<(usize, usize)>,
-    /// Training data: the edit cases and the retain set's twins (harmful), the retain set's benign prompts.
-    pub train_pos: Vec<usize>,
-    pub train_neg: Vec<usize>,
     /// Harmful requests scored against the look-alikes' threshold.
     pub harmful: Vec<usize>,
-    /// The edit cases, and the retain set's (harmful twin, benign side) pairs: the parts of the training
-    /// data a cross-fit on training data alone splits.
+    /// Training data: the edit cases, the retain set's (harmful twin, benign side) pairs, and every benign
+    /// retain prompt (those without a twin too).
     pub cases: Vec<usize>,
     pub retain_pairs: Vec<(usize, usize)>,
+    pub train_neg: Vec<usize>,
+}
+
+impl Roles {
+    /// The harmful side of the training data: the edit cases and the retain set's twins.
+    fn train_pos(&self) -> Vec<usize> {
+        self.cases.iter().copied().chain(self.retain_pairs.iter().map(|p| p.0)).collect()
+    }
 }
 
 /// A read as a function of the fitted prompts: its score for any prompt.
@@ -218,89 +223,65 @@ fn score_on(scorer: &Scorer, held: &[(usize, usize)], harmful: &[usize]) -> (Vec
 }
 
 fn read_score(pos: &[f64], neg: &[f64], harmful: &[f64]) -> ReadScore {
-    let paired = pos.iter().zip(neg).filter(|(p, n)| p > n).count() as f64 / pos.len().max(1) as f64;
-    ReadScore {
-        twins: Separation { auc: auc(pos, neg), paired, twins_at_5pct: above_fpr(pos, neg, 0.05) },
-        harmful_at_5pct: (!harmful.is_empty()).then(|| above_fpr(harmful, neg, 0.05)),
-    }
+    ReadScore { twins: Separation::of_scores(pos, neg), harmful_at_5pct: (!harmful.is_empty()).then(|| above_fpr(harmful, neg, 0.05)) }
+}
+
+/// [`folds`] over `pairs` (fit on one half's pairs, score the other's): `score(fit, held)` per fold.
+fn pair_folds<T>(
+    pairs: &[(usize, usize)],
+    mut score: impl FnMut(&[(usize, usize)], &[(usize, usize)]) -> Option<T>,
+) -> Option<Vec<(T, f64)>> {
+    let pick = |ix: &[usize]| -> Vec<(usize, usize)> { ix.iter().map(|&i| pairs[i]).collect() };
+    folds(pairs.len(), |fit, held| score(&pick(fit), &pick(held)))
 }
 
 /// Fits `make` on each half of the pairs and scores the other half (two folds by pair index, averaged by
 /// size), and once on training data scored on every pair.
 fn both_ways<'a>(roles: &Roles, make: Fitter<'a, '_>) -> Both {
-    let mut acc: Option<ReadScore> = None;
-    let n = roles.pairs.len();
-    for f in 0..2 {
-        let part = |keep: bool| -> Vec<(usize, usize)> {
-            roles.pairs.iter().enumerate().filter(|(i, _)| (i % 2 == f) == keep).map(|(_, p)| *p).collect()
-        };
-        let (fit, held) = (part(true), part(false));
-        let pos: Vec<usize> = fit.iter().map(|p| p.0).collect();
-        let neg: Vec<usize> = fit.iter().map(|p| p.1).collect();
-        let s = make(&pos, &neg)?;
-        let (p, q, h) = score_on(&s, &held, &roles.harmful);
-        let r = read_score(&p, &q, &h);
-        let w = held.len() as f64 / n as f64;
-        acc = Some(match acc {
-            None => scaled(&r, w),
-            Some(a) => add(&a, &scaled(&r, w)),
-        });
-    }
-    let training = make(&roles.train_pos, &roles.train_neg).map(|s| {
+    let parts = pair_folds(&roles.pairs, |fit, held| {
+        let s = make(&fit.iter().map(|p| p.0).collect::<Vec<_>>(), &fit.iter().map(|p| p.1).collect::<Vec<_>>())?;
+        let (p, q, h) = score_on(&s, held, &roles.harmful);
+        Some(read_score(&p, &q, &h))
+    })?;
+    let probes = ReadScore {
+        twins: Separation::weighted_mean(&parts.iter().map(|(r, w)| (r.twins.clone(), *w)).collect::<Vec<_>>()),
+        harmful_at_5pct: parts.iter().map(|(r, w)| r.harmful_at_5pct.map(|x| x * w)).sum(),
+    };
+    let training = make(&roles.train_pos(), &roles.train_neg).map(|s| {
         let (p, q, h) = score_on(&s, &roles.pairs, &roles.harmful);
         read_score(&p, &q, &h)
     });
-    acc.map(|a| (a, training, retain_cross_fit(roles, make)))
+    Some((probes, training, retain_cross_fit(roles, make)))
 }
 
 /// The read fitted on the cases and one half of the retain pairs (with every benign retain prompt but the
 /// other half's), scored on the other half; both ways round, averaged by size. None with fewer than 4
 /// retain pairs or when a fold cannot be fitted.
 fn retain_cross_fit<'a>(roles: &Roles, make: Fitter<'a, '_>) -> Option<Separation> {
-    let n = roles.retain_pairs.len();
-    if n < 4 {
+    if roles.retain_pairs.len() < 4 {
         return None;
     }
-    let mut out = Separation { auc: 0.0, paired: 0.0, twins_at_5pct: 0.0 };
-    for f in 0..2 {
-        let part = |keep: bool| -> Vec<(usize, usize)> {
-            roles.retain_pairs.iter().enumerate().filter(|(i, _)| (i % 2 == f) == keep).map(|(_, p)| *p).collect()
-        };
-        let (fit, held) = (part(true), part(false));
+    let parts = pair_folds(&roles.retain_pairs, |fit, held| {
         let pos: Vec<usize> = roles.cases.iter().copied().chain(fit.iter().map(|p| p.0)).collect();
         let neg: Vec<usize> = roles.train_neg.iter().copied().filter(|b| !held.iter().any(|p| p.1 == *b)).collect();
         let s = make(&pos, &neg)?;
-        let (p, q, _) = score_on(&s, &held, &[]);
-        let r = read_score(&p, &q, &[]);
-        let w = held.len() as f64 / n as f64;
-        out.auc += r.twins.auc * w;
-        out.paired += r.twins.paired * w;
-        out.twins_at_5pct += r.twins.twins_at_5pct * w;
-    }
-    Some(out)
-}
-
-fn scaled(r: &ReadScore, w: f64) -> ReadScore {
-    ReadScore {
-        twins: Separation { auc: r.twins.auc * w, paired: r.twins.paired * w, twins_at_5pct: r.twins.twins_at_5pct * w },
-        harmful_at_5pct: r.harmful_at_5pct.map(|x| x * w),
-    }
-}
-
-fn add(a: &ReadScore, b: &ReadScore) -> ReadScore {
-    ReadScore {
-        twins: Separation {
-            auc: a.twins.auc + b.twins.auc,
-            paired: a.twins.paired + b.twins.paired,
-            twins_at_5pct: a.twins.twins_at_5pct + b.twins.twins_at_5pct,
-        },
-        harmful_at_5pct: a.harmful_at_5pct.zip(b.harmful_at_5pct).map(|(x, y)| x + y),
-    }
+        let (p, q, _) = score_on(&s, held, &[]);
+        Some(Separation::of_scores(&p, &q))
+    })?;
+    Some(Separation::weighted_mean(&parts))
 }
 
 /// A read's scores fitted both ways: on the probes (cross-fit) and on training data (None when it
 /// cannot be fitted there). None when it cannot be fitted on the probes.
 pub(crate) type Both = Option<(ReadScore, Option<ReadScore>, Option<Separation>)>;
+
+/// A linear read over `views` (their blocks scaled to unit RMS on the fitted prompts), fitted by
+/// [`fit`], as a scorer.
+fn linear<'a>(acts: &'a Acts<'a>, pos: &[usize], neg: &[usize], views: &[(usize, usize)], shrink: Option<f64>) -> Option<Scorer<'a>> {
+    let rows: Vec<usize> = pos.iter().chain(neg).copied().collect();
+    let l = fit(acts, pos, neg, unit_blocks(acts, &rows, views), shrink)?;
+    Some(Box::new(move |p| l.score(acts, p)))
+}
 
 /// The per-view reads' names.
 pub const MEAN_DIFF: &str = "difference of means";
@@ -313,13 +294,7 @@ fn named(name: &str, r: Both) -> Option<Read> {
 /// Per (site, layer) of `views`: the difference-of-means read ([`MEAN_DIFF`]) and the shrinkage LDA read
 /// ([`LDA`]), each fitted both ways; a read that cannot be fitted is left out.
 pub(crate) fn per_view<'a>(acts: &'a Acts<'a>, roles: &Roles, views: &[(usize, usize)], shrink: f64) -> Vec<Vec<Read>> {
-    let one = |v: (usize, usize), shrink: Option<f64>| {
-        both_ways(roles, &|pos, neg| {
-            let rows: Vec<usize> = pos.iter().chain(neg).copied().collect();
-            let l = fit(acts, pos, neg, unit_blocks(acts, &rows, &[v]), shrink)?;
-            Some(Box::new(move |p| l.score(acts, p)) as Scorer)
-        })
-    };
+    let one = |v: (usize, usize), shrink: Option<f64>| both_ways(roles, &|pos, neg| linear(acts, pos, neg, &[v], shrink));
     views.iter().map(|&v| [named(MEAN_DIFF, one(v, None)), named(LDA, one(v, Some(shrink)))].into_iter().flatten().collect()).collect()
 }
 
@@ -328,14 +303,7 @@ pub(crate) fn per_view<'a>(acts: &'a Acts<'a>, roles: &Roles, views: &[(usize, u
 pub(crate) fn joint<'a>(acts: &'a Acts<'a>, roles: &Roles, views: &[(usize, usize)], shrink: f64) -> Vec<Read> {
     let mut out = Vec::new();
     let mut push = |name: &str, r: Both| out.extend(named(name, r));
-    push(
-        "one LDA over every site and layer",
-        both_ways(roles, &|pos, neg| {
-            let rows: Vec<usize> = pos.iter().chain(neg).copied().collect();
-            let l = fit(acts, pos, neg, unit_blocks(acts, &rows, views), Some(shrink))?;
-            Some(Box::new(move |p| l.score(acts, p)) as Scorer)
-        }),
-    );
+    push("one LDA over every site and layer", both_ways(roles, &|pos, neg| linear(acts, pos, neg, views, Some(shrink))));
     let each = |pos: &[usize], neg: &[usize]| -> Option<Vec<Lda>> {
         let rows: Vec<usize> = pos.iter().chain(neg).copied().collect();
         views.iter().map(|&v| fit(acts, pos, neg, unit_blocks(acts, &rows, &[v]), Some(shrink))).collect()
@@ -360,6 +328,7 @@ pub(crate) fn joint<'a>(acts: &'a Acts<'a>, roles: &Roles, views: &[(usize, usiz
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::locate::intent::auc;
 
     /// Two classes that differ along x by less than the benign spread along x + y, where y is pure
     /// nuisance shared by both coordinates: the difference of means (along x) mixes in the nuisance, LDA
@@ -411,7 +380,6 @@ mod tests {
         let all: Vec<&Vec<Vec<Vec<f32>>>> = acts.iter().collect();
         let roles = Roles {
             pairs: pairs.clone(),
-            train_pos: pairs.iter().take(12).map(|p| p.0).collect(),
             train_neg: pairs.iter().take(12).map(|p| p.1).collect(),
             harmful: pairs.iter().skip(30).map(|p| p.0).collect(),
             cases: vec![],
