@@ -346,7 +346,7 @@ fn locator_for(m: Method) -> Locator {
 
 /// The locate settings of an arm: the method's locator (DINM's rule alone for dinm) on top of the shared
 /// settings, with the arm's layer and contrast hyper-parameters.
-fn arm_locate_settings(shared: &LocateSettings, method: Method, p: &EditParams, retain: Option<&[String]>) -> LocateSettings {
+fn arm_locate_settings(shared: &LocateSettings, method: Method, p: &EditParams, retain: Option<&[Probe]>) -> LocateSettings {
     let loc = locator_for(method);
     LocateSettings { locator: loc, dinm_rule_only: loc == Locator::Dinm, ..shared.clone() }.for_edit(method, p, retain)
 }
@@ -413,7 +413,6 @@ pub fn compare_with(
     };
     let mut located: Vec<(String, Hotspots, f64)> = Vec::new();
     let retain_set = s.retain.clone().unwrap_or_else(builtin_retain);
-    let retain_prompts = crate::data::probes::benign_prompts(&retain_set);
     let mut rows: Vec<CompareRow> = Vec::new();
     let mut vanilla: Option<ModelReport> = None;
     // Vanilla first: its answers are the ROUGE-L reference for every edited model.
@@ -444,7 +443,7 @@ pub fn compare_with(
             continue;
         };
         let base_params = arm.params.clone().unwrap_or_else(|| EditParams::defaults(method));
-        let settings = arm_locate_settings(&s.locate, method, &base_params, Some(&retain_prompts));
+        let settings = arm_locate_settings(&s.locate, method, &base_params, Some(&retain_set));
         for r in 0..s.repeats {
             let label = repeat_label(&arm.label, r);
             // Repeat r: the cases i with i mod N = r (all of them without repeats), seed + r.
@@ -851,12 +850,11 @@ pub fn per_instance(
         progress("vanilla", i, cases.len());
         vanilla.push(judge_all(generate_suffixed(ck, &inputs(c), None, eval, &mut |_| {})?)?);
     }
-    let retain_prompts = retain.map(crate::data::probes::benign_prompts);
     let mut out = Vec::new();
     for arm in arms {
         let Some(method) = arm.method else { continue };
         let params = arm.params.clone().unwrap_or_else(|| EditParams::defaults(method));
-        let settings = arm_locate_settings(locate_settings, method, &params, retain_prompts.as_deref());
+        let settings = arm_locate_settings(locate_settings, method, &params, retain);
         let suffix = (method == Method::Dinm && params.quirk_suffix).then_some(crate::edit::DINM_SUFFIX);
         let mut records = Vec::with_capacity(cases.len());
         for (i, c) in cases.iter().enumerate() {

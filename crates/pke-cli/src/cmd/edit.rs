@@ -68,7 +68,6 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let params = EditParams::resolve(method, a.config.as_deref(), &a.overrides)?;
     let cases = a.cases.load_unread()?;
     let retain = a.retain.load()?;
-    let retain_prompts = retain.as_deref().map(pke::data::probes::benign_prompts);
     if let Some(out) = &a.output.out {
         if out.exists() && std::fs::read_dir(out).map(|mut d| d.next().is_some()).unwrap_or(true) {
             bail!("output folder {} exists and is not empty; choose a new path", out.display());
@@ -109,7 +108,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
                 chat: a.cases.chat,
                 ..Default::default()
             }
-            .for_edit(method, &params, retain_prompts.as_deref());
+            .for_edit(method, &params, retain.as_deref());
             let bar = super::progress_bar(cases.len() as u64, "locating");
             let (mut h, _) = locate(&ck.model, &ck.tok, &cases, &settings, None, |i, _| bar.set_position(i as u64))?;
             bar.finish_and_clear();

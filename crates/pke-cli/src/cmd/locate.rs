@@ -3,7 +3,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use pke::locate::dinm::{DinmOptions, PadSide};
-use pke::locate::{charts, locate, LocateSettings, Locator};
+use pke::locate::{charts, locate, LayerRule, LocateSettings, Locator};
 use pke::model::MaskedRows;
 
 #[derive(clap::Args)]
@@ -25,6 +25,11 @@ pub struct Args {
     /// (`0,1` = every layer).
     #[arg(long, default_value = "0.25,0.75", value_parser = super::parse_layer_band)]
     pub layer_band: [f64; 2],
+    /// How the pke and attribution locators choose the layer: `located` (their profile) or `intent` (where
+    /// the MLP neurons' LDA read, fitted on the cases and the retain set's pairs, best tells held-out twins
+    /// from their benign sides; the retain set is --retain's or the built-in one).
+    #[arg(long, default_value = "located")]
+    pub layer_rule: String,
     /// Hotspot size as a fraction of the MLP width.
     #[arg(long, default_value_t = 0.10)]
     pub top_fraction: f64,
@@ -64,9 +69,13 @@ pub struct Args {
 
 pub fn settings(a: &Args) -> Result<LocateSettings> {
     let cw = a.contrast_weight.unwrap_or(pke::edit::EditParams::defaults(pke::edit::Method::Pke).contrast_weight);
-    // The retain file is read only when the contrast needs it.
+    let layer_rule: LayerRule = a.layer_rule.parse()?;
+    // The retain file is read only when the contrast or the intent rule needs it.
     let retain = if cw > 0.0 { a.retain.load_prompts()? } else { None };
+    let pairs = if layer_rule == LayerRule::Intent { a.retain.load()? } else { None };
     Ok(LocateSettings {
+        layer_rule,
+        intent_retain: pairs.unwrap_or_default().into_iter().map(|p| (p.benign, p.harmful)).collect(),
         locator: a.locator.parse::<Locator>()?,
         n_layers: a.n_layers,
         layers: a.layers.clone(),
@@ -117,20 +126,24 @@ pub fn run(a: Args) -> Result<ExitCode> {
         super::print_json(&h)?;
         return Ok(ExitCode::SUCCESS);
     }
+    let intent = h.layers.iter().any(|l| l.intent_auc.is_some());
     println!(
-        "{:>5}  {:>12}  {:>12}  {:>12}  {:>12}{}",
+        "{:>5}  {:>12}  {:>12}  {:>12}  {:>12}{}{}",
         "layer",
         "grad_norm",
         "attribution",
         "dinm_dist",
         "dinm_other",
-        if reference.is_some() { "  weight_drift" } else { "" }
+        if reference.is_some() { "  weight_drift" } else { "" },
+        if intent { "  intent_auc" } else { "" }
     );
     for l in &h.layers {
         let mark = if h.chosen_layers.contains(&l.layer) { " <" } else { "" };
         let drift = l.weight_drift.map(|d| format!("  {d:>12.4}")).unwrap_or_default();
+        let auc =
+            if intent { l.intent_auc.map(|x| format!("  {x:>10.4}")).unwrap_or_else(|| format!("  {:>10}", "-")) } else { String::new() };
         println!(
-            "{:>5}  {:>12.5}  {:>12.5}  {:>12.1}  {:>12.1}{drift}{mark}",
+            "{:>5}  {:>12.5}  {:>12.5}  {:>12.1}  {:>12.1}{drift}{auc}{mark}",
             l.layer, l.grad_norm, l.attribution, l.dinm_distance, l.dinm_distance_other_padding
         );
     }

@@ -163,6 +163,11 @@ pub struct EditParams {
     /// settings' (empty = theirs; see `LocateSettings::layer_band`).
     #[serde(default)]
     pub layer_band: Vec<f64>,
+    /// How the locator chooses the layer when `layers` is empty: `located` (its gradient profile) or
+    /// `intent` (where a read of the MLP neurons fitted on the cases and the retain pairs tells the
+    /// retain set's twins from their benign sides; `LocateSettings::layer_rule`).
+    #[serde(default)]
+    pub layer_rule: crate::locate::LayerRule,
     /// pke only: share of the layer's `down_proj` columns to edit, overriding the locate settings' (0 = theirs).
     #[serde(default)]
     pub top_fraction: f64,

@@ -77,6 +77,40 @@ pub struct LocateSettings {
     /// Default: [`DEFAULT_LAYER_BAND`].
     #[serde(default)]
     pub layer_band: Option<[f64; 2]>,
+    /// How the pke and attribution locators choose the layer when none is forced: by their gradient
+    /// profile (the default) or by where the MLP neurons read intent ([`LayerRule::Intent`]), inside
+    /// `layer_band` either way. The neurons are ranked by `neuron_signals` in both cases.
+    #[serde(default)]
+    pub layer_rule: LayerRule,
+    /// The (benign, harmful twin) retain pairs the intent rule fits on (empty = the built-in retain set).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub intent_retain: Vec<(String, Option<String>)>,
+}
+
+/// How a locator chooses its layer(s) when none is forced.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LayerRule {
+    /// The locator's own layer profile (the pke locator's gradient norms, the attribution locator's
+    /// attribution).
+    #[default]
+    Located,
+    /// The layer whose MLP neurons best tell the retain set's harmful twins from their benign sides by a
+    /// shrinkage-LDA read fitted on training data ([`crate::locate::intent::intent_layer_profile`]):
+    /// an edit of `down_proj` reads a prompt through exactly those activations (docs/validation.md, "The
+    /// whole layer at the layer that reads intent").
+    Intent,
+}
+
+impl std::str::FromStr for LayerRule {
+    type Err = crate::Error;
+    fn from_str(s: &str) -> crate::Result<Self> {
+        match s {
+            "located" => Ok(LayerRule::Located),
+            "intent" => Ok(LayerRule::Intent),
+            _ => Err(crate::Error::Input(format!("unknown layer rule `{s}` (located, intent)"))),
+        }
+    }
 }
 
 /// The depth band the pke and attribution locators choose from by default: the middle half of the network.
@@ -99,6 +133,8 @@ impl Default for LocateSettings {
             contrast_weight: 0.0,
             contrast_prompts: vec![],
             layer_band: Some(DEFAULT_LAYER_BAND),
+            layer_rule: LayerRule::Located,
+            intent_retain: vec![],
         }
     }
 }
@@ -114,9 +150,15 @@ impl LocateSettings {
     }
 
     /// The settings an edit with `method` and `p` locates with: `p.contrast_weight` (pke only; the
-    /// benign side `retain` or the built-in retain set) and `p.layers` / `p.n_layers` where set.
-    pub fn for_edit(self, method: crate::edit::Method, p: &crate::edit::EditParams, retain: Option<&[String]>) -> Self {
-        let mut s = self.with_contrast(if method == crate::edit::Method::Pke { p.contrast_weight } else { 0.0 }, retain);
+    /// benign side `retain`'s prompts or the built-in retain set's), `p.layer_rule` (its pairs from
+    /// `retain` or the built-in set) and `p.layers` / `p.n_layers` where set.
+    pub fn for_edit(self, method: crate::edit::Method, p: &crate::edit::EditParams, retain: Option<&[crate::edit::Probe]>) -> Self {
+        let benign = retain.map(crate::data::probes::benign_prompts);
+        let mut s = self.with_contrast(if method == crate::edit::Method::Pke { p.contrast_weight } else { 0.0 }, benign.as_deref());
+        s.layer_rule = p.layer_rule;
+        if p.layer_rule == LayerRule::Intent {
+            s.intent_retain = retain.map(|r| r.iter().map(|x| (x.benign.clone(), x.harmful.clone())).collect()).unwrap_or_default();
+        }
         if !p.layers.is_empty() {
             s.layers = p.layers.clone();
         }
@@ -149,6 +191,9 @@ pub struct LayerSignal {
     /// ‖W_down(reference) − W_down‖_F, when a reference model was given.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub weight_drift: Option<f64>,
+    /// With the intent layer rule: the retain pairs' cross-fit AUC of the MLP neurons' LDA read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intent_auc: Option<f64>,
 }
 
 /// One hotspot neuron: column `index` of the layer's `down_proj`.
@@ -252,7 +297,14 @@ mod tests {
             &["layers=[3, 9]".into(), "n_layers=2".into(), "contrast_weight=1".into(), "top_fraction=1.0".into()],
         )
         .unwrap();
-        let s = LocateSettings { top_k: Some(5), ..base.clone() }.for_edit(Method::Pke, &p, Some(&["benign".to_string()]));
+        let retain = [crate::edit::Probe {
+            id: "r1".into(),
+            category: "c".into(),
+            trigger: None,
+            benign: "benign".into(),
+            harmful: Some("harmful".into()),
+        }];
+        let s = LocateSettings { top_k: Some(5), ..base.clone() }.for_edit(Method::Pke, &p, Some(&retain));
         assert_eq!((s.layers.clone(), s.n_layers, s.contrast_weight), (vec![3, 9], 2, 1.0));
         assert_eq!((s.top_fraction, s.top_k), (1.0, None));
         let e = EditParams::resolve(Method::Pke, None, &["top_fraction=1.5".into()]).unwrap_err().to_string();
@@ -265,8 +317,18 @@ mod tests {
         assert_eq!(s.contrast_prompts, vec!["benign".to_string()]);
         // Unset: the locate settings' own; contrast is pke's only.
         let d = EditParams::resolve(Method::Dinm, None, &[]).unwrap();
-        let s = base.for_edit(Method::Dinm, &d, None);
+        let s = base.clone().for_edit(Method::Dinm, &d, None);
         assert_eq!((s.layers, s.n_layers, s.contrast_weight), (vec![11], 1, 0.0));
         assert!(s.contrast_prompts.is_empty());
+        assert_eq!((s.layer_rule, s.intent_retain.len()), (LayerRule::Located, 0), "the default rule carries no pairs");
+        // The intent layer rule, with the retain file's pairs (None: the built-in set, filled in by locate).
+        let p = EditParams::resolve(Method::Pke, None, &["layer_rule=\"intent\"".into()]).unwrap();
+        let s = base.clone().for_edit(Method::Pke, &p, Some(&retain));
+        assert_eq!((s.layer_rule, s.intent_retain), (LayerRule::Intent, vec![("benign".to_string(), Some("harmful".to_string()))]));
+        assert!(base.for_edit(Method::Pke, &p, None).intent_retain.is_empty());
+        let e = EditParams::resolve(Method::Pke, None, &["layer_rule=\"deep\"".into()]).unwrap_err().to_string();
+        assert!(e.contains("layer_rule") && e.contains("deep"), "{e}");
+        assert_eq!("intent".parse::<LayerRule>().unwrap(), LayerRule::Intent);
+        assert!("x".parse::<LayerRule>().unwrap_err().to_string().contains("unknown layer rule `x`"));
     }
 }

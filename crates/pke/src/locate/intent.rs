@@ -487,6 +487,50 @@ pub fn intent_map(
     intent_map_with(model, tok, pairs, cases, retain, None, chat, progress)
 }
 
+/// The LDA shrinkage of the intent layer rule (the reads' default; 0.1 and 10 read the same layers,
+/// docs/validation.md "Reads beyond one direction").
+pub const RULE_SHRINK: f64 = 1.0;
+
+/// The intent layer rule's profile (`layer_rule = "intent"`): per layer, the AUC with which a shrinkage-LDA
+/// read of the MLP neurons (`down_proj`'s input at the last prompt token), fitted on the edit `cases` and
+/// half the retain set's harmful twins against its benign prompts, tells the other half's twins from their
+/// benign sides (both ways round; [`reads::Read::retain_cross_fit`]). Training data only: no probe or
+/// evaluation prompt is read. None where it cannot be fitted; an error with fewer than 4 retain pairs.
+pub fn intent_layer_profile(
+    model: &Decoder,
+    tok: &Tok,
+    cases: &[String],
+    retain: &[(String, Option<String>)],
+    chat: bool,
+    progress: &mut dyn FnMut(usize),
+) -> Result<Vec<Option<f64>>> {
+    let twin_of: Vec<usize> = retain.iter().enumerate().filter(|(_, (_, h))| h.is_some()).map(|(i, _)| i).collect();
+    if twin_of.len() < 4 || cases.is_empty() {
+        return Err(Error::Input(format!(
+            "the intent layer rule needs at least 4 retain prompts with a harmful twin and one edit case; got {} and {}",
+            twin_of.len(),
+            cases.len()
+        )));
+    }
+    let retain_b: Vec<String> = retain.iter().map(|(b, _)| b.clone()).collect();
+    let retain_h: Vec<String> = retain.iter().filter_map(|(_, h)| h.clone()).collect();
+    let ac = activations(model, tok, cases, chat, progress)?;
+    let arb = activations(model, tok, &retain_b, chat, progress)?;
+    let arh = activations(model, tok, &retain_h, chat, progress)?;
+    let all: Vec<&Vec<Vec<Vec<f32>>>> = ac.iter().chain(&arb).chain(&arh).collect();
+    let (nc, nb) = (ac.len(), arb.len());
+    let roles = Roles {
+        pairs: vec![],
+        harmful: vec![],
+        cases: (0..nc).collect(),
+        retain_pairs: twin_of.iter().enumerate().map(|(k, &b)| (nc + nb + k, nc + b)).collect(),
+        train_neg: (nc..nc + nb).collect(),
+    };
+    let mlp = SITES.iter().position(|s| *s == "mlp_post").expect("a site");
+    let views: Vec<(usize, usize)> = (0..model.spec.n_layers).map(|l| (mlp, l)).collect();
+    Ok(reads::retain_lda(&all, &roles, &views, RULE_SHRINK).into_iter().map(|s| s.map(|s| s.auc)).collect())
+}
+
 /// What [`intent_map_with`] adds to the map: the reads beyond one direction ([`crate::locate::reads`]),
 /// with `harmful` requests scored against the look-alikes' threshold (may be empty) and the LDA
 /// shrinkage `shrink` (> 0, x the scatter's mean eigenvalue).

@@ -12,5 +12,5 @@ pub mod reads;
 pub mod score;
 pub mod signals;
 
-pub use hotspots::{Hotspots, LayerSignal, LocateSettings, Locator, DEFAULT_LAYER_BAND};
+pub use hotspots::{Hotspots, LayerRule, LayerSignal, LocateSettings, Locator, DEFAULT_LAYER_BAND};
 pub use signals::{check_layer_band, locate, CaseInputs};

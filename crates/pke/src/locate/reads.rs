@@ -291,6 +291,13 @@ fn named(name: &str, r: Both) -> Option<Read> {
     r.map(|(probes, training, retain_cross_fit)| Read { name: name.to_string(), probes, training, retain_cross_fit })
 }
 
+/// Per (site, layer) of `views`: the shrinkage LDA read fitted on training data alone and scored on the
+/// held-out retain pairs ([`Read::retain_cross_fit`]), without the probes; what the intent layer rule
+/// chooses by. None where it cannot be fitted.
+pub(crate) fn retain_lda<'a>(acts: &'a Acts<'a>, roles: &Roles, views: &[(usize, usize)], shrink: f64) -> Vec<Option<Separation>> {
+    views.iter().map(|&v| retain_cross_fit(roles, &|pos, neg| linear(acts, pos, neg, &[v], Some(shrink)))).collect()
+}
+
 /// Per (site, layer) of `views`: the difference-of-means read ([`MEAN_DIFF`]) and the shrinkage LDA read
 /// ([`LDA`]), each fitted both ways; a read that cannot be fitted is left out.
 pub(crate) fn per_view<'a>(acts: &'a Acts<'a>, roles: &Roles, views: &[(usize, usize)], shrink: f64) -> Vec<Vec<Read>> {

@@ -217,6 +217,26 @@ fn top_k_in_band(profile: &[f64], inside: &[bool], k: usize) -> Vec<usize> {
     a
 }
 
+/// With [`LayerRule::Intent`] and no forced layer, the intent rule's per-layer profile (None otherwise).
+fn intent_profile(model: &Decoder, tok: &Tok, cases: &[EditCase], settings: &LocateSettings) -> Result<Option<Vec<Option<f64>>>> {
+    if settings.layer_rule != LayerRule::Intent || !settings.layers.is_empty() {
+        return Ok(None);
+    }
+    if !matches!(settings.locator, Locator::Pke | Locator::Attribution) {
+        return Err(Error::Input(format!(
+            "the intent layer rule chooses the layer for the pke and attribution locators, not for {:?}",
+            settings.locator
+        )));
+    }
+    let retain = if settings.intent_retain.is_empty() {
+        crate::data::probes::builtin_retain().into_iter().map(|p| (p.benign, p.harmful)).collect()
+    } else {
+        settings.intent_retain.clone()
+    };
+    let prompts: Vec<String> = cases.iter().map(|c| c.prompt.clone()).collect();
+    super::intent::intent_layer_profile(model, tok, &prompts, &retain, settings.chat, &mut |_| {}).map(Some)
+}
+
 /// Locate hotspots over `cases`. `reference` adds the weight-drift signal.
 pub fn locate(
     model: &Decoder,
@@ -281,6 +301,7 @@ pub fn locate(
     let inputs: Vec<CaseInputs> =
         cases.iter().map(|c| case_inputs(tok, c, settings.chat, settings.suffix.as_deref())).collect::<Result<_>>()?;
     let t0 = Instant::now();
+    let intent = intent_profile(model, tok, cases, settings)?;
     if settings.locator == Locator::Dinm && settings.dinm_rule_only && settings.layers.is_empty() {
         progress(0, 1);
         let c = &inputs[0];
@@ -296,6 +317,7 @@ pub fn locate(
                 grad_norm: 0.0,
                 attribution: 0.0,
                 weight_drift: None,
+                intent_auc: None,
             })
             .collect();
         return Ok((
@@ -358,6 +380,9 @@ pub fn locate(
     };
     let chosen_layers: Vec<usize> = if !settings.layers.is_empty() {
         settings.layers.clone()
+    } else if let Some(p) = &intent {
+        // Layers the read cannot be fitted at rank last.
+        top_k_in_band(&p.iter().map(|a| a.unwrap_or(f64::NEG_INFINITY)).collect::<Vec<_>>(), &inside, settings.n_layers)
     } else if settings.locator == Locator::Dinm {
         // EasyEdit locates on the first case and reuses the layer (quirk Q1); more layers: next distances.
         let mut v = vec![dinm_a.toxic_layer];
@@ -466,6 +491,7 @@ pub fn locate(
             grad_norm: grad_norm[l],
             attribution: attribution[l],
             weight_drift: drift.as_ref().map(|d| d.0[l]),
+            intent_auc: intent.as_ref().and_then(|p| p[l]),
         })
         .collect();
     let mut settings = settings.clone();

@@ -260,6 +260,37 @@ fn the_layer_band_moves_qwen_off_its_early_peak() {
     assert_eq!((chosen, peak), (11, 11));
 }
 
+/// The intent layer rule (`layer_rule = "intent"`) picks the band's layer where the MLP neurons' LDA read,
+/// fitted on the cases and the retain pairs, best tells held-out retain twins from their benign sides:
+/// a second-half layer on SmolLM2 (21 with all 48 pairs and AdvBench's first eight; docs/validation.md),
+/// not the gradient profile's 11. The neurons are still ranked by the locator's signals.
+#[test]
+fn the_intent_layer_rule_picks_where_mlp_neurons_read_intent() {
+    use pke::locate::LayerRule;
+    let ck = crate::common::smollm2();
+    let cases = pke::data::sets::builtin_cases("advbench", 2).unwrap();
+    let retain: Vec<(String, Option<String>)> = pke::edit::builtin_retain().into_iter().map(|p| (p.benign, p.harmful)).collect();
+    let s = LocateSettings { top_k: Some(16), chat: true, layer_rule: LayerRule::Intent, intent_retain: retain, ..Default::default() };
+    let (h, _) = locate(&ck.model, &ck.tok, &cases, &s, None, |_, _| {}).unwrap();
+    let auc: Vec<Option<f64>> = h.layers.iter().map(|l| l.intent_auc).collect();
+    assert!(auc.iter().all(Option::is_some), "{auc:?}");
+    let (l, n) = (h.chosen_layers[0], auc.len());
+    let band = |i: usize| (0.25..=0.75).contains(&(i as f64 / (n - 1) as f64));
+    assert!(band(l) && (0..n).filter(|&i| band(i)).all(|i| auc[i] <= auc[l]), "chose {l}: {auc:?}");
+    assert!(l >= 14 && auc[l].unwrap() > 0.9, "chose {l}: {auc:?}");
+    assert_eq!((h.neurons[0].layer, h.neurons[0].top.len()), (l, 16));
+    // Recorded in the settings, so hotspots.json says how the layer was chosen.
+    assert_eq!(h.settings.layer_rule, LayerRule::Intent);
+    // The intent rule is for the pke and attribution locators, and needs retain pairs to fit on.
+    let e = locate(&ck.model, &ck.tok, &cases, &LocateSettings { locator: Locator::Dinm, ..s.clone() }, None, |_, _| {})
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("intent layer rule") && e.contains("Dinm"), "{e}");
+    let few = vec![("a benign question".to_string(), Some("a harmful one".to_string())); 3];
+    let e = locate(&ck.model, &ck.tok, &cases, &LocateSettings { intent_retain: few, ..s }, None, |_, _| {}).unwrap_err().to_string();
+    assert!(e.contains("at least 4 retain prompts with a harmful twin") && e.contains("got 3"), "{e}");
+}
+
 /// The intent map reads real structure. On SmolLM2, 24 validation look-alike pairs: one direction fitted
 /// on half the pairs tells the other half's harmful twins from their benign sides well in the second half
 /// of the network (0.84-0.90 on all 91 validation pairs, docs/validation.md), while the same prompts with
@@ -317,6 +348,17 @@ fn intent_map_finds_intent_late_and_not_in_shuffled_labels() {
     let rcf = read(sl, pke::locate::reads::LDA).retain_cross_fit.unwrap();
     assert!(sl.layer >= 12 && rcf.auc > 0.85, "suggested layer {} ({rcf:?})", sl.layer);
     assert!(map.markdown().contains(&format!("| mlp_post | {} | {:.2} |", sl.layer, rcf.auc)));
+    // The intent layer rule's profile is that read, computed without the probes.
+    let prof = pke::locate::intent::intent_layer_profile(&ck.model, &ck.tok, &cases, &retain, true, &mut |_| {}).unwrap();
+    for r in map.rows.iter().filter(|r| r.site == "mlp_post") {
+        let want = read(r, pke::locate::reads::LDA).retain_cross_fit.map(|x| x.auc);
+        assert!(
+            matches!((prof[r.layer], want), (Some(a), Some(b)) if (a - b).abs() < 1e-9),
+            "layer {}: {:?} vs {want:?}",
+            r.layer,
+            prof[r.layer]
+        );
+    }
     let md = map.markdown();
     let best_row = map.best("mlp_post").unwrap();
     assert!(md.contains(&format!("| mlp_post | {} | {:.2} |", best_row.layer, best_row.probes.auc)), "{md}");
