@@ -114,11 +114,6 @@ impl RetainArgs {
             None => None,
         })
     }
-
-    /// The benign prompts of the user's retain set, or None for the built-in set.
-    pub fn load_prompts(&self) -> Result<Option<Vec<String>>> {
-        Ok(self.load()?.as_deref().map(pke::data::probes::benign_prompts))
-    }
 }
 
 /// `pke cases`: print the cases a `--cases`/`--builtin` selection resolves to, as JSONL (the format

@@ -48,8 +48,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     if pairs.is_empty() {
         bail!("no probe in the {} split has a harmful twin", a.split);
     }
-    let retain: Vec<(String, Option<String>)> =
-        a.retain.load()?.unwrap_or_else(probes::builtin_retain).into_iter().map(|p| (p.benign, p.harmful)).collect();
+    let retain: Vec<(String, Option<String>)> = probes::retain_pairs(&a.retain.load()?.unwrap_or_else(probes::builtin_retain));
     if a.reads && !(a.shrink > 0.0 && a.shrink.is_finite()) {
         bail!("--shrink must be a positive number, not {}", a.shrink);
     }

@@ -70,12 +70,13 @@ pub struct Args {
 pub fn settings(a: &Args) -> Result<LocateSettings> {
     let cw = a.contrast_weight.unwrap_or(pke::edit::EditParams::defaults(pke::edit::Method::Pke).contrast_weight);
     let layer_rule: LayerRule = a.layer_rule.parse()?;
-    // The retain file is read only when the contrast or the intent rule needs it.
-    let retain = if cw > 0.0 { a.retain.load_prompts()? } else { None };
-    let pairs = if layer_rule == LayerRule::Intent { a.retain.load()? } else { None };
+    // The retain file is read (once) only when the contrast or the intent rule needs it.
+    let retain = if cw > 0.0 || layer_rule == LayerRule::Intent { a.retain.load()? } else { None };
+    let benign = if cw > 0.0 { retain.as_deref().map(pke::data::probes::benign_prompts) } else { None };
+    let intent_retain = if layer_rule == LayerRule::Intent { retain.as_deref().map(pke::data::probes::retain_pairs) } else { None };
     Ok(LocateSettings {
         layer_rule,
-        intent_retain: pairs.unwrap_or_default().into_iter().map(|p| (p.benign, p.harmful)).collect(),
+        intent_retain: intent_retain.unwrap_or_default(),
         locator: a.locator.parse::<Locator>()?,
         n_layers: a.n_layers,
         layers: a.layers.clone(),
@@ -96,7 +97,7 @@ pub fn settings(a: &Args) -> Result<LocateSettings> {
         },
         ..Default::default()
     }
-    .with_contrast(cw, retain.as_deref()))
+    .with_contrast(cw, benign.as_deref()))
 }
 
 /// Write `DIR/hotspots.json`, `layers.svg` and `neurons.svg`; returns the JSON path.

@@ -191,6 +191,12 @@ pub fn benign_prompts(pairs: &[Probe]) -> Vec<String> {
     pairs.iter().map(|x| x.benign.clone()).collect()
 }
 
+/// Each probe's (benign prompt, harmful twin if any): the retain pairs the intent map and the intent layer
+/// rule fit on.
+pub fn retain_pairs(pairs: &[Probe]) -> Vec<(String, Option<String>)> {
+    pairs.iter().map(|x| (x.benign.clone(), x.harmful.clone())).collect()
+}
+
 /// One part of `probes` under the fixed split (stratified by category, order kept).
 pub fn split(probes: &[Probe], part: Split) -> Vec<Probe> {
     split_half(probes, SPLIT_SALT, |p| p.id.clone(), |p| p.category.clone(), part)

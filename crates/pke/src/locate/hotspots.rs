@@ -157,7 +157,7 @@ impl LocateSettings {
         let mut s = self.with_contrast(if method == crate::edit::Method::Pke { p.contrast_weight } else { 0.0 }, benign.as_deref());
         s.layer_rule = p.layer_rule;
         if p.layer_rule == LayerRule::Intent {
-            s.intent_retain = retain.map(|r| r.iter().map(|x| (x.benign.clone(), x.harmful.clone())).collect()).unwrap_or_default();
+            s.intent_retain = retain.map(crate::data::probes::retain_pairs).unwrap_or_default();
         }
         if !p.layers.is_empty() {
             s.layers = p.layers.clone();

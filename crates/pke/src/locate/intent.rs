@@ -487,6 +487,15 @@ pub fn intent_map(
     intent_map_with(model, tok, pairs, cases, retain, None, chat, progress)
 }
 
+/// A retain set's benign prompts, its harmful twins, and for each twin (in order) the index of its benign
+/// side among the benign prompts.
+fn retain_sides(retain: &[(String, Option<String>)]) -> (Vec<String>, Vec<String>, Vec<usize>) {
+    let benign = retain.iter().map(|(b, _)| b.clone()).collect();
+    let twins = retain.iter().filter_map(|(_, h)| h.clone()).collect();
+    let twin_of = retain.iter().enumerate().filter(|(_, (_, h))| h.is_some()).map(|(i, _)| i).collect();
+    (benign, twins, twin_of)
+}
+
 /// The LDA shrinkage of the intent layer rule (the reads' default; 0.1 and 10 read the same layers,
 /// docs/validation.md "Reads beyond one direction").
 pub const RULE_SHRINK: f64 = 1.0;
@@ -504,7 +513,7 @@ pub fn intent_layer_profile(
     chat: bool,
     progress: &mut dyn FnMut(usize),
 ) -> Result<Vec<Option<f64>>> {
-    let twin_of: Vec<usize> = retain.iter().enumerate().filter(|(_, (_, h))| h.is_some()).map(|(i, _)| i).collect();
+    let (retain_b, retain_h, twin_of) = retain_sides(retain);
     if twin_of.len() < 4 || cases.is_empty() {
         return Err(Error::Input(format!(
             "the intent layer rule needs at least 4 retain prompts with a harmful twin and one edit case; got {} and {}",
@@ -512,8 +521,6 @@ pub fn intent_layer_profile(
             cases.len()
         )));
     }
-    let retain_b: Vec<String> = retain.iter().map(|(b, _)| b.clone()).collect();
-    let retain_h: Vec<String> = retain.iter().filter_map(|(_, h)| h.clone()).collect();
     let ac = activations(model, tok, cases, chat, progress)?;
     let arb = activations(model, tok, &retain_b, chat, progress)?;
     let arh = activations(model, tok, &retain_h, chat, progress)?;
@@ -565,10 +572,7 @@ pub fn intent_map_with(
     }
     let benign_p: Vec<String> = pairs.iter().map(|(b, _)| b.clone()).collect();
     let twin_p: Vec<String> = pairs.iter().map(|(_, h)| h.clone()).collect();
-    let retain_b: Vec<String> = retain.iter().map(|(b, _)| b.clone()).collect();
-    let retain_h: Vec<String> = retain.iter().filter_map(|(_, h)| h.clone()).collect();
-    // Index in `retain_b` of each retain twin's benign side, in `retain_h` order.
-    let twin_of: Vec<usize> = retain.iter().enumerate().filter(|(_, (_, h))| h.is_some()).map(|(i, _)| i).collect();
+    let (retain_b, retain_h, twin_of) = retain_sides(retain);
     let ab = activations(model, tok, &benign_p, chat, progress)?;
     let ah = activations(model, tok, &twin_p, chat, progress)?;
     let ac = activations(model, tok, cases, chat, progress)?;

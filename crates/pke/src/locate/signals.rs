@@ -229,7 +229,7 @@ fn intent_profile(model: &Decoder, tok: &Tok, cases: &[EditCase], settings: &Loc
         )));
     }
     let retain = if settings.intent_retain.is_empty() {
-        crate::data::probes::builtin_retain().into_iter().map(|p| (p.benign, p.harmful)).collect()
+        crate::data::probes::retain_pairs(&crate::data::probes::builtin_retain())
     } else {
         settings.intent_retain.clone()
     };
