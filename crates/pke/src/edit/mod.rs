@@ -99,9 +99,13 @@ pub struct StepLog {
     #[serde(default)]
     pub watch: Option<watch::Reading>,
     /// This step's weights went past a `stop_drift` / `stop_benign_rise` bound: the edit kept the
-    /// previous step's weights and stopped. Such an entry is not a step of the edit.
+    /// previous step's weights and stopped (or, with `stop_backoff`, went on from them at a smaller step,
+    /// retrying the cases the taken-back update had trained). Such an entry is not a step of the edit.
     #[serde(default)]
     pub reverted: bool,
+    /// With `cases_per_step`: the indices of the cases this step trained (empty: every case of the group).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trained: Vec<usize>,
 }
 
 impl StepLog {
@@ -336,6 +340,14 @@ fn next_window(cursor: &mut usize, len: usize, per_step: usize) -> Vec<usize> {
     let window = (0..k).map(|j| (*cursor + j) % len).collect();
     *cursor = (*cursor + k) % len.max(1);
     window
+}
+
+/// The edit's place in its cases and benign prompts when a step begins (`stop_backoff` restores it).
+struct Turn {
+    case: usize,
+    retain: usize,
+    direction: usize,
+    visits: Vec<usize>,
 }
 
 /// `acc + t`, starting from `t`.
@@ -936,11 +948,12 @@ pub fn compute_delta_with(
     // Steps that trained each case: with a few cases per step, case i takes its recovery depths in turn
     // from its own visits (offset by i), since the global step would give it the same depth every round.
     let mut visits = vec![0usize; prepared.len()];
+    // Where the cursors and visit counts stood when the last update's step began: a taken-back update is
+    // retried on the same cases and retain prompts, not skipped past them.
+    let mut turn_before_update: Option<Turn> = None;
     'groups: for group in &groups {
         for step in 0..p.steps {
             let mut entry = StepLog { step, elapsed_s: t0.elapsed().as_secs_f64(), ..Default::default() };
-            let active: Vec<usize> = next_window(&mut case_cursor, group.len(), p.cases_per_step).into_iter().map(|j| group[j]).collect();
-            let n = active.len() as f64;
             let frozen = untracked(&m, &vars, &targets)?;
             if let Some(w) = &watch {
                 let r = w.read(&frozen, tok)?;
@@ -948,6 +961,9 @@ pub fn compute_delta_with(
                 entry.watch = Some(r);
                 if before_update.is_some() && past_bounds(&r, b0, p) {
                     take_back(&vars, before_update.take().expect("checked"))?;
+                    if let Some(t) = turn_before_update.take() {
+                        (case_cursor, retain_cursor, direction_cursor, visits) = (t.case, t.retain, t.direction, t.visits);
+                    }
                     entry.reverted = true;
                     log.push(entry);
                     if backoffs < p.stop_backoff {
@@ -961,6 +977,12 @@ pub fn compute_delta_with(
                     break 'groups;
                 }
             }
+            let at_start = Turn { case: case_cursor, retain: retain_cursor, direction: direction_cursor, visits: visits.clone() };
+            let active: Vec<usize> = next_window(&mut case_cursor, group.len(), p.cases_per_step).into_iter().map(|j| group[j]).collect();
+            if active.len() < group.len() {
+                entry.trained = active.clone();
+            }
+            let n = active.len() as f64;
             let lazy_kl = p.quirk_inert_kl && p.kl_weight != 0.0 && !p.always_log_inert_kl;
             // The loss is a mean over cases (and retain prompts), so its gradient is the sum of each
             // term's: each term is back-propagated as soon as it is computed, and only one term's graph
@@ -1063,6 +1085,7 @@ pub fn compute_delta_with(
             }
             if watch.is_some() {
                 before_update = Some(vars.iter().map(|(_, var, ..)| var.as_tensor().copy()).collect::<candle_core::Result<_>>()?);
+                turn_before_update = Some(at_start);
             }
             let lr = lr_scale * if p.warmup_steps > 0 { p.lr * ((step + 1) as f64 / p.warmup_steps as f64).min(1.0) } else { p.lr };
             for (((name, var, w0, mask, adam, range), g), wr) in vars.iter_mut().zip(&grads).zip(&writes) {

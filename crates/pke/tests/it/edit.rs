@@ -260,6 +260,7 @@ fn cases_per_step_trains_the_cases_in_turn_and_the_stop_waits_for_all() {
     assert_eq!(run(&cases, &["stop_nll=100"]).log.len(), 1);
     let one = run(&cases, &["stop_nll=100", "cases_per_step=1"]);
     assert_eq!(one.log.len(), 3, "{:?}", one.log.iter().map(|s| s.nll_safe).collect::<Vec<_>>());
+    assert_eq!(one.log.iter().map(|s| s.trained.clone()).collect::<Vec<_>>(), vec![vec![0], vec![1], vec![2]]);
     // Each step's logged NLL is that of the one case it trained: step 0 reads case 0 on the unedited model,
     // as an edit made from case 0 alone does.
     let step0 = |cs: &[EditCase]| run(cs, &["steps=1", "stop_nll=0"]).log[0].nll_safe;
@@ -276,6 +277,41 @@ fn cases_per_step_trains_the_cases_in_turn_and_the_stop_waits_for_all() {
     let after = |o: &pke::edit::EditOutcome| o.delta.tensors[0].after.flatten_all().unwrap().to_vec1::<f32>().unwrap();
     assert!(after(&all) == after(&many), "more cases per step than cases must train all of them");
     assert!(after(&all) != after(&two), "two cases per step must be another edit");
+}
+
+/// `stop_backoff` with `cases_per_step`: a taken-back update is retried, from the weights before it, on
+/// the cases it had trained, instead of the edit moving on past them.
+#[test]
+fn a_taken_back_step_is_retried_on_the_cases_it_had_trained() {
+    let ck = crate::common::smollm2();
+    let (cases, h) = smol_setup(3);
+    let retain = crate::common::small_retain();
+    let run = |extra: &[String]| {
+        let mut o: Vec<String> = ["lr=5e-2", "preserve_energy=0", "warmup_steps=0", "stop_drift=0", "stop_benign_rise=0"]
+            .iter()
+            .chain(&["cases_per_step=1", "stop_probes=2", "stop_nll=0", "stop_prose_tokens=256"])
+            .map(|s| s.to_string())
+            .collect();
+        o.extend(extra.iter().cloned());
+        let p = EditParams::resolve(Method::Pke, None, &o).unwrap();
+        compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, Some(&retain), |_, _, _| {}).unwrap()
+    };
+    // Without a bound: one case per step in turn, the prose read before every update.
+    let free = run(&["steps=4".to_string()]);
+    let trained: Vec<Vec<usize>> = free.log.iter().map(|s| s.trained.clone()).collect();
+    assert_eq!(trained, vec![vec![0], vec![1], vec![2], vec![0]]);
+    let d: Vec<f64> = free.log.iter().map(|s| s.watch.expect("read every step").drift).collect();
+    // A bound between the running maximum before step j and step j's drift is first crossed at step j,
+    // whose reading is of the update step j - 1 made from case (j - 1) mod 3.
+    let j = (1..d.len())
+        .find(|&j| d[j] > d[..j].iter().cloned().fold(0.0, f64::max))
+        .unwrap_or_else(|| panic!("the prose never drifts up: {d:?}"));
+    let bound = (d[j] + d[..j].iter().cloned().fold(0.0, f64::max)) / 2.0;
+    let b = run(&["steps=5".to_string(), format!("stop_drift={bound}"), "stop_backoff=1".into()]);
+    assert!(b.log[j].reverted && b.log[j].trained.is_empty(), "{:?}", b.log);
+    assert_eq!(b.log[..j].iter().map(|s| s.trained.clone()).collect::<Vec<_>>(), trained[..j], "the same steps until the bound");
+    assert_eq!(b.log[j + 1].trained, vec![(j - 1) % 3], "the retry trains the taken-back update's case: {:?}", b.log);
+    assert_eq!(b.log[j + 1].watch.unwrap().drift, d[j - 1], "from the weights before it");
 }
 
 /// The held-out stop rule: probes the edit never trains on hold back a stop the NLL alone would take, and
