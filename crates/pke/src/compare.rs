@@ -169,6 +169,11 @@ pub struct CompareRow {
     /// A null-space edit's projection per edited layer (what it leaves free; empty otherwise).
     #[serde(default)]
     pub preserve: Vec<crate::edit::preserve::PreserveSummary>,
+    /// How the edit ended ([`crate::edit::describe_stop`]; empty for vanilla) and its per-step log.
+    #[serde(default)]
+    pub stop: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub edit_log: Vec<crate::edit::StepLog>,
 }
 
 /// A rate over per-prompt outcomes with its 95% Wilson interval and the two-sided exact McNemar p-value
@@ -438,6 +443,8 @@ pub fn compare_with(
                 report: r,
                 rates: vec![],
                 preserve: vec![],
+                stop: String::new(),
+                edit_log: vec![],
             });
             finished(&snapshot(ck, cases, s, &rows, &attacked, t0)?)?;
             continue;
@@ -491,6 +498,8 @@ pub fn compare_with(
                 report: rep,
                 rates: vec![],
                 preserve: outcome.preserve.clone(),
+                stop: crate::edit::describe_stop(&outcome.log, &params),
+                edit_log: outcome.log.clone(),
             });
             finished(&snapshot(ck, cases, s, &rows, &attacked, t0)?)?;
         }
@@ -671,6 +680,11 @@ pub fn markdown(c: &Comparison) -> String {
     s += &per_category_markdown(&c.rows);
     s += &repeats_markdown(c);
     s += &attacks_markdown(c);
+    let stops: Vec<String> = c.rows.iter().filter(|r| !r.stop.is_empty()).map(|r| format!("- {}: {}\n", r.label, r.stop)).collect();
+    if !stops.is_empty() {
+        s += "\nHow each edit ended (compare.json holds each step's log as `edit_log`):\n\n";
+        s += &stops.concat();
+    }
     let ns: Vec<String> =
         c.rows.iter().flat_map(|r| r.preserve.iter().map(move |p| format!("- {}: {}\n", r.label, p.describe()))).collect();
     if !ns.is_empty() {

@@ -68,7 +68,7 @@ struct Prepared {
 }
 
 /// Per-step loss terms, for logs and `--json`.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
 pub struct StepLog {
     pub step: usize,
     /// Seconds since the edit began, when this step began (after the setup: retain replies, null space,
@@ -78,6 +78,8 @@ pub struct StepLog {
     pub case: Option<String>,
     pub loss: f64,
     pub nll_safe: f64,
+    /// NaN where not evaluated (null in JSON).
+    #[serde(deserialize_with = "crate::eval::report::null_is_nan")]
     pub kl: f64,
     pub unlikelihood: f64,
     pub nll_unsafe: f64,
@@ -143,6 +145,37 @@ impl EditOutcome {
     pub fn final_loss(&self) -> Option<f64> {
         self.log.iter().rev().find(|e| !e.reverted).map(|e| e.loss)
     }
+}
+
+/// How an edit ended, in words, from its log: the steps kept, the steps the held-out bounds took back (with
+/// the reading that crossed them) and what ended it (the NLL / loss stop, the step cap or a bound). For the
+/// compare tables, which do not print the per-step log `pke edit` does.
+pub fn describe_stop(log: &[StepLog], p: &EditParams) -> String {
+    let kept = log.iter().filter(|e| !e.reverted).count();
+    if p.mode == BatchMode::Sequential {
+        return format!("{kept} steps over the cases one at a time");
+    }
+    let b0 = log.iter().find_map(|e| e.watch.map(|w| w.benign_refused));
+    let why = |e: &StepLog| match (e.watch, b0) {
+        (Some(r), _) if p.stop_drift > 0.0 && r.drift > p.stop_drift => format!("prose drift {:.4} > {}", r.drift, p.stop_drift),
+        (Some(r), Some(b0)) => format!("benign refusals {b0:.3} -> {:.3}, rise > {}", r.benign_refused, p.stop_benign_rise),
+        _ => "a bound".into(),
+    };
+    let backs: Vec<String> = log.iter().filter(|e| e.reverted).map(|e| format!("before step {}: {}", e.step, why(e))).collect();
+    let end = match log.last() {
+        None => "no step".to_string(),
+        Some(e) if e.reverted => "a held-out bound".into(),
+        Some(_) if log.len() >= p.steps => "the step cap".into(),
+        Some(e) => match e.watch.and_then(|w| w.harmful_refused) {
+            Some(h) => format!("the NLL stop (held-out harmful requests refused {h:.2})"),
+            None => "the NLL / loss stop".into(),
+        },
+    };
+    let mut s = format!("{kept} steps kept, ended by {end}");
+    if !backs.is_empty() {
+        s += &format!("; taken back {}", backs.join("; "));
+    }
+    s
 }
 
 /// Whether a held-out reading is past the `stop_drift` / `stop_benign_rise` bounds (`benign0`: the original
@@ -1194,7 +1227,34 @@ pub fn compute_delta_with(
 
 #[cfg(test)]
 mod tests {
-    use super::next_window;
+    use super::{describe_stop, next_window, watch::Reading, EditParams, Method, StepLog};
+
+    #[test]
+    fn describe_stop_names_what_ended_the_edit_and_what_was_taken_back() {
+        let p =
+            EditParams::resolve(Method::Pke, None, &["steps=5".into(), "stop_drift=0.01".into(), "stop_benign_rise=0.1".into()]).unwrap();
+        let read =
+            |drift: f64, benign: f64, harmful: Option<f64>| Some(Reading { harmful_refused: harmful, benign_refused: benign, drift });
+        let step = |step: usize, watch, reverted| StepLog { step, watch, reverted, ..Default::default() };
+        // The NLL stop after two updates, the probes read where it held.
+        let nll =
+            [step(0, read(0.0, 0.2, None), false), step(1, read(0.002, 0.2, None), false), step(2, read(0.004, 0.2, Some(1.0)), false)];
+        assert_eq!(describe_stop(&nll, &p), "3 steps kept, ended by the NLL stop (held-out harmful requests refused 1.00)");
+        // A drifting update taken back and retried (backoff), then a benign rise that ends it.
+        let bound = [
+            step(0, read(0.0, 0.2, None), false),
+            step(1, read(0.02, 0.2, None), true),
+            step(2, read(0.0, 0.2, None), false),
+            step(3, read(0.005, 0.4, None), true),
+        ];
+        let d = describe_stop(&bound, &p);
+        assert!(d.starts_with("2 steps kept, ended by a held-out bound; taken back before step 1: prose drift 0.0200 > 0.01"), "{d}");
+        assert!(d.ends_with("before step 3: benign refusals 0.200 -> 0.400, rise > 0.1"), "{d}");
+        // Every step run: the cap.
+        let cap: Vec<StepLog> = (0..5).map(|i| step(i, None, false)).collect();
+        assert_eq!(describe_stop(&cap, &p), "5 steps kept, ended by the step cap");
+        assert_eq!(describe_stop(&cap[..2], &p), "2 steps kept, ended by the NLL / loss stop");
+    }
 
     #[test]
     fn next_window_cycles_in_turn_and_takes_all_when_asked() {

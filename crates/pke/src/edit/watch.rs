@@ -34,7 +34,7 @@ pub const PROBE_WRAPPERS: [&str; 6] = [
 pub const REPLY_TOKENS: usize = 16;
 
 /// What the watch reads at the current weights.
-#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Reading {
     /// Share of the held-out harmful requests whose greedy reply is a refusal (read only on steps where the
     /// rest of the stop holds, the only ones where it can decide).

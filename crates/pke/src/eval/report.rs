@@ -170,7 +170,7 @@ impl SetScore {
 }
 
 /// serde_json writes a NaN as `null`; read it back as NaN.
-fn null_is_nan<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+pub(crate) fn null_is_nan<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
     Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 

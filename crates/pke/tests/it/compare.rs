@@ -98,6 +98,16 @@ fn compare_runs_each_arm_on_the_same_sets() {
     for l in labels {
         assert!(md.contains(&format!("| {l} |")), "{md}");
     }
+    // How each edit ended, with its per-step log, which reads back from compare.json.
+    assert!(c.rows[0].stop.is_empty() && c.rows[0].edit_log.is_empty());
+    for r in &c.rows[1..] {
+        assert_eq!(r.edit_log.iter().filter(|e| !e.reverted).count(), r.steps_run);
+        assert!(r.stop.starts_with(&format!("{} steps kept, ended by", r.steps_run)), "{}", r.stop);
+        assert!(md.contains(&format!("- {}: {}", r.label, r.stop)), "{md}");
+    }
+    assert!(c.rows[1].edit_log.iter().all(|e| e.watch.is_some()), "the pke arm reads the held-out probes");
+    let back: pke::compare::Comparison = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+    assert_eq!(back.rows[2].edit_log.len(), c.rows[2].edit_log.len());
     let dir = tempfile::tempdir().unwrap();
     chart(&c, &dir.path().join("c.svg")).unwrap();
     assert!(std::fs::read_to_string(dir.path().join("c.svg")).unwrap().contains("<svg"));
