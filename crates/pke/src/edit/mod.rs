@@ -157,8 +157,7 @@ pub fn describe_stop(log: &[StepLog], p: &EditParams) -> String {
     }
     let b0 = log.iter().find_map(|e| e.watch.map(|w| w.benign_refused));
     let why = |e: &StepLog| match (e.watch, b0) {
-        (Some(r), _) if p.stop_drift > 0.0 && r.drift > p.stop_drift => format!("prose drift {:.4} > {}", r.drift, p.stop_drift),
-        (Some(r), Some(b0)) => format!("benign refusals {b0:.3} -> {:.3}, rise > {}", r.benign_refused, p.stop_benign_rise),
+        (Some(r), Some(b0)) => bound_crossed(&r, b0, p).unwrap_or_else(|| "a bound".into()),
         _ => "a bound".into(),
     };
     let backs: Vec<String> = log.iter().filter(|e| e.reverted).map(|e| format!("before step {}: {}", e.step, why(e))).collect();
@@ -178,10 +177,16 @@ pub fn describe_stop(log: &[StepLog], p: &EditParams) -> String {
     s
 }
 
-/// Whether a held-out reading is past the `stop_drift` / `stop_benign_rise` bounds (`benign0`: the original
-/// model's benign refusal share).
-fn past_bounds(r: &watch::Reading, benign0: f64, p: &EditParams) -> bool {
-    (p.stop_drift > 0.0 && r.drift > p.stop_drift) || (p.stop_benign_rise > 0.0 && r.benign_refused - benign0 > p.stop_benign_rise + 1e-9)
+/// The `stop_drift` / `stop_benign_rise` bound a held-out reading is past, in words (`benign0`: the original
+/// model's benign refusal share); None within both.
+fn bound_crossed(r: &watch::Reading, benign0: f64, p: &EditParams) -> Option<String> {
+    if p.stop_drift > 0.0 && r.drift > p.stop_drift {
+        Some(format!("prose drift {:.4} > {}", r.drift, p.stop_drift))
+    } else if p.stop_benign_rise > 0.0 && r.benign_refused - benign0 > p.stop_benign_rise + 1e-9 {
+        Some(format!("benign refusals {benign0:.3} -> {:.3}, rise > {}", r.benign_refused, p.stop_benign_rise))
+    } else {
+        None
+    }
 }
 
 fn seq_after(prompt: &[u32], resp: &[u32]) -> Seq {
@@ -992,7 +997,7 @@ pub fn compute_delta_with(
                 let r = w.read(&frozen, tok)?;
                 let b0 = *benign0.get_or_insert(r.benign_refused);
                 entry.watch = Some(r);
-                if before_update.is_some() && past_bounds(&r, b0, p) {
+                if before_update.is_some() && bound_crossed(&r, b0, p).is_some() {
                     take_back(&vars, before_update.take().expect("checked"))?;
                     if let Some(t) = turn_before_update.take() {
                         (case_cursor, retain_cursor, direction_cursor, visits) = (t.case, t.retain, t.direction, t.visits);
@@ -1179,7 +1184,7 @@ pub fn compute_delta_with(
         // The last update ran out of steps without a reading: read it, and take it back if it went too far.
         let r = w.read(&untracked(&m, &vars, &targets)?, tok)?;
         if let (Some(prev), Some(b0)) = (before_update.take(), benign0) {
-            if past_bounds(&r, b0, p) {
+            if bound_crossed(&r, b0, p).is_some() {
                 take_back(&vars, prev)?;
                 log.push(StepLog { step: p.steps, watch: Some(r), reverted: true, ..Default::default() });
             }

@@ -279,23 +279,32 @@ fn cases_per_step_trains_the_cases_in_turn_and_the_stop_waits_for_all() {
     assert!(after(&all) != after(&two), "two cases per step must be another edit");
 }
 
+/// The held-out stop's tests: lr 5e-2 without the null space, the warm-up or the default's bounds (each
+/// run sets the ones it tests).
+const UNBOUNDED: [&str; 5] = ["lr=5e-2", "preserve_energy=0", "warmup_steps=0", "stop_drift=0", "stop_benign_rise=0"];
+
+/// A PKE edit of SmolLM2 with the small retain set, hyper-parameters `opts` then `extra`.
+fn watched_edit(cases: &[EditCase], h: &pke::locate::Hotspots, opts: &[&str], extra: &[String]) -> pke::edit::EditOutcome {
+    let ck = crate::common::smollm2();
+    let o: Vec<String> = opts.iter().map(|s| s.to_string()).chain(extra.iter().cloned()).collect();
+    let p = EditParams::resolve(Method::Pke, None, &o).unwrap();
+    compute_delta_with(&ck.model, &ck.tok, cases, h, Method::Pke, &p, Some(&crate::common::small_retain()), |_, _, _| {}).unwrap()
+}
+
+/// A `stop_drift` bound first crossed at reading `j` of drifts `d` (between the running maximum before it and
+/// `d[j]`), if `d[j]` is a new maximum.
+fn drift_bound_crossed_at(d: &[f64], j: usize) -> Option<f64> {
+    let before = d[..j].iter().cloned().fold(0.0, f64::max);
+    (d[j] > before).then(|| (d[j] + before) / 2.0)
+}
+
 /// `stop_backoff` with `cases_per_step`: a taken-back update is retried, from the weights before it, on
 /// the cases it had trained, instead of the edit moving on past them.
 #[test]
 fn a_taken_back_step_is_retried_on_the_cases_it_had_trained() {
-    let ck = crate::common::smollm2();
     let (cases, h) = smol_setup(3);
-    let retain = crate::common::small_retain();
-    let run = |extra: &[String]| {
-        let mut o: Vec<String> = ["lr=5e-2", "preserve_energy=0", "warmup_steps=0", "stop_drift=0", "stop_benign_rise=0"]
-            .iter()
-            .chain(&["cases_per_step=1", "stop_probes=2", "stop_nll=0", "stop_prose_tokens=256"])
-            .map(|s| s.to_string())
-            .collect();
-        o.extend(extra.iter().cloned());
-        let p = EditParams::resolve(Method::Pke, None, &o).unwrap();
-        compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, Some(&retain), |_, _, _| {}).unwrap()
-    };
+    let opts = [&UNBOUNDED[..], &["cases_per_step=1", "stop_probes=2", "stop_nll=0", "stop_prose_tokens=256"]].concat();
+    let run = |extra: &[String]| watched_edit(&cases, &h, &opts, extra);
     // Without a bound: one case per step in turn, the prose read before every update.
     let free = run(&["steps=4".to_string()]);
     let trained: Vec<Vec<usize>> = free.log.iter().map(|s| s.trained.clone()).collect();
@@ -303,10 +312,8 @@ fn a_taken_back_step_is_retried_on_the_cases_it_had_trained() {
     let d: Vec<f64> = free.log.iter().map(|s| s.watch.expect("read every step").drift).collect();
     // A bound between the running maximum before step j and step j's drift is first crossed at step j,
     // whose reading is of the update step j - 1 made from case (j - 1) mod 3.
-    let j = (1..d.len())
-        .find(|&j| d[j] > d[..j].iter().cloned().fold(0.0, f64::max))
-        .unwrap_or_else(|| panic!("the prose never drifts up: {d:?}"));
-    let bound = (d[j] + d[..j].iter().cloned().fold(0.0, f64::max)) / 2.0;
+    let (j, bound) =
+        (1..d.len()).find_map(|j| Some((j, drift_bound_crossed_at(&d, j)?))).unwrap_or_else(|| panic!("the prose never drifts up: {d:?}"));
     let b = run(&["steps=5".to_string(), format!("stop_drift={bound}"), "stop_backoff=1".into()]);
     assert!(b.log[j].reverted && b.log[j].trained.is_empty(), "{:?}", b.log);
     assert_eq!(b.log[..j].iter().map(|s| s.trained.clone()).collect::<Vec<_>>(), trained[..j], "the same steps until the bound");
@@ -321,14 +328,7 @@ fn held_out_probes_hold_the_stop_back_and_a_drifting_step_is_taken_back() {
     let ck = crate::common::smollm2();
     let (cases, h) = smol_setup(1);
     let retain = crate::common::small_retain();
-    let run = |extra: &[String]| {
-        // The default's bounds off: each run below sets the ones it tests.
-        let mut o: Vec<String> =
-            vec!["lr=5e-2".into(), "preserve_energy=0".into(), "warmup_steps=0".into(), "stop_drift=0".into(), "stop_benign_rise=0".into()];
-        o.extend(extra.iter().cloned());
-        let p = EditParams::resolve(Method::Pke, None, &o).unwrap();
-        compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, Some(&retain), |_, _, _| {}).unwrap()
-    };
+    let run = |extra: &[String]| watched_edit(&cases, &h, &UNBOUNDED, extra);
     let watch = ["stop_probes=2".to_string(), "stop_probe_share=1.0".into(), "stop_nll=100".into(), "stop_prose_tokens=256".into()];
     // stop_nll = 100 alone stops at step 0; the probes (unrefused by SmolLM2 before a few steps) hold it back.
     let a = run(&[&watch[..], &["steps=3".to_string()]].concat());
@@ -338,8 +338,7 @@ fn held_out_probes_hold_the_stop_back_and_a_drifting_step_is_taken_back() {
     assert_eq!(readings[0].drift, 0.0, "the original weights do not drift");
     // A bound between the running maximum before step j and step j's drift is first crossed at step j.
     let d: Vec<f64> = readings.iter().map(|r| r.drift).collect();
-    let j = (1..d.len()).rev().find(|&j| d[j] > d[..j].iter().cloned().fold(0.0, f64::max)).expect("the prose drifts up by step 2");
-    let bound = (d[j] + d[..j].iter().cloned().fold(0.0, f64::max)) / 2.0;
+    let (j, bound) = (1..d.len()).rev().find_map(|j| Some((j, drift_bound_crossed_at(&d, j)?))).expect("the prose drifts up by step 2");
     let b = run(&[&watch[..], &["steps=3".to_string(), format!("stop_drift={bound}")]].concat());
     assert!(b.log.last().unwrap().reverted && b.log.len() == j + 1, "{:?}", b.log);
     assert_eq!(b.steps_run(), j);
