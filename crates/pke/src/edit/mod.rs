@@ -867,6 +867,12 @@ pub fn compute_delta_with(
     // Before the retain replies are generated, so a `preserve_text` the passages cannot fill is refused at
     // once (generating them takes minutes on a large model).
     let prose = if p.preserve_energy > 0.0 { prose_ids(tok, p.preserve_text, model.spec.max_position_embeddings)? } else { vec![] };
+    // The whitening moment's prose: `whiten_text` tokens where that is more (the same passages, from the front).
+    let white_prose = if p.preserve_whiten > 0.0 && p.whiten_text > p.preserve_text {
+        prose_ids(tok, p.whiten_text, model.spec.max_position_embeddings)?
+    } else {
+        prose.clone()
+    };
     // The retain set's benign prompts: the held-out probes', the retain replies' and the direction's.
     let benign_prompts = crate::data::probes::benign_prompts(retain_set);
     // Likewise the held-out probes (too many for AdvBench is refused here).
@@ -887,14 +893,19 @@ pub fn compute_delta_with(
         let down: Vec<(String, usize, Vec<usize>)> =
             targets.iter().filter(|t| t.axis == 1).map(|t| (t.name.clone(), t.layer, t.index.clone())).collect();
         // The retain replies' prompts are summarized at their last token; the locality pairs are not.
-        let benign: Vec<(Vec<u32>, Option<usize>)> = replies
+        let prompts: Vec<(Vec<u32>, Option<usize>)> = replies
             .iter()
             .map(|s| (s.ids.clone(), Some(s.rows[0] + 1)))
             .chain(prepared.iter().filter_map(|c| c.loc.as_ref().map(|(s, _)| (s.ids.clone(), None))))
-            .chain(prose.into_iter().map(|ids| (ids, None)))
             .collect();
+        let with_prose = |prose: Vec<Vec<u32>>| prompts.iter().cloned().chain(prose.into_iter().map(|ids| (ids, None))).collect::<Vec<_>>();
+        let benign = with_prose(prose);
         let harmful: Vec<Vec<u32>> = prepared.iter().map(|c| c.safe.ids[..c.safe.rows[0] + 1].to_vec()).collect();
-        preserve::projectors(model, &down, &benign, &harmful, p.preserve_energy, p.preserve_sink, p.preserve_last)?
+        let mut pr = preserve::projectors(model, &down, &benign, &harmful, p.preserve_energy, p.preserve_sink, p.preserve_last)?;
+        if p.preserve_whiten > 0.0 {
+            preserve::whiten(model, &mut pr, &with_prose(white_prose), &harmful, p.preserve_whiten, p.whiten_last)?;
+        }
+        pr
     } else {
         vec![]
     };

@@ -237,6 +237,24 @@ pub struct EditParams {
     /// position weighs the same, so the last tokens count about one in a hundred).
     #[serde(default)]
     pub preserve_last: f64,
+    /// With `preserve_energy`: a soft null space on top of the hard one (0 = off). The step along each free
+    /// direction is scaled by 1 / (1 + l / (preserve_whiten * mean l)), l the benign keys' variance along
+    /// it (the null space's benign sequences plus `whiten_text` tokens of prose), so directions benign
+    /// inputs still use move less than quiet ones: the shrinkage LDA read restricted to the free
+    /// directions. 1 halves the step along a direction of average benign variance. See `preserve::whiten`.
+    #[serde(default)]
+    pub preserve_whiten: f64,
+    /// With `preserve_whiten`: tokens of plain prose (the same passages `preserve_text` takes, from the
+    /// front; never the held-out stop's) in the whitening moment only; `preserve_text`'s prose is in it
+    /// either way. 0 = none beyond it.
+    #[serde(default)]
+    pub whiten_text: usize,
+    /// With `preserve_whiten`: whiten by the within-class scatter of the last prompt token's keys (the retain
+    /// set's benign prompts about their mean, the cases about theirs: LDA's S_w) instead of every position's
+    /// keys, so the step is damped where prompts of one kind differ (topic, wording) and kept where the
+    /// two kinds differ consistently. Not with `whiten_text` (prose has no prompt).
+    #[serde(default)]
+    pub whiten_last: bool,
     /// Clamp edited weights to w0 ± this (0 = off).
     pub norm_constraint: f64,
     /// Keep every edited weight within the range (min..max) its block of this many consecutive input
@@ -381,6 +399,27 @@ impl EditParams {
         if !(0.0..1.0).contains(&p.preserve_last) {
             return Err(Error::Input(format!("preserve_last must be in [0, 1), got {}", p.preserve_last)));
         }
+        if p.preserve_whiten < 0.0 || !p.preserve_whiten.is_finite() {
+            return Err(Error::Input(format!("preserve_whiten must be >= 0 (0 = off), got {}", p.preserve_whiten)));
+        }
+        if p.preserve_energy == 0.0 && p.preserve_whiten > 0.0 {
+            return Err(Error::Input(format!(
+                "preserve_whiten ({}) weighs the null space's free directions, which is off (preserve_energy = 0): set preserve_energy too",
+                p.preserve_whiten
+            )));
+        }
+        if p.preserve_whiten == 0.0 && (p.whiten_text > 0 || p.whiten_last) {
+            return Err(Error::Input(format!(
+                "whiten_text ({}) and whiten_last ({}) shape preserve_whiten, which is off: set preserve_whiten too",
+                p.whiten_text, p.whiten_last
+            )));
+        }
+        if p.whiten_last && p.whiten_text > 0 {
+            return Err(Error::Input(format!(
+                "whiten_last whitens by the prompts' last tokens; whiten_text ({}) adds prose, which has none: set one of them",
+                p.whiten_text
+            )));
+        }
         if p.preserve_energy == 0.0 && (p.preserve_text > 0 || p.preserve_last > 0.0) {
             return Err(Error::Input(format!(
                 "preserve_text ({}) and preserve_last ({}) shape the null space, which is off (preserve_energy = 0): set preserve_energy too",
@@ -436,6 +475,17 @@ mod tests {
         assert!(e.contains("preserve_text (2048)") && e.contains("preserve_energy = 0"), "{e}");
         let e = r(&["preserve_last=1.5"]).unwrap_err().to_string();
         assert!(e.contains("preserve_last must be in [0, 1), got 1.5"), "{e}");
+        let p = r(&["preserve_whiten=1", "whiten_text=2048"]).unwrap();
+        assert_eq!((p.preserve_whiten, p.whiten_text), (1.0, 2048));
+        let e = r(&["preserve_whiten=-1"]).unwrap_err().to_string();
+        assert!(e.contains("preserve_whiten must be >= 0"), "{e}");
+        let e = r(&["preserve_energy=0", "preserve_whiten=1"]).unwrap_err().to_string();
+        assert!(e.contains("preserve_whiten (1)") && e.contains("preserve_energy = 0"), "{e}");
+        let e = r(&["whiten_text=512"]).unwrap_err().to_string();
+        assert!(e.contains("whiten_text (512)") && e.contains("preserve_whiten"), "{e}");
+        let e = r(&["preserve_whiten=1", "whiten_last=true", "whiten_text=512"]).unwrap_err().to_string();
+        assert!(e.contains("whiten_last") && e.contains("whiten_text (512)"), "{e}");
+        assert!(r(&["preserve_whiten=0.5", "whiten_last=true"]).unwrap().whiten_last);
         assert!(EditParams::resolve(Method::Dinm, None, &[]).is_ok(), "the other methods keep the null space off");
     }
 

@@ -28,6 +28,8 @@ pub struct Projector {
     idx: Tensor,
     /// (|C|, free dims): an orthonormal basis of the free directions.
     pub basis: Tensor,
+    /// (1, free dims) with [`whiten`]: the step's scale along each basis direction (none: 1 everywhere).
+    weights: Option<Tensor>,
     pub summary: PreserveSummary,
 }
 
@@ -47,6 +49,29 @@ pub struct PreserveSummary {
     /// The same for the harmful cases' keys at their last prompt token: how much of them the edit can
     /// still act on. Near `benign_last_free`: the two are not separable in these neurons.
     pub harmful_last_free: f64,
+    /// With `preserve_whiten`: how the whitened step weighs the free directions.
+    #[serde(default)]
+    pub whitened: Option<Whitened>,
+}
+
+/// What [`whiten`] did to one projector's free directions.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Whitened {
+    /// `preserve_whiten`: the benign variance, in units of its mean over the free directions, at which a
+    /// direction's step is halved.
+    pub shrink: f64,
+    /// `whiten_last`: the moment is the last prompt token's within-class scatter, not every position's keys.
+    #[serde(default)]
+    pub last: bool,
+    /// Key rows of the whitening moment (every position of the null space's benign sequences and
+    /// `whiten_text`'s prose; with `last`, the benign prompts and the cases).
+    pub positions: usize,
+    /// Sum of the step weights (the free directions' count when nothing is damped).
+    pub weight_sum: f64,
+    /// Share of the benign prompts' last-token key energy the weighted step reaches: ||K B diag(w)||^2 / ||K||^2.
+    pub benign_last: f64,
+    /// The same for the harmful cases' last prompt tokens.
+    pub harmful_last: f64,
 }
 
 /// Below this separation a null-space edit has measured narrow: 48 requests of six kinds at 1.6x learned
@@ -75,8 +100,21 @@ impl PreserveSummary {
             Some(r) => format!(" (separation {r:.1}x)"),
             None => String::new(),
         };
+        let white = match &self.whitened {
+            Some(w) => format!(
+                "; whitened (preserve_whiten {}, {} {}): step weights sum to {:.0}, reaching {:.2}% of the cases' and {:.2}% of the benign prompts' last-token energy{}",
+                w.shrink,
+                w.positions,
+                if w.last { "last prompt tokens' scatter" } else { "key positions" },
+                w.weight_sum,
+                100.0 * w.harmful_last,
+                100.0 * w.benign_last,
+                if w.benign_last > 0.0 { format!(" (separation {:.1}x)", w.harmful_last / w.benign_last) } else { String::new() }
+            ),
+            None => String::new(),
+        };
         format!(
-            "null space at layer {}: {} of {} directions free; they hold {:.1}% of the cases' last-prompt-token key energy and {:.1}% of the benign prompts'{sep}",
+            "null space at layer {}: {} of {} directions free; they hold {:.1}% of the cases' last-prompt-token key energy and {:.1}% of the benign prompts'{sep}{white}",
             self.layer,
             self.free_dims,
             self.columns,
@@ -102,8 +140,12 @@ impl Projector {
         Ok(w.index_add(&self.idx, &self.column_step(u, lr)?, 1)?)
     }
 
-    /// The change `-lr * u basis^T` to the edited columns (d, |C|).
+    /// The change `-lr * u basis^T` to the edited columns (d, |C|); whitened, `-lr * (u diag(w)) basis^T`.
     pub fn column_step(&self, u: &Tensor, lr: f64) -> Result<Tensor> {
+        let u = match &self.weights {
+            Some(w) => u.broadcast_mul(w)?,
+            None => u.clone(),
+        };
         Ok((u.matmul(&self.basis.t()?)? * -lr)?)
     }
 }
@@ -312,13 +354,103 @@ pub fn projectors(
             benign_energy_free: ns.free_share(&s),
             benign_last_free: share(benign_last)?,
             harmful_last_free: share(harmful_last)?,
+            whitened: None,
         };
         let b = ns.free_basis();
         let fd = b.ncols();
         let basis = Tensor::from_vec((0..c * fd).map(|i| b[(i / fd, i % fd)] as f32).collect::<Vec<_>>(), (c, fd), model.device())?;
-        out.push(Projector { name: name.clone(), idx, basis, summary });
+        out.push(Projector { name: name.clone(), idx, basis, weights: None, summary });
     }
     Ok(out)
+}
+
+/// A soft null space on top of the hard one (`preserve_whiten`): each projector's free basis is turned to the
+/// eigen-directions of the benign keys' second moment within the free directions (eigenvalues l_i), and the
+/// step along direction i is scaled by w_i = 1 / (1 + l_i / (shrink * mean l)). The hard cut leaves every
+/// free direction equally open however much benign inputs still use it (a tenth of their energy at
+/// `preserve_energy = 0.9`); the weights damp the step where benign keys vary and keep it where they are
+/// quiet: the edit reads the cases' keys through (S + lambda I)^-1, the shrinkage LDA read of
+/// docs/validation.md ("Reads beyond one direction"), restricted to the free directions. The whitening
+/// moment comes from `benign` (every position after the first; typically the null space's sequences plus
+/// more prose than the null space protects); `harmful` (prompt ids) and the benign prompts' lengths only
+/// feed the summary. With `last`, the moment is instead the within-class scatter of the last prompt token's
+/// keys (the benign prompts' about their mean and the cases' about theirs: LDA's S_w), so the step is damped
+/// along the directions in which prompts of one kind differ (topic, wording) and kept along the ones in
+/// which the two kinds differ consistently. Adam runs in the rotated basis, the weights scale its update.
+pub fn whiten(
+    model: &Decoder,
+    projectors: &mut [Projector],
+    benign: &[(Vec<u32>, Option<usize>)],
+    harmful: &[Vec<u32>],
+    shrink: f64,
+    last: bool,
+) -> Result<()> {
+    if !(shrink > 0.0 && shrink.is_finite()) {
+        return Err(Error::Input(format!("preserve_whiten must be > 0 and finite, got {shrink}")));
+    }
+    if projectors.is_empty() {
+        return Ok(());
+    }
+    if benign.is_empty() {
+        return Err(Error::Input("preserve_whiten: there are no benign sequences to whiten by".into()));
+    }
+    let at: Vec<(usize, Tensor)> = projectors.iter().map(|p| (p.summary.layer, p.idx.clone())).collect();
+    let ids: Vec<Vec<u32>> = benign.iter().map(|(ids, _)| ids.clone()).collect();
+    let benign_keys = keys(model, &ids, &at)?;
+    let harmful_keys = keys(model, harmful, &at)?;
+    let dev = model.device().clone();
+    for ((pr, kb), kh) in projectors.iter_mut().zip(&benign_keys).zip(&harmful_keys) {
+        let benign_last: Vec<Tensor> =
+            kb.iter().zip(benign).filter_map(|(k, (_, n))| n.map(|n| k.narrow(0, n - 1, 1))).collect::<candle_core::Result<_>>()?;
+        let harmful_last: Vec<Tensor> = kh.iter().map(|k| k.narrow(0, k.dim(0)? - 1, 1)).collect::<candle_core::Result<_>>()?;
+        let (rows, positions) = if last {
+            if benign_last.is_empty() || harmful_last.is_empty() {
+                return Err(Error::Input(
+                    "whiten_last: the within-class scatter needs benign prompts (the retain set's) and harmful cases".into(),
+                ));
+            }
+            let centred = |rows: &[Tensor]| -> Result<Tensor> {
+                let k = Tensor::cat(rows, 0)?;
+                Ok(k.broadcast_sub(&k.mean_keepdim(0)?)?)
+            };
+            (Tensor::cat(&[centred(&benign_last)?, centred(&harmful_last)?], 0)?, benign_last.len() + harmful_last.len())
+        } else {
+            let (rest, _, positions) = split_sink(kb, "preserve_whiten")?;
+            (rest, positions)
+        };
+        // M = B^T S B, the whitening moment in the free basis's coordinates.
+        let (m, f) = second_moment(&rows.matmul(&pr.basis)?)?;
+        let eig = nalgebra::SymmetricEigen::new(nalgebra::DMatrix::from_row_slice(f, f, &m));
+        let mean = eig.eigenvalues.iter().map(|l| l.max(0.0)).sum::<f64>() / f as f64;
+        let w: Vec<f32> = eig
+            .eigenvalues
+            .iter()
+            .map(|l| if mean > 0.0 { (1.0 / (1.0 + l.max(0.0) / (shrink * mean))) as f32 } else { 1.0 })
+            .collect();
+        let v = Tensor::from_vec((0..f * f).map(|i| eig.eigenvectors[(i / f, i % f)] as f32).collect::<Vec<_>>(), (f, f), &dev)?;
+        pr.basis = pr.basis.matmul(&v)?;
+        let weights = Tensor::from_vec(w.clone(), (1, f), &dev)?;
+        // Share of some key rows' energy that the weighted step reaches (0 without rows).
+        let reach = |rows: Vec<Tensor>| -> Result<f64> {
+            if rows.is_empty() {
+                return Ok(0.0);
+            }
+            let k = Tensor::cat(&rows, 0)?;
+            let total = k.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+            let got = k.matmul(&pr.basis)?.broadcast_mul(&weights)?.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+            Ok(if total > 0.0 { got / total } else { 0.0 })
+        };
+        pr.summary.whitened = Some(Whitened {
+            shrink,
+            last,
+            positions,
+            weight_sum: w.iter().map(|x| *x as f64).sum(),
+            benign_last: reach(benign_last)?,
+            harmful_last: reach(harmful_last)?,
+        });
+        pr.weights = Some(weights);
+    }
+    Ok(())
 }
 
 /// Plain-prose tokens and built-in benign prompts whose keys [`shaping`] weighs rounding errors by.
@@ -393,6 +525,7 @@ mod tests {
             benign_energy_free: 0.08,
             benign_last_free: b,
             harmful_last_free: h,
+            whitened: None,
         };
         let low = s(0.022, 0.014).describe();
         assert!(low.contains("47 of 154 directions free") && low.contains("separation 1.6x: low"), "{low}");

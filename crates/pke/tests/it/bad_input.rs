@@ -138,6 +138,72 @@ fn null_space_without_usable_benign_sequences_is_a_clear_error() {
     assert!(e.contains("preserve_last must be in [0, 1), got 1"), "{e}");
 }
 
+/// `preserve_whiten`: the basis turns within the free directions (the projector onto them is the same), the
+/// step weights lie in (0, 1], and a direction the benign keys vary along is damped more than a quiet one
+/// (the weighted step reaches less of the benign keys' energy than of an even spread); bad shrinks and an
+/// empty benign set are clear errors.
+#[test]
+fn whitening_turns_the_free_basis_and_damps_where_benign_keys_vary() {
+    use pke::edit::preserve::{projectors, whiten};
+    let m = pke::model::Decoder::random(crate::grad::tiny_spec(pke::model::Arch::Llama), 3).unwrap();
+    let targets = vec![("model.layers.1.mlp.down_proj.weight".to_string(), 1usize, (0..12).collect::<Vec<usize>>())];
+    let harmful = vec![vec![1u32, 5, 9, 3]];
+    let benign: Vec<(Vec<u32>, Option<usize>)> =
+        (0..4u32).map(|i| ((0..25).map(|j| (i * 7 + j * 3) % 30 + 1).collect(), Some(3 + i as usize))).collect();
+    let mut p = projectors(&m, &targets, &benign, &harmful, 0.5, true, 0.0).unwrap();
+    let before = p[0].basis.matmul(&p[0].basis.t().unwrap()).unwrap();
+    let f = p[0].summary.free_dims;
+    assert!(p[0].summary.whitened.is_none());
+    // One update of ones in every free coordinate, before whitening: its energy on the benign keys.
+    let u = candle_core::Tensor::ones((1, f), candle_core::DType::F32, m.device()).unwrap();
+    for bad in [0.0, -1.0, f64::NAN] {
+        let e = err_of(whiten(&m, &mut p, &benign, &harmful, bad, false));
+        assert!(e.contains("preserve_whiten must be > 0"), "{e}");
+    }
+    let e = err_of(whiten(&m, &mut p, &[], &harmful, 1.0, false));
+    assert!(e.contains("no benign sequences"), "{e}");
+    whiten(&m, &mut p, &benign, &harmful, 1.0, false).unwrap();
+    let after = p[0].basis.matmul(&p[0].basis.t().unwrap()).unwrap();
+    let diff = (&after - &before).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(diff < 1e-4, "the free directions' projector moved by {diff}");
+    let w = p[0].summary.whitened.clone().unwrap();
+    assert!(w.weight_sum > 0.0 && w.weight_sum < f as f64, "{w:?} of {f}");
+    assert!(w.positions == 4 * 25 && !w.last, "{w:?}");
+    assert!(w.benign_last > 0.0 && w.benign_last < p[0].summary.benign_last_free, "{w:?} vs {:?}", p[0].summary);
+    // The weighted step of an even update: less change on the benign keys than the unweighted one.
+    let step = p[0].column_step(&u, 1.0).unwrap();
+    let plain = u.matmul(&p[0].basis.t().unwrap()).unwrap().neg().unwrap();
+    // The benign keys of the 12 columns, every position after the first (the whitening moment's rows).
+    let cols = candle_core::Tensor::new(&(0..12u32).collect::<Vec<_>>()[..], m.device()).unwrap();
+    let rows: Vec<candle_core::Tensor> = benign
+        .iter()
+        .map(|(ids, _)| {
+            let mut cap = pke::trace::Capture::new([pke::trace::Site::MlpAct(1)]);
+            m.forward_with(&pke::model::Input::single(ids), &mut cap, None).unwrap();
+            let k = cap.get(pke::trace::Site::MlpAct(1)).unwrap().squeeze(0).unwrap();
+            k.index_select(&cols, 1).unwrap().narrow(0, 1, ids.len() - 1).unwrap()
+        })
+        .collect();
+    let k = candle_core::Tensor::cat(&rows, 0).unwrap();
+    let energy = |d: &candle_core::Tensor| {
+        k.matmul(&d.t().unwrap()).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap()
+            / d.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap()
+    };
+    let (ew, ep) = (energy(&step), energy(&plain));
+    assert!(ew < ep, "benign key energy per unit of step: whitened {ew}, plain {ep}");
+    assert!(p[0].summary.describe().contains("whitened (preserve_whiten 1"), "{}", p[0].summary.describe());
+    // By the last prompt tokens' within-class scatter: 4 benign prompts and 1 case, the same span.
+    let mut q = projectors(&m, &targets, &benign, &harmful, 0.5, true, 0.0).unwrap();
+    whiten(&m, &mut q, &benign, &harmful, 1.0, true).unwrap();
+    let wl = q[0].summary.whitened.clone().unwrap();
+    assert!(wl.last && wl.positions == 5 && wl.weight_sum > 0.0 && wl.weight_sum < f as f64, "{wl:?}");
+    let moved = (&q[0].basis.matmul(&q[0].basis.t().unwrap()).unwrap() - &before).unwrap().abs().unwrap().max_all().unwrap();
+    assert!(moved.to_scalar::<f32>().unwrap() < 1e-4);
+    let no_prompts: Vec<(Vec<u32>, Option<usize>)> = benign.iter().map(|(ids, _)| (ids.clone(), None)).collect();
+    let e = err_of(whiten(&m, &mut q, &no_prompts, &harmful, 1.0, true));
+    assert!(e.contains("whiten_last") && e.contains("within-class scatter"), "{e}");
+}
+
 /// `preserve_last`: weighting the benign prompts' last tokens protects them (their keys' share in the free
 /// directions falls) where pooling every position leaves them mostly free.
 #[test]
