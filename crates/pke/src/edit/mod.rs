@@ -108,6 +108,10 @@ pub struct StepLog {
     /// With `cases_per_step`: the indices of the cases this step trained (empty: every case of the group).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trained: Vec<usize>,
+    /// This step's reading ended the edit (the NLL stop, with the held-out share where it applies, or the
+    /// loss stop); false on every other step. Logs written before the field have none: see [`describe_stop`].
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stopped: bool,
 }
 
 impl StepLog {
@@ -164,7 +168,8 @@ pub fn describe_stop(log: &[StepLog], p: &EditParams) -> String {
     let end = match log.last() {
         None => "no step".to_string(),
         Some(e) if e.reverted => "a held-out bound".into(),
-        Some(_) if log.len() >= p.steps => "the step cap".into(),
+        // Without `stopped` (logs from before the field) a log shorter than the cap ended by a stop.
+        Some(e) if !e.stopped && log.len() >= p.steps => "the step cap".into(),
         Some(e) => match e.watch.and_then(|w| w.harmful_refused) {
             Some(h) => format!("the NLL stop (held-out harmful requests refused {h:.2})"),
             None => "the NLL / loss stop".into(),
@@ -1127,6 +1132,7 @@ pub fn compute_delta_with(
             // The loss is this step's cases' alone: under `cases_per_step` it ends the edit only once every
             // case has been read.
             let stop = (entry.loss < p.early_stop_loss && max_nll.is_finite()) || taken;
+            entry.stopped = stop;
             log.push(entry);
             if stop {
                 stopped = p.mode == BatchMode::Joint;
@@ -1270,6 +1276,10 @@ mod tests {
         let cap: Vec<StepLog> = (0..5).map(|i| step(i, None, false)).collect();
         assert_eq!(describe_stop(&cap, &p), "5 steps kept, ended by the step cap");
         assert_eq!(describe_stop(&cap[..2], &p), "2 steps kept, ended by the NLL / loss stop");
+        // The NLL stop on the last allowed step is the stop, not the cap.
+        let mut last = cap.clone();
+        last[4] = StepLog { stopped: true, ..step(4, read(0.004, 0.2, Some(0.9)), false) };
+        assert_eq!(describe_stop(&last, &p), "5 steps kept, ended by the NLL stop (held-out harmful requests refused 0.90)");
     }
 
     #[test]
