@@ -422,11 +422,8 @@ pub fn whiten(
         let (m, f) = second_moment(&rows.matmul(&pr.basis)?)?;
         let eig = nalgebra::SymmetricEigen::new(nalgebra::DMatrix::from_row_slice(f, f, &m));
         let mean = eig.eigenvalues.iter().map(|l| l.max(0.0)).sum::<f64>() / f as f64;
-        let w: Vec<f32> = eig
-            .eigenvalues
-            .iter()
-            .map(|l| if mean > 0.0 { (1.0 / (1.0 + l.max(0.0) / (shrink * mean))) as f32 } else { 1.0 })
-            .collect();
+        let w: Vec<f32> =
+            eig.eigenvalues.iter().map(|l| if mean > 0.0 { (1.0 / (1.0 + l.max(0.0) / (shrink * mean))) as f32 } else { 1.0 }).collect();
         let v = Tensor::from_vec((0..f * f).map(|i| eig.eigenvectors[(i / f, i % f)] as f32).collect::<Vec<_>>(), (f, f), &dev)?;
         pr.basis = pr.basis.matmul(&v)?;
         let weights = Tensor::from_vec(w.clone(), (1, f), &dev)?;
