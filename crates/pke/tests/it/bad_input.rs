@@ -138,6 +138,17 @@ fn null_space_without_usable_benign_sequences_is_a_clear_error() {
     assert!(e.contains("preserve_last must be in [0, 1), got 1"), "{e}");
 }
 
+type NullSpaceInputs = (pke::model::Decoder, Vec<(String, usize, Vec<usize>)>, Vec<(Vec<u32>, Option<usize>)>, Vec<Vec<u32>>);
+
+/// A random tiny decoder, 12 `down_proj` columns of layer 1 to edit, four 25-token benign sequences whose
+/// prompts end at tokens 3-6, and one harmful prompt.
+fn twelve_columns_four_prompts() -> NullSpaceInputs {
+    let m = pke::model::Decoder::random(crate::grad::tiny_spec(pke::model::Arch::Llama), 3).unwrap();
+    let targets = vec![("model.layers.1.mlp.down_proj.weight".to_string(), 1usize, (0..12).collect::<Vec<usize>>())];
+    let benign = (0..4u32).map(|i| ((0..25).map(|j| (i * 7 + j * 3) % 30 + 1).collect(), Some(3 + i as usize))).collect();
+    (m, targets, benign, vec![vec![1u32, 5, 9, 3]])
+}
+
 /// `preserve_whiten`: the basis turns within the free directions (the projector onto them is the same), the
 /// step weights lie in (0, 1], and a direction the benign keys vary along is damped more than a quiet one
 /// (the weighted step reaches less of the benign keys' energy than of an even spread); bad shrinks and an
@@ -145,11 +156,7 @@ fn null_space_without_usable_benign_sequences_is_a_clear_error() {
 #[test]
 fn whitening_turns_the_free_basis_and_damps_where_benign_keys_vary() {
     use pke::edit::preserve::{projectors, whiten};
-    let m = pke::model::Decoder::random(crate::grad::tiny_spec(pke::model::Arch::Llama), 3).unwrap();
-    let targets = vec![("model.layers.1.mlp.down_proj.weight".to_string(), 1usize, (0..12).collect::<Vec<usize>>())];
-    let harmful = vec![vec![1u32, 5, 9, 3]];
-    let benign: Vec<(Vec<u32>, Option<usize>)> =
-        (0..4u32).map(|i| ((0..25).map(|j| (i * 7 + j * 3) % 30 + 1).collect(), Some(3 + i as usize))).collect();
+    let (m, targets, benign, harmful) = twelve_columns_four_prompts();
     let mut p = projectors(&m, &targets, &benign, &harmful, 0.5, true, 0.0).unwrap();
     let before = p[0].basis.matmul(&p[0].basis.t().unwrap()).unwrap();
     let f = p[0].summary.free_dims;
@@ -209,12 +216,8 @@ fn whitening_turns_the_free_basis_and_damps_where_benign_keys_vary() {
 #[test]
 fn null_space_weighted_to_the_last_prompt_token_protects_it() {
     use pke::edit::preserve::projectors;
-    let m = pke::model::Decoder::random(crate::grad::tiny_spec(pke::model::Arch::Llama), 3).unwrap();
-    let targets = vec![("model.layers.1.mlp.down_proj.weight".to_string(), 1usize, (0..12).collect::<Vec<usize>>())];
-    let harmful = vec![vec![1u32, 5, 9, 3]];
     // Long benign sequences whose prompts end early: the last prompt tokens are 4 of ~100 positions.
-    let benign: Vec<(Vec<u32>, Option<usize>)> =
-        (0..4u32).map(|i| ((0..25).map(|j| (i * 7 + j * 3) % 30 + 1).collect(), Some(3 + i as usize))).collect();
+    let (m, targets, benign, harmful) = twelve_columns_four_prompts();
     let pooled = projectors(&m, &targets, &benign, &harmful, 0.9, false, 0.0).unwrap();
     let last = projectors(&m, &targets, &benign, &harmful, 0.9, false, 0.5).unwrap();
     let (a, b) = (pooled[0].summary.benign_last_free, last[0].summary.benign_last_free);
