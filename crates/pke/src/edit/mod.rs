@@ -872,11 +872,12 @@ pub fn compute_delta_with(
     // Before the retain replies are generated, so a `preserve_text` the passages cannot fill is refused at
     // once (generating them takes minutes on a large model).
     let prose = if p.preserve_energy > 0.0 { prose_ids(tok, p.preserve_text, model.spec.max_position_embeddings)? } else { vec![] };
-    // The whitening moment's prose: `whiten_text` tokens where that is more (the same passages, from the front).
+    // The whitening moment's own prose: `whiten_text` tokens where that is more than `preserve_text`'s (the
+    // same passages, from the front); otherwise it whitens by the null space's sequences.
     let white_prose = if p.preserve_whiten > 0.0 && p.whiten_text > p.preserve_text {
-        prose_ids(tok, p.whiten_text, model.spec.max_position_embeddings)?
+        Some(prose_ids(tok, p.whiten_text, model.spec.max_position_embeddings)?)
     } else {
-        prose.clone()
+        None
     };
     // The retain set's benign prompts: the held-out probes', the retain replies' and the direction's.
     let benign_prompts = crate::data::probes::benign_prompts(retain_set);
@@ -908,7 +909,8 @@ pub fn compute_delta_with(
         let harmful: Vec<Vec<u32>> = prepared.iter().map(|c| c.safe.ids[..c.safe.rows[0] + 1].to_vec()).collect();
         let mut pr = preserve::projectors(model, &down, &benign, &harmful, p.preserve_energy, p.preserve_sink, p.preserve_last)?;
         if p.preserve_whiten > 0.0 {
-            preserve::whiten(model, &mut pr, &with_prose(white_prose), &harmful, p.preserve_whiten, p.whiten_last)?;
+            let white = white_prose.map(with_prose);
+            preserve::whiten(model, &mut pr, white.as_deref().unwrap_or(&benign), &harmful, p.preserve_whiten, p.whiten_last)?;
         }
         pr
     } else {

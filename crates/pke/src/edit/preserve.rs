@@ -183,6 +183,16 @@ fn split_sink(kb: &[Tensor], what: &str) -> Result<(Tensor, Vec<f64>, usize)> {
     Ok((rest, sink, positions))
 }
 
+/// The key row at each benign sequence's last prompt token, for the sequences whose prompt length is known.
+fn prompt_last_rows(kb: &[Tensor], benign: &[(Vec<u32>, Option<usize>)]) -> Result<Vec<Tensor>> {
+    Ok(kb.iter().zip(benign).filter_map(|(k, (_, n))| n.map(|n| k.narrow(0, n - 1, 1))).collect::<candle_core::Result<_>>()?)
+}
+
+/// The last key row of each sequence (the harmful prompts are prompt ids alone).
+fn last_rows(kh: &[Tensor]) -> Result<Vec<Tensor>> {
+    Ok(kh.iter().map(|k| k.narrow(0, k.dim(0)? - 1, 1)).collect::<candle_core::Result<_>>()?)
+}
+
 /// The second moment K^T K / n as a row-major f64 matrix.
 fn second_moment(k: &Tensor) -> Result<(Vec<f64>, usize)> {
     let n = k.dim(0)?;
@@ -326,8 +336,7 @@ pub fn projectors(
         let (rest, sink, positions) = split_sink(kb, "preserve_energy")?;
         let (s, c) = second_moment(&rest)?;
         let always = if protect_sink { vec![sink] } else { vec![] };
-        let benign_last: Vec<Tensor> =
-            kb.iter().zip(benign).filter_map(|(k, (_, n))| n.map(|n| k.narrow(0, n - 1, 1))).collect::<candle_core::Result<_>>()?;
+        let benign_last = prompt_last_rows(kb, benign)?;
         // With `last_share`, the benign prompts' last tokens (where the reply's first token, refusal or
         // answer, is decided) weigh that share of the protected second moment instead of one position in
         // a hundred.
@@ -338,7 +347,7 @@ pub fn projectors(
             s.clone()
         };
         let ns = NullSpace::new(&protected, c, energy, &always)?;
-        let harmful_last = kh.iter().map(|k| k.narrow(0, k.dim(0)? - 1, 1)).collect::<candle_core::Result<_>>()?;
+        let harmful_last = last_rows(kh)?;
         // Share of the free directions in the second moment of some key rows (0 without rows).
         let share = |rows: Vec<Tensor>| -> Result<f64> {
             if rows.is_empty() {
@@ -400,9 +409,7 @@ pub fn whiten(
     let harmful_keys = keys(model, harmful, &at)?;
     let dev = model.device().clone();
     for ((pr, kb), kh) in projectors.iter_mut().zip(&benign_keys).zip(&harmful_keys) {
-        let benign_last: Vec<Tensor> =
-            kb.iter().zip(benign).filter_map(|(k, (_, n))| n.map(|n| k.narrow(0, n - 1, 1))).collect::<candle_core::Result<_>>()?;
-        let harmful_last: Vec<Tensor> = kh.iter().map(|k| k.narrow(0, k.dim(0)? - 1, 1)).collect::<candle_core::Result<_>>()?;
+        let (benign_last, harmful_last) = (prompt_last_rows(kb, benign)?, last_rows(kh)?);
         let (rows, positions) = if last {
             if benign_last.is_empty() || harmful_last.is_empty() {
                 return Err(Error::Input(
