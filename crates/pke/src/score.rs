@@ -76,3 +76,56 @@ pub fn score_ids_windowed(model: &Decoder, ids: &[u32], window: usize) -> Result
         window: if ids.len() > window { Some(window) } else { None },
     })
 }
+
+/// How readily the model opens its answer to one prompt with a given reply.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ReplyScore {
+    pub prompt: String,
+    /// log p(reply | prompt), summed over the reply's tokens.
+    pub logprob: f64,
+    /// log p of the reply's first token alone.
+    pub first: f64,
+    /// The reply's tokens.
+    pub tokens: usize,
+}
+
+/// `reply` scored after each prompt, the prompt encoded as the edit encodes it (chat template or not) and
+/// the reply tokenized alone, without BOS (after a space without the template), as the edit's safe replies
+/// are: e.g. the log-probability of a refusal opening on benign prompts, which reads how near the
+/// model's refusal boundary each one sits (docs/validation.md, "How near the refusal boundary").
+pub fn reply_logprobs(
+    model: &Decoder,
+    tok: &crate::io::tokenizer::Tok,
+    prompts: &[String],
+    reply: &str,
+    chat: bool,
+) -> Result<Vec<ReplyScore>> {
+    let r = if chat { reply.to_string() } else { format!(" {}", reply.trim_start()) };
+    let labels = tok.encode(&r, false)?;
+    if reply.trim().is_empty() || labels.is_empty() {
+        return Err(Error::Input("the reply to score is empty".into()));
+    }
+    let ids = crate::edit::encode_prompts(tok, prompts, chat, "prompt")?;
+    let ctx = model.spec.max_position_embeddings;
+    prompts
+        .iter()
+        .zip(ids)
+        .enumerate()
+        .map(|(i, (prompt, mut ids))| {
+            if ids.len() + labels.len() > ctx {
+                return Err(Error::ContextOverflow {
+                    len: ids.len() + labels.len(),
+                    ctx,
+                    extra: format!(" (prompt {} with the {}-token reply)", i + 1, labels.len()),
+                });
+            }
+            let first = ids.len() - 1;
+            ids.extend(&labels);
+            let lp = logprobs_from(model, &ids, first)?;
+            if let Some(bad) = lp.iter().find(|x| !x.is_finite()) {
+                return Err(Error::NonFinite(format!("log-probability of the reply after prompt {} is {bad}", i + 1)));
+            }
+            Ok(ReplyScore { prompt: prompt.clone(), logprob: lp.iter().sum(), first: lp[0], tokens: labels.len() })
+        })
+        .collect()
+}

@@ -17,9 +17,25 @@ pub struct Args {
     window: usize,
     #[arg(long)]
     json: bool,
+    /// Score this reply after each prompt instead of a text: log p(reply | prompt) per prompt (e.g. a
+    /// refusal opening, "I'm sorry", on benign prompts: how near the model's refusal boundary each sits).
+    #[arg(long, conflicts_with_all = ["text", "file"])]
+    reply: Option<String>,
+    /// Prompt for --reply; repeat for several.
+    #[arg(long = "prompt", short = 'p', requires = "reply")]
+    prompts: Vec<String>,
+    /// Prompt file for --reply (JSONL with `prompt`/`text`, or one prompt per line; adds to --prompt).
+    #[arg(long, requires = "reply")]
+    prompt_file: Option<std::path::PathBuf>,
+    /// With --reply: wrap each prompt as a user message in the model's chat template.
+    #[arg(long, requires = "reply")]
+    chat: bool,
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
+    if let Some(reply) = &a.reply {
+        return score_reply(&a, reply);
+    }
     let text = super::read_text(a.text, a.file)?;
     if text.is_empty() {
         anyhow::bail!("the text to score is empty");
@@ -36,6 +52,27 @@ pub fn run(a: Args) -> Result<ExitCode> {
             println!("{:>6}  {:>10.4}  {:?}", t + 1, lp, tok);
         }
         println!("tokens {}  mean NLL {:.4}  perplexity {:.3}", ids.len(), s.mean_nll, s.perplexity);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn score_reply(a: &Args, reply: &str) -> Result<ExitCode> {
+    let mut prompts = a.prompts.clone();
+    if let Some(f) = &a.prompt_file {
+        prompts.extend(pke::data::sets::read_prompt_file(f)?);
+    }
+    if prompts.is_empty() {
+        anyhow::bail!("--reply scores a reply after prompts: give --prompt or --prompt-file");
+    }
+    let ck = super::load_model(&a.model)?;
+    let s = pke::score::reply_logprobs(&ck.model, &ck.tok, &prompts, reply, a.chat)?;
+    if a.json {
+        super::print_json(&s)?;
+    } else {
+        println!("{:>9}  {:>9}  prompt", "logprob", "first");
+        for r in &s {
+            println!("{:>9.4}  {:>9.4}  {}", r.logprob, r.first, r.prompt);
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -86,6 +86,10 @@ pub struct StepLog {
     /// Mean KL(original || edited) over this step's retain prompts (0 when the retain term is off).
     #[serde(default)]
     pub retain_kl: f64,
+    /// The benign refusal hinge (`benign_refusal_weight`): mean over this step's benign retain prompts and
+    /// the cases' refusal openings of relu(log p'(R | b) - log p(R | b) + margin) (0 when off).
+    #[serde(default)]
+    pub benign_refusal: f64,
     /// The representation term (`direction_weight`): mean squared shortfall of the harmful cases plus mean
     /// squared drift of the benign retain prompts, in units of the gap (0 when off).
     #[serde(default)]
@@ -438,7 +442,7 @@ fn retain_replies(model: &Decoder, model_id: u64, tok: &Tok, prompts: &[String],
 
 /// Prompt ids as the edit sees them (chat template or not); an empty one is an error naming `what` and
 /// its position.
-pub(crate) fn encode_prompts(tok: &Tok, prompts: &[String], chat: bool, what: &str) -> Result<Vec<Vec<u32>>> {
+pub fn encode_prompts(tok: &Tok, prompts: &[String], chat: bool, what: &str) -> Result<Vec<Vec<u32>>> {
     prompts
         .iter()
         .enumerate()
@@ -497,6 +501,51 @@ pub(crate) fn prose_ids(tok: &Tok, tokens: usize, ctx: usize) -> Result<Vec<Vec<
         }
     }
     Err(Error::Input(format!("preserve_text = {tokens} tokens, but the prose passages hold only {n}")))
+}
+
+/// Log-probability of `seq`'s labels (summed).
+fn labels_logprob(model: &Decoder, seq: &Seq) -> Result<Tensor> {
+    Ok(token_logprobs(&seq_logits(model, seq)?, &seq.labels)?.sum_all()?)
+}
+
+/// `benign_refusal_weight`: per benign retain prompt (in order), the prompt followed by each distinct
+/// refusal opening of the cases (the first `benign_refusal_tokens` tokens of their safe replies), ready to
+/// resume at block `l0`, with the original model's log-probability of that opening.
+fn benign_refusal_seqs(
+    model: &Decoder,
+    tok: &Tok,
+    prompts: &[String],
+    cases: &[Prepared],
+    chat: bool,
+    p: &EditParams,
+    l0: usize,
+) -> Result<Vec<Vec<(Seq, f64)>>> {
+    if prompts.is_empty() {
+        return Err(Error::Input("benign_refusal_weight > 0 but the retain set has no benign prompts".into()));
+    }
+    let mut openings: Vec<Vec<u32>> = Vec::new();
+    for c in cases {
+        let o = c.safe.labels[..p.benign_refusal_tokens.min(c.safe.labels.len())].to_vec();
+        if !o.is_empty() && !openings.contains(&o) {
+            openings.push(o);
+        }
+    }
+    let ids = encode_prompts(tok, prompts, chat, "retain prompt")?;
+    let longest = openings.iter().map(Vec::len).max().unwrap_or(0);
+    check_room(&ids, longest, model.spec.max_position_embeddings, "retain prompt", "")?;
+    ids.iter()
+        .map(|prompt| {
+            openings
+                .iter()
+                .map(|o| {
+                    let mut seq = seq_after(prompt, o);
+                    seq.resume = resume_at(model, &seq.ids, l0)?;
+                    let lp = scalar(&labels_logprob(model, &seq)?)?;
+                    Ok((seq, lp))
+                })
+                .collect()
+        })
+        .collect()
 }
 
 /// Retain sequences ready for the KL term: resume residual and the original log-probabilities at the reply
@@ -847,7 +896,13 @@ pub fn compute_delta_with(
     let owned_retain;
     let retain_set: &[Probe] = match retain {
         Some(r) => r,
-        None if p.retain_weight > 0.0 || p.twin_cases > 0 || p.direction_weight > 0.0 || p.preserve_energy > 0.0 || p.stop_probes > 0 => {
+        None if p.retain_weight > 0.0
+            || p.benign_refusal_weight > 0.0
+            || p.twin_cases > 0
+            || p.direction_weight > 0.0
+            || p.preserve_energy > 0.0
+            || p.stop_probes > 0 =>
+        {
             owned_retain = builtin_retain();
             &owned_retain[..]
         }
@@ -918,6 +973,8 @@ pub fn compute_delta_with(
     };
     let n_replies = replies.len();
     let retain_seqs = if p.retain_weight > 0.0 { prepare_retain(model, replies, l0)? } else { vec![] };
+    let refusal_seqs =
+        if p.benign_refusal_weight > 0.0 { benign_refusal_seqs(model, tok, &benign_prompts, &prepared, chat, p, l0)? } else { vec![] };
     let mut retain_cursor = 0usize;
     let direction = if p.direction_weight > 0.0 {
         if method == Method::Dinm {
@@ -1060,11 +1117,35 @@ pub fn compute_delta_with(
                 entry.nll_recover += s.nll_recover / n;
                 backprop(&(l / n)?, &vars, &mut grads)?;
             }
+            // The retain KL and the benign refusal hinge read the same benign prompts each step.
+            let n_benign = retain_seqs.len().max(refusal_seqs.len());
+            let window = if n_benign > 0 { next_window(&mut retain_cursor, n_benign, p.retain_per_step) } else { vec![] };
+            if !refusal_seqs.is_empty() {
+                let mut bv = 0f64;
+                for &j in &window {
+                    let per = &refusal_seqs[j];
+                    let share = 1.0 / (window.len() * per.len()) as f64;
+                    for (seq, lp0) in per {
+                        let h = (labels_logprob(&m, seq)? - (lp0 - p.benign_refusal_margin))?.relu()?;
+                        let v = scalar(&h)?;
+                        if !v.is_finite() {
+                            return Err(Error::NonFinite(format!(
+                                "the benign refusal hinge is {v} (try a smaller lr); nothing was written"
+                            )));
+                        }
+                        if v > 0.0 {
+                            bv += v * share;
+                            backprop(&(h * (p.benign_refusal_weight * share))?, &vars, &mut grads)?;
+                        }
+                    }
+                }
+                entry.benign_refusal = bv;
+                entry.loss += p.benign_refusal_weight * bv;
+            }
             if !retain_seqs.is_empty() {
-                let window = next_window(&mut retain_cursor, retain_seqs.len(), p.retain_per_step);
                 let k = window.len();
                 let mut rv = 0f64;
-                for j in window {
+                for &j in &window {
                     let (seq, base) = &retain_seqs[j];
                     let r = kl(&m, seq, base)?;
                     let v = scalar(&r)?;
@@ -1232,7 +1313,7 @@ pub fn compute_delta_with(
         // Per layer written along: the harmful / harmless separation along the direction and its length.
         metadata.insert("write_refusal".into(), serde_json::to_string(&write_seps)?);
     }
-    if p.retain_weight > 0.0 || p.preserve_energy > 0.0 || !twins.is_empty() {
+    if p.retain_weight > 0.0 || p.benign_refusal_weight > 0.0 || p.preserve_energy > 0.0 || !twins.is_empty() {
         metadata.insert(
             "retain".into(),
             match retain {

@@ -140,6 +140,22 @@ pub struct EditParams {
     /// Tokens of the original reply the retain term keeps (the first ones decide answer vs refusal).
     #[serde(default = "default_retain_tokens")]
     pub retain_tokens: usize,
+    /// Weight of the benign refusal hinge (0 = off). On the retain set's benign prompts, the edited model's
+    /// log-probability of each refusal opening the cases train (the first `benign_refusal_tokens` tokens of
+    /// their safe replies, each distinct one) is pushed back wherever it rises above the original model's
+    /// minus `benign_refusal_margin` nats: relu(log p'(R | b) - log p(R | b) + margin). The retain KL keeps
+    /// the original reply's tokens; this term reads the answer-or-refuse decision itself. Prompts per step
+    /// as the retain term's (`retain_per_step`).
+    #[serde(default)]
+    pub benign_refusal_weight: f64,
+    /// With `benign_refusal_weight`: how far below the original model's log-probability (nats, summed over
+    /// the opening) the hinge sits; 0 = only a rise is pushed back, > 0 also lowers the refusals the
+    /// original model already leaned to.
+    #[serde(default)]
+    pub benign_refusal_margin: f64,
+    /// With `benign_refusal_weight`: tokens of the refusal opening the hinge reads.
+    #[serde(default = "default_benign_refusal_tokens")]
+    pub benign_refusal_tokens: usize,
     /// Contrastive neuron selection when edit/compare locate for this method (`LocateSettings::contrast_weight`,
     /// with the retain set's prompts as the benign side); 0 = off. Only pke's hotspot columns depend on it.
     #[serde(default)]
@@ -311,6 +327,10 @@ fn default_retain_tokens() -> usize {
     16
 }
 
+fn default_benign_refusal_tokens() -> usize {
+    4
+}
+
 fn defaults_text(m: Method) -> &'static str {
     match m {
         Method::Pke => include_str!("../../../../config/methods/pke.toml"),
@@ -442,6 +462,25 @@ impl EditParams {
         if p.retain_weight > 0.0 && p.retain_tokens == 0 {
             return Err(Error::Input("retain_tokens must be at least 1 when retain_weight > 0".into()));
         }
+        if !(p.benign_refusal_weight >= 0.0
+            && p.benign_refusal_weight.is_finite()
+            && p.benign_refusal_margin >= 0.0
+            && p.benign_refusal_margin.is_finite())
+        {
+            return Err(Error::Input(format!(
+                "benign_refusal_weight and benign_refusal_margin must be >= 0, got {} and {}",
+                p.benign_refusal_weight, p.benign_refusal_margin
+            )));
+        }
+        if p.benign_refusal_weight > 0.0 && p.benign_refusal_tokens == 0 {
+            return Err(Error::Input("benign_refusal_tokens must be at least 1 when benign_refusal_weight > 0".into()));
+        }
+        if p.benign_refusal_weight == 0.0 && p.benign_refusal_margin > 0.0 {
+            return Err(Error::Input(format!(
+                "benign_refusal_margin ({}) shapes the benign refusal hinge, which is off: set benign_refusal_weight too",
+                p.benign_refusal_margin
+            )));
+        }
         Ok(p)
     }
 }
@@ -487,6 +526,25 @@ mod tests {
         assert!(e.contains("whiten_last") && e.contains("whiten_text (512)"), "{e}");
         assert!(r(&["preserve_whiten=0.5", "whiten_last=true"]).unwrap().whiten_last);
         assert!(EditParams::resolve(Method::Dinm, None, &[]).is_ok(), "the other methods keep the null space off");
+    }
+
+    /// The benign refusal hinge: off by default; negative values, no tokens, or a margin without the term
+    /// are clear errors.
+    #[test]
+    fn benign_refusal_hinge_is_checked() {
+        let r = |o: &[&str]| EditParams::resolve(Method::Pke, None, &o.iter().map(|x| x.to_string()).collect::<Vec<_>>());
+        let p = r(&[]).unwrap();
+        assert_eq!((p.benign_refusal_weight, p.benign_refusal_margin, p.benign_refusal_tokens), (0.0, 0.0, 4));
+        let p = r(&["benign_refusal_weight=3", "benign_refusal_margin=1", "benign_refusal_tokens=2"]).unwrap();
+        assert_eq!((p.benign_refusal_weight, p.benign_refusal_margin, p.benign_refusal_tokens), (3.0, 1.0, 2));
+        let e = r(&["benign_refusal_weight=-1"]).unwrap_err().to_string();
+        assert!(e.contains("benign_refusal_weight and benign_refusal_margin must be >= 0, got -1 and 0"), "{e}");
+        let e = r(&["benign_refusal_weight=1", "benign_refusal_margin=nan"]).unwrap_err().to_string();
+        assert!(e.contains("got 1 and NaN"), "{e}");
+        let e = r(&["benign_refusal_weight=1", "benign_refusal_tokens=0"]).unwrap_err().to_string();
+        assert!(e.contains("benign_refusal_tokens must be at least 1"), "{e}");
+        let e = r(&["benign_refusal_margin=2"]).unwrap_err().to_string();
+        assert!(e.contains("benign_refusal_margin (2)") && e.contains("set benign_refusal_weight"), "{e}");
     }
 
     /// The held-out stop rule's default, and its shares are shares.

@@ -436,6 +436,55 @@ fn retain_term_keeps_the_lookalike_replies_closer() {
     assert!(e.contains("retain_weight"), "{e}");
 }
 
+/// The benign refusal hinge reads the cases' refusal openings on the benign retain prompts: zero (or the
+/// margin) before any update, and with a real weight the edit holds those openings down.
+#[test]
+fn benign_refusal_hinge_holds_the_refusal_openings_down_on_benign_prompts() {
+    let ck = crate::common::smollm2();
+    let (cases, h) = smol_setup(2);
+    let retain: Vec<pke::edit::Probe> = pke::edit::builtin_retain().into_iter().take(3).collect();
+    let run = |w: &str, margin: &str| {
+        let o = vec![
+            "steps=8".to_string(),
+            "lr=5e-3".into(),
+            "stop_nll=0".into(),
+            format!("benign_refusal_weight={w}"),
+            format!("benign_refusal_margin={margin}"),
+            "preserve_energy=0".into(),
+            "stop_probes=0".into(),
+        ];
+        let p = EditParams::resolve(Method::Pke, None, &o).unwrap();
+        compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, Some(&retain), |_, _, _| {}).unwrap()
+    };
+    // Unchanged weights at step 0: the hinge reads exactly the margin.
+    let plain = run("1e-12", "0");
+    assert!(plain.log[0].benign_refusal.abs() < 1e-4, "step 0 without a margin: {}", plain.log[0].benign_refusal);
+    let (watch, hold) = (run("1e-12", "2"), run("30", "2"));
+    assert!((watch.log[0].benign_refusal - 2.0).abs() < 1e-3, "step 0 with margin 2: {}", watch.log[0].benign_refusal);
+    let tail = |o: &pke::edit::EditOutcome| o.log[4..].iter().map(|s| s.benign_refusal).sum::<f64>() / 4.0;
+    let (a, b) = (tail(&watch), tail(&hold));
+    assert!(a > 1.0 && b < 0.8 * a, "hinge with the term {b} < 0.8 x without {a}");
+    assert!(hold.delta.metadata["retain"].contains("user retain set, 3 prompts"), "{:?}", hold.delta.metadata.get("retain"));
+    // Holding every opening 2 nats under the original's on benign prompts fights the refusal the cases
+    // learn (they share openings): there the cases' NLL rises. Without a margin, only a rise is pushed
+    // back and the safe replies are still learned.
+    let nll = |o: &pke::edit::EditOutcome| o.log.iter().map(|s| s.nll_safe).collect::<Vec<_>>();
+    let mild = run("1", "0");
+    assert!(mild.log.last().unwrap().nll_safe < mild.log[0].nll_safe - 0.5, "{:?}", nll(&mild));
+    // Off: nothing logged. On without benign prompts: a clear error.
+    let p = EditParams::resolve(Method::Pke, None, &["steps=2".into(), "preserve_energy=0".into(), "stop_probes=0".into()]).unwrap();
+    let off = compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, Some(&[]), |_, _, _| {}).unwrap();
+    assert!(off.log.iter().all(|s| s.benign_refusal == 0.0));
+    let p = EditParams::resolve(
+        Method::Pke,
+        None,
+        &["steps=1".into(), "benign_refusal_weight=1".into(), "preserve_energy=0".into(), "stop_probes=0".into()],
+    )
+    .unwrap();
+    let e = compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, Some(&[]), |_, _, _| {}).unwrap_err().to_string();
+    assert!(e.contains("benign_refusal_weight > 0 but the retain set has no benign prompts"), "{e}");
+}
+
 #[test]
 fn twin_cases_train_the_harmful_twins_as_extra_cases() {
     let ck = crate::common::smollm2();
