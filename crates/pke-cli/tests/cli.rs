@@ -35,6 +35,42 @@ fn score_json_is_consistent() {
     assert!(lps.iter().all(|x| *x <= 0.0));
 }
 
+/// `score --reply`: one row per prompt (the --prompt ones, then the file's), in order; without prompts, or
+/// with --text beside it, a clear error.
+#[test]
+fn score_reply_scores_each_prompt_and_refuses_bad_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("prompts.jsonl");
+    std::fs::write(&f, "{\"prompt\": \"How do I bake bread?\"}\nWrite a poem about rain.\n").unwrap();
+    let (code, out, err) = pke(&[
+        "score",
+        "-m",
+        "smollm2",
+        "--chat",
+        "--reply",
+        "I'm sorry",
+        "-p",
+        "What is 2+2?",
+        "--prompt-file",
+        f.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    let prompts: Vec<&str> = v.iter().map(|r| r["prompt"].as_str().unwrap()).collect();
+    assert_eq!(prompts, ["What is 2+2?", "How do I bake bread?", "Write a poem about rain."]);
+    for r in &v {
+        let (lp, first) = (r["logprob"].as_f64().unwrap(), r["first"].as_f64().unwrap());
+        assert!(lp < first && first < 0.0 && r["tokens"].as_u64().unwrap() >= 2, "{r}");
+    }
+    let (code, _, err) = pke(&["score", "-m", "smollm2", "--reply", "I'm sorry"]);
+    assert!(code != 0 && err.contains("give --prompt or --prompt-file"), "{err}");
+    let (code, _, err) = pke(&["score", "-m", "smollm2", "--reply", "x", "--text", "hi", "-p", "a"]);
+    assert!(code == 2 && err.contains("cannot be used with"), "{err}");
+    let (code, _, err) = pke(&["score", "-m", "smollm2", "-p", "a", "--text", "hi"]);
+    assert!(code != 0 && err.contains("go with --reply"), "{err}");
+}
+
 #[test]
 fn generate_json_greedy_is_deterministic_and_sampling_is_seeded() {
     let args = ["generate", "--model", "smollm2", "-p", "The capital of France is", "--max-new-tokens", "8", "--json"];

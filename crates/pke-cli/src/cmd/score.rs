@@ -22,19 +22,22 @@ pub struct Args {
     #[arg(long, conflicts_with_all = ["text", "file"])]
     reply: Option<String>,
     /// Prompt for --reply; repeat for several.
-    #[arg(long = "prompt", short = 'p', requires = "reply")]
+    #[arg(long = "prompt", short = 'p')]
     prompts: Vec<String>,
     /// Prompt file for --reply (JSONL with `prompt`/`text`, or one prompt per line; adds to --prompt).
-    #[arg(long, requires = "reply")]
+    #[arg(long)]
     prompt_file: Option<std::path::PathBuf>,
     /// With --reply: wrap each prompt as a user message in the model's chat template.
-    #[arg(long, requires = "reply")]
+    #[arg(long)]
     chat: bool,
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
     if let Some(reply) = &a.reply {
         return score_reply(&a, reply);
+    }
+    if !a.prompts.is_empty() || a.prompt_file.is_some() || a.chat {
+        anyhow::bail!("--prompt, --prompt-file and --chat go with --reply (the reply scored after each prompt); a text is scored with --text or --file alone");
     }
     let text = super::read_text(a.text, a.file)?;
     if text.is_empty() {
