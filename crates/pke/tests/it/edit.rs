@@ -458,9 +458,18 @@ fn benign_refusal_hinge_holds_the_refusal_openings_down_on_benign_prompts() {
     };
     // Unchanged weights at step 0: the hinge reads exactly the margin.
     let plain = run("1e-12", "0");
-    assert!(plain.log[0].benign_refusal.abs() < 1e-4, "step 0 without a margin: {}", plain.log[0].benign_refusal);
+    assert_eq!(plain.log[0].benign_refusal, 0.0, "step 0 without a margin: the hinge is off at the original weights");
+    // ... so the first update is the plain edit's, to the bit (no kink at the original weights).
+    let first = |o: &[&str]| {
+        let mut o: Vec<String> = o.iter().map(|x| x.to_string()).collect();
+        o.extend(["steps=1".into(), "preserve_energy=0".into(), "stop_probes=0".into()]);
+        let p = EditParams::resolve(Method::Pke, None, &o).unwrap();
+        let d = compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, Some(&retain), |_, _, _| {}).unwrap().delta;
+        d.tensors[0].after.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    };
+    assert_eq!(first(&[]), first(&["benign_refusal_weight=30"]));
     let (watch, hold) = (run("1e-12", "2"), run("30", "2"));
-    assert!((watch.log[0].benign_refusal - 2.0).abs() < 1e-3, "step 0 with margin 2: {}", watch.log[0].benign_refusal);
+    assert!((watch.log[0].benign_refusal - 2.0).abs() < 2e-3, "step 0 with margin 2 (less the 1e-3 slack): {}", watch.log[0].benign_refusal);
     let tail = |o: &pke::edit::EditOutcome| o.log[4..].iter().map(|s| s.benign_refusal).sum::<f64>() / 4.0;
     let (a, b) = (tail(&watch), tail(&hold));
     assert!(a > 1.0 && b < 0.8 * a, "hinge with the term {b} < 0.8 x without {a}");
