@@ -469,7 +469,11 @@ fn benign_refusal_hinge_holds_the_refusal_openings_down_on_benign_prompts() {
     };
     assert_eq!(first(&[]), first(&["benign_refusal_weight=30"]));
     let (watch, hold) = (run("1e-12", "2"), run("30", "2"));
-    assert!((watch.log[0].benign_refusal - 2.0).abs() < 2e-3, "step 0 with margin 2 (less the 1e-3 slack): {}", watch.log[0].benign_refusal);
+    assert!(
+        (watch.log[0].benign_refusal - 2.0).abs() < 2e-3,
+        "step 0 with margin 2 (less the 1e-3 slack): {}",
+        watch.log[0].benign_refusal
+    );
     let tail = |o: &pke::edit::EditOutcome| o.log[4..].iter().map(|s| s.benign_refusal).sum::<f64>() / 4.0;
     let (a, b) = (tail(&watch), tail(&hold));
     assert!(a > 1.0 && b < 0.8 * a, "hinge with the term {b} < 0.8 x without {a}");
