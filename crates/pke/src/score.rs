@@ -100,25 +100,17 @@ pub fn reply_logprobs(
     reply: &str,
     chat: bool,
 ) -> Result<Vec<ReplyScore>> {
-    let r = if chat { reply.to_string() } else { format!(" {}", reply.trim_start()) };
-    let labels = tok.encode(&r, false)?;
+    let labels = tok.encode(&crate::io::chat::reply_text(reply, chat), false)?;
     if reply.trim().is_empty() || labels.is_empty() {
         return Err(Error::Input("the reply to score is empty".into()));
     }
     let ids = crate::edit::encode_prompts(tok, prompts, chat, "prompt")?;
-    let ctx = model.spec.max_position_embeddings;
+    crate::edit::check_room(&ids, labels.len(), model.spec.max_position_embeddings, "prompt", "")?;
     prompts
         .iter()
         .zip(ids)
         .enumerate()
         .map(|(i, (prompt, mut ids))| {
-            if ids.len() + labels.len() > ctx {
-                return Err(Error::ContextOverflow {
-                    len: ids.len() + labels.len(),
-                    ctx,
-                    extra: format!(" (prompt {} with the {}-token reply)", i + 1, labels.len()),
-                });
-            }
             let first = ids.len() - 1;
             ids.extend(&labels);
             let lp = logprobs_from(model, &ids, first)?;

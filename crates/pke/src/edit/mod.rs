@@ -216,7 +216,7 @@ fn encode_nonempty(tok: &Tok, text: &str, special: bool, what: &str, id: &str) -
 /// not, responses tokenized alone without BOS). dinm reproduces EasyEdit's strings and label alignment.
 fn prepare(tok: &Tok, i: usize, c: &EditCase, chat: bool, p: &EditParams, method: Method) -> Result<CaseSeqs> {
     let suffix = (method == Method::Dinm && p.quirk_suffix).then_some(DINM_SUFFIX);
-    let sep = |r: &str| if chat { r.to_string() } else { format!(" {}", r.trim_start()) };
+    let sep = |r: &str| crate::io::chat::reply_text(r, chat);
     if method == Method::Dinm {
         // ft_input = prompt_S + " " + (" " + target); labels = tok(" " + target) with special tokens (Q3);
         // the loss reads logits[:-1][-T:].
@@ -458,7 +458,7 @@ pub fn encode_prompts(tok: &Tok, prompts: &[String], chat: bool, what: &str) -> 
 
 /// Every prompt of `prompts` leaves room for `reply` tokens in the context `ctx`; else an error naming the
 /// first that does not as `what` (1-based), with `note` after it.
-fn check_room(prompts: &[Vec<u32>], reply: usize, ctx: usize, what: &str, note: &str) -> Result<()> {
+pub(crate) fn check_room(prompts: &[Vec<u32>], reply: usize, ctx: usize, what: &str, note: &str) -> Result<()> {
     match prompts.iter().enumerate().find(|(_, x)| x.len() + reply > ctx) {
         Some((i, x)) => {
             Err(Error::ContextOverflow { len: x.len() + reply, ctx, extra: format!(" ({what} {} with {reply} reply tokens{note})", i + 1) })
@@ -532,7 +532,7 @@ fn benign_refusal_seqs(
     let mut openings: Vec<Vec<u32>> = Vec::new();
     for c in cases {
         let o = c.safe.labels[..p.benign_refusal_tokens.min(c.safe.labels.len())].to_vec();
-        if !o.is_empty() && !openings.contains(&o) {
+        if !openings.contains(&o) {
             openings.push(o);
         }
     }

@@ -48,6 +48,16 @@ pub fn render(template: &str, messages: &[Message], add_generation_prompt: bool,
     .map_err(|e| Error::ChatTemplate(format!("cannot render: {e:#}")))
 }
 
+/// A reply as it follows its prompt: as is after a chat template's assistant header, after a space in
+/// running text (tokenized alone, without BOS, by every caller: locate, edit, `score --reply`).
+pub fn reply_text(reply: &str, chat: bool) -> String {
+    if chat {
+        reply.to_string()
+    } else {
+        format!(" {}", reply.trim_start())
+    }
+}
+
 /// The prompt text as the model sees it: optional suffix, optional chat template.
 pub fn prompt_text(tok: &crate::io::tokenizer::Tok, prompt: &str, chat: bool, suffix: Option<&str>) -> Result<String> {
     let p = match suffix {

@@ -36,9 +36,7 @@ pub fn case_inputs(tok: &Tok, case: &EditCase, chat: bool, suffix: Option<&str>)
     // with add_special_tokens=False.
     let prompt_ids = tok.encode(&text, !chat)?;
     let resp = |r: &str, field: &str| -> Result<Vec<u32>> {
-        // A leading space joins the response to the prompt as running text does.
-        let t = if chat { r.to_string() } else { format!(" {}", r.trim_start()) };
-        let ids = tok.encode(&t, false)?;
+        let ids = tok.encode(&crate::io::chat::reply_text(r, chat), false)?;
         if ids.is_empty() {
             return Err(Error::Input(format!("case {}: `{field}` tokenizes to zero tokens", case.id)));
         }

@@ -224,5 +224,5 @@ fn reply_logprobs_read_the_reply_after_the_prompt() {
     assert!(e.contains("the reply to score is empty"), "{e}");
     let long = vec!["word ".repeat(9000)];
     let e = pke::score::reply_logprobs(&ck.model, &ck.tok, &long, "I'm sorry", true).unwrap_err().to_string();
-    assert!(e.contains("prompt 1 with the") && e.contains("8192"), "{e}");
+    assert!(e.contains("prompt 1 with") && e.contains("reply tokens") && e.contains("8192"), "{e}");
 }
