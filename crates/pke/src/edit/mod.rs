@@ -3,6 +3,7 @@
 //! model it is given unchanged (ROME's invariant): it trains a copy.
 
 pub mod delta;
+pub mod gate;
 pub mod params;
 pub mod preserve;
 pub mod select;
@@ -898,7 +899,10 @@ pub fn compute_delta_with(
     let exact = model.exact();
     let model = &exact;
     let chat = hotspots.settings.chat;
-    let targets = edit_targets(model, hotspots, method, p)?;
+    if p.intent_gate && method != Method::Pke {
+        return Err(Error::Input(format!("intent_gate is a pke setting; {method} edits whole layers")));
+    }
+    let mut targets = edit_targets(model, hotspots, method, p)?;
     let owned_retain;
     let retain_set: &[Probe] = match retain {
         Some(r) => r,
@@ -907,6 +911,7 @@ pub fn compute_delta_with(
             || p.twin_cases > 0
             || p.direction_weight > 0.0
             || p.preserve_energy > 0.0
+            || p.intent_gate
             || p.stop_probes > 0 =>
         {
             owned_retain = builtin_retain();
@@ -942,6 +947,39 @@ pub fn compute_delta_with(
     };
     // The retain set's benign prompts: the held-out probes', the retain replies' and the direction's.
     let benign_prompts = crate::data::probes::benign_prompts(retain_set);
+    // `intent_gate`: one repurposed neuron per edited layer, read fitted here; its rows and column replace
+    // the hotspot targets.
+    let gates = if p.intent_gate {
+        let mut harmful: Vec<Vec<u32>> = prepared.iter().map(|c| c.safe.ids[..c.safe.rows[0] + 1].to_vec()).collect();
+        // The retain set's harmful twins that are not already cases (`twin_cases` takes them from the front).
+        let twins_left: Vec<String> = retain_set.iter().filter_map(|x| x.harmful.clone()).skip(twins.len()).collect();
+        harmful.extend(encode_prompts(tok, &twins_left, chat, "retain harmful twin")?);
+        let benign = encode_prompts(tok, &benign_prompts, chat, "retain prompt")?;
+        let ctx = model.spec.max_position_embeddings;
+        let prose = prose_ids(tok, p.intent_gate_prose, ctx)?;
+        // Held-out prose for the summary only: the drift watch's passages (from the back).
+        let passages = crate::data::sets::prose_passages()?;
+        let heldout: Vec<Vec<u32>> = passage_ids(tok, passages.iter().rev(), ctx).take(4).collect::<Result<_>>()?;
+        let mut gates = Vec::new();
+        for &l in &hotspots.chosen_layers {
+            let g = gate::fit(model, &harmful, &benign, &prose, &heldout, l, p.intent_gate_z, p.intent_gate_l2, p.intent_gate_positions)?;
+            eprintln!("{}", g.summary.describe());
+            gates.push(g);
+        }
+        targets = gates
+            .iter()
+            .flat_map(|g| {
+                let (l, j) = (g.summary.layer, g.summary.neuron);
+                ["gate_proj", "up_proj"]
+                    .map(|proj| EditTarget { name: format!("model.layers.{l}.mlp.{proj}.weight"), layer: l, index: vec![j], axis: 0 })
+                    .into_iter()
+                    .chain([EditTarget { name: down_proj_name(l), layer: l, index: vec![j], axis: 1 }])
+            })
+            .collect();
+        gates
+    } else {
+        vec![]
+    };
     // Likewise the held-out probes (too many for AdvBench is refused here).
     let watch = if p.stop_probes > 0 && method != Method::Ga {
         Some(watch::Watch::new(model, tok, cases, &benign_prompts, p, chat, l0)?)
@@ -1051,6 +1089,34 @@ pub fn compute_delta_with(
             (None, false) => Adam::new(var.as_tensor())?,
         };
         vars.push((t.name.clone(), var, w0, mask, adam, range));
+    }
+    // `intent_gate`: the repurposed neuron's rows take the fitted read and stay there (a zero mask: Adam
+    // never moves them); its down_proj column starts at zero (the change is minus the original).
+    for g in &gates {
+        let (l, j) = (g.summary.layer, g.summary.neuron);
+        for (name, var, w0, mask, ..) in vars.iter_mut() {
+            let row = if *name == format!("model.layers.{l}.mlp.gate_proj.weight") {
+                Some(&g.gate_row)
+            } else if *name == format!("model.layers.{l}.mlp.up_proj.weight") {
+                Some(&g.up_row)
+            } else {
+                None
+            };
+            match row {
+                Some(row) => {
+                    let f = w0.dim(0)?;
+                    let mut pick = vec![0f32; f];
+                    pick[j] = 1.0;
+                    let pick = Tensor::from_vec(pick, (f, 1), w0.device())?.to_dtype(w0.dtype())?;
+                    let row = Tensor::from_vec(row.clone(), (1, row.len()), w0.device())?.to_dtype(w0.dtype())?;
+                    let keep = (pick.ones_like()? - &pick)?;
+                    var.set(&(w0.broadcast_mul(&keep)? + pick.broadcast_mul(&row)?)?)?;
+                    *mask = Some(pick.zeros_like()?);
+                }
+                None if *name == down_proj_name(l) => var.set(&w0.neg()?)?,
+                None => {}
+            }
+        }
     }
     let groups: Vec<Vec<usize>> = match p.mode {
         BatchMode::Joint => vec![(0..prepared.len()).collect()],
@@ -1311,6 +1377,12 @@ pub fn compute_delta_with(
         "hotspots".into(),
         serde_json::to_string(&hotspots.chosen_layers.iter().map(|l| (l, hotspots.neuron_indices(*l))).collect::<Vec<_>>())?,
     );
+    if !gates.is_empty() {
+        // The neurons that changed are the gates', not the located hotspots.
+        let edited: Vec<(usize, Option<Vec<usize>>)> = gates.iter().map(|g| (g.summary.layer, Some(vec![g.summary.neuron]))).collect();
+        metadata.insert("hotspots".into(), serde_json::to_string(&edited)?);
+        metadata.insert("intent_gate".into(), serde_json::to_string(&gates.iter().map(|g| &g.summary).collect::<Vec<_>>())?);
+    }
     metadata.insert("n_cases".into(), cases.len().to_string());
     if !twins.is_empty() {
         metadata.insert("twin_cases".into(), twins.len().to_string());

@@ -193,6 +193,32 @@ pub struct EditParams {
     /// neurons (a harmful request or a benign look-alike with the same words) gets the same added output.
     #[serde(default)]
     pub edit_keys: bool,
+    /// pke only: the intent gate (`edit::gate`). One neuron of each edited layer (the one least used on
+    /// benign text) is repurposed: its `gate_proj` row becomes a logistic read of intent fitted on the
+    /// cases and the retain set's harmful twins against the retain set's benign prompts and prose, its
+    /// `up_proj` row the same read, and its `down_proj` column, from zero, is the only weight trained. The
+    /// refusal is then written only where the read fires (SiLU's threshold), where a `down_proj` edit adds
+    /// it wherever the hotspot neurons fire, in proportion. Not with `edit_keys`, `write_refusal`,
+    /// `preserve_energy`, `norm_constraint` or `quant_block`.
+    #[serde(default)]
+    pub intent_gate: bool,
+    /// With `intent_gate`: the gate's pre-activation at the median training case (its sharpness: SiLU
+    /// passes about z above 0 and closes to under 3% of it by z = -4 x the benign side's distance).
+    #[serde(default = "default_gate_z")]
+    pub intent_gate_z: f64,
+    /// With `intent_gate`: the L2 penalty of the read's logistic fit (on standardized inputs; larger is
+    /// nearer a difference of means).
+    #[serde(default = "default_gate_l2")]
+    pub intent_gate_l2: f64,
+    /// With `intent_gate`: tokens of book prose (the passages `preserve_text` takes, from the front; never
+    /// the drift watch's) whose every position the read is fitted to stay closed on.
+    #[serde(default = "default_gate_prose")]
+    pub intent_gate_prose: usize,
+    /// With `intent_gate`: the weight, in the read's fit, of every benign and prose position together
+    /// (the harmful prompts and the benign prompts' last tokens weigh 1 each): the gate fires at every
+    /// position of every text, so it must stay closed on ordinary text far more surely than on a prompt.
+    #[serde(default = "default_gate_positions")]
+    pub intent_gate_positions: f64,
     /// Representation-level term (0 = off; not for dinm): the direction r from the benign look-alikes' mean
     /// to the harmful cases' mean of the residual stream at the last prompt token, after block
     /// (last edited layer + `direction_offset`), in the original model. Harmful cases are pushed along r to
@@ -298,6 +324,22 @@ pub struct EditParams {
     /// other steps log `kl` as null. True computes it every step, as EasyEdit does.
     #[serde(default)]
     pub always_log_inert_kl: bool,
+}
+
+fn default_gate_z() -> f64 {
+    12.0
+}
+
+fn default_gate_l2() -> f64 {
+    0.1
+}
+
+fn default_gate_prose() -> usize {
+    4096
+}
+
+fn default_gate_positions() -> f64 {
+    16.0
 }
 
 fn default_prefill_tokens() -> usize {
@@ -446,6 +488,27 @@ impl EditParams {
                 p.preserve_text, p.preserve_last
             )));
         }
+        let positive = |x: f64| x > 0.0 && x.is_finite();
+        if !(positive(p.intent_gate_z) && positive(p.intent_gate_positions) && p.intent_gate_l2 >= 0.0 && p.intent_gate_l2.is_finite()) {
+            return Err(Error::Input(format!(
+                "intent_gate_z and intent_gate_positions must be > 0 and intent_gate_l2 >= 0, got {}, {} and {}",
+                p.intent_gate_z, p.intent_gate_positions, p.intent_gate_l2
+            )));
+        }
+        if p.intent_gate {
+            let clash = [
+                ("edit_keys", p.edit_keys),
+                ("write_refusal", p.write_refusal),
+                ("preserve_energy > 0", p.preserve_energy > 0.0),
+                ("norm_constraint > 0", p.norm_constraint > 0.0),
+                ("quant_block > 0", p.quant_block > 0),
+            ];
+            if let Some((name, _)) = clash.iter().find(|(_, on)| *on) {
+                return Err(Error::Input(format!(
+                    "intent_gate trains one repurposed neuron's down_proj column from zero; {name} shapes a hotspot edit and cannot be combined with it (set it off)"
+                )));
+            }
+        }
         let shares = (0.0..=1.0).contains(&p.stop_probe_share) && (0.0..=1.0).contains(&p.stop_benign_rise);
         if !(shares && p.stop_drift >= 0.0 && p.stop_drift.is_finite()) {
             return Err(Error::Input(format!(
@@ -545,6 +608,27 @@ mod tests {
         assert!(e.contains("benign_refusal_tokens must be at least 1"), "{e}");
         let e = r(&["benign_refusal_margin=2"]).unwrap_err().to_string();
         assert!(e.contains("benign_refusal_margin (2)") && e.contains("set benign_refusal_weight"), "{e}");
+    }
+
+    #[test]
+    fn intent_gate_is_checked() {
+        let r = |o: &[&str]| EditParams::resolve(Method::Pke, None, &o.iter().map(|x| x.to_string()).collect::<Vec<_>>());
+        let p = r(&[]).unwrap();
+        assert!(!p.intent_gate);
+        assert_eq!((p.intent_gate_z, p.intent_gate_l2, p.intent_gate_prose, p.intent_gate_positions), (12.0, 0.1, 4096, 16.0));
+        // The default null space shapes a hotspot edit: the gate needs it off.
+        let e = r(&["intent_gate=true"]).unwrap_err().to_string();
+        assert!(e.contains("preserve_energy > 0 shapes a hotspot edit") && e.contains("set it off"), "{e}");
+        let p = r(&["intent_gate=true", "preserve_energy=0"]).unwrap();
+        assert!(p.intent_gate);
+        for clash in ["edit_keys=true", "write_refusal=true", "norm_constraint=0.1", "quant_block=32"] {
+            let e = r(&["intent_gate=true", "preserve_energy=0", clash]).unwrap_err().to_string();
+            assert!(e.contains(clash.split(['=', ' ']).next().unwrap()), "{clash}: {e}");
+        }
+        for bad in ["intent_gate_z=0", "intent_gate_z=nan", "intent_gate_positions=-1", "intent_gate_l2=-0.1"] {
+            let e = r(&[bad]).unwrap_err().to_string();
+            assert!(e.contains("intent_gate_z and intent_gate_positions must be > 0 and intent_gate_l2 >= 0"), "{bad}: {e}");
+        }
     }
 
     /// The held-out stop rule's default, and its shares are shares.

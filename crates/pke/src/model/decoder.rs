@@ -969,7 +969,10 @@ impl Decoder {
 
             // --- MLP ---
             let pre = if arch.sandwich_norms { &nm.pre_feedforward_layernorm } else { &nm.post_attention_layernorm };
-            let x = rms_norm(&h, &self.get(pre)?, off, eps)?;
+            let mut x = rms_norm(&h, &self.get(pre)?, off, eps)?;
+            if rec.wants(Site::MlpIn(l)) {
+                x = rec.on(Site::MlpIn(l), x)?;
+            }
             let gate = self.lin(&x, &nm.gate_proj, None)?;
             let gate = match spec.act {
                 Act::Silu => gate.silu()?,
@@ -1015,7 +1018,9 @@ impl Decoder {
         rec.stop_after().is_some_and(|s| s >= from)
             || rec.wants(Site::FinalNorm)
             || (from..self.spec.n_layers).any(|l| {
-                [Site::AttnOut(l), Site::MlpAct(l), Site::MlpDown(l), Site::MlpOut(l), Site::ResidPost(l)].into_iter().any(|x| rec.wants(x))
+                [Site::AttnOut(l), Site::MlpIn(l), Site::MlpAct(l), Site::MlpDown(l), Site::MlpOut(l), Site::ResidPost(l)]
+                    .into_iter()
+                    .any(|x| rec.wants(x))
             })
     }
 

@@ -16,6 +16,8 @@ pub enum Site {
     Embed,
     /// The attention block's contribution to the residual stream (after o_proj and any post-norm).
     AttnOut(usize),
+    /// The MLP's input: the normed residual stream `gate_proj` and `up_proj` read, shape (b, s, d).
+    MlpIn(usize),
     /// MLP intermediate activation, the input of `down_proj`: act(gate) * up, shape (b, s, d_ff).
     MlpAct(usize),
     /// The output of `down_proj`, before any post-norm (the same tensor as `MlpOut` except for Gemma 3's
@@ -35,6 +37,7 @@ impl fmt::Display for Site {
         match self {
             Site::Embed => write!(f, "hook_embed"),
             Site::AttnOut(l) => write!(f, "blocks.{l}.hook_attn_out"),
+            Site::MlpIn(l) => write!(f, "blocks.{l}.ln2.hook_normalized"),
             Site::MlpAct(l) => write!(f, "blocks.{l}.mlp.hook_post"),
             Site::MlpDown(l) => write!(f, "blocks.{l}.mlp.hook_down_out"),
             Site::MlpOut(l) => write!(f, "blocks.{l}.hook_mlp_out"),
@@ -58,6 +61,7 @@ impl std::str::FromStr for Site {
         let l: usize = l.parse().map_err(|_| bad())?;
         Ok(match name {
             "hook_attn_out" => Site::AttnOut(l),
+            "ln2.hook_normalized" => Site::MlpIn(l),
             "mlp.hook_post" => Site::MlpAct(l),
             "hook_mlp_out" => Site::MlpOut(l),
             "mlp.hook_down_out" => Site::MlpDown(l),

@@ -1029,3 +1029,70 @@ fn write_refusal_changes_every_column_along_the_refusal_direction() {
     let e = EditParams::resolve(Method::Dinm, None, &["write_refusal=true".to_string()]).unwrap_err().to_string();
     assert!(e.contains("write_refusal") && e.contains("dinm"), "{e}");
 }
+
+/// The intent gate repurposes one neuron of the layer: its input rows become a read fitted on the cases and
+/// the retain set's twins against the benign prompts and prose, and only its down_proj column is trained.
+/// The edited model's gate neuron then fires on the cases' prompts and stays (all but) closed on the
+/// benign ones, and the edit still learns the refusal.
+#[test]
+fn intent_gate_writes_only_where_its_read_fires() {
+    let ck = crate::common::smollm2();
+    let (cases, h) = smol_setup(2);
+    let retain = pke::edit::builtin_retain();
+    let o = |extra: &[&str]| {
+        let mut o: Vec<String> =
+            ["steps=4", "stop_nll=0", "stop_probes=0", "preserve_energy=0", "intent_gate=true", "intent_gate_prose=512"]
+                .iter()
+                .map(|x| x.to_string())
+                .collect();
+        o.extend(extra.iter().map(|x| x.to_string()));
+        EditParams::resolve(Method::Pke, None, &o).unwrap()
+    };
+    let out = compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::Pke, &o(&[]), Some(&retain), |_, _, _| {}).unwrap();
+    let gates: Vec<pke::edit::gate::GateSummary> = serde_json::from_str(&out.delta.metadata["intent_gate"]).unwrap();
+    assert_eq!(gates.len(), 1);
+    let g = &gates[0];
+    assert_eq!(g.layer, 11);
+    assert_eq!((g.n_harmful, g.n_benign), (2 + 48, 48), "the cases and every retain twin against every benign retain prompt");
+    assert!(g.harmful_fire >= 0.9 && g.benign_fire <= 0.2 && g.positions_fire <= 0.01, "{g:?}");
+    // The repurposed neuron was one of the least used on benign text.
+    assert!(g.use_before < g.use_median, "{g:?}");
+    // The delta holds the neuron's two rows and its column, nothing else; the metadata names that neuron.
+    let j = g.neuron;
+    let gate = "model.layers.11.mlp.gate_proj.weight";
+    let up = "model.layers.11.mlp.up_proj.weight";
+    let mut names = out.delta.names();
+    names.sort();
+    assert_eq!(names, vec![down_proj_name(11), gate.to_string(), up.to_string()]);
+    assert_eq!(out.delta.n_values(), 3 * ck.model.spec.hidden_size);
+    assert_eq!(out.delta.metadata["hotspots"], format!("[[11,[{j}]]]"));
+    let mut edited = ck.model.clone();
+    out.delta.apply(&mut edited, false).unwrap();
+    for (n, axis) in [(gate, 0), (up, 0), (down_proj_name(11).as_str(), 1)] {
+        assert_eq!(changed_along(&ck.model, &edited, n, axis), std::iter::once(j).collect(), "{n}");
+    }
+    // The neuron's activation at the last prompt token: high on the cases, near zero on benign prompts.
+    let act = |prompts: &[String]| -> Vec<f32> {
+        let ids = pke::edit::encode_prompts(&ck.tok, prompts, h.settings.chat, "test prompt").unwrap();
+        ids.iter()
+            .map(|ids| {
+                let mut cap = Capture::new([Site::MlpAct(11)]);
+                edited.forward_with(&Input::single(ids), &mut cap, None).unwrap();
+                cap.get(Site::MlpAct(11)).unwrap().get(0).unwrap().get(ids.len() - 1).unwrap().to_vec1::<f32>().unwrap()[j]
+            })
+            .collect()
+    };
+    let harmful = act(&cases.iter().map(|c| c.prompt.clone()).collect::<Vec<_>>());
+    let benign = act(&pke::data::probes::benign_prompts(&retain[..16]));
+    let mean = |v: &[f32]| v.iter().sum::<f32>() / v.len() as f32;
+    assert!(harmful.iter().all(|a| *a > 1.0), "{harmful:?}");
+    assert!(mean(&benign) < 0.05 * mean(&harmful), "benign {benign:?} against harmful {harmful:?}");
+    // Only the column is trained: the refusal is learned through the gate.
+    assert!(out.log.last().unwrap().nll_safe < out.log[0].nll_safe - 0.05, "{:?}", out.log.iter().map(|s| s.nll_safe).collect::<Vec<_>>());
+    // Bad input: another method, too few benign prompts.
+    let e = compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::FtL, &o(&[]), Some(&retain), |_, _, _| {}).unwrap_err().to_string();
+    assert!(e.contains("intent_gate is a pke setting"), "{e}");
+    let e =
+        compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::Pke, &o(&[]), Some(&retain[..1]), |_, _, _| {}).unwrap_err().to_string();
+    assert!(e.contains("at least 2 harmful and 2 benign prompts; got 3 and 1"), "{e}");
+}
