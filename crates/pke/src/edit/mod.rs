@@ -954,7 +954,25 @@ pub fn compute_delta_with(
         // The retain set's harmful twins that are not already cases (`twin_cases` takes them from the front).
         let twins_left: Vec<String> = retain_set.iter().filter_map(|x| x.harmful.clone()).skip(twins.len()).collect();
         harmful.extend(encode_prompts(tok, &twins_left, chat, "retain harmful twin")?);
-        let benign = encode_prompts(tok, &benign_prompts, chat, "retain prompt")?;
+        let mut benign = encode_prompts(tok, &benign_prompts, chat, "retain prompt")?;
+        if p.intent_gate_wrap {
+            // Both sides in the project's own jailbreak framings (two per prompt, in turn), so the read
+            // learns the request inside a framing, not the framing.
+            let wrap = |texts: &[String]| -> Vec<String> {
+                texts
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(i, t)| {
+                        let t = t.trim().trim_end_matches(['.', '!']).to_string();
+                        let n = watch::PROBE_WRAPPERS.len();
+                        [i % n, (i + n / 2) % n].map(|k| watch::PROBE_WRAPPERS[k].replace("{}", &t))
+                    })
+                    .collect()
+            };
+            let harmful_texts: Vec<String> = cases.iter().chain(&twins).map(|c| c.prompt.clone()).chain(twins_left).collect();
+            harmful.extend(encode_prompts(tok, &wrap(&harmful_texts), chat, "wrapped harmful prompt")?);
+            benign.extend(encode_prompts(tok, &wrap(&benign_prompts), chat, "wrapped retain prompt")?);
+        }
         let ctx = model.spec.max_position_embeddings;
         let prose = prose_ids(tok, p.intent_gate_prose, ctx)?;
         // Held-out prose for the summary only: the drift watch's passages (from the back).

@@ -202,8 +202,9 @@ pub struct EditParams {
     /// `preserve_energy`, `norm_constraint` or `quant_block`.
     #[serde(default)]
     pub intent_gate: bool,
-    /// With `intent_gate`: the gate's pre-activation at the median training case (its sharpness: SiLU
-    /// passes about z above 0 and closes to under 3% of it by z = -4 x the benign side's distance).
+    /// With `intent_gate`: the gate's pre-activation at the median training case, its sharpness: at 12 the
+    /// neuron's activation is under 0.3% of the median case's wherever the read is below minus a quarter of
+    /// the median case's (at 4, about 1.7%).
     #[serde(default = "default_gate_z")]
     pub intent_gate_z: f64,
     /// With `intent_gate`: the L2 penalty of the read's logistic fit (on standardized inputs; larger is
@@ -219,6 +220,11 @@ pub struct EditParams {
     /// position of every text, so it must stay closed on ordinary text far more surely than on a prompt.
     #[serde(default = "default_gate_positions")]
     pub intent_gate_positions: f64,
+    /// With `intent_gate`: the read is also fitted on every harmful and benign prompt inside two of the
+    /// project's own jailbreak framings (`edit::watch::PROBE_WRAPPERS`, in turn; none is an evaluation
+    /// template), both sides, so it reads the request inside a framing rather than the framing.
+    #[serde(default)]
+    pub intent_gate_wrap: bool,
     /// Representation-level term (0 = off; not for dinm): the direction r from the benign look-alikes' mean
     /// to the harmful cases' mean of the residual stream at the last prompt token, after block
     /// (last edited layer + `direction_offset`), in the original model. Harmful cases are pushed along r to
