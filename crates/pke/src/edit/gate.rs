@@ -20,6 +20,7 @@
 //!   SiLU(z) z / z_median: positive where it fires, small either side of zero;
 //! - its `down_proj` column starts at zero and is the only weight trained: the edit learns what to write
 //!   (the refusal) and the gate decides where.
+//!
 //! The read is fitted without an intercept (the layer has no bias); the normed input's near-constant
 //! part plays that role. The fit's shares above the threshold are reported and recorded in the delta.
 
@@ -114,10 +115,9 @@ pub(crate) fn fit(
     prose: &[Vec<u32>],
     heldout: &[Vec<u32>],
     layer: usize,
-    z_median: f64,
-    l2: f64,
-    positions_weight: f64,
+    p: &super::EditParams,
 ) -> Result<Gate> {
+    let (z_median, l2, positions_weight) = (p.intent_gate_z, p.intent_gate_l2, p.intent_gate_positions);
     if harmful.len() < 2 || benign.len() < 2 {
         return Err(Error::Input(format!(
             "intent_gate fits a read of intent on at least 2 harmful and 2 benign prompts; got {} and {} (the retain set's benign prompts and harmful twins count)",

@@ -980,7 +980,7 @@ pub fn compute_delta_with(
         let heldout: Vec<Vec<u32>> = passage_ids(tok, passages.iter().rev(), ctx).take(4).collect::<Result<_>>()?;
         let mut gates = Vec::new();
         for &l in &hotspots.chosen_layers {
-            let g = gate::fit(model, &harmful, &benign, &prose, &heldout, l, p.intent_gate_z, p.intent_gate_l2, p.intent_gate_positions)?;
+            let g = gate::fit(model, &harmful, &benign, &prose, &heldout, l, p)?;
             eprintln!("{}", g.summary.describe());
             gates.push(g);
         }
