@@ -27,6 +27,9 @@
 use candle_core::{DType, IndexOp, Tensor};
 use serde::{Deserialize, Serialize};
 
+use super::watch::PROBE_WRAPPERS;
+use super::{encode_prompts, passage_ids, prose_ids, EditParams, EditTarget, Probe};
+use crate::io::tokenizer::Tok;
 use crate::model::decoder::down_proj_name;
 use crate::model::{Decoder, Input};
 use crate::trace::{Capture, Site};
@@ -95,6 +98,68 @@ pub(crate) struct Gate {
     pub up_row: Vec<f32>,
 }
 
+/// The gates of `layers` and the targets that replace the hotspots' (each gate's `gate_proj` and `up_proj`
+/// rows and `down_proj` column). `harmful`: the cases' prompt ids as the edit encodes them (`case_prompts`
+/// their texts); the retain set's harmful twins after the first `twins_taken` (already cases) join them;
+/// `benign`: the retain set's benign prompts. With `intent_gate_wrap`, both sides also inside the project's
+/// own jailbreak framings (two per prompt, in turn), so the read learns the request inside a framing, not
+/// the framing. Prints each fit's summary.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn fit_layers(
+    model: &Decoder,
+    tok: &Tok,
+    chat: bool,
+    mut harmful: Vec<Vec<u32>>,
+    case_prompts: &[String],
+    retain: &[Probe],
+    twins_taken: usize,
+    benign: &[String],
+    layers: &[usize],
+    p: &EditParams,
+) -> Result<(Vec<Gate>, Vec<EditTarget>)> {
+    let twins_left: Vec<String> = retain.iter().filter_map(|x| x.harmful.clone()).skip(twins_taken).collect();
+    harmful.extend(encode_prompts(tok, &twins_left, chat, "retain harmful twin")?);
+    let mut benign_ids = encode_prompts(tok, benign, chat, "retain prompt")?;
+    if p.intent_gate_wrap {
+        let wrap = |texts: &[String]| -> Vec<String> {
+            texts
+                .iter()
+                .enumerate()
+                .flat_map(|(i, t)| {
+                    let t = t.trim().trim_end_matches(['.', '!']).to_string();
+                    let n = PROBE_WRAPPERS.len();
+                    [i % n, (i + n / 2) % n].map(|k| PROBE_WRAPPERS[k].replace("{}", &t))
+                })
+                .collect()
+        };
+        let harmful_texts: Vec<String> = case_prompts.iter().cloned().chain(twins_left).collect();
+        harmful.extend(encode_prompts(tok, &wrap(&harmful_texts), chat, "wrapped harmful prompt")?);
+        benign_ids.extend(encode_prompts(tok, &wrap(benign), chat, "wrapped retain prompt")?);
+    }
+    let ctx = model.spec.max_position_embeddings;
+    let prose = prose_ids(tok, p.intent_gate_prose, ctx)?;
+    // Held-out prose for the summary only: the drift watch's passages (from the back).
+    let passages = crate::data::sets::prose_passages()?;
+    let heldout: Vec<Vec<u32>> = passage_ids(tok, passages.iter().rev(), ctx).take(4).collect::<Result<_>>()?;
+    let mut gates = Vec::new();
+    for &l in layers {
+        let g = fit(model, &harmful, &benign_ids, &prose, &heldout, l, p)?;
+        eprintln!("{}", g.summary.describe());
+        gates.push(g);
+    }
+    let targets = gates
+        .iter()
+        .flat_map(|g| {
+            let (l, j) = (g.summary.layer, g.summary.neuron);
+            ["gate_proj", "up_proj"]
+                .map(|proj| EditTarget { name: format!("model.layers.{l}.mlp.{proj}.weight"), layer: l, index: vec![j], axis: 0 })
+                .into_iter()
+                .chain([EditTarget { name: down_proj_name(l), layer: l, index: vec![j], axis: 1 }])
+        })
+        .collect();
+    Ok((gates, targets))
+}
+
 /// The MLP input at `layer` (every position) and the layer's MLP activation, for one sequence.
 fn capture(model: &Decoder, ids: &[u32], layer: usize) -> Result<(Tensor, Tensor)> {
     let mut cap = Capture::new([Site::MlpIn(layer), Site::MlpAct(layer)]);
@@ -115,7 +180,7 @@ pub(crate) fn fit(
     prose: &[Vec<u32>],
     heldout: &[Vec<u32>],
     layer: usize,
-    p: &super::EditParams,
+    p: &EditParams,
 ) -> Result<Gate> {
     let (z_median, l2, positions_weight) = (p.intent_gate_z, p.intent_gate_l2, p.intent_gate_positions);
     if harmful.len() < 2 || benign.len() < 2 {

@@ -950,50 +950,21 @@ pub fn compute_delta_with(
     // `intent_gate`: one repurposed neuron per edited layer, read fitted here; its rows and column replace
     // the hotspot targets.
     let gates = if p.intent_gate {
-        let mut harmful: Vec<Vec<u32>> = prepared.iter().map(|c| c.safe.ids[..c.safe.rows[0] + 1].to_vec()).collect();
-        // The retain set's harmful twins that are not already cases (`twin_cases` takes them from the front).
-        let twins_left: Vec<String> = retain_set.iter().filter_map(|x| x.harmful.clone()).skip(twins.len()).collect();
-        harmful.extend(encode_prompts(tok, &twins_left, chat, "retain harmful twin")?);
-        let mut benign = encode_prompts(tok, &benign_prompts, chat, "retain prompt")?;
-        if p.intent_gate_wrap {
-            // Both sides in the project's own jailbreak framings (two per prompt, in turn), so the read
-            // learns the request inside a framing, not the framing.
-            let wrap = |texts: &[String]| -> Vec<String> {
-                texts
-                    .iter()
-                    .enumerate()
-                    .flat_map(|(i, t)| {
-                        let t = t.trim().trim_end_matches(['.', '!']).to_string();
-                        let n = watch::PROBE_WRAPPERS.len();
-                        [i % n, (i + n / 2) % n].map(|k| watch::PROBE_WRAPPERS[k].replace("{}", &t))
-                    })
-                    .collect()
-            };
-            let harmful_texts: Vec<String> = cases.iter().chain(&twins).map(|c| c.prompt.clone()).chain(twins_left).collect();
-            harmful.extend(encode_prompts(tok, &wrap(&harmful_texts), chat, "wrapped harmful prompt")?);
-            benign.extend(encode_prompts(tok, &wrap(&benign_prompts), chat, "wrapped retain prompt")?);
-        }
-        let ctx = model.spec.max_position_embeddings;
-        let prose = prose_ids(tok, p.intent_gate_prose, ctx)?;
-        // Held-out prose for the summary only: the drift watch's passages (from the back).
-        let passages = crate::data::sets::prose_passages()?;
-        let heldout: Vec<Vec<u32>> = passage_ids(tok, passages.iter().rev(), ctx).take(4).collect::<Result<_>>()?;
-        let mut gates = Vec::new();
-        for &l in &hotspots.chosen_layers {
-            let g = gate::fit(model, &harmful, &benign, &prose, &heldout, l, p)?;
-            eprintln!("{}", g.summary.describe());
-            gates.push(g);
-        }
-        targets = gates
-            .iter()
-            .flat_map(|g| {
-                let (l, j) = (g.summary.layer, g.summary.neuron);
-                ["gate_proj", "up_proj"]
-                    .map(|proj| EditTarget { name: format!("model.layers.{l}.mlp.{proj}.weight"), layer: l, index: vec![j], axis: 0 })
-                    .into_iter()
-                    .chain([EditTarget { name: down_proj_name(l), layer: l, index: vec![j], axis: 1 }])
-            })
-            .collect();
+        let harmful: Vec<Vec<u32>> = prepared.iter().map(|c| c.safe.ids[..c.safe.rows[0] + 1].to_vec()).collect();
+        let case_prompts: Vec<String> = cases.iter().chain(&twins).map(|c| c.prompt.clone()).collect();
+        let (gates, gate_targets) = gate::fit_layers(
+            model,
+            tok,
+            chat,
+            harmful,
+            &case_prompts,
+            retain_set,
+            twins.len(),
+            &benign_prompts,
+            &hotspots.chosen_layers,
+            p,
+        )?;
+        targets = gate_targets;
         gates
     } else {
         vec![]

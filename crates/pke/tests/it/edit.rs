@@ -1089,6 +1089,20 @@ fn intent_gate_writes_only_where_its_read_fires() {
     assert!(mean(&benign) < 0.05 * mean(&harmful), "benign {benign:?} against harmful {harmful:?}");
     // Only the column is trained: the refusal is learned through the gate.
     assert!(out.log.last().unwrap().nll_safe < out.log[0].nll_safe - 0.05, "{:?}", out.log.iter().map(|s| s.nll_safe).collect::<Vec<_>>());
+    // `intent_gate_wrap`: every harmful and benign prompt also inside two framings, both sides.
+    let w = compute_delta_with(
+        &ck.model,
+        &ck.tok,
+        &cases,
+        &h,
+        Method::Pke,
+        &o(&["steps=1", "intent_gate_wrap=true"]),
+        Some(&retain),
+        |_, _, _| {},
+    )
+    .unwrap();
+    let wg: Vec<pke::edit::gate::GateSummary> = serde_json::from_str(&w.delta.metadata["intent_gate"]).unwrap();
+    assert_eq!((wg[0].n_harmful, wg[0].n_benign), (3 * 50, 3 * 48));
     // Bad input: another method, too few benign prompts.
     let e = compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::FtL, &o(&[]), Some(&retain), |_, _, _| {}).unwrap_err().to_string();
     assert!(e.contains("intent_gate is a pke setting"), "{e}");
