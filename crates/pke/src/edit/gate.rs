@@ -27,9 +27,11 @@
 use candle_core::{DType, IndexOp, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::watch::PROBE_WRAPPERS;
+use super::watch::{wrap, PROBE_WRAPPERS};
 use super::{encode_prompts, passage_ids, prose_ids, EditParams, EditTarget, Probe};
+use crate::eval::harm::sigmoid;
 use crate::io::tokenizer::Tok;
+use crate::locate::intent::dot;
 use crate::model::decoder::down_proj_name;
 use crate::model::{Decoder, Input};
 use crate::trace::{Capture, Site};
@@ -121,16 +123,9 @@ pub(crate) fn fit_layers(
     harmful.extend(encode_prompts(tok, &twins_left, chat, "retain harmful twin")?);
     let mut benign_ids = encode_prompts(tok, benign, chat, "retain prompt")?;
     if p.intent_gate_wrap {
+        let half = PROBE_WRAPPERS.len() / 2;
         let wrap = |texts: &[String]| -> Vec<String> {
-            texts
-                .iter()
-                .enumerate()
-                .flat_map(|(i, t)| {
-                    let t = t.trim().trim_end_matches(['.', '!']).to_string();
-                    let n = PROBE_WRAPPERS.len();
-                    [i % n, (i + n / 2) % n].map(|k| PROBE_WRAPPERS[k].replace("{}", &t))
-                })
-                .collect()
+            texts.iter().enumerate().flat_map(|(i, t)| [i, i + half].map(|k| wrap(t.trim(), k))).collect()
         };
         let harmful_texts: Vec<String> = case_prompts.iter().cloned().chain(twins_left).collect();
         harmful.extend(encode_prompts(tok, &wrap(&harmful_texts), chat, "wrapped harmful prompt")?);
@@ -231,7 +226,6 @@ pub(crate) fn fit(
         return Err(Error::NonFinite("the intent gate's read is not finite; nothing was written".into()));
     }
     let w = fitted.w;
-    let fitted_w = &w;
     let mut sp = lp.clone();
     sp.sort_by(f64::total_cmp);
     let median = sp[sp.len() / 2];
@@ -248,11 +242,10 @@ pub(crate) fn fit(
     for ids in heldout {
         let (x, _) = capture(model, ids, layer)?;
         for r in x.to_vec2::<f32>()? {
-            held.push(fitted_w.iter().zip(&r).map(|(a, x)| a * *x as f64).sum::<f64>());
+            held.push(dot(&w, &r));
         }
     }
     let share = |v: &[f64]| if v.is_empty() { 0.0 } else { v.iter().filter(|x| **x > 0.0).count() as f64 / v.len() as f64 };
-    let unit = w;
     let summary = GateSummary {
         layer,
         neuron,
@@ -269,11 +262,7 @@ pub(crate) fn fit(
         heldout_leak: mean_act(&held),
         heldout_fire: share(&held),
     };
-    Ok(Gate {
-        summary,
-        gate_row: unit.iter().map(|a| (a * scale) as f32).collect(),
-        up_row: unit.iter().map(|a| (a / median) as f32).collect(),
-    })
+    Ok(Gate { summary, gate_row: w.iter().map(|a| (a * scale) as f32).collect(), up_row: w.iter().map(|a| (a / median) as f32).collect() })
 }
 
 /// A read fitted by [`fit_read`]: its weights on the raw inputs and its logits on the three groups.
@@ -303,7 +292,7 @@ pub(crate) fn fit_read(pos: &[Vec<f32>], last: &[Vec<f32>], other: &[Vec<f32>], 
     let standard =
         |rows: &[Vec<f32>]| -> Vec<Vec<f64>> { rows.iter().map(|r| r.iter().zip(&rms).map(|(x, s)| *x as f64 / s).collect()).collect() };
     let groups = [(standard(pos), 1.0, 1.0), (standard(last), 0.0, 1.0), (standard(other), 0.0, positions_weight)];
-    let dot = |w: &[f64], r: &[f64]| -> f64 { w.iter().zip(r).map(|(a, b)| a * b).sum() };
+    let logit = |w: &[f64], r: &[f64]| -> f64 { w.iter().zip(r).map(|(a, b)| a * b).sum() };
     let mut w = vec![0f64; d];
     let (mut m1, mut m2) = (vec![0f64; d], vec![0f64; d]);
     let (b1, b2) = (0.9f64, 0.999f64);
@@ -312,7 +301,7 @@ pub(crate) fn fit_read(pos: &[Vec<f32>], last: &[Vec<f32>], other: &[Vec<f32>], 
         for (rows, y, weight) in &groups {
             let c = weight / rows.len().max(1) as f64;
             for r in rows {
-                let e = c * (sigmoid(dot(&w, r)) - y);
+                let e = c * (sigmoid(logit(&w, r)) - y);
                 for (gj, x) in g.iter_mut().zip(r) {
                     *gj += e * x;
                 }
@@ -325,17 +314,13 @@ pub(crate) fn fit_read(pos: &[Vec<f32>], last: &[Vec<f32>], other: &[Vec<f32>], 
             w[j] -= FIT_LR * mh / (vh.sqrt() + 1e-8);
         }
     }
-    let read = |rows: &[Vec<f64>]| -> Vec<f64> { rows.iter().map(|r| dot(&w, r)).collect() };
+    let read = |rows: &[Vec<f64>]| -> Vec<f64> { rows.iter().map(|r| logit(&w, r)).collect() };
     let (harmful, benign, positions) = (read(&groups[0].0), read(&groups[1].0), read(&groups[2].0));
     FittedRead { w: w.iter().zip(&rms).map(|(a, s)| a / s).collect(), harmful, benign, positions }
 }
 
 fn silu(x: f64) -> f64 {
     x * sigmoid(x)
-}
-
-fn sigmoid(x: f64) -> f64 {
-    1.0 / (1.0 + (-x).exp())
 }
 
 #[cfg(test)]

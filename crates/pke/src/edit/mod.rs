@@ -1079,32 +1079,19 @@ pub fn compute_delta_with(
         };
         vars.push((t.name.clone(), var, w0, mask, adam, range));
     }
-    // `intent_gate`: the repurposed neuron's rows take the fitted read and stay there (a zero mask: Adam
-    // never moves them); its down_proj column starts at zero (the change is minus the original).
-    for g in &gates {
-        let (l, j) = (g.summary.layer, g.summary.neuron);
-        for (name, var, w0, mask, ..) in vars.iter_mut() {
-            let row = if *name == format!("model.layers.{l}.mlp.gate_proj.weight") {
-                Some(&g.gate_row)
-            } else if *name == format!("model.layers.{l}.mlp.up_proj.weight") {
-                Some(&g.up_row)
-            } else {
-                None
-            };
-            match row {
-                Some(row) => {
-                    let f = w0.dim(0)?;
-                    let mut pick = vec![0f32; f];
-                    pick[j] = 1.0;
-                    let pick = Tensor::from_vec(pick, (f, 1), w0.device())?.to_dtype(w0.dtype())?;
-                    let row = Tensor::from_vec(row.clone(), (1, row.len()), w0.device())?.to_dtype(w0.dtype())?;
-                    let keep = (pick.ones_like()? - &pick)?;
-                    var.set(&(w0.broadcast_mul(&keep)? + pick.broadcast_mul(&row)?)?)?;
-                    *mask = Some(pick.zeros_like()?);
-                }
-                None if *name == down_proj_name(l) => var.set(&w0.neg()?)?,
-                None => {}
+    // `intent_gate`: the repurposed neuron's rows take the fitted read and stay there (their column mask,
+    // which picks the neuron's row, becomes zero: Adam never moves them); its down_proj column starts at
+    // zero (the change is minus the original).
+    for ((_, var, w0, mask, ..), t) in vars.iter_mut().zip(&targets) {
+        let Some(g) = gates.iter().find(|g| g.summary.layer == t.layer) else { continue };
+        match mask.take() {
+            Some(pick) => {
+                let row = if t.name.ends_with(".mlp.gate_proj.weight") { &g.gate_row } else { &g.up_row };
+                let row = Tensor::from_vec(row.clone(), (1, row.len()), w0.device())?.to_dtype(w0.dtype())?;
+                var.set(&(w0.broadcast_mul(&(pick.ones_like()? - &pick)?)? + pick.broadcast_mul(&row)?)?)?;
+                *mask = Some(pick.zeros_like()?);
             }
+            None => var.set(&w0.neg()?)?,
         }
     }
     let groups: Vec<Vec<usize>> = match p.mode {

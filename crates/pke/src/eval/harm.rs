@@ -167,7 +167,7 @@ pub struct HarmJudge {
     pub validation: HarmValidation,
 }
 
-fn sigmoid(z: f64) -> f64 {
+pub(crate) fn sigmoid(z: f64) -> f64 {
     1.0 / (1.0 + (-z).exp())
 }
 

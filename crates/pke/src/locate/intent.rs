@@ -384,7 +384,7 @@ fn pooled_separation(a: &[f64], b: &[f64]) -> f64 {
     (ma - mb) / ((va + vb) / 2.0).sqrt().max(1e-12)
 }
 
-fn dot(r: &[f64], x: &[f32]) -> f64 {
+pub(crate) fn dot(r: &[f64], x: &[f32]) -> f64 {
     r.iter().zip(x).map(|(a, b)| a * *b as f64).sum()
 }
 
