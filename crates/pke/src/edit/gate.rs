@@ -23,6 +23,11 @@
 //!
 //! The read is fitted without an intercept (the layer has no bias); the normed input's near-constant
 //! part plays that role. The fit's shares above the threshold are reported and recorded in the delta.
+//!
+//! With `intent_gate_reply` the read is also fitted to stay open along a refusal of a harmful request
+//! (teacher-forced safe replies after the harmful prompts: positives) and closed along the same words after
+//! a benign prompt (negatives): the gate then writes along the refusal, not only at the token that starts
+//! it (more weakly: the reply positions read lower than the last prompt token, and the scale stays set there).
 
 use candle_core::{DType, IndexOp, Tensor};
 use serde::{Deserialize, Serialize};
@@ -40,6 +45,10 @@ use crate::{Error, Result};
 /// Iterations of the read's fit (Adam on the logistic loss, standardized inputs).
 const FIT_STEPS: usize = 600;
 const FIT_LR: f64 = 0.02;
+
+/// `intent_gate_stop`: a held-out request counts as one the gate opens on when the gate neuron's
+/// activation at its last token is at least this share of the median case's.
+pub(crate) const STOP_OPEN_SHARE: f64 = 0.5;
 
 /// What the gate was fitted to and how it reads its training data.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -68,6 +77,19 @@ pub struct GateSummary {
     pub positions_leak: f64,
     pub heldout_leak: f64,
     pub heldout_fire: f64,
+    /// With `intent_gate_reply`: shares above the threshold at the reply positions of the harmful prompts
+    /// followed by a safe reply (fitted to fire) and of the benign prompts followed by the same replies
+    /// (fitted to stay closed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_fire: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub benign_reply_fire: Option<f64>,
+    /// With `intent_gate_reply`: the neuron's mean activation at those two groups of reply positions, as a
+    /// share of its activation at the median case.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_act: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub benign_reply_act: Option<f64>,
 }
 
 impl GateSummary {
@@ -89,7 +111,14 @@ impl GateSummary {
             self.positions_leak,
             self.heldout_leak,
             100.0 * self.heldout_fire
-        )
+        ) + &match (self.reply_fire, self.benign_reply_fire, self.reply_act, self.benign_reply_act) {
+            (Some(h), Some(b), Some(ha), Some(ba)) => format!(
+                "; along the refusal it fires on {:.0}% of the reply positions after harmful prompts and {:.1}% after benign ones (mean activation {ha:.3} and {ba:.4} of the median case's)",
+                100.0 * h,
+                100.0 * b
+            ),
+            _ => String::new(),
+        }
     }
 }
 
@@ -105,7 +134,8 @@ pub(crate) struct Gate {
 /// their texts); the retain set's harmful twins after the first `twins_taken` (already cases) join them;
 /// `benign`: the retain set's benign prompts. With `intent_gate_wrap`, both sides also inside the project's
 /// own jailbreak framings (two per prompt, in turn), so the read learns the request inside a framing, not
-/// the framing. Prints each fit's summary.
+/// the framing. With `intent_gate_reply`, `replies` (the cases' safe replies as trained, in turn) follow
+/// every prompt of both sides (see [`fit`]). Prints each fit's summary.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn fit_layers(
     model: &Decoder,
@@ -117,6 +147,7 @@ pub(crate) fn fit_layers(
     twins_taken: usize,
     benign: &[String],
     layers: &[usize],
+    replies: &[Vec<u32>],
     p: &EditParams,
 ) -> Result<(Vec<Gate>, Vec<EditTarget>)> {
     let twins_left: Vec<String> = retain.iter().filter_map(|x| x.harmful.clone()).skip(twins_taken).collect();
@@ -136,9 +167,13 @@ pub(crate) fn fit_layers(
     // Held-out prose for the summary only: the drift watch's passages (from the back).
     let passages = crate::data::sets::prose_passages()?;
     let heldout: Vec<Vec<u32>> = passage_ids(tok, passages.iter().rev(), ctx).take(4).collect::<Result<_>>()?;
+    let replies: &[Vec<u32>] = if p.intent_gate_reply { replies } else { &[] };
+    if p.intent_gate_reply && replies.is_empty() {
+        return Err(Error::Input("intent_gate_reply: no safe reply to follow the prompts with".into()));
+    }
     let mut gates = Vec::new();
     for &l in layers {
-        let g = fit(model, &harmful, &benign_ids, &prose, &heldout, l, p)?;
+        let g = fit(model, &harmful, &benign_ids, replies, &prose, &heldout, l, p)?;
         eprintln!("{}", g.summary.describe());
         gates.push(g);
     }
@@ -168,10 +203,16 @@ fn capture(model: &Decoder, ids: &[u32], layer: usize) -> Result<(Tensor, Tensor
 
 /// Fit the gate of `layer`: `harmful` and `benign` are prompt token ids (the prompt as the edit encodes
 /// it; the last token is where the reply is decided), `prose` plain text ids (negatives at every position).
+/// When `replies` is not empty, prompt i is followed by reply i (modulo their number), teacher-forced: the
+/// positions that predict the reply's second token onward join the harmful side as positives and the
+/// benign side as a negative group of their own (weight 1), so the read stays open along a refusal of a
+/// harmful request and closed along the same words after a benign one.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn fit(
     model: &Decoder,
     harmful: &[Vec<u32>],
     benign: &[Vec<u32>],
+    replies: &[Vec<u32>],
     prose: &[Vec<u32>],
     heldout: &[Vec<u32>],
     layer: usize,
@@ -186,27 +227,58 @@ pub(crate) fn fit(
         )));
     }
     let f = model.spec.intermediate_size;
-    // Rows: harmful last tokens, benign last tokens, every other benign / prose position.
+    let ctx = model.spec.max_position_embeddings;
+    // Prompt i with reply i (modulo) after it, or alone.
+    let followed = |i: usize, ids: &[u32]| -> Result<Vec<u32>> {
+        let mut seq = ids.to_vec();
+        if !replies.is_empty() {
+            seq.extend(&replies[i % replies.len()]);
+            if seq.len() > ctx {
+                return Err(Error::Input(format!(
+                    "intent_gate_reply: a training prompt followed by a safe reply takes {} tokens, past the model's context of {ctx}",
+                    seq.len()
+                )));
+            }
+        }
+        Ok(seq)
+    };
+    // Rows: harmful last tokens, benign last tokens, every other benign / prose position; with replies, the
+    // reply positions after harmful and after benign prompts.
     let mut pos_rows: Vec<Vec<f32>> = Vec::new();
     let mut last_rows: Vec<Vec<f32>> = Vec::new();
     let mut other_rows: Vec<Vec<f32>> = Vec::new();
-    for ids in harmful {
-        let (x, _) = capture(model, ids, layer)?;
+    let mut reply_rows: Vec<Vec<f32>> = Vec::new();
+    let mut benign_reply_rows: Vec<Vec<f32>> = Vec::new();
+    // The positions of a followed prompt that predict its reply's second token onward.
+    let reply_span = |ids: &[u32], seq: &[u32]| ids.len()..seq.len() - 1;
+    for (i, ids) in harmful.iter().enumerate() {
+        let seq = followed(i, ids)?;
+        let (x, _) = capture(model, &seq, layer)?;
         pos_rows.push(x.get(ids.len() - 1)?.to_vec1::<f32>()?);
+        for t in reply_span(ids, &seq) {
+            reply_rows.push(x.get(t)?.to_vec1::<f32>()?);
+        }
     }
     let mut use_sum = vec![0f64; f];
     let mut use_n = 0usize;
     for (k, ids) in benign.iter().chain(prose).enumerate() {
-        let (x, a) = capture(model, ids, layer)?;
+        let is_prompt = k < benign.len();
+        let seq = if is_prompt { followed(k, ids)? } else { ids.clone() };
+        let (x, a) = capture(model, &seq, layer)?;
         let rows = x.to_vec2::<f32>()?;
         for (t, r) in rows.into_iter().enumerate() {
-            if k < benign.len() && t + 1 == ids.len() {
+            if t >= ids.len() {
+                if reply_span(ids, &seq).contains(&t) {
+                    benign_reply_rows.push(r);
+                }
+            } else if is_prompt && t + 1 == ids.len() {
                 last_rows.push(r);
             } else {
                 other_rows.push(r);
             }
         }
-        for (s, v) in use_sum.iter_mut().zip(a.abs()?.sum(0)?.to_vec1::<f32>()?) {
+        // A neuron's use is read on the text alone, not on the replies (the same neuron with or without them).
+        for (s, v) in use_sum.iter_mut().zip(a.narrow(0, 0, ids.len())?.abs()?.sum(0)?.to_vec1::<f32>()?) {
             *s += v as f64;
         }
         use_n += ids.len();
@@ -220,12 +292,18 @@ pub(crate) fn fit(
     sorted.sort_by(f64::total_cmp);
     let use_median = sorted[f / 2];
 
-    let fitted = fit_read(&pos_rows, &last_rows, &other_rows, l2, positions_weight);
-    let (lp, lb, lo) = (&fitted.harmful, &fitted.benign, &fitted.positions);
-    if !lp.iter().chain(lb).chain(lo).all(|v| v.is_finite()) {
+    let mut groups = vec![(&pos_rows[..], 1.0, 1.0), (&last_rows[..], 0.0, 1.0), (&other_rows[..], 0.0, positions_weight)];
+    if !replies.is_empty() {
+        groups.extend([(&reply_rows[..], 1.0, 1.0), (&benign_reply_rows[..], 0.0, 1.0)]);
+    }
+    let (w, logits) = fit_read(&groups, l2);
+    if !logits.iter().flatten().all(|v| v.is_finite()) {
         return Err(Error::NonFinite("the intent gate's read is not finite; nothing was written".into()));
     }
-    let w = fitted.w;
+    let (lp, lb, lo) = (&logits[0], &logits[1], &logits[2]);
+    // The scale is set at the harmful prompts' last token alone, also with replies: set at the median of the
+    // last tokens and reply positions together (which read lower), the same fit on SmolLM2's layer 11 put
+    // the neuron's mean activation on held-out prose at 0.37 of that median's, against 0.03.
     let mut sp = lp.clone();
     sp.sort_by(f64::total_cmp);
     let median = sp[sp.len() / 2];
@@ -261,27 +339,23 @@ pub(crate) fn fit(
         positions_leak: mean_act(lo),
         heldout_leak: mean_act(&held),
         heldout_fire: share(&held),
+        reply_fire: logits.get(3).map(|v| share(v)),
+        benign_reply_fire: logits.get(4).map(|v| share(v)),
+        reply_act: logits.get(3).map(|v| mean_act(v)),
+        benign_reply_act: logits.get(4).map(|v| mean_act(v)),
     };
     Ok(Gate { summary, gate_row: w.iter().map(|a| (a * scale) as f32).collect(), up_row: w.iter().map(|a| (a / median) as f32).collect() })
 }
 
-/// A read fitted by [`fit_read`]: its weights on the raw inputs and its logits on the three groups.
-pub(crate) struct FittedRead {
-    pub w: Vec<f64>,
-    pub harmful: Vec<f64>,
-    pub benign: Vec<f64>,
-    pub positions: Vec<f64>,
-}
-
-/// A logistic read without intercept of `pos` (label 1) against `last` and `other` (label 0), the first two
-/// groups weighing 1 in all and `other` `positions_weight`, L2 penalty `l2` on the standardized weights: each input coordinate is
-/// scaled by its RMS over every row (not centred: the read has no intercept). Adam, `FIT_STEPS` steps.
-pub(crate) fn fit_read(pos: &[Vec<f32>], last: &[Vec<f32>], other: &[Vec<f32>], l2: f64, positions_weight: f64) -> FittedRead {
-    let d = pos.first().or(last.first()).map_or(0, |r| r.len());
-    let all = || pos.iter().chain(last).chain(other);
-    let n_all = (pos.len() + last.len() + other.len()).max(1) as f64;
+/// A logistic read without intercept of groups of rows, each `(rows, label, weight)`: a group weighs
+/// `weight` in all (its rows share it), L2 penalty `l2` on the standardized weights: each input coordinate
+/// is scaled by its RMS over every row (not centred: the read has no intercept). Adam, `FIT_STEPS` steps.
+/// Returns the weights on the raw inputs and each group's logits.
+pub(crate) fn fit_read(groups: &[(&[Vec<f32>], f64, f64)], l2: f64) -> (Vec<f64>, Vec<Vec<f64>>) {
+    let d = groups.iter().find_map(|(rows, ..)| rows.first()).map_or(0, |r| r.len());
+    let n_all = groups.iter().map(|(rows, ..)| rows.len()).sum::<usize>().max(1) as f64;
     let mut rms = vec![0f64; d];
-    for r in all() {
+    for r in groups.iter().flat_map(|(rows, ..)| rows.iter()) {
         for (s, v) in rms.iter_mut().zip(r) {
             *s += (*v as f64).powi(2);
         }
@@ -291,7 +365,7 @@ pub(crate) fn fit_read(pos: &[Vec<f32>], last: &[Vec<f32>], other: &[Vec<f32>], 
     }
     let standard =
         |rows: &[Vec<f32>]| -> Vec<Vec<f64>> { rows.iter().map(|r| r.iter().zip(&rms).map(|(x, s)| *x as f64 / s).collect()).collect() };
-    let groups = [(standard(pos), 1.0, 1.0), (standard(last), 0.0, 1.0), (standard(other), 0.0, positions_weight)];
+    let groups: Vec<(Vec<Vec<f64>>, f64, f64)> = groups.iter().map(|(rows, y, weight)| (standard(rows), *y, *weight)).collect();
     let logit = |w: &[f64], r: &[f64]| -> f64 { w.iter().zip(r).map(|(a, b)| a * b).sum() };
     let mut w = vec![0f64; d];
     let (mut m1, mut m2) = (vec![0f64; d], vec![0f64; d]);
@@ -314,9 +388,24 @@ pub(crate) fn fit_read(pos: &[Vec<f32>], last: &[Vec<f32>], other: &[Vec<f32>], 
             w[j] -= FIT_LR * mh / (vh.sqrt() + 1e-8);
         }
     }
-    let read = |rows: &[Vec<f64>]| -> Vec<f64> { rows.iter().map(|r| logit(&w, r)).collect() };
-    let (harmful, benign, positions) = (read(&groups[0].0), read(&groups[1].0), read(&groups[2].0));
-    FittedRead { w: w.iter().zip(&rms).map(|(a, s)| a / s).collect(), harmful, benign, positions }
+    let logits = groups.iter().map(|(rows, ..)| rows.iter().map(|r| logit(&w, r)).collect()).collect();
+    (w.iter().zip(&rms).map(|(a, s)| a / s).collect(), logits)
+}
+
+/// Which of `prompts` (token ids as the edit encodes them) open any of `gates` at their last token: the
+/// gate neuron's activation there at least `share` of its activation at the median case
+/// (SiLU(z) z / (z_median SiLU(z_median)), `z_median` = `intent_gate_z`).
+pub(crate) fn opens(model: &Decoder, gates: &[Gate], prompts: &[Vec<u32>], z_median: f64, share: f64) -> Result<Vec<bool>> {
+    let mut open = vec![false; prompts.len()];
+    for g in gates {
+        let row: Vec<f64> = g.gate_row.iter().map(|v| *v as f64).collect();
+        for (o, ids) in open.iter_mut().zip(prompts) {
+            let (x, _) = capture(model, ids, g.summary.layer)?;
+            let z = dot(&row, &x.get(ids.len() - 1)?.to_vec1::<f32>()?);
+            *o |= silu(z) * z / (z_median * silu(z_median)) >= share;
+        }
+    }
+    Ok(open)
 }
 
 fn silu(x: f64) -> f64 {
@@ -342,16 +431,16 @@ mod tests {
         // Harmful at 4 +- 0.5, benign prompts at 2 +- 0.5, other positions at 1 +- 0.5: all positive, so a
         // read through the origin along coordinate 1 alone cannot separate them.
         let (pos, last, other) = (rows(30, 4.0), rows(30, 2.0), rows(200, 1.0));
-        let f = fit_read(&pos, &last, &other, 1e-3, 1.0);
+        let (w, logits) = fit_read(&[(&pos, 1.0, 1.0), (&last, 0.0, 1.0), (&other, 0.0, 1.0)], 1e-3);
         let share = |v: &[f64]| v.iter().filter(|x| **x > 0.0).count() as f64 / v.len() as f64;
-        assert!(share(&f.harmful) >= 0.95, "{:?}", f.harmful);
-        assert!(share(&f.benign) <= 0.05 && share(&f.positions) <= 0.01, "{:?}", f.benign);
+        assert!(share(&logits[0]) >= 0.95, "{:?}", logits[0]);
+        assert!(share(&logits[1]) <= 0.05 && share(&logits[2]) <= 0.01, "{:?}", logits[1]);
         // The offset carries the threshold with the opposite sign of the intent coordinate.
-        assert!(f.w[1] > 0.0 && f.w[0] < 0.0, "{:?}", f.w);
+        assert!(w[1] > 0.0 && w[0] < 0.0, "{w:?}");
         // The noise coordinate weighs little against the intent.
-        assert!(f.w[2].abs() * 3.0 < f.w[1].abs(), "{:?}", f.w);
+        assert!(w[2].abs() * 3.0 < w[1].abs(), "{w:?}");
         // Logits are the read of the raw inputs.
-        let raw: f64 = f.w.iter().zip(&pos[0]).map(|(a, x)| a * *x as f64).sum();
-        assert!((raw - f.harmful[0]).abs() < 1e-9);
+        let raw: f64 = w.iter().zip(&pos[0]).map(|(a, x)| a * *x as f64).sum();
+        assert!((raw - logits[0][0]).abs() < 1e-9);
     }
 }

@@ -225,6 +225,20 @@ pub struct EditParams {
     /// template), both sides, so it reads the request inside a framing rather than the framing.
     #[serde(default)]
     pub intent_gate_wrap: bool,
+    /// With `intent_gate`: the read is also fitted to stay open along the refusal. Every harmful training
+    /// prompt followed by a case's safe reply (teacher-forced, the cases' replies in turn) adds each reply
+    /// position as a positive; every benign prompt followed by the same replies adds its reply positions as
+    /// negatives, so the read tells a refusal after a harmful request from the same words after a benign
+    /// one. Without it the gate fires at the last prompt token alone and writes only the reply's first token
+    /// (the rest is the model's own continuation: "I'm sorry for your loss. I'm sorry for ...").
+    #[serde(default)]
+    pub intent_gate_reply: bool,
+    /// With `intent_gate` and the held-out stop (`stop_probes`): the stop waits only for the held-out
+    /// harmful requests the gate opens on (its activation at the last prompt token at least half the median
+    /// case's, at the original weights); the others the edit cannot reach, so waiting for them runs the edit
+    /// to the step cap.
+    #[serde(default)]
+    pub intent_gate_stop: bool,
     /// Representation-level term (0 = off; not for dinm): the direction r from the benign look-alikes' mean
     /// to the harmful cases' mean of the residual stream at the last prompt token, after block
     /// (last edited layer + `direction_offset`), in the original model. Harmful cases are pushed along r to
@@ -501,6 +515,15 @@ impl EditParams {
                 p.intent_gate_z, p.intent_gate_positions, p.intent_gate_l2
             )));
         }
+        if !p.intent_gate && (p.intent_gate_reply || p.intent_gate_stop || p.intent_gate_wrap) {
+            return Err(Error::Input(
+                "intent_gate_reply, intent_gate_stop and intent_gate_wrap shape the intent gate, which is off: set intent_gate=true too"
+                    .into(),
+            ));
+        }
+        if p.intent_gate_stop && p.stop_probes == 0 {
+            return Err(Error::Input("intent_gate_stop narrows the held-out stop's probes, which are off (stop_probes = 0)".into()));
+        }
         if p.intent_gate {
             let clash = [
                 ("edit_keys", p.edit_keys),
@@ -635,6 +658,15 @@ mod tests {
             let e = r(&[bad]).unwrap_err().to_string();
             assert!(e.contains("intent_gate_z and intent_gate_positions must be > 0 and intent_gate_l2 >= 0"), "{bad}: {e}");
         }
+        // The gate's shaping keys need the gate; the gated stop needs the held-out stop.
+        for key in ["intent_gate_reply=true", "intent_gate_stop=true", "intent_gate_wrap=true"] {
+            let e = r(&[key]).unwrap_err().to_string();
+            assert!(e.contains("set intent_gate=true too"), "{key}: {e}");
+        }
+        let p = r(&["intent_gate=true", "preserve_energy=0", "intent_gate_reply=true", "intent_gate_stop=true"]).unwrap();
+        assert!(p.intent_gate_reply && p.intent_gate_stop && !r(&[]).unwrap().intent_gate_stop);
+        let e = r(&["intent_gate=true", "preserve_energy=0", "intent_gate_stop=true", "stop_probes=0"]).unwrap_err().to_string();
+        assert!(e.contains("intent_gate_stop") && e.contains("stop_probes = 0"), "{e}");
     }
 
     /// The held-out stop rule's default, and its shares are shares.

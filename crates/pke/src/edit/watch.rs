@@ -156,6 +156,17 @@ impl Watch {
         Ok(Reading { harmful_refused: None, benign_refused: self.refused(model, tok, &self.benign)?, drift })
     }
 
+    /// The held-out harmful requests' token ids.
+    pub(super) fn harmful(&self) -> &[Vec<u32>] {
+        &self.harmful
+    }
+
+    /// Keep only the held-out harmful requests whose `keep` is true (`intent_gate_stop`).
+    pub(super) fn keep_harmful(&mut self, keep: &[bool]) {
+        let mut k = keep.iter();
+        self.harmful.retain(|_| *k.next().unwrap_or(&false));
+    }
+
     /// Share of the held-out harmful requests `model` refuses.
     pub(super) fn harmful_refused(&self, model: &Decoder, tok: &Tok) -> Result<f64> {
         self.refused(model, tok, &self.harmful)

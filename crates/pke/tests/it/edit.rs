@@ -517,7 +517,7 @@ fn twin_cases_train_the_harmful_twins_as_extra_cases() {
     let without = compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::Pke, &off, Some(&retain), |_, _, _| {}).unwrap();
     assert!(!without.delta.metadata.contains_key("twin_cases"));
     assert_ne!(with.log[0].nll_safe, without.log[0].nll_safe, "step 0 averages over 5 cases, not 2");
-    let labels = pke::edit::training_labels(&ck.tok, &twins[0], false, &p, Method::Pke).unwrap();
+    let labels = training_labels(&ck.tok, &twins[0], false, &p, Method::Pke).unwrap();
     let nll_twin = |d: &WeightDelta| {
         let mut m = ck.clone();
         d.apply(&mut m.model, false).unwrap();
@@ -1109,4 +1109,63 @@ fn intent_gate_writes_only_where_its_read_fires() {
     let e =
         compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::Pke, &o(&[]), Some(&retain[..1]), |_, _, _| {}).unwrap_err().to_string();
     assert!(e.contains("at least 2 harmful and 2 benign prompts; got 3 and 1"), "{e}");
+}
+
+/// `intent_gate_reply`: the read is fitted to stay open along a refusal after a harmful request and closed
+/// along the same words after a benign one, so the gate neuron fires through the case's safe reply (the
+/// plain gate fires at the last prompt token alone). `intent_gate_stop`: the held-out stop counts only the
+/// requests the gate opens on, and records how many.
+#[test]
+fn intent_gate_reply_keeps_the_gate_open_along_the_refusal() {
+    let ck = crate::common::smollm2();
+    let (cases, h) = smol_setup(2);
+    let retain = pke::edit::builtin_retain();
+    let o = |extra: &[&str]| {
+        let mut o: Vec<String> =
+            ["steps=1", "stop_nll=0", "stop_probes=0", "preserve_energy=0", "intent_gate=true", "intent_gate_prose=512"]
+                .iter()
+                .map(|x| x.to_string())
+                .collect();
+        o.extend(extra.iter().map(|x| x.to_string()));
+        EditParams::resolve(Method::Pke, None, &o).unwrap()
+    };
+    let run =
+        |extra: &[&str]| compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::Pke, &o(extra), Some(&retain), |_, _, _| {}).unwrap();
+    let summary = |out: &pke::edit::EditOutcome| -> pke::edit::gate::GateSummary {
+        serde_json::from_str::<Vec<pke::edit::gate::GateSummary>>(&out.delta.metadata["intent_gate"]).unwrap().remove(0)
+    };
+    let (plain, reply) = (run(&[]), run(&["intent_gate_reply=true"]));
+    let (gp, gr) = (summary(&plain), summary(&reply));
+    assert_eq!((gp.reply_fire, gp.benign_reply_fire), (None, None));
+    let (hf, bf) = (gr.reply_fire.unwrap(), gr.benign_reply_fire.unwrap());
+    assert!(hf >= 0.5 && bf <= 0.3 && hf > bf + 0.3, "{gr:?}");
+    assert!(gr.harmful_fire >= 0.8 && gr.positions_fire <= 0.01, "{gr:?}");
+    // The neuron's activation along a case's safe reply (teacher-forced), as a share of its activation at
+    // the last prompt token.
+    let along = |out: &pke::edit::EditOutcome, j: usize| -> f32 {
+        let mut edited = ck.model.clone();
+        out.delta.apply(&mut edited, false).unwrap();
+        let prompt = &pke::edit::encode_prompts(&ck.tok, &[cases[0].prompt.clone()], h.settings.chat, "test prompt").unwrap()[0];
+        let reply = training_labels(&ck.tok, &cases[0], h.settings.chat, &o(&[]), Method::Pke).unwrap();
+        let ids: Vec<u32> = prompt.iter().chain(&reply).copied().collect();
+        let mut cap = Capture::new([Site::MlpAct(11)]);
+        edited.forward_with(&Input::single(&ids), &mut cap, None).unwrap();
+        let a = cap.get(Site::MlpAct(11)).unwrap().get(0).unwrap().to_vec2::<f32>().unwrap();
+        let at_last = a[prompt.len() - 1][j];
+        let span = prompt.len()..ids.len() - 1;
+        let n = span.len() as f32;
+        span.map(|t| a[t][j]).sum::<f32>() / n / at_last
+    };
+    let (ap, ar) = (along(&plain, gp.neuron), along(&reply, gr.neuron));
+    // Weaker than at the last token (the reply positions read lower; the scale is set there), far from closed.
+    assert!(ar > 0.03 && ar > 100.0 * ap.max(0.0), "along the reply: {ar} with intent_gate_reply, {ap} without");
+    // The gated stop: every held-out request counted is one the gate opens on.
+    let s = run(&["intent_gate_reply=true", "intent_gate_stop=true", "stop_probes=4", "steps=2"]);
+    let k = &s.delta.metadata["intent_gate_stop_probes"];
+    let kept: usize = k.strip_suffix(" of 4").unwrap().parse().unwrap();
+    assert!((1..=4).contains(&kept), "{k}");
+    let k = &s.delta.metadata["intent_gate_stop_cases"];
+    let kept: usize = k.strip_suffix(" of 2").unwrap().parse().unwrap();
+    assert!((1..=2).contains(&kept), "{k}");
+    assert!(!plain.delta.metadata.contains_key("intent_gate_stop_probes"));
 }
