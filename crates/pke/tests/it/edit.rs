@@ -1030,6 +1030,13 @@ fn write_refusal_changes_every_column_along_the_refusal_direction() {
     assert!(e.contains("write_refusal") && e.contains("dinm"), "{e}");
 }
 
+/// A gated edit of `steps` updates without either stop, the gate's prose cut to 512 tokens, and `extra`.
+fn gate_params(steps: usize, extra: &[&str]) -> EditParams {
+    let base = ["stop_nll=0", "stop_probes=0", "preserve_energy=0", "intent_gate=true", "intent_gate_prose=512"];
+    let o: Vec<String> = std::iter::once(format!("steps={steps}")).chain(base.iter().chain(extra).map(|x| x.to_string())).collect();
+    EditParams::resolve(Method::Pke, None, &o).unwrap()
+}
+
 /// The intent gate repurposes one neuron of the layer: its input rows become a read fitted on the cases and
 /// the retain set's twins against the benign prompts and prose, and only its down_proj column is trained.
 /// The edited model's gate neuron then fires on the cases' prompts and stays (all but) closed on the
@@ -1039,15 +1046,7 @@ fn intent_gate_writes_only_where_its_read_fires() {
     let ck = crate::common::smollm2();
     let (cases, h) = smol_setup(2);
     let retain = pke::edit::builtin_retain();
-    let o = |extra: &[&str]| {
-        let mut o: Vec<String> =
-            ["steps=4", "stop_nll=0", "stop_probes=0", "preserve_energy=0", "intent_gate=true", "intent_gate_prose=512"]
-                .iter()
-                .map(|x| x.to_string())
-                .collect();
-        o.extend(extra.iter().map(|x| x.to_string()));
-        EditParams::resolve(Method::Pke, None, &o).unwrap()
-    };
+    let o = |extra: &[&str]| gate_params(4, extra);
     let out = compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::Pke, &o(&[]), Some(&retain), |_, _, _| {}).unwrap();
     let gates: Vec<pke::edit::gate::GateSummary> = serde_json::from_str(&out.delta.metadata["intent_gate"]).unwrap();
     assert_eq!(gates.len(), 1);
@@ -1120,15 +1119,7 @@ fn intent_gate_reply_keeps_the_gate_open_along_the_refusal() {
     let ck = crate::common::smollm2();
     let (cases, h) = smol_setup(2);
     let retain = pke::edit::builtin_retain();
-    let o = |extra: &[&str]| {
-        let mut o: Vec<String> =
-            ["steps=1", "stop_nll=0", "stop_probes=0", "preserve_energy=0", "intent_gate=true", "intent_gate_prose=512"]
-                .iter()
-                .map(|x| x.to_string())
-                .collect();
-        o.extend(extra.iter().map(|x| x.to_string()));
-        EditParams::resolve(Method::Pke, None, &o).unwrap()
-    };
+    let o = |extra: &[&str]| gate_params(1, extra);
     let run =
         |extra: &[&str]| compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::Pke, &o(extra), Some(&retain), |_, _, _| {}).unwrap();
     let summary = |out: &pke::edit::EditOutcome| -> pke::edit::gate::GateSummary {
