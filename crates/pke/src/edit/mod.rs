@@ -44,6 +44,14 @@ struct Seq {
     resume: Option<(usize, Tensor)>,
 }
 
+impl Seq {
+    /// The tokens up to and including the one whose logits predict the first label (for a safe-reply
+    /// sequence: the prompt as the edit encodes it).
+    fn prompt(&self) -> Vec<u32> {
+        self.ids[..self.rows[0] + 1].to_vec()
+    }
+}
+
 /// The tokenized sequences of one case (before `precompute`).
 #[derive(Clone, Debug)]
 struct CaseSeqs {
@@ -734,7 +742,7 @@ fn prepare_direction(
     let harmful: Vec<PromptAt> = prepared
         .iter()
         .map(|c| {
-            let ids = c.safe.ids[..c.safe.rows[0] + 1].to_vec();
+            let ids = c.safe.prompt();
             let res = resume_at(model, &ids, l0)?;
             Ok((ids, res))
         })
@@ -950,7 +958,7 @@ pub fn compute_delta_with(
     // `intent_gate`: one repurposed neuron per edited layer, read fitted here; its rows and column replace
     // the hotspot targets.
     let gates = if p.intent_gate {
-        let harmful: Vec<Vec<u32>> = prepared.iter().map(|c| c.safe.ids[..c.safe.rows[0] + 1].to_vec()).collect();
+        let harmful: Vec<Vec<u32>> = prepared.iter().map(|c| c.safe.prompt()).collect();
         let case_prompts: Vec<String> = cases.iter().chain(&twins).map(|c| c.prompt.clone()).collect();
         let (gates, gate_targets) = gate::fit_layers(
             model,
@@ -1009,7 +1017,7 @@ pub fn compute_delta_with(
             .collect();
         let with_prose = |prose: Vec<Vec<u32>>| prompts.iter().cloned().chain(prose.into_iter().map(|ids| (ids, None))).collect::<Vec<_>>();
         let benign = with_prose(prose);
-        let harmful: Vec<Vec<u32>> = prepared.iter().map(|c| c.safe.ids[..c.safe.rows[0] + 1].to_vec()).collect();
+        let harmful: Vec<Vec<u32>> = prepared.iter().map(|c| c.safe.prompt()).collect();
         let mut pr = preserve::projectors(model, &down, &benign, &harmful, p.preserve_energy, p.preserve_sink, p.preserve_last)?;
         if p.preserve_whiten > 0.0 {
             let white = white_prose.map(with_prose);
@@ -1123,7 +1131,7 @@ pub fn compute_delta_with(
     // others the gate's column cannot reach, so their NLL would hold the edit to the step cap).
     let mut gate_stop_cases = None;
     let counted: Vec<bool> = if p.intent_gate_stop && !gates.is_empty() {
-        let prompts: Vec<Vec<u32>> = prepared.iter().map(|c| c.safe.ids[..c.safe.rows[0] + 1].to_vec()).collect();
+        let prompts: Vec<Vec<u32>> = prepared.iter().map(|c| c.safe.prompt()).collect();
         let open = gate::opens(model, &gates, &prompts, p.intent_gate_z, gate::STOP_OPEN_SHARE)?;
         if !open.iter().any(|o| *o) {
             return Err(Error::Input(
