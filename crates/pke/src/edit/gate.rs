@@ -77,19 +77,21 @@ pub struct GateSummary {
     pub positions_leak: f64,
     pub heldout_leak: f64,
     pub heldout_fire: f64,
-    /// With `intent_gate_reply`: shares above the threshold at the reply positions of the harmful prompts
-    /// followed by a safe reply (fitted to fire) and of the benign prompts followed by the same replies
-    /// (fitted to stay closed).
+    /// With `intent_gate_reply`: how the read fires along the replies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reply_fire: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub benign_reply_fire: Option<f64>,
-    /// With `intent_gate_reply`: the neuron's mean activation at those two groups of reply positions, as a
-    /// share of its activation at the median case.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reply_act: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub benign_reply_act: Option<f64>,
+    pub reply: Option<ReplyRead>,
+}
+
+/// How the gate reads the reply positions (`intent_gate_reply`): of the harmful prompts followed by a safe
+/// reply (fitted to fire) and of the benign prompts followed by the same replies (fitted to stay closed).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ReplyRead {
+    /// Shares above the threshold.
+    pub fire: f64,
+    pub benign_fire: f64,
+    /// The neuron's mean activation there, as a share of its activation at the median case.
+    pub act: f64,
+    pub benign_act: f64,
 }
 
 impl GateSummary {
@@ -111,13 +113,15 @@ impl GateSummary {
             self.positions_leak,
             self.heldout_leak,
             100.0 * self.heldout_fire
-        ) + &match (self.reply_fire, self.benign_reply_fire, self.reply_act, self.benign_reply_act) {
-            (Some(h), Some(b), Some(ha), Some(ba)) => format!(
-                "; along the refusal it fires on {:.0}% of the reply positions after harmful prompts and {:.1}% after benign ones (mean activation {ha:.3} and {ba:.4} of the median case's)",
-                100.0 * h,
-                100.0 * b
+        ) + &match &self.reply {
+            Some(r) => format!(
+                "; along the refusal it fires on {:.0}% of the reply positions after harmful prompts and {:.1}% after benign ones (mean activation {:.3} and {:.4} of the median case's)",
+                100.0 * r.fire,
+                100.0 * r.benign_fire,
+                r.act,
+                r.benign_act
             ),
-            _ => String::new(),
+            None => String::new(),
         }
     }
 }
@@ -134,8 +138,8 @@ pub(crate) struct Gate {
 /// their texts); the retain set's harmful twins after the first `twins_taken` (already cases) join them;
 /// `benign`: the retain set's benign prompts. With `intent_gate_wrap`, both sides also inside the project's
 /// own jailbreak framings (two per prompt, in turn), so the read learns the request inside a framing, not
-/// the framing. With `intent_gate_reply`, `replies` (the cases' safe replies as trained, in turn) follow
-/// every prompt of both sides (see [`fit`]). Prints each fit's summary.
+/// the framing. `replies` (with `intent_gate_reply`: the cases' safe replies as trained; otherwise empty)
+/// follow every prompt of both sides, in turn (see [`fit`]). Prints each fit's summary.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn fit_layers(
     model: &Decoder,
@@ -167,10 +171,6 @@ pub(crate) fn fit_layers(
     // Held-out prose for the summary only: the drift watch's passages (from the back).
     let passages = crate::data::sets::prose_passages()?;
     let heldout: Vec<Vec<u32>> = passage_ids(tok, passages.iter().rev(), ctx).take(4).collect::<Result<_>>()?;
-    let replies: &[Vec<u32>] = if p.intent_gate_reply { replies } else { &[] };
-    if p.intent_gate_reply && replies.is_empty() {
-        return Err(Error::Input("intent_gate_reply: no safe reply to follow the prompts with".into()));
-    }
     let mut gates = Vec::new();
     for &l in layers {
         let g = fit(model, &harmful, &benign_ids, replies, &prose, &heldout, l, p)?;
@@ -339,10 +339,12 @@ pub(crate) fn fit(
         positions_leak: mean_act(lo),
         heldout_leak: mean_act(&held),
         heldout_fire: share(&held),
-        reply_fire: logits.get(3).map(|v| share(v)),
-        benign_reply_fire: logits.get(4).map(|v| share(v)),
-        reply_act: logits.get(3).map(|v| mean_act(v)),
-        benign_reply_act: logits.get(4).map(|v| mean_act(v)),
+        reply: logits.get(3..5).map(|r| ReplyRead {
+            fire: share(&r[0]),
+            benign_fire: share(&r[1]),
+            act: mean_act(&r[0]),
+            benign_act: mean_act(&r[1]),
+        }),
     };
     Ok(Gate { summary, gate_row: w.iter().map(|a| (a * scale) as f32).collect(), up_row: w.iter().map(|a| (a / median) as f32).collect() })
 }
@@ -392,20 +394,31 @@ pub(crate) fn fit_read(groups: &[(&[Vec<f32>], f64, f64)], l2: f64) -> (Vec<f64>
     (w.iter().zip(&rms).map(|(a, s)| a / s).collect(), logits)
 }
 
-/// Which of `prompts` (token ids as the edit encodes them) open any of `gates` at their last token: the
-/// gate neuron's activation there at least `share` of its activation at the median case
-/// (SiLU(z) z / (z_median SiLU(z_median)), `z_median` = `intent_gate_z`).
-pub(crate) fn opens(model: &Decoder, gates: &[Gate], prompts: &[Vec<u32>], z_median: f64, share: f64) -> Result<Vec<bool>> {
+/// `intent_gate_stop`: which of `prompts` (token ids as the edit encodes them; `what` names them) open any
+/// of `gates` at their last token, the gate neuron's activation there at least [`STOP_OPEN_SHARE`] of its
+/// activation at the median case (SiLU(z) z / (z_median SiLU(z_median)), `z_median` = `intent_gate_z`),
+/// read with the rows as the edit sets them; and "k of n", which is printed. None opening is a clear
+/// error: the stop could never read the edit on them.
+pub(crate) fn stop_filter(model: &Decoder, gates: &[Gate], prompts: &[Vec<u32>], z_median: f64, what: &str) -> Result<(Vec<bool>, String)> {
     let mut open = vec![false; prompts.len()];
     for g in gates {
         let row: Vec<f64> = g.gate_row.iter().map(|v| *v as f64).collect();
         for (o, ids) in open.iter_mut().zip(prompts) {
             let (x, _) = capture(model, ids, g.summary.layer)?;
             let z = dot(&row, &x.get(ids.len() - 1)?.to_vec1::<f32>()?);
-            *o |= silu(z) * z / (z_median * silu(z_median)) >= share;
+            *o |= silu(z) * z / (z_median * silu(z_median)) >= STOP_OPEN_SHARE;
         }
     }
-    Ok(open)
+    let kept = open.iter().filter(|o| **o).count();
+    if kept == 0 {
+        return Err(Error::Input(format!(
+            "intent_gate_stop: the gate opens on none of the {} {what}, so the stop could never read the edit on them; set intent_gate_stop=false or fit the read on more prompts",
+            open.len()
+        )));
+    }
+    let k = format!("{kept} of {}", open.len());
+    eprintln!("intent gate stop: the gate opens on {k} {what}; the stop waits for those");
+    Ok((open, k))
 }
 
 fn silu(x: f64) -> f64 {

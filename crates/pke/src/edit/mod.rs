@@ -970,7 +970,7 @@ pub fn compute_delta_with(
             twins.len(),
             &benign_prompts,
             &hotspots.chosen_layers,
-            &prepared.iter().map(|c| c.safe.labels.clone()).collect::<Vec<_>>(),
+            &if p.intent_gate_reply { prepared.iter().map(|c| c.safe.labels.clone()).collect() } else { vec![] },
             p,
         )?;
         targets = gate_targets;
@@ -984,20 +984,23 @@ pub fn compute_delta_with(
     } else {
         None
     };
-    // `intent_gate_stop`: the stop waits only for the held-out requests a gate opens on.
-    let mut gate_stop = None;
-    if let (Some(w), true) = (watch.as_mut(), p.intent_gate_stop && !gates.is_empty()) {
-        let open = gate::opens(model, &gates, w.harmful(), p.intent_gate_z, gate::STOP_OPEN_SHARE)?;
-        let (kept, of) = (open.iter().filter(|o| **o).count(), open.len());
-        if kept == 0 {
-            return Err(Error::Input(format!(
-                "intent_gate_stop: the gate opens on none of the {of} held-out harmful requests, so the held-out stop could never read the edit; set intent_gate_stop=false or fit the read on more prompts"
-            )));
+    // `intent_gate_stop`: the NLL stop waits only for the cases a gate opens on, the held-out stop only for
+    // the held-out requests (the others the gate's column cannot reach, so they would hold the edit to the
+    // step cap); both counts go into the delta's metadata.
+    let mut gate_stop = Vec::new();
+    let counted: Vec<bool> = if p.intent_gate_stop && !gates.is_empty() {
+        let prompts: Vec<Vec<u32>> = prepared.iter().map(|c| c.safe.prompt()).collect();
+        let (open, k) = gate::stop_filter(model, &gates, &prompts, p.intent_gate_z, "edit cases")?;
+        gate_stop.push(("intent_gate_stop_cases", k));
+        if let Some(w) = watch.as_mut() {
+            let (open, k) = gate::stop_filter(model, &gates, w.harmful(), p.intent_gate_z, "held-out harmful requests")?;
+            w.keep_harmful(&open);
+            gate_stop.push(("intent_gate_stop_probes", k));
         }
-        w.keep_harmful(&open);
-        gate_stop = Some(format!("{kept} of {of}"));
-        eprintln!("intent gate stop: the gate opens on {kept} of the {of} held-out harmful requests; the held-out stop waits for those");
-    }
+        open
+    } else {
+        vec![true; prepared.len()]
+    };
     let replies = if p.retain_weight > 0.0 || p.preserve_energy > 0.0 {
         if benign_prompts.is_empty() && p.retain_weight > 0.0 {
             return Err(Error::Input("retain_weight > 0 but the retain set has no prompts".into()));
@@ -1127,25 +1130,6 @@ pub fn compute_delta_with(
     // `cases_per_step`: where the next step's cases start, and each case's NLL (the larger of its safe and
     // recovery replies') and greedy opening from the last step that trained it, which the stop reads.
     let mut case_cursor = 0usize;
-    // The cases the NLL stop waits for: every one, or with `intent_gate_stop` those a gate opens on (the
-    // others the gate's column cannot reach, so their NLL would hold the edit to the step cap).
-    let mut gate_stop_cases = None;
-    let counted: Vec<bool> = if p.intent_gate_stop && !gates.is_empty() {
-        let prompts: Vec<Vec<u32>> = prepared.iter().map(|c| c.safe.prompt()).collect();
-        let open = gate::opens(model, &gates, &prompts, p.intent_gate_z, gate::STOP_OPEN_SHARE)?;
-        if !open.iter().any(|o| *o) {
-            return Err(Error::Input(
-                "intent_gate_stop: the gate opens on none of the edit cases; set intent_gate_stop=false or fit the read on more prompts"
-                    .into(),
-            ));
-        }
-        let k = format!("{} of {}", open.iter().filter(|o| **o).count(), open.len());
-        eprintln!("intent gate stop: the gate opens on {k} edit cases; the NLL stop waits for those");
-        gate_stop_cases = Some(k);
-        open
-    } else {
-        vec![true; prepared.len()]
-    };
     let mut seen_nll = vec![f64::INFINITY; prepared.len()];
     let mut seen_open = vec![false; prepared.len()];
     // Steps that trained each case: with a few cases per step, case i takes its recovery depths in turn
@@ -1400,12 +1384,9 @@ pub fn compute_delta_with(
         let edited: Vec<(usize, Option<Vec<usize>>)> = gates.iter().map(|g| (g.summary.layer, Some(vec![g.summary.neuron]))).collect();
         metadata.insert("hotspots".into(), serde_json::to_string(&edited)?);
         metadata.insert("intent_gate".into(), serde_json::to_string(&gates.iter().map(|g| &g.summary).collect::<Vec<_>>())?);
-        // The held-out harmful requests and the cases the stop waited for, of those it holds.
-        if let Some(k) = gate_stop {
-            metadata.insert("intent_gate_stop_probes".into(), k);
-        }
-        if let Some(k) = gate_stop_cases {
-            metadata.insert("intent_gate_stop_cases".into(), k);
+        // The cases and held-out harmful requests the stop waited for, of those it holds.
+        for (key, k) in gate_stop {
+            metadata.insert(key.into(), k);
         }
     }
     metadata.insert("n_cases".into(), cases.len().to_string());

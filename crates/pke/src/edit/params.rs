@@ -233,10 +233,10 @@ pub struct EditParams {
     /// (the rest is the model's own continuation: "I'm sorry for your loss. I'm sorry for ...").
     #[serde(default)]
     pub intent_gate_reply: bool,
-    /// With `intent_gate` and the held-out stop (`stop_probes`): the stop waits only for the held-out
-    /// harmful requests the gate opens on (its activation at the last prompt token at least half the median
-    /// case's, at the original weights); the others the edit cannot reach, so waiting for them runs the edit
-    /// to the step cap.
+    /// With `intent_gate` and the held-out stop (`stop_probes`): the NLL stop waits only for the cases, and
+    /// the held-out stop only for the held-out harmful requests, the gate opens on (its activation at the
+    /// last prompt token at least half the median case's, with the rows the edit sets); the others the edit
+    /// cannot reach, so waiting for them runs the edit to the step cap.
     #[serde(default)]
     pub intent_gate_stop: bool,
     /// Representation-level term (0 = off; not for dinm): the direction r from the benign look-alikes' mean

@@ -1127,8 +1127,9 @@ fn intent_gate_reply_keeps_the_gate_open_along_the_refusal() {
     };
     let (plain, reply) = (run(&[]), run(&["intent_gate_reply=true"]));
     let (gp, gr) = (summary(&plain), summary(&reply));
-    assert_eq!((gp.reply_fire, gp.benign_reply_fire), (None, None));
-    let (hf, bf) = (gr.reply_fire.unwrap(), gr.benign_reply_fire.unwrap());
+    assert_eq!(gp.reply, None);
+    let r = gr.reply.clone().unwrap();
+    let (hf, bf) = (r.fire, r.benign_fire);
     assert!(hf >= 0.5 && bf <= 0.3 && hf > bf + 0.3, "{gr:?}");
     assert!(gr.harmful_fire >= 0.8 && gr.positions_fire <= 0.01, "{gr:?}");
     // The neuron's activation along a case's safe reply (teacher-forced), as a share of its activation at
