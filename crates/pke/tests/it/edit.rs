@@ -1161,3 +1161,27 @@ fn intent_gate_reply_keeps_the_gate_open_along_the_refusal() {
     assert!((1..=2).contains(&kept), "{k}");
     assert!(!plain.delta.metadata.contains_key("intent_gate_stop_probes"));
 }
+
+/// `intent_gate_reply`: a retain prompt that fits the context alone but not with a safe reply after it is a
+/// clear error naming the lengths, before anything is written.
+#[test]
+fn intent_gate_reply_refuses_a_prompt_with_no_room_for_the_reply() {
+    let ck = crate::common::smollm2();
+    let (cases, h) = smol_setup(2);
+    let ctx = ck.model.spec.max_position_embeddings;
+    // A benign prompt a few tokens short of the context (" a" is one token).
+    let len = |text: &str| pke::edit::encode_prompts(&ck.tok, &[text.to_string()], h.settings.chat, "test prompt").unwrap()[0].len();
+    let mut n = ctx - 40;
+    let mut text = " a".repeat(n);
+    n = n + ctx - 4 - len(&text);
+    text = " a".repeat(n);
+    assert!((ctx - 8..=ctx).contains(&len(&text)), "{}", len(&text));
+    let long = pke::data::probes::Probe { id: "long".into(), category: "test".into(), trigger: None, benign: text, harmful: None };
+    let retain: Vec<_> = std::iter::once(long).chain(pke::edit::builtin_retain()).collect();
+    let o = gate_params(1, &["intent_gate_reply=true", "layers=[11]"]);
+    let e = compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::Pke, &o, Some(&retain), |_, _, _| {}).unwrap_err().to_string();
+    assert!(
+        e.contains("intent_gate_reply: a training prompt followed by a safe reply takes") && e.contains(&format!("context of {ctx}")),
+        "{e}"
+    );
+}
