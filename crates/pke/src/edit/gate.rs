@@ -28,8 +28,20 @@
 //! (teacher-forced safe replies after the harmful prompts: positives) and closed along the same words after
 //! a benign prompt (negatives): the gate then writes along the refusal, not only at the token that starts
 //! it (more weakly: the reply positions read lower than the last prompt token, and the scale stays set there).
+//!
+//! A quantized model computes the read from rounded numbers: llama.cpp's and pke's int8 kernels round the
+//! MLP input to 8 bits per block of 32 values on the block's largest value, and a quantized `gate_proj` row
+//! is rounded per block on the row's. Fitted on standardized inputs alone, the read carries its threshold
+//! on an input coordinate that is nearly constant and small (SmolLM2's layer 11: a raw weight of 7,450 where
+//! the row's others are below 31), and both roundings of that one product move the gate's pre-activation by
+//! several units: re-quantized to Q4_1, a gated edit refused 9 of 21 look-alikes its float edit refused none
+//! of. With `intent_gate_rounding` the fit also pays for the variance the input's rounding adds to the read
+//! (each coordinate's weight squared times its block's rounding variance), so the threshold moves to
+//! coordinates that rounding leaves nearly intact. The summary reports how the read fires when computed as
+//! a Q4_1 model's kernels compute it.
 
-use candle_core::{DType, IndexOp, Tensor};
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{DType, Device, IndexOp, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::watch::{wrap, PROBE_WRAPPERS};
@@ -38,6 +50,7 @@ use crate::eval::harm::sigmoid;
 use crate::io::tokenizer::Tok;
 use crate::locate::intent::dot;
 use crate::model::decoder::down_proj_name;
+use crate::model::int8::round_q8_0;
 use crate::model::{Decoder, Input};
 use crate::trace::{Capture, Site};
 use crate::{Error, Result};
@@ -45,6 +58,10 @@ use crate::{Error, Result};
 /// Iterations of the read's fit (Adam on the logistic loss, standardized inputs).
 const FIT_STEPS: usize = 600;
 const FIT_LR: f64 = 0.02;
+
+/// The type the summary's quantized read rounds the gate row to (then to Q8_0, as pke's int8 kernel
+/// repacks it): a common 4-bit type whose blocks (32 values) fit every supported model's hidden size.
+const QUANT_READ_TYPE: GgmlDType = GgmlDType::Q4_1;
 
 /// `intent_gate_stop`: a held-out request counts as one the gate opens on when the gate neuron's
 /// activation at its last token is at least this share of the median case's.
@@ -80,6 +97,25 @@ pub struct GateSummary {
     /// With `intent_gate_reply`: how the read fires along the replies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply: Option<ReplyRead>,
+    /// The read as a quantized model computes it: the gate row rounded to Q4_1 and then Q8_0, the input to
+    /// Q8_0 blocks. None where the hidden size is not a multiple of 32.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantized: Option<QuantRead>,
+}
+
+/// How the gate's read fires when a quantized model computes it (see [`GateSummary::quantized`]).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct QuantRead {
+    /// Shares above the threshold: harmful prompts' last token, benign prompts' last token, every benign
+    /// position, held-out prose.
+    pub harmful_fire: f64,
+    pub benign_fire: f64,
+    pub positions_fire: f64,
+    pub heldout_fire: f64,
+    /// The RMS change of the pre-activation z at the prompts' last tokens (the median case reads
+    /// `intent_gate_z`, recorded beside it).
+    pub z_shift: f64,
+    pub z_median: f64,
 }
 
 /// How the gate reads the reply positions (`intent_gate_reply`): of the harmful prompts followed by a safe
@@ -120,6 +156,17 @@ impl GateSummary {
                 100.0 * r.benign_fire,
                 r.act,
                 r.benign_act
+            ),
+            None => String::new(),
+        } + &match &self.quantized {
+            Some(q) => format!(
+                "; computed as a Q4_1 model's int8 kernels compute it, it fires on {:.0}% of the harmful, {:.0}% of the benign prompts, {:.1}% of the benign positions and {:.1}% of held-out prose (pre-activation moved by {:.2} RMS, the median case's {:.0})",
+                100.0 * q.harmful_fire,
+                100.0 * q.benign_fire,
+                100.0 * q.positions_fire,
+                100.0 * q.heldout_fire,
+                q.z_shift,
+                q.z_median
             ),
             None => String::new(),
         }
@@ -296,7 +343,13 @@ pub(crate) fn fit(
     if !replies.is_empty() {
         groups.extend([(&reply_rows[..], 1.0, 1.0), (&benign_reply_rows[..], 0.0, 1.0)]);
     }
-    let (w, logits) = fit_read(&groups, l2);
+    // The rounding noise's price: each coordinate's block rounding variance over every row fitted on.
+    let noise: Vec<f64> = if p.intent_gate_rounding > 0.0 {
+        rounding_noise(groups.iter().flat_map(|(rows, ..)| rows.iter())).into_iter().map(|v| v * p.intent_gate_rounding).collect()
+    } else {
+        Vec::new()
+    };
+    let (w, logits) = fit_read(&groups, l2, &noise);
     if !logits.iter().flatten().all(|v| v.is_finite()) {
         return Err(Error::NonFinite("the intent gate's read is not finite; nothing was written".into()));
     }
@@ -316,14 +369,18 @@ pub(crate) fn fit(
     // The neuron's activation, SiLU(z) z / z_median, over its value at the median case.
     let act = |l: f64| silu(scale * l) * l / median / silu(z_median);
     let mean_act = |v: &[f64]| if v.is_empty() { 0.0 } else { v.iter().map(|l| act(*l)).sum::<f64>() / v.len() as f64 };
-    let mut held = Vec::new();
+    let mut held_rows = Vec::new();
     for ids in heldout {
         let (x, _) = capture(model, ids, layer)?;
-        for r in x.to_vec2::<f32>()? {
-            held.push(dot(&w, &r));
-        }
+        held_rows.extend(x.to_vec2::<f32>()?);
     }
+    let held: Vec<f64> = held_rows.iter().map(|r| dot(&w, r)).collect();
     let share = |v: &[f64]| if v.is_empty() { 0.0 } else { v.iter().filter(|x| **x > 0.0).count() as f64 / v.len() as f64 };
+    let gate_row: Vec<f32> = w.iter().map(|a| (a * scale) as f32).collect();
+    let quantized =
+        quant_read(&gate_row, [&pos_rows, &last_rows, &other_rows], &held_rows, scale, &[lp, lb])?.map(|[h, b, o, held, z_shift]| {
+            QuantRead { harmful_fire: h, benign_fire: b, positions_fire: o, heldout_fire: held, z_shift, z_median }
+        });
     let summary = GateSummary {
         layer,
         neuron,
@@ -345,15 +402,62 @@ pub(crate) fn fit(
             act: mean_act(&r[0]),
             benign_act: mean_act(&r[1]),
         }),
+        quantized,
     };
-    Ok(Gate { summary, gate_row: w.iter().map(|a| (a * scale) as f32).collect(), up_row: w.iter().map(|a| (a / median) as f32).collect() })
+    Ok(Gate { summary, gate_row, up_row: w.iter().map(|a| (a / median) as f32).collect() })
+}
+
+/// Per input coordinate, the variance the int8 kernel's rounding of the input adds to it: its 32-block's
+/// rounding step (the block's largest magnitude over 127) squared over 12, the mean over `rows`. Zero for
+/// a hidden size no kernel takes (not a multiple of 32).
+fn rounding_noise<'a>(rows: impl Iterator<Item = &'a Vec<f32>>) -> Vec<f64> {
+    let mut sum: Vec<f64> = Vec::new();
+    let mut n = 0usize;
+    for r in rows {
+        if sum.is_empty() {
+            sum = vec![0.0; r.len()];
+        }
+        if r.len() % 32 != 0 {
+            return vec![0.0; r.len()];
+        }
+        for (s, blk) in sum.chunks_mut(32).zip(r.chunks(32)) {
+            let step = blk.iter().fold(0f32, |a, v| a.max(v.abs())) as f64 / 127.0;
+            for v in s.iter_mut() {
+                *v += step * step / 12.0;
+            }
+        }
+        n += 1;
+    }
+    sum.iter().map(|s| s / n.max(1) as f64).collect()
+}
+
+/// The gate row's read as a quantized model computes it ([`QUANT_READ_TYPE`], then the int8 kernel's Q8_0
+/// for the row and for each input row): the shares above the threshold of each of `groups` and of `held`,
+/// and the RMS change of the pre-activation over the first two groups (their float logits in `float`,
+/// `scale` from logit to pre-activation). None where the row's length is not a multiple of 32.
+fn quant_read(row: &[f32], groups: [&[Vec<f32>]; 3], held: &[Vec<f32>], scale: f64, float: &[&Vec<f64>; 2]) -> Result<Option<[f64; 5]>> {
+    if row.is_empty() || row.len() % 32 != 0 {
+        return Ok(None);
+    }
+    let t = Tensor::from_slice(row, (1, row.len()), &Device::Cpu)?;
+    let stored = QTensor::quantize(&t, QUANT_READ_TYPE)?.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
+    let wq: Vec<f64> = round_q8_0(&stored).iter().map(|v| *v as f64).collect();
+    let z = |rows: &[Vec<f32>]| -> Vec<f64> { rows.iter().map(|r| dot(&wq, &round_q8_0(r))).collect() };
+    let fire = |v: &[f64]| if v.is_empty() { 0.0 } else { v.iter().filter(|x| **x > 0.0).count() as f64 / v.len() as f64 };
+    let (zh, zb) = (z(groups[0]), z(groups[1]));
+    let shifts: Vec<f64> =
+        zh.iter().zip(float[0].iter()).chain(zb.iter().zip(float[1].iter())).map(|(q, l)| (q - scale * l).powi(2)).collect();
+    let z_shift = (shifts.iter().sum::<f64>() / shifts.len().max(1) as f64).sqrt();
+    Ok(Some([fire(&zh), fire(&zb), fire(&z(groups[2])), fire(&z(held)), z_shift]))
 }
 
 /// A logistic read without intercept of groups of rows, each `(rows, label, weight)`: a group weighs
 /// `weight` in all (its rows share it), L2 penalty `l2` on the standardized weights: each input coordinate
-/// is scaled by its RMS over every row (not centred: the read has no intercept). Adam, `FIT_STEPS` steps.
-/// Returns the weights on the raw inputs and each group's logits.
-pub(crate) fn fit_read(groups: &[(&[Vec<f32>], f64, f64)], l2: f64) -> (Vec<f64>, Vec<Vec<f64>>) {
+/// is scaled by its RMS over every row (not centred: the read has no intercept). `noise` (empty = none):
+/// per raw input coordinate, a price on its weight squared (`intent_gate_rounding`: the variance rounding
+/// adds to the coordinate, so the penalty is the variance rounding adds to the logit). Adam, `FIT_STEPS`
+/// steps. Returns the weights on the raw inputs and each group's logits.
+pub(crate) fn fit_read(groups: &[(&[Vec<f32>], f64, f64)], l2: f64, noise: &[f64]) -> (Vec<f64>, Vec<Vec<f64>>) {
     let d = groups.iter().find_map(|(rows, ..)| rows.first()).map_or(0, |r| r.len());
     let n_all = groups.iter().map(|(rows, ..)| rows.len()).sum::<usize>().max(1) as f64;
     let mut rms = vec![0f64; d];
@@ -373,7 +477,9 @@ pub(crate) fn fit_read(groups: &[(&[Vec<f32>], f64, f64)], l2: f64) -> (Vec<f64>
     let (mut m1, mut m2) = (vec![0f64; d], vec![0f64; d]);
     let (b1, b2) = (0.9f64, 0.999f64);
     for step in 1..=FIT_STEPS {
-        let mut g: Vec<f64> = w.iter().map(|a| l2 * a).collect();
+        // On standardized weights the price of raw weight w/s is noise w^2/s^2.
+        let mut g: Vec<f64> =
+            w.iter().enumerate().map(|(j, a)| l2 * a + noise.get(j).map_or(0.0, |c| 2.0 * c / (rms[j] * rms[j]) * a)).collect();
         for (rows, y, weight) in &groups {
             let c = weight / rows.len().max(1) as f64;
             for r in rows {
@@ -427,7 +533,7 @@ fn silu(x: f64) -> f64 {
 
 #[cfg(test)]
 mod tests {
-    use super::fit_read;
+    use super::{fit_read, rounding_noise};
 
     /// Coordinate 0 is a near-constant offset (the normed input's common part), coordinate 1 carries the
     /// intent with a threshold away from zero, coordinate 2 is noise: the read must learn the threshold
@@ -444,7 +550,7 @@ mod tests {
         // Harmful at 4 +- 0.5, benign prompts at 2 +- 0.5, other positions at 1 +- 0.5: all positive, so a
         // read through the origin along coordinate 1 alone cannot separate them.
         let (pos, last, other) = (rows(30, 4.0), rows(30, 2.0), rows(200, 1.0));
-        let (w, logits) = fit_read(&[(&pos, 1.0, 1.0), (&last, 0.0, 1.0), (&other, 0.0, 1.0)], 1e-3);
+        let (w, logits) = fit_read(&[(&pos, 1.0, 1.0), (&last, 0.0, 1.0), (&other, 0.0, 1.0)], 1e-3, &[]);
         let share = |v: &[f64]| v.iter().filter(|x| **x > 0.0).count() as f64 / v.len() as f64;
         assert!(share(&logits[0]) >= 0.95, "{:?}", logits[0]);
         assert!(share(&logits[1]) <= 0.05 && share(&logits[2]) <= 0.01, "{:?}", logits[1]);
@@ -455,5 +561,41 @@ mod tests {
         // Logits are the read of the raw inputs.
         let raw: f64 = w.iter().zip(&pos[0]).map(|(a, x)| a * *x as f64).sum();
         assert!((raw - logits[0][0]).abs() < 1e-9);
+    }
+
+    /// Two near-constant coordinates can carry the threshold: a tiny one (0.01, exact) and a large one
+    /// (5, +- 0.05). On standardized inputs the fit takes the tiny one, with a raw weight in the hundreds;
+    /// priced at a rounding noise alike on every coordinate (`noise`), it moves the threshold to the large
+    /// one, and still separates the groups.
+    #[test]
+    fn a_price_on_rounding_noise_moves_the_threshold_off_a_tiny_coordinate() {
+        let mut state = 11u64;
+        let mut noise = move || {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((state >> 33) as f64 / (1u64 << 31) as f64 - 0.5) as f32
+        };
+        let mut rows = |n: usize, lo: f32| -> Vec<Vec<f32>> { (0..n).map(|_| vec![0.01, 5.0 + 0.1 * noise(), lo + noise()]).collect() };
+        let (pos, last, other) = (rows(30, 4.0), rows(30, 2.0), rows(200, 1.0));
+        let groups = [(&pos[..], 1.0, 1.0), (&last[..], 0.0, 1.0), (&other[..], 0.0, 1.0)];
+        let (w0, _) = fit_read(&groups, 1e-3, &[]);
+        let (w1, logits) = fit_read(&groups, 1e-3, &[1e-3; 3]);
+        let share = |v: &[f64]| v.iter().filter(|x| **x > 0.0).count() as f64 / v.len() as f64;
+        assert!(share(&logits[0]) >= 0.9 && share(&logits[1]) <= 0.1 && share(&logits[2]) <= 0.02, "{w1:?}");
+        assert!(w0[0].abs() > 100.0, "unpriced, the tiny coordinate carries the threshold: {w0:?}");
+        assert!(w1[0].abs() < 0.1 * w0[0].abs() && (w1[1] * 5.0).abs() > (w1[0] * 0.01).abs(), "{w0:?} -> {w1:?}");
+    }
+
+    /// A coordinate's rounding noise is its block's step (largest magnitude / 127) squared over 12, averaged
+    /// over the rows; a length no kernel takes has none.
+    #[test]
+    fn rounding_noise_follows_each_block_s_largest_value() {
+        let mut a = vec![0.1f32; 64];
+        a[3] = 12.7;
+        let b = vec![0.1f32; 64];
+        let v = rounding_noise([&a, &b].into_iter());
+        let want = |step: f64| step * step / 12.0;
+        assert!((v[0] - (want(0.1) + want(0.1 / 127.0)) / 2.0).abs() < 1e-9 && (v[31] - v[0]).abs() < 1e-12, "{v:?}");
+        assert!((v[32] - want(0.1 / 127.0)).abs() < 1e-12, "{v:?}");
+        assert_eq!(rounding_noise([&vec![1f32; 40]].into_iter()), vec![0.0; 40]);
     }
 }

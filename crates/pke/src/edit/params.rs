@@ -239,6 +239,13 @@ pub struct EditParams {
     /// cannot reach, so waiting for them runs the edit to the step cap.
     #[serde(default)]
     pub intent_gate_stop: bool,
+    /// With `intent_gate`: the price, in the read's fit, of the variance that a quantized model's rounding
+    /// of the MLP input (8 bits per block of 32, on the block's largest value, as llama.cpp's and pke's
+    /// int8 kernels do) adds to the read: each raw weight squared times its coordinate's rounding variance,
+    /// times this. 0 = off: the read then carries its threshold on a small near-constant coordinate with a
+    /// huge weight, which rounding breaks (`edit::gate`).
+    #[serde(default = "default_gate_rounding")]
+    pub intent_gate_rounding: f64,
     /// Representation-level term (0 = off; not for dinm): the direction r from the benign look-alikes' mean
     /// to the harmful cases' mean of the residual stream at the last prompt token, after block
     /// (last edited layer + `direction_offset`), in the original model. Harmful cases are pushed along r to
@@ -360,6 +367,10 @@ fn default_gate_prose() -> usize {
 
 fn default_gate_positions() -> f64 {
     16.0
+}
+
+fn default_gate_rounding() -> f64 {
+    0.0
 }
 
 fn default_prefill_tokens() -> usize {
@@ -509,6 +520,9 @@ impl EditParams {
             )));
         }
         let positive = |x: f64| x > 0.0 && x.is_finite();
+        if !(p.intent_gate_rounding >= 0.0 && p.intent_gate_rounding.is_finite()) {
+            return Err(Error::Input(format!("intent_gate_rounding must be >= 0 and finite, got {}", p.intent_gate_rounding)));
+        }
         if !(positive(p.intent_gate_z) && positive(p.intent_gate_positions) && p.intent_gate_l2 >= 0.0 && p.intent_gate_l2.is_finite()) {
             return Err(Error::Input(format!(
                 "intent_gate_z and intent_gate_positions must be > 0 and intent_gate_l2 >= 0, got {}, {} and {}",
@@ -659,6 +673,10 @@ mod tests {
             assert!(e.contains("intent_gate_z and intent_gate_positions must be > 0 and intent_gate_l2 >= 0"), "{bad}: {e}");
         }
         // The gate's shaping keys need the gate; the gated stop needs the held-out stop.
+        for bad in ["intent_gate_rounding=-1", "intent_gate_rounding=nan", "intent_gate_rounding=inf"] {
+            let e = r(&["intent_gate=true", "preserve_energy=0", bad]).unwrap_err().to_string();
+            assert!(e.contains("intent_gate_rounding must be >= 0 and finite"), "{bad}: {e}");
+        }
         for key in ["intent_gate_reply=true", "intent_gate_stop=true", "intent_gate_wrap=true"] {
             let e = r(&[key]).unwrap_err().to_string();
             assert!(e.contains("set intent_gate=true too"), "{key}: {e}");

@@ -163,6 +163,16 @@ impl PackedQ8 {
     }
 }
 
+/// `x` as the int8 kernel reads it: each block of 32 values rounded to int8 on the block's own scale
+/// (`amax / 127`, [`quantize_rows`]'s rule) and read back. A length that is not a multiple of 32 (no kernel
+/// takes it) comes back unchanged.
+pub fn round_q8_0(x: &[f32]) -> Vec<f32> {
+    if x.is_empty() || x.len() % QK != 0 {
+        return x.to_vec();
+    }
+    quantize_rows(x, 1, x.len()).iter().flat_map(|b| b.qs.map(|q| q as f32 * b.d)).collect()
+}
+
 /// Quantize each row of `x (m, k)` per block of 32 values (llama.cpp's Q8_0 rule, scale kept in f32).
 fn quantize_rows(x: &[f32], m: usize, k: usize) -> Vec<ActBlock> {
     let mut out = vec![ActBlock { qs: [0; QK], d: 0.0, sum: 0 }; m * k / QK];
@@ -284,6 +294,34 @@ mod tests {
         let err = want.iter().zip(&got).fold(0f32, |a, (w, g)| a.max((w - g).abs()));
         assert!(err < 0.02 * scale, "max error {err} against outputs up to {scale}");
         assert!(err > 0.0, "activations are quantized, so the product cannot be exact");
+    }
+
+    /// `round_q8_0` is candle's Q8_0 round trip up to the scale (f16 there, f32 in the kernel: up to
+    /// 127 x 2^-11 of a step apart): each value within half a step of where it was, a block with one large
+    /// value rounded coarsely, and a length no kernel takes left alone.
+    #[test]
+    fn round_q8_0_rounds_each_block_on_its_largest_value() {
+        let mut x = Tensor::randn(0f32, 1.0, (1, 64), &Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        x[40] = 100.0;
+        let r = round_q8_0(&x);
+        let c = QTensor::quantize(&Tensor::from_slice(&x, (1, 64), &Device::Cpu).unwrap(), GgmlDType::Q8_0)
+            .unwrap()
+            .dequantize(&Device::Cpu)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        for (b, (rb, xb)) in r.chunks(32).zip(x.chunks(32)).enumerate() {
+            let step = xb.iter().fold(0f32, |a, v| a.max(v.abs())) / 127.0;
+            for (i, (v, o)) in rb.iter().zip(xb).enumerate() {
+                assert!((v - o).abs() <= 0.5 * step * 1.0001, "block {b} value {i}: {o} -> {v}, step {step}");
+                assert!((v - c[b * 32 + i]).abs() <= step * 0.07, "block {b} value {i}: {v} against candle's {}", c[b * 32 + i]);
+            }
+        }
+        // The block holding 100 rounds its other values on a step of 0.79: most of them move.
+        assert!(r[32..64].iter().zip(&x[32..64]).filter(|(v, o)| (*v - *o).abs() > 0.05).count() > 10);
+        assert_eq!(round_q8_0(&x[..40]), x[..40].to_vec());
     }
 
     /// The AVX-512 kernel gives the scalar kernel's numbers (the same integer dot products), for row

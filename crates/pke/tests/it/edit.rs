@@ -1162,6 +1162,34 @@ fn intent_gate_reply_keeps_the_gate_open_along_the_refusal() {
     assert!(!plain.delta.metadata.contains_key("intent_gate_stop_probes"));
 }
 
+/// `intent_gate_rounding`: unpriced, the read's threshold sits on one input coordinate with a weight far
+/// above the row's others, and the read computed as a Q4_1 model's int8 kernels compute it moves by a few
+/// units (SmolLM2, two cases: 2.5 RMS, the median case at 12; 11.6 with 24 cases); priced, no weight stands
+/// out, the quantized read stays within a unit of the float one, and the float read fires as before.
+#[test]
+fn intent_gate_rounding_keeps_the_read_through_quantization() {
+    let ck = crate::common::smollm2();
+    let (cases, h) = smol_setup(2);
+    let retain = pke::edit::builtin_retain();
+    let run = |k: &str| {
+        let out =
+            compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::Pke, &gate_params(1, &[k]), Some(&retain), |_, _, _| {}).unwrap();
+        let g = serde_json::from_str::<Vec<pke::edit::gate::GateSummary>>(&out.delta.metadata["intent_gate"]).unwrap().remove(0);
+        let mut edited = ck.model.clone();
+        out.delta.apply(&mut edited, false).unwrap();
+        let row = edited.get("model.layers.11.mlp.gate_proj.weight").unwrap().get(g.neuron).unwrap().to_vec1::<f32>().unwrap();
+        let rms = (row.iter().map(|v| v * v).sum::<f32>() / row.len() as f32).sqrt();
+        let peak = row.iter().fold(0f32, |a, v| a.max(v.abs())) / rms;
+        (g, peak)
+    };
+    let ((g0, peak0), (g1, peak1)) = (run("intent_gate_rounding=0"), run("intent_gate_rounding=100"));
+    let (q0, q1) = (g0.quantized.clone().unwrap(), g1.quantized.clone().unwrap());
+    assert!(peak0 > 12.0 && peak1 < 6.0, "the row's largest weight over its RMS: {peak0} unpriced, {peak1} priced");
+    assert!(q0.z_shift > 2.0 && q1.z_shift < 1.0, "the quantized read moves by {} unpriced, {} priced", q0.z_shift, q1.z_shift);
+    assert!(g1.harmful_fire >= 0.8 && g1.benign_fire <= 0.2 && g1.positions_fire <= 0.01, "{g1:?}");
+    assert!((q1.benign_fire - g1.benign_fire).abs() <= 0.1 && (q1.harmful_fire - g1.harmful_fire).abs() <= 0.1, "{g1:?}");
+}
+
 /// `intent_gate_reply`: a retain prompt that fits the context alone but not with a safe reply after it is a
 /// clear error naming the lengths, before anything is written.
 #[test]
