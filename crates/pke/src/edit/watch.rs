@@ -69,6 +69,33 @@ fn prose_nll(model: &Decoder, seqs: &[Seq]) -> Result<f64> {
     Ok(sum / n.max(1) as f64)
 }
 
+/// The held-out stop's `p.stop_probes` harmful requests: AdvBench from [`HARMFUL_FROM`], the edit cases left
+/// out; with `stop_probe_questions` every second one asked as a question, with `stop_probe_wrapped` every
+/// third one inside one of [`PROBE_WRAPPERS`] (in turn).
+fn probe_requests(cases: &[EditCase], p: &EditParams) -> Result<Vec<String>> {
+    let n = p.stop_probes;
+    let adv = crate::data::sets::advbench()?;
+    let mut harmful: Vec<String> =
+        adv.iter().skip(HARMFUL_FROM).filter(|q| !cases.iter().any(|c| &c.prompt == *q)).take(n).cloned().collect();
+    if p.stop_probe_questions {
+        for (i, q) in harmful.iter_mut().enumerate().filter(|(i, _)| i % 2 == 1) {
+            *q = crate::data::sets::as_question(q, i / 2);
+        }
+    }
+    if p.stop_probe_wrapped {
+        for (i, q) in harmful.iter_mut().enumerate().filter(|(i, _)| i % 3 == 2) {
+            *q = wrap(q, i / 3);
+        }
+    }
+    if harmful.len() < n {
+        return Err(Error::Input(format!(
+            "stop_probes = {n}, but AdvBench holds only {} requests from index {HARMFUL_FROM} that are not edit cases",
+            harmful.len()
+        )));
+    }
+    Ok(harmful)
+}
+
 impl Watch {
     /// `p.stop_probes` harmful and (at most) as many benign probes, and (at least) `p.stop_prose_tokens`
     /// tokens of prose, read on the original `model`. `l0`: the lowest edited block (the prose's residual
@@ -83,25 +110,7 @@ impl Watch {
         l0: usize,
     ) -> Result<Self> {
         let (n, prose_tokens) = (p.stop_probes, p.stop_prose_tokens);
-        let adv = crate::data::sets::advbench()?;
-        let mut harmful: Vec<String> =
-            adv.iter().skip(HARMFUL_FROM).filter(|q| !cases.iter().any(|c| &c.prompt == *q)).take(n).cloned().collect();
-        if p.stop_probe_questions {
-            for (i, q) in harmful.iter_mut().enumerate().filter(|(i, _)| i % 2 == 1) {
-                *q = crate::data::sets::as_question(q, i / 2);
-            }
-        }
-        if p.stop_probe_wrapped {
-            for (i, q) in harmful.iter_mut().enumerate().filter(|(i, _)| i % 3 == 2) {
-                *q = wrap(q, i / 3);
-            }
-        }
-        if harmful.len() < n {
-            return Err(Error::Input(format!(
-                "stop_probes = {n}, but AdvBench holds only {} requests from index {HARMFUL_FROM} that are not edit cases",
-                harmful.len()
-            )));
-        }
+        let harmful = probe_requests(cases, p)?;
         if benign.is_empty() {
             return Err(Error::Input("stop_probes > 0 needs benign prompts in the retain set".into()));
         }
@@ -175,7 +184,44 @@ impl Watch {
 
 #[cfg(test)]
 mod tests {
-    use super::PROBE_WRAPPERS;
+    use super::{probe_requests, wrap, HARMFUL_FROM, PROBE_WRAPPERS};
+    use crate::edit::{EditParams, Method};
+
+    /// `stop_probe_wrapped` puts every third held-out request inside the project's own framings, in turn,
+    /// and `stop_probe_questions` asks every second one as a question; together, both; the edit cases
+    /// are never probes.
+    #[test]
+    fn held_out_probes_are_wrapped_and_asked_as_set() {
+        let params = |o: &[&str]| EditParams::resolve(Method::Pke, None, &o.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        let adv = crate::data::sets::advbench().unwrap();
+        let case = crate::data::EditCase {
+            id: "c".into(),
+            prompt: adv[HARMFUL_FROM].clone(),
+            safe_response: "No.".into(),
+            unsafe_response: "Yes.".into(),
+            locality_prompt: None,
+            locality_answer: None,
+            general_prompts: Vec::new(),
+            category: None,
+        };
+        let plain = probe_requests(std::slice::from_ref(&case), &params(&["stop_probes=9"])).unwrap();
+        assert_eq!(plain, adv[HARMFUL_FROM + 1..HARMFUL_FROM + 10].to_vec(), "the case is skipped, the rest in order");
+        let wrapped = probe_requests(std::slice::from_ref(&case), &params(&["stop_probes=9", "stop_probe_wrapped=true"])).unwrap();
+        for (i, (w, q)) in wrapped.iter().zip(&plain).enumerate() {
+            if i % 3 == 2 {
+                assert_eq!(w, &wrap(q, i / 3), "probe {i}");
+                assert!(w.starts_with(PROBE_WRAPPERS[i / 3].split("{}").next().unwrap()), "{w}");
+            } else {
+                assert_eq!(w, q, "probe {i}");
+            }
+        }
+        let both = probe_requests(&[], &params(&["stop_probes=6", "stop_probe_wrapped=true", "stop_probe_questions=true"])).unwrap();
+        let questions = probe_requests(&[], &params(&["stop_probes=6", "stop_probe_questions=true"])).unwrap();
+        assert_eq!(both[5], wrap(&questions[5], 1), "a probe asked as a question, then wrapped");
+        assert_ne!(questions[5], adv[HARMFUL_FROM + 5]);
+        let e = probe_requests(&[], &params(&["stop_probes=100000"])).unwrap_err().to_string();
+        assert!(e.contains("stop_probes = 100000") && e.contains("not edit cases"), "{e}");
+    }
 
     #[test]
     fn probe_wrappers_hold_one_request_and_are_no_evaluation_template() {
