@@ -1,9 +1,10 @@
 //! Diagnostic: where a gated edit's read breaks under quantization. For the gate neuron of an edited model
-//! (argv: edited folder, base GGUF, layer, neuron), the gate's pre-activation z at the last prompt token of
-//! the built-in look-alikes (benign and harmful twins), computed four ways: exactly; with the MLP input
-//! rounded to Q8_0 blocks (as the int8 kernel does); with the gate row rounded to Q4_1 (then Q8_0, as the
-//! kernel repacks it); and both. The MLP input is captured from the base GGUF with its quantized kernels
-//! (upstream layers as a quantized model runs them) and exactly.
+//! (argv: edited folder, base GGUF, layer, neuron, and the row's type: q4_1 (default), q5_0 or q8_0), the
+//! gate's pre-activation z at the last prompt token of the built-in look-alikes' validation half (benign
+//! sides and harmful twins), computed several ways: exactly; with the MLP input from the base GGUF run on
+//! its quantized kernels (upstream layers as a quantized model runs them); that input also rounded to Q8_0
+//! blocks (as the int8 kernel rounds it); the gate row rounded to its type (then Q8_0, as the kernel
+//! repacks it); and both. Used for docs/validation.md, "A gate read that survives re-quantization".
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, IndexOp, Tensor};
 use pke::data::probes::{builtin_probes, split, Split};
@@ -36,7 +37,12 @@ fn main() -> pke::Result<()> {
     let ed = Checkpoint::open(edited)?;
     let gate = ed.model.get(&format!("model.layers.{layer}.mlp.gate_proj.weight"))?.to_dtype(DType::F32)?;
     let w = gate.get(neuron)?.to_vec1::<f32>()?;
-    let wq = round_to(&round_to(&w, GgmlDType::Q4_1), GgmlDType::Q8_0);
+    let ty = match a.get(5).map(String::as_str) {
+        Some("q5_0") => GgmlDType::Q5_0,
+        Some("q8_0") => GgmlDType::Q8_0,
+        _ => GgmlDType::Q4_1,
+    };
+    let wq = round_to(&round_to(&w, ty), GgmlDType::Q8_0);
     let w8 = round_to(&w, GgmlDType::Q8_0);
     let mut qbase = Checkpoint::open(base)?;
     let exact_base = Checkpoint::open(base)?;
@@ -78,7 +84,7 @@ fn main() -> pke::Result<()> {
         let n = rows.len() as f64;
         let rms = |k: usize| (rows.iter().map(|z| (z[k] - z[0]).powi(2)).sum::<f64>() / n).sqrt();
         println!(
-            "{kind} ({}): z>0 exact {} | upstream-quantized input {} | + input rounded Q8_0 {} | Q4_1 row, exact input {} | Q4_1 row, rounded input {} | Q8_0 row, rounded input {} | exact upstream, rounded input {}",
+            "{kind} ({}): z>0 exact {} | upstream-quantized input {} | + input rounded Q8_0 {} | typed row, exact input {} | typed row, rounded input {} | Q8_0 row, rounded input {} | exact upstream, rounded input {}",
             rows.len(),
             open[0],
             open[1],
@@ -89,7 +95,7 @@ fn main() -> pke::Result<()> {
             open[6]
         );
         println!(
-            "  rms shift of z from exact: upstream {:.3}, +rounded input {:.3}, Q4_1 row {:.3}, both {:.3}, Q8_0 row+input {:.3}, rounded input alone {:.3}; mean z exact {:.3}",
+            "  rms shift of z from exact: upstream {:.3}, +rounded input {:.3}, typed row {:.3}, both {:.3}, Q8_0 row+input {:.3}, rounded input alone {:.3}; mean z exact {:.3}",
             rms(1),
             rms(2),
             rms(3),

@@ -243,7 +243,8 @@ pub struct EditParams {
     /// of the MLP input (8 bits per block of 32, on the block's largest value, as llama.cpp's and pke's
     /// int8 kernels do) adds to the read: each raw weight squared times its coordinate's rounding variance,
     /// times this. 0 = off: the read then carries its threshold on a small near-constant coordinate with a
-    /// huge weight, which rounding breaks (`edit::gate`).
+    /// huge weight, which rounding breaks (`edit::gate`). 100 chosen on SmolLM2's fit and the look-alikes'
+    /// validation half (docs/validation.md, "A gate read that survives re-quantization").
     #[serde(default = "default_gate_rounding")]
     pub intent_gate_rounding: f64,
     /// Representation-level term (0 = off; not for dinm): the direction r from the benign look-alikes' mean
@@ -370,7 +371,7 @@ fn default_gate_positions() -> f64 {
 }
 
 fn default_gate_rounding() -> f64 {
-    0.0
+    100.0
 }
 
 fn default_prefill_tokens() -> usize {
@@ -659,6 +660,7 @@ mod tests {
         let p = r(&[]).unwrap();
         assert!(!p.intent_gate);
         assert_eq!((p.intent_gate_z, p.intent_gate_l2, p.intent_gate_prose, p.intent_gate_positions), (12.0, 0.1, 4096, 16.0));
+        assert_eq!(p.intent_gate_rounding, 100.0);
         // The default null space shapes a hotspot edit: the gate needs it off.
         let e = r(&["intent_gate=true"]).unwrap_err().to_string();
         assert!(e.contains("preserve_energy > 0 shapes a hotspot edit") && e.contains("set it off"), "{e}");
