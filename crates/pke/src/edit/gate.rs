@@ -417,7 +417,7 @@ fn rounding_noise<'a>(rows: impl Iterator<Item = &'a Vec<f32>>) -> Vec<f64> {
         if sum.is_empty() {
             sum = vec![0.0; r.len()];
         }
-        if r.len() % 32 != 0 {
+        if !r.len().is_multiple_of(32) {
             return vec![0.0; r.len()];
         }
         for (s, blk) in sum.chunks_mut(32).zip(r.chunks(32)) {
@@ -436,7 +436,7 @@ fn rounding_noise<'a>(rows: impl Iterator<Item = &'a Vec<f32>>) -> Vec<f64> {
 /// and the RMS change of the pre-activation over the first two groups (their float logits in `float`,
 /// `scale` from logit to pre-activation). None where the row's length is not a multiple of 32.
 fn quant_read(row: &[f32], groups: [&[Vec<f32>]; 3], held: &[Vec<f32>], scale: f64, float: &[&Vec<f64>; 2]) -> Result<Option<[f64; 5]>> {
-    if row.is_empty() || row.len() % 32 != 0 {
+    if row.is_empty() || !row.len().is_multiple_of(32) {
         return Ok(None);
     }
     let t = Tensor::from_slice(row, (1, row.len()), &Device::Cpu)?;

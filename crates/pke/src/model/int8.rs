@@ -167,7 +167,7 @@ impl PackedQ8 {
 /// (`amax / 127`, [`quantize_rows`]'s rule) and read back. A length that is not a multiple of 32 (no kernel
 /// takes it) comes back unchanged.
 pub fn round_q8_0(x: &[f32]) -> Vec<f32> {
-    if x.is_empty() || x.len() % QK != 0 {
+    if x.is_empty() || !x.len().is_multiple_of(QK) {
         return x.to_vec();
     }
     quantize_rows(x, 1, x.len()).iter().flat_map(|b| b.qs.map(|q| q as f32 * b.d)).collect()
