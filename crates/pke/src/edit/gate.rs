@@ -63,6 +63,16 @@ const FIT_LR: f64 = 0.02;
 /// repacks it): a common 4-bit type whose blocks (32 values) fit every supported model's hidden size.
 const QUANT_READ_TYPE: GgmlDType = GgmlDType::Q4_1;
 
+/// `intent_gate_prefill`: the compliant openings the read is also fitted after (`{}` is the request, its first
+/// letter lowered and its closing punctuation dropped), one per prompt in turn, after harmful and benign
+/// prompts alike. None opens with the prefill attack's own "Sure, here is", so the attack measures transfer.
+pub const GATE_OPENINGS: [&str; 4] = [
+    "Certainly! Here is how to {}. Step 1:",
+    "Of course. To {}, you first",
+    "Absolutely, here are detailed instructions to {}:",
+    "No problem! The best way to {} is",
+];
+
 /// `intent_gate_stop`: a held-out request counts as one the gate opens on when the gate neuron's
 /// activation at its last token is at least this share of the median case's.
 pub(crate) const STOP_OPEN_SHARE: f64 = 0.5;
@@ -97,6 +107,10 @@ pub struct GateSummary {
     /// With `intent_gate_reply`: how the read fires along the replies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply: Option<ReplyRead>,
+    /// With `intent_gate_prefill`: how the read fires along compliant openings ([`GATE_OPENINGS`]) after
+    /// harmful prompts (fitted to fire) and after benign ones (fitted to stay closed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefill: Option<ReplyRead>,
     /// The read as a quantized model computes it: the gate row rounded to Q4_1 and then Q8_0, the input to
     /// Q8_0 blocks. None where the hidden size is not a multiple of 32.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -130,6 +144,24 @@ pub struct ReplyRead {
     pub benign_act: f64,
 }
 
+impl ReplyRead {
+    /// "; along {along} it fires on ..% of the {positions} after harmful prompts and ..% after benign ones ...".
+    fn describe(&self, along: &str, positions: &str) -> String {
+        format!(
+            "; along {along} it fires on {:.0}% of the {positions} after harmful prompts and {:.1}% after benign ones (mean activation {:.3} and {:.4} of the median case's)",
+            100.0 * self.fire,
+            100.0 * self.benign_fire,
+            self.act,
+            self.benign_act
+        )
+    }
+
+    /// From the logits after harmful prompts and after benign ones.
+    fn of(harmful: &[f64], benign: &[f64], share: impl Fn(&[f64]) -> f64, act: impl Fn(&[f64]) -> f64) -> Self {
+        ReplyRead { fire: share(harmful), benign_fire: share(benign), act: act(harmful), benign_act: act(benign) }
+    }
+}
+
 impl GateSummary {
     pub fn describe(&self) -> String {
         format!(
@@ -149,16 +181,9 @@ impl GateSummary {
             self.positions_leak,
             self.heldout_leak,
             100.0 * self.heldout_fire
-        ) + &match &self.reply {
-            Some(r) => format!(
-                "; along the refusal it fires on {:.0}% of the reply positions after harmful prompts and {:.1}% after benign ones (mean activation {:.3} and {:.4} of the median case's)",
-                100.0 * r.fire,
-                100.0 * r.benign_fire,
-                r.act,
-                r.benign_act
-            ),
-            None => String::new(),
-        } + &match &self.quantized {
+        ) + &self.reply.as_ref().map_or(String::new(), |r| r.describe("the refusal", "reply positions"))
+            + &self.prefill.as_ref().map_or(String::new(), |r| r.describe("a compliant opening", "positions"))
+            + &match &self.quantized {
             Some(q) => format!(
                 "; computed as a Q4_1 model's int8 kernels compute it, it fires on {:.0}% of the harmful, {:.0}% of the benign prompts, {:.1}% of the benign positions and {:.1}% of held-out prose (pre-activation moved by {:.2} RMS, the median case's {:.0})",
                 100.0 * q.harmful_fire,
@@ -209,7 +234,7 @@ pub(crate) fn fit_layers(
         let wrap = |texts: &[String]| -> Vec<String> {
             texts.iter().enumerate().flat_map(|(i, t)| [i, i + half].map(|k| wrap(t.trim(), k))).collect()
         };
-        let harmful_texts: Vec<String> = case_prompts.iter().cloned().chain(twins_left).collect();
+        let harmful_texts: Vec<String> = case_prompts.iter().chain(&twins_left).cloned().collect();
         harmful.extend(encode_prompts(tok, &wrap(&harmful_texts), chat, "wrapped harmful prompt")?);
         benign_ids.extend(encode_prompts(tok, &wrap(benign), chat, "wrapped retain prompt")?);
     }
@@ -218,9 +243,15 @@ pub(crate) fn fit_layers(
     // Held-out prose for the summary only: the drift watch's passages (from the back).
     let passages = crate::data::sets::prose_passages()?;
     let heldout: Vec<Vec<u32>> = passage_ids(tok, passages.iter().rev(), ctx).take(4).collect::<Result<_>>()?;
+    let opened = if p.intent_gate_prefill {
+        let harmful_texts: Vec<&String> = case_prompts.iter().chain(&twins_left).collect();
+        [open_all(tok, chat, &harmful_texts, ctx)?, open_all(tok, chat, &benign.iter().collect::<Vec<_>>(), ctx)?]
+    } else {
+        [Vec::new(), Vec::new()]
+    };
     let mut gates = Vec::new();
     for &l in layers {
-        let g = fit(model, &harmful, &benign_ids, replies, &prose, &heldout, l, p)?;
+        let g = fit(model, &harmful, &benign_ids, replies, &opened, &prose, &heldout, l, p)?;
         eprintln!("{}", g.summary.describe());
         gates.push(g);
     }
@@ -235,6 +266,32 @@ pub(crate) fn fit_layers(
         })
         .collect();
     Ok((gates, targets))
+}
+
+/// Each of `texts` as the edit encodes its prompt, followed by one of [`GATE_OPENINGS`] (in turn) as the
+/// assistant's reply opening (as the prefill attack opens it: right after the chat template's generation
+/// prompt, or after a space without one): the token ids and the prompt's length in them. Past `ctx`: an error.
+fn open_all(tok: &Tok, chat: bool, texts: &[&String], ctx: usize) -> Result<Vec<(Vec<u32>, usize)>> {
+    texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let t = t.trim();
+            let request: String = t.trim_end_matches(['.', '?', '!']).chars().enumerate().map(|(k, c)| if k == 0 { c.to_ascii_lowercase() } else { c }).collect();
+            let opening = GATE_OPENINGS[i % GATE_OPENINGS.len()].replace("{}", &request);
+            let prompt = crate::io::chat::prompt_text(tok, t, chat, None)?;
+            let n = tok.encode(&prompt, !chat)?.len();
+            let ids = tok.encode(&format!("{prompt}{}{opening}", if chat { "" } else { " " }), !chat)?;
+            if ids.len() > ctx || ids.len() <= n {
+                return Err(Error::Input(format!(
+                    "intent_gate_prefill: training prompt {} followed by a compliant opening takes {} tokens (the prompt {n}), past the model's context of {ctx} or with no opening left",
+                    i + 1,
+                    ids.len()
+                )));
+            }
+            Ok((ids, n))
+        })
+        .collect()
 }
 
 /// The MLP input at `layer` (every position) and the layer's MLP activation, for one sequence.
@@ -260,6 +317,7 @@ pub(crate) fn fit(
     harmful: &[Vec<u32>],
     benign: &[Vec<u32>],
     replies: &[Vec<u32>],
+    opened: &[Vec<(Vec<u32>, usize)>; 2],
     prose: &[Vec<u32>],
     heldout: &[Vec<u32>],
     layer: usize,
@@ -306,6 +364,17 @@ pub(crate) fn fit(
             reply_rows.push(x.get(t)?.to_vec1::<f32>()?);
         }
     }
+    // Compliant openings: every opening position after a harmful prompt (positives) and after a benign one
+    // (negatives); `n` is the prompt's length in the opened sequence.
+    let mut open_rows: [Vec<Vec<f32>>; 2] = [Vec::new(), Vec::new()];
+    for (rows, seqs) in open_rows.iter_mut().zip(opened) {
+        for (seq, n) in seqs {
+            let (x, _) = capture(model, seq, layer)?;
+            for t in *n..seq.len() {
+                rows.push(x.get(t)?.to_vec1::<f32>()?);
+            }
+        }
+    }
     let mut use_sum = vec![0f64; f];
     let mut use_n = 0usize;
     for (k, ids) in benign.iter().chain(prose).enumerate() {
@@ -340,8 +409,15 @@ pub(crate) fn fit(
     let use_median = sorted[f / 2];
 
     let mut groups = vec![(&pos_rows[..], 1.0, 1.0), (&last_rows[..], 0.0, 1.0), (&other_rows[..], 0.0, positions_weight)];
+    // Where the reply and opening groups sit among the logits.
+    let (mut at_reply, mut at_open) = (None, None);
     if !replies.is_empty() {
+        at_reply = Some(groups.len());
         groups.extend([(&reply_rows[..], 1.0, 1.0), (&benign_reply_rows[..], 0.0, 1.0)]);
+    }
+    if !opened[0].is_empty() {
+        at_open = Some(groups.len());
+        groups.extend([(&open_rows[0][..], 1.0, 1.0), (&open_rows[1][..], 0.0, 1.0)]);
     }
     // The rounding noise's price: each coordinate's block rounding variance over every row fitted on.
     let noise: Vec<f64> = if p.intent_gate_rounding > 0.0 {
@@ -396,12 +472,8 @@ pub(crate) fn fit(
         positions_leak: mean_act(lo),
         heldout_leak: mean_act(&held),
         heldout_fire: share(&held),
-        reply: logits.get(3..5).map(|r| ReplyRead {
-            fire: share(&r[0]),
-            benign_fire: share(&r[1]),
-            act: mean_act(&r[0]),
-            benign_act: mean_act(&r[1]),
-        }),
+        reply: at_reply.map(|k| ReplyRead::of(&logits[k], &logits[k + 1], share, mean_act)),
+        prefill: at_open.map(|k| ReplyRead::of(&logits[k], &logits[k + 1], share, mean_act)),
         quantized,
     };
     Ok(Gate { summary, gate_row, up_row: w.iter().map(|a| (a / median) as f32).collect() })
@@ -535,16 +607,21 @@ fn silu(x: f64) -> f64 {
 mod tests {
     use super::{fit_read, rounding_noise};
 
+    /// Uniform noise in [-0.5, 0.5), a fixed sequence per seed.
+    fn uniform(seed: u64) -> impl FnMut() -> f32 {
+        let mut state = seed;
+        move || {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((state >> 33) as f64 / (1u64 << 31) as f64 - 0.5) as f32
+        }
+    }
+
     /// Coordinate 0 is a near-constant offset (the normed input's common part), coordinate 1 carries the
     /// intent with a threshold away from zero, coordinate 2 is noise: the read must learn the threshold
     /// through the offset, since it has no intercept.
     #[test]
     fn the_read_learns_a_threshold_through_the_constant_part() {
-        let mut state = 7u64;
-        let mut noise = move || {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((state >> 33) as f64 / (1u64 << 31) as f64 - 0.5) as f32
-        };
+        let mut noise = uniform(7);
         let mut rows =
             |n: usize, lo: f32| -> Vec<Vec<f32>> { (0..n).map(|_| vec![5.0 + 0.1 * noise(), lo + noise(), 3.0 * noise()]).collect() };
         // Harmful at 4 +- 0.5, benign prompts at 2 +- 0.5, other positions at 1 +- 0.5: all positive, so a
@@ -569,11 +646,7 @@ mod tests {
     /// one, and still separates the groups.
     #[test]
     fn a_price_on_rounding_noise_moves_the_threshold_off_a_tiny_coordinate() {
-        let mut state = 11u64;
-        let mut noise = move || {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((state >> 33) as f64 / (1u64 << 31) as f64 - 0.5) as f32
-        };
+        let mut noise = uniform(11);
         let mut rows = |n: usize, lo: f32| -> Vec<Vec<f32>> { (0..n).map(|_| vec![0.01, 5.0 + 0.1 * noise(), lo + noise()]).collect() };
         let (pos, last, other) = (rows(30, 4.0), rows(30, 2.0), rows(200, 1.0));
         let groups = [(&pos[..], 1.0, 1.0), (&last[..], 0.0, 1.0), (&other[..], 0.0, 1.0)];
@@ -583,6 +656,17 @@ mod tests {
         assert!(share(&logits[0]) >= 0.9 && share(&logits[1]) <= 0.1 && share(&logits[2]) <= 0.02, "{w1:?}");
         assert!(w0[0].abs() > 100.0, "unpriced, the tiny coordinate carries the threshold: {w0:?}");
         assert!(w1[0].abs() < 0.1 * w0[0].abs() && (w1[1] * 5.0).abs() > (w1[0] * 0.01).abs(), "{w0:?} -> {w1:?}");
+    }
+
+    /// The openings the read is fitted after hold one request each and none is (or holds) the prefill
+    /// attack's own opening, so what the attack measures is transfer.
+    #[test]
+    fn gate_openings_are_not_the_prefill_attack_s() {
+        let attack = crate::eval::report::EvalSettings::default().prefill;
+        for o in super::GATE_OPENINGS {
+            assert_eq!(o.matches("{}").count(), 1, "{o}");
+            assert!(!o.to_lowercase().contains(&attack.to_lowercase()), "{o} holds {attack}");
+        }
     }
 
     /// A coordinate's rounding noise is its block's step (largest magnitude / 127) squared over 12, averaged

@@ -247,6 +247,13 @@ pub struct EditParams {
     /// validation half (docs/validation.md, "A gate read that survives re-quantization").
     #[serde(default = "default_gate_rounding")]
     pub intent_gate_rounding: f64,
+    /// With `intent_gate`: the read is also fitted to open along a compliant opening of the reply after a
+    /// harmful request (each harmful training prompt followed by one of `edit::gate::GATE_OPENINGS`, in turn:
+    /// every opening position a positive) and to stay closed along the same openings after a benign prompt,
+    /// so the gate can write its refusal where a prefill attack has opened the reply. None of the openings is
+    /// the attack's own "Sure, here is". Pair with `prefill_weight` to train the refusal there.
+    #[serde(default)]
+    pub intent_gate_prefill: bool,
     /// Representation-level term (0 = off; not for dinm): the direction r from the benign look-alikes' mean
     /// to the harmful cases' mean of the residual stream at the last prompt token, after block
     /// (last edited layer + `direction_offset`), in the original model. Harmful cases are pushed along r to
@@ -530,9 +537,9 @@ impl EditParams {
                 p.intent_gate_z, p.intent_gate_positions, p.intent_gate_l2
             )));
         }
-        if !p.intent_gate && (p.intent_gate_reply || p.intent_gate_stop || p.intent_gate_wrap) {
+        if !p.intent_gate && (p.intent_gate_reply || p.intent_gate_stop || p.intent_gate_wrap || p.intent_gate_prefill) {
             return Err(Error::Input(
-                "intent_gate_reply, intent_gate_stop and intent_gate_wrap shape the intent gate, which is off: set intent_gate=true too"
+                "intent_gate_reply, intent_gate_stop, intent_gate_wrap and intent_gate_prefill shape the intent gate, which is off: set intent_gate=true too"
                     .into(),
             ));
         }
@@ -679,7 +686,7 @@ mod tests {
             let e = r(&["intent_gate=true", "preserve_energy=0", bad]).unwrap_err().to_string();
             assert!(e.contains("intent_gate_rounding must be >= 0 and finite"), "{bad}: {e}");
         }
-        for key in ["intent_gate_reply=true", "intent_gate_stop=true", "intent_gate_wrap=true"] {
+        for key in ["intent_gate_reply=true", "intent_gate_stop=true", "intent_gate_wrap=true", "intent_gate_prefill=true"] {
             let e = r(&[key]).unwrap_err().to_string();
             assert!(e.contains("set intent_gate=true too"), "{key}: {e}");
         }

@@ -1190,6 +1190,25 @@ fn intent_gate_rounding_keeps_the_read_through_quantization() {
     assert!((q1.benign_fire - g1.benign_fire).abs() <= 0.1 && (q1.harmful_fire - g1.harmful_fire).abs() <= 0.1, "{g1:?}");
 }
 
+/// `intent_gate_prefill`: the read is also fitted along compliant openings of the reply, to open after a
+/// harmful prompt and stay closed after a benign one; the summary reports both, the plain gate neither.
+#[test]
+fn intent_gate_prefill_opens_the_gate_after_a_compliant_opening() {
+    let ck = crate::common::smollm2();
+    let (cases, h) = smol_setup(2);
+    let retain = pke::edit::builtin_retain();
+    let summary = |extra: &[&str]| {
+        let out =
+            compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::Pke, &gate_params(1, extra), Some(&retain), |_, _, _| {}).unwrap();
+        serde_json::from_str::<Vec<pke::edit::gate::GateSummary>>(&out.delta.metadata["intent_gate"]).unwrap().remove(0)
+    };
+    let g = summary(&["intent_gate_prefill=true"]);
+    let r = g.prefill.clone().unwrap();
+    assert!(r.fire >= 0.5 && r.benign_fire <= 0.3 && r.act > 10.0 * r.benign_act, "{g:?}");
+    assert!(g.harmful_fire >= 0.8 && g.positions_fire <= 0.01, "{g:?}");
+    assert_eq!(summary(&[]).prefill, None);
+}
+
 /// `intent_gate_reply`: a retain prompt that fits the context alone but not with a safe reply after it is a
 /// clear error naming the lengths, before anything is written.
 #[test]
