@@ -1183,6 +1183,7 @@ fn intent_gate_rounding_keeps_the_read_through_quantization() {
         (g, peak)
     };
     let ((g0, peak0), (g1, peak1)) = (run("intent_gate_rounding=0"), run("intent_gate_rounding=100"));
+    assert_eq!((&g0.prefill, &g1.prefill), (&None, &None), "no prefill read without intent_gate_prefill");
     let (q0, q1) = (g0.quantized.clone().unwrap(), g1.quantized.clone().unwrap());
     assert!(peak0 > 12.0 && peak1 < 6.0, "the row's largest weight over its RMS: {peak0} unpriced, {peak1} priced");
     assert!(q0.z_shift > 2.0 && q1.z_shift < 1.0, "the quantized read moves by {} unpriced, {} priced", q0.z_shift, q1.z_shift);
@@ -1191,7 +1192,7 @@ fn intent_gate_rounding_keeps_the_read_through_quantization() {
 }
 
 /// `intent_gate_prefill`: the read is also fitted along compliant openings of the reply, to open after a
-/// harmful prompt and stay closed after a benign one; the summary reports both, the plain gate neither.
+/// harmful prompt and stay closed after a benign one; the summary reports both.
 #[test]
 fn intent_gate_prefill_opens_the_gate_after_a_compliant_opening() {
     let ck = crate::common::smollm2();
@@ -1206,7 +1207,8 @@ fn intent_gate_prefill_opens_the_gate_after_a_compliant_opening() {
     let r = g.prefill.clone().unwrap();
     assert!(r.fire >= 0.5 && r.benign_fire <= 0.3 && r.act > 10.0 * r.benign_act, "{g:?}");
     assert!(g.harmful_fire >= 0.8 && g.positions_fire <= 0.01, "{g:?}");
-    assert_eq!(summary(&[]).prefill, None);
+    // Without it the summary has no prefill read (`intent_gate_rounding_keeps_the_read_through_quantization`'s
+    // plain fits check that, sparing a fit here).
 }
 
 /// `intent_gate_reply`: a retain prompt that fits the context alone but not with a safe reply after it is a
