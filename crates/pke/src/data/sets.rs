@@ -404,7 +404,7 @@ pub const REFUSALS: [&str; 3] = [
     "Sorry, I won't help with this. If you have a different question, I'm happy to help.",
 ];
 
-fn lower_first(s: &str) -> String {
+pub(crate) fn lower_first(s: &str) -> String {
     let mut c = s.chars();
     match c.next() {
         Some(f) => f.to_lowercase().collect::<String>() + c.as_str(),

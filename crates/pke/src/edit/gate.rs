@@ -157,7 +157,7 @@ impl ReplyRead {
     }
 
     /// From the logits after harmful prompts and after benign ones.
-    fn of(harmful: &[f64], benign: &[f64], share: impl Fn(&[f64]) -> f64, act: impl Fn(&[f64]) -> f64) -> Self {
+    fn of(harmful: &[f64], benign: &[f64], act: impl Fn(&[f64]) -> f64) -> Self {
         ReplyRead { fire: share(harmful), benign_fire: share(benign), act: act(harmful), benign_act: act(benign) }
     }
 }
@@ -277,7 +277,7 @@ fn open_all(tok: &Tok, chat: bool, texts: &[&String], ctx: usize) -> Result<Vec<
         .enumerate()
         .map(|(i, t)| {
             let t = t.trim();
-            let request: String = t.trim_end_matches(['.', '?', '!']).chars().enumerate().map(|(k, c)| if k == 0 { c.to_ascii_lowercase() } else { c }).collect();
+            let request = crate::data::sets::lower_first(t.trim_end_matches(['.', '?', '!']));
             let opening = GATE_OPENINGS[i % GATE_OPENINGS.len()].replace("{}", &request);
             let prompt = crate::io::chat::prompt_text(tok, t, chat, None)?;
             let n = tok.encode(&prompt, !chat)?.len();
@@ -310,7 +310,9 @@ fn capture(model: &Decoder, ids: &[u32], layer: usize) -> Result<(Tensor, Tensor
 /// When `replies` is not empty, prompt i is followed by reply i (modulo their number), teacher-forced: the
 /// positions that predict the reply's second token onward join the harmful side as positives and the
 /// benign side as a negative group of their own (weight 1), so the read stays open along a refusal of a
-/// harmful request and closed along the same words after a benign one.
+/// harmful request and closed along the same words after a benign one. `opened` (with `intent_gate_prefill`;
+/// otherwise empty): the harmful and the benign prompts followed by a compliant opening ([`open_all`]), whose
+/// opening positions join as two more groups the same way.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn fit(
     model: &Decoder,
@@ -451,7 +453,6 @@ pub(crate) fn fit(
         held_rows.extend(x.to_vec2::<f32>()?);
     }
     let held: Vec<f64> = held_rows.iter().map(|r| dot(&w, r)).collect();
-    let share = |v: &[f64]| if v.is_empty() { 0.0 } else { v.iter().filter(|x| **x > 0.0).count() as f64 / v.len() as f64 };
     let gate_row: Vec<f32> = w.iter().map(|a| (a * scale) as f32).collect();
     let quantized =
         quant_read(&gate_row, [&pos_rows, &last_rows, &other_rows], &held_rows, scale, &[lp, lb])?.map(|[h, b, o, held, z_shift]| {
@@ -472,8 +473,8 @@ pub(crate) fn fit(
         positions_leak: mean_act(lo),
         heldout_leak: mean_act(&held),
         heldout_fire: share(&held),
-        reply: at_reply.map(|k| ReplyRead::of(&logits[k], &logits[k + 1], share, mean_act)),
-        prefill: at_open.map(|k| ReplyRead::of(&logits[k], &logits[k + 1], share, mean_act)),
+        reply: at_reply.map(|k| ReplyRead::of(&logits[k], &logits[k + 1], mean_act)),
+        prefill: at_open.map(|k| ReplyRead::of(&logits[k], &logits[k + 1], mean_act)),
         quantized,
     };
     Ok(Gate { summary, gate_row, up_row: w.iter().map(|a| (a / median) as f32).collect() })
@@ -515,12 +516,11 @@ fn quant_read(row: &[f32], groups: [&[Vec<f32>]; 3], held: &[Vec<f32>], scale: f
     let stored = QTensor::quantize(&t, QUANT_READ_TYPE)?.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
     let wq: Vec<f64> = round_q8_0(&stored).iter().map(|v| *v as f64).collect();
     let z = |rows: &[Vec<f32>]| -> Vec<f64> { rows.iter().map(|r| dot(&wq, &round_q8_0(r))).collect() };
-    let fire = |v: &[f64]| if v.is_empty() { 0.0 } else { v.iter().filter(|x| **x > 0.0).count() as f64 / v.len() as f64 };
     let (zh, zb) = (z(groups[0]), z(groups[1]));
     let shifts: Vec<f64> =
         zh.iter().zip(float[0].iter()).chain(zb.iter().zip(float[1].iter())).map(|(q, l)| (q - scale * l).powi(2)).collect();
     let z_shift = (shifts.iter().sum::<f64>() / shifts.len().max(1) as f64).sqrt();
-    Ok(Some([fire(&zh), fire(&zb), fire(&z(groups[2])), fire(&z(held)), z_shift]))
+    Ok(Some([share(&zh), share(&zb), share(&z(groups[2])), share(&z(held)), z_shift]))
 }
 
 /// A logistic read without intercept of groups of rows, each `(rows, label, weight)`: a group weighs
@@ -599,13 +599,22 @@ pub(crate) fn stop_filter(model: &Decoder, gates: &[Gate], prompts: &[Vec<u32>],
     Ok((open, k))
 }
 
+/// The share of `v` above zero (the gate's threshold); 0 for none.
+fn share(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        0.0
+    } else {
+        v.iter().filter(|x| **x > 0.0).count() as f64 / v.len() as f64
+    }
+}
+
 fn silu(x: f64) -> f64 {
     x * sigmoid(x)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{fit_read, rounding_noise};
+    use super::{fit_read, rounding_noise, share};
 
     /// Uniform noise in [-0.5, 0.5), a fixed sequence per seed.
     fn uniform(seed: u64) -> impl FnMut() -> f32 {
@@ -628,7 +637,6 @@ mod tests {
         // read through the origin along coordinate 1 alone cannot separate them.
         let (pos, last, other) = (rows(30, 4.0), rows(30, 2.0), rows(200, 1.0));
         let (w, logits) = fit_read(&[(&pos, 1.0, 1.0), (&last, 0.0, 1.0), (&other, 0.0, 1.0)], 1e-3, &[]);
-        let share = |v: &[f64]| v.iter().filter(|x| **x > 0.0).count() as f64 / v.len() as f64;
         assert!(share(&logits[0]) >= 0.95, "{:?}", logits[0]);
         assert!(share(&logits[1]) <= 0.05 && share(&logits[2]) <= 0.01, "{:?}", logits[1]);
         // The offset carries the threshold with the opposite sign of the intent coordinate.
@@ -652,7 +660,6 @@ mod tests {
         let groups = [(&pos[..], 1.0, 1.0), (&last[..], 0.0, 1.0), (&other[..], 0.0, 1.0)];
         let (w0, _) = fit_read(&groups, 1e-3, &[]);
         let (w1, logits) = fit_read(&groups, 1e-3, &[1e-3; 3]);
-        let share = |v: &[f64]| v.iter().filter(|x| **x > 0.0).count() as f64 / v.len() as f64;
         assert!(share(&logits[0]) >= 0.9 && share(&logits[1]) <= 0.1 && share(&logits[2]) <= 0.02, "{w1:?}");
         assert!(w0[0].abs() > 100.0, "unpriced, the tiny coordinate carries the threshold: {w0:?}");
         assert!(w1[0].abs() < 0.1 * w0[0].abs() && (w1[1] * 5.0).abs() > (w1[0] * 0.01).abs(), "{w0:?} -> {w1:?}");

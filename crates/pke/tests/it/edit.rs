@@ -1030,6 +1030,11 @@ fn write_refusal_changes_every_column_along_the_refusal_direction() {
     assert!(e.contains("write_refusal") && e.contains("dinm"), "{e}");
 }
 
+/// The first (only) gate's summary in a gated edit's delta.
+fn gate_summary(out: &pke::edit::EditOutcome) -> pke::edit::gate::GateSummary {
+    serde_json::from_str::<Vec<pke::edit::gate::GateSummary>>(&out.delta.metadata["intent_gate"]).unwrap().remove(0)
+}
+
 /// A gated edit of `steps` updates without either stop, the gate's prose cut to 512 tokens, and `extra`.
 fn gate_params(steps: usize, extra: &[&str]) -> EditParams {
     let base = ["stop_nll=0", "stop_probes=0", "preserve_energy=0", "intent_gate=true", "intent_gate_prose=512"];
@@ -1122,11 +1127,8 @@ fn intent_gate_reply_keeps_the_gate_open_along_the_refusal() {
     let o = |extra: &[&str]| gate_params(1, extra);
     let run =
         |extra: &[&str]| compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::Pke, &o(extra), Some(&retain), |_, _, _| {}).unwrap();
-    let summary = |out: &pke::edit::EditOutcome| -> pke::edit::gate::GateSummary {
-        serde_json::from_str::<Vec<pke::edit::gate::GateSummary>>(&out.delta.metadata["intent_gate"]).unwrap().remove(0)
-    };
     let (plain, reply) = (run(&[]), run(&["intent_gate_reply=true"]));
-    let (gp, gr) = (summary(&plain), summary(&reply));
+    let (gp, gr) = (gate_summary(&plain), gate_summary(&reply));
     assert_eq!(gp.reply, None);
     let r = gr.reply.clone().unwrap();
     let (hf, bf) = (r.fire, r.benign_fire);
@@ -1174,7 +1176,7 @@ fn intent_gate_rounding_keeps_the_read_through_quantization() {
     let run = |k: &str| {
         let out =
             compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::Pke, &gate_params(1, &[k]), Some(&retain), |_, _, _| {}).unwrap();
-        let g = serde_json::from_str::<Vec<pke::edit::gate::GateSummary>>(&out.delta.metadata["intent_gate"]).unwrap().remove(0);
+        let g = gate_summary(&out);
         let mut edited = ck.model.clone();
         out.delta.apply(&mut edited, false).unwrap();
         let row = edited.get("model.layers.11.mlp.gate_proj.weight").unwrap().get(g.neuron).unwrap().to_vec1::<f32>().unwrap();
@@ -1198,12 +1200,8 @@ fn intent_gate_prefill_opens_the_gate_after_a_compliant_opening() {
     let ck = crate::common::smollm2();
     let (cases, h) = smol_setup(2);
     let retain = pke::edit::builtin_retain();
-    let summary = |extra: &[&str]| {
-        let out =
-            compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::Pke, &gate_params(1, extra), Some(&retain), |_, _, _| {}).unwrap();
-        serde_json::from_str::<Vec<pke::edit::gate::GateSummary>>(&out.delta.metadata["intent_gate"]).unwrap().remove(0)
-    };
-    let g = summary(&["intent_gate_prefill=true"]);
+    let o = gate_params(1, &["intent_gate_prefill=true"]);
+    let g = gate_summary(&compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::Pke, &o, Some(&retain), |_, _, _| {}).unwrap());
     let r = g.prefill.clone().unwrap();
     assert!(r.fire >= 0.5 && r.benign_fire <= 0.3 && r.act > 10.0 * r.benign_act, "{g:?}");
     assert!(g.harmful_fire >= 0.8 && g.positions_fire <= 0.01, "{g:?}");
