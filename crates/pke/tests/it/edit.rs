@@ -1210,7 +1210,8 @@ fn intent_gate_prefill_opens_the_gate_after_a_compliant_opening() {
 }
 
 /// `intent_gate_reply`: a retain prompt that fits the context alone but not with a safe reply after it is a
-/// clear error naming the lengths, before anything is written.
+/// clear error naming the lengths, before anything is written; so is it for `intent_gate_prefill`, with a
+/// compliant opening after it.
 #[test]
 fn intent_gate_reply_refuses_a_prompt_with_no_room_for_the_reply() {
     let ck = crate::common::smollm2();
@@ -1225,10 +1226,12 @@ fn intent_gate_reply_refuses_a_prompt_with_no_room_for_the_reply() {
     assert!((ctx - 8..=ctx).contains(&len(&text)), "{}", len(&text));
     let long = pke::data::probes::Probe { id: "long".into(), category: "test".into(), trigger: None, benign: text, harmful: None };
     let retain: Vec<_> = std::iter::once(long).chain(pke::edit::builtin_retain()).collect();
-    let o = gate_params(1, &["intent_gate_reply=true", "layers=[11]"]);
-    let e = compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::Pke, &o, Some(&retain), |_, _, _| {}).unwrap_err().to_string();
-    assert!(
-        e.contains("intent_gate_reply: a training prompt followed by a safe reply takes") && e.contains(&format!("context of {ctx}")),
-        "{e}"
-    );
+    for (key, want) in [
+        ("intent_gate_reply=true", "intent_gate_reply: a training prompt followed by a safe reply takes"),
+        ("intent_gate_prefill=true", "intent_gate_prefill: training prompt 1 followed by a compliant opening takes"),
+    ] {
+        let o = gate_params(1, &[key, "layers=[11]"]);
+        let e = compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::Pke, &o, Some(&retain), |_, _, _| {}).unwrap_err().to_string();
+        assert!(e.contains(want) && e.contains(&format!("context of {ctx}")), "{key}: {e}");
+    }
 }
