@@ -226,11 +226,13 @@ fn encode_nonempty(tok: &Tok, text: &str, special: bool, what: &str, id: &str) -
 fn prepare(tok: &Tok, i: usize, c: &EditCase, chat: bool, p: &EditParams, method: Method) -> Result<CaseSeqs> {
     let suffix = (method == Method::Dinm && p.quirk_suffix).then_some(DINM_SUFFIX);
     let sep = |r: &str| crate::io::chat::reply_text(r, chat);
+    // `safe_reply`: one refusal for every case in place of each case's own.
+    let safe_text = if p.safe_reply.is_empty() { c.safe_response.as_str() } else { p.safe_reply.as_str() };
     if method == Method::Dinm {
         // ft_input = prompt_S + " " + (" " + target); labels = tok(" " + target) with special tokens (Q3);
         // the loss reads logits[:-1][-T:].
         let prompt_s = prompt_text(tok, &c.prompt, chat, suffix)?;
-        let target = format!(" {}", c.safe_response);
+        let target = format!(" {safe_text}");
         let ids = encode_nonempty(tok, &format!("{prompt_s} {target}"), !chat, "the edit input", &c.id)?;
         let labels = encode_nonempty(tok, &target, p.quirk_bos_label, "the safe reply", &c.id)?;
         if labels.len() >= ids.len() {
@@ -257,7 +259,7 @@ fn prepare(tok: &Tok, i: usize, c: &EditCase, chat: bool, p: &EditParams, method
         return Ok(CaseSeqs { id: c.id.clone(), safe, unsafe_, loc, recover: Vec::new() });
     }
     let prompt = encode_nonempty(tok, &prompt_text(tok, &c.prompt, chat, None)?, !chat, "the prompt", &c.id)?;
-    let mut safe = encode_nonempty(tok, &sep(&c.safe_response), false, "the safe reply", &c.id)?;
+    let mut safe = encode_nonempty(tok, &sep(safe_text), false, "the safe reply", &c.id)?;
     if p.target_eos {
         let eos = *tok
             .stop_token_ids()

@@ -168,6 +168,10 @@ pub struct EditParams {
     /// Append the end-of-turn token to the safe reply, so the learned refusal ends instead of rambling on.
     #[serde(default)]
     pub target_eos: bool,
+    /// One safe reply trained for every case in place of each case's own (empty = the cases' own): one
+    /// short refusal that ends, where the built-in cases rotate three wordings.
+    #[serde(default)]
+    pub safe_reply: String,
     /// Hotspot layers to edit, overriding the locator's choice (empty = located). Lets a compare arm try
     /// later or several layers.
     #[serde(default)]
@@ -526,6 +530,9 @@ impl EditParams {
                 "preserve_text ({}) and preserve_last ({}) shape the null space, which is off (preserve_energy = 0): set preserve_energy too",
                 p.preserve_text, p.preserve_last
             )));
+        }
+        if !p.safe_reply.is_empty() && p.safe_reply.trim().is_empty() {
+            return Err(Error::Input(format!("safe_reply {:?} is blank: give a refusal, or \"\" for each case's own", p.safe_reply)));
         }
         let positive = |x: f64| x > 0.0 && x.is_finite();
         if !(p.intent_gate_rounding >= 0.0 && p.intent_gate_rounding.is_finite()) {

@@ -550,6 +550,31 @@ fn target_eos_ends_the_safe_reply_with_the_end_of_turn_token() {
     assert_eq!(ck.tok.stop_token_ids()[0], 2);
 }
 
+#[test]
+fn safe_reply_replaces_every_case_s_own_refusal() {
+    let ck = crate::common::smollm2();
+    let cases = pke::data::sets::builtin_cases("advbench", 2).unwrap();
+    assert_ne!(cases[0].safe_response, cases[1].safe_response, "the built-in cases rotate their refusals");
+    let own = EditParams::defaults(Method::Pke);
+    assert!(own.safe_reply.is_empty(), "off by default");
+    let one = EditParams { safe_reply: "I can't help with that.".into(), ..own.clone() };
+    let (a0, a1) = (
+        training_labels(&ck.tok, &cases[0], true, &own, Method::Pke).unwrap(),
+        training_labels(&ck.tok, &cases[1], true, &own, Method::Pke).unwrap(),
+    );
+    assert_ne!(a0, a1);
+    let (b0, b1) = (
+        training_labels(&ck.tok, &cases[0], true, &one, Method::Pke).unwrap(),
+        training_labels(&ck.tok, &cases[1], true, &one, Method::Pke).unwrap(),
+    );
+    assert_eq!(b0, b1, "one refusal for both cases");
+    // The given text, then the end-of-turn token (target_eos is on by default).
+    assert_eq!(ck.tok.decode(&b0[..b0.len() - 1], true).unwrap().trim(), "I can't help with that.");
+    assert_eq!(*b0.last().unwrap(), ck.tok.stop_token_ids()[0]);
+    let e = EditParams::resolve(Method::Pke, None, &["safe_reply=\"  \"".into()]).unwrap_err().to_string();
+    assert!(e.contains("safe_reply") && e.contains("blank"), "{e}");
+}
+
 /// The (row or column) indices at which two (rows, cols) weights differ, along `axis`.
 fn changed_along(a: &Decoder, b: &Decoder, name: &str, axis: usize) -> std::collections::BTreeSet<usize> {
     let w0 = a.get(name).unwrap().to_vec2::<f32>().unwrap();
