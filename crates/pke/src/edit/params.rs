@@ -726,4 +726,15 @@ mod tests {
         let e = r(&["stop_probes=16", "stop_drift=-1"]).unwrap_err().to_string();
         assert!(e.contains("stop_drift >= 0") && e.contains("-1"), "{e}");
     }
+
+    /// The shipped intent-gate preset (config/presets/intent-gate.toml, for `pke edit --config`) resolves
+    /// on pke's defaults and turns the gate on with the settings it documents.
+    #[test]
+    fn the_intent_gate_preset_resolves() {
+        let path = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/presets/intent-gate.toml"));
+        let p = EditParams::resolve(Method::Pke, Some(path), &[]).unwrap();
+        assert!(p.intent_gate && p.intent_gate_stop && p.preserve_energy == 0.0 && p.stop_backoff == 3);
+        assert_eq!(p.safe_reply, "I'm sorry, but I can't help with that.");
+        assert_eq!(p.lr, EditParams::defaults(Method::Pke).lr, "the rest is pke's defaults");
+    }
 }
