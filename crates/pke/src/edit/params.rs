@@ -169,7 +169,8 @@ pub struct EditParams {
     #[serde(default)]
     pub target_eos: bool,
     /// One safe reply trained for every case in place of each case's own (empty = the cases' own): one
-    /// short refusal that ends, where the built-in cases rotate three wordings.
+    /// short refusal that ends, where the built-in cases rotate three wordings. Edit only: locate still
+    /// traces each case's own safe reply.
     #[serde(default)]
     pub safe_reply: String,
     /// Hotspot layers to edit, overriding the locator's choice (empty = located). Lets a compare arm try
