@@ -244,8 +244,7 @@ pub(crate) fn fit_layers(
     let passages = crate::data::sets::prose_passages()?;
     let heldout: Vec<Vec<u32>> = passage_ids(tok, passages.iter().rev(), ctx).take(4).collect::<Result<_>>()?;
     let opened = if p.intent_gate_prefill {
-        let harmful_texts: Vec<&String> = case_prompts.iter().chain(&twins_left).collect();
-        [open_all(tok, chat, &harmful_texts, ctx)?, open_all(tok, chat, &benign.iter().collect::<Vec<_>>(), ctx)?]
+        [open_all(tok, chat, case_prompts.iter().chain(&twins_left), ctx)?, open_all(tok, chat, benign, ctx)?]
     } else {
         [Vec::new(), Vec::new()]
     };
@@ -271,14 +270,13 @@ pub(crate) fn fit_layers(
 /// Each of `texts` as the edit encodes its prompt, followed by one of [`GATE_OPENINGS`] (in turn) as the
 /// assistant's reply opening (as the prefill attack opens it: right after the chat template's generation
 /// prompt, or after a space without one): the token ids and the prompt's length in them. Past `ctx`: an error.
-fn open_all(tok: &Tok, chat: bool, texts: &[&String], ctx: usize) -> Result<Vec<(Vec<u32>, usize)>> {
+fn open_all<'a>(tok: &Tok, chat: bool, texts: impl IntoIterator<Item = &'a String>, ctx: usize) -> Result<Vec<(Vec<u32>, usize)>> {
     texts
-        .iter()
+        .into_iter()
         .enumerate()
         .map(|(i, t)| {
             let t = t.trim();
-            let request = crate::data::sets::lower_first(t.trim_end_matches(['.', '?', '!']));
-            let opening = GATE_OPENINGS[i % GATE_OPENINGS.len()].replace("{}", &request);
+            let opening = GATE_OPENINGS[i % GATE_OPENINGS.len()].replace("{}", &crate::data::sets::request_clause(t));
             let prompt = crate::io::chat::prompt_text(tok, t, chat, None)?;
             let n = tok.encode(&prompt, !chat)?.len();
             let ids = tok.encode(&format!("{prompt}{}{opening}", if chat { "" } else { " " }), !chat)?;
