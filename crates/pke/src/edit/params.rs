@@ -204,7 +204,8 @@ pub struct EditParams {
     /// `up_proj` row the same read, and its `down_proj` column, from zero, is the only weight trained. The
     /// refusal is then written only where the read fires (SiLU's threshold), where a `down_proj` edit adds
     /// it wherever the hotspot neurons fire, in proportion. Not with `edit_keys`, `write_refusal`,
-    /// `preserve_energy`, `norm_constraint` or `quant_block`.
+    /// `preserve_energy`, `norm_constraint` or `quant_block`. pke's default since 2026-12-05 (the hotspot
+    /// edit before it: `intent_gate=false`, config/presets/hotspot.toml).
     #[serde(default)]
     pub intent_gate: bool,
     /// With `intent_gate`: the gate's pre-activation at the median training case, its sharpness: at 12 the
@@ -241,7 +242,8 @@ pub struct EditParams {
     /// With `intent_gate` and the held-out stop (`stop_probes`): the NLL stop waits only for the cases, and
     /// the held-out stop only for the held-out harmful requests, the gate opens on (its activation at the
     /// last prompt token at least half the median case's, with the rows the edit sets); the others the edit
-    /// cannot reach, so waiting for them runs the edit to the step cap.
+    /// cannot reach, so waiting for them runs the edit to the step cap. On by default; nothing to narrow
+    /// (so nothing done) without the gate or the held-out stop.
     #[serde(default)]
     pub intent_gate_stop: bool,
     /// With `intent_gate`: the price, in the read's fit, of the variance that a quantized model's rounding
@@ -545,14 +547,13 @@ impl EditParams {
                 p.intent_gate_z, p.intent_gate_positions, p.intent_gate_l2
             )));
         }
-        if !p.intent_gate && (p.intent_gate_reply || p.intent_gate_stop || p.intent_gate_wrap || p.intent_gate_prefill) {
+        // intent_gate_stop is on by default and only narrows what a gate's stop reads: without the gate or the
+        // held-out stop it has nothing to narrow, so it is not an error there (the keys off by default are).
+        if !p.intent_gate && (p.intent_gate_reply || p.intent_gate_wrap || p.intent_gate_prefill) {
             return Err(Error::Input(
-                "intent_gate_reply, intent_gate_stop, intent_gate_wrap and intent_gate_prefill shape the intent gate, which is off: set intent_gate=true too"
+                "intent_gate_reply, intent_gate_wrap and intent_gate_prefill shape the intent gate, which is off: set intent_gate=true too"
                     .into(),
             ));
-        }
-        if p.intent_gate_stop && p.stop_probes == 0 {
-            return Err(Error::Input("intent_gate_stop narrows the held-out stop's probes, which are off (stop_probes = 0)".into()));
         }
         if p.intent_gate {
             let clash = [
@@ -564,7 +565,7 @@ impl EditParams {
             ];
             if let Some((name, _)) = clash.iter().find(|(_, on)| *on) {
                 return Err(Error::Input(format!(
-                    "intent_gate trains one repurposed neuron's down_proj column from zero; {name} shapes a hotspot edit and cannot be combined with it (set it off)"
+                    "intent_gate (on by default) trains one repurposed neuron's down_proj column from zero; {name} shapes a hotspot edit and cannot be combined with it: set it off, or set intent_gate=false for a hotspot edit (config/presets/hotspot.toml holds the hotspot edit that was the default until 2026-12-05)"
                 )));
             }
         }
@@ -672,18 +673,22 @@ mod tests {
     #[test]
     fn intent_gate_is_checked() {
         let r = |o: &[&str]| EditParams::resolve(Method::Pke, None, &o.iter().map(|x| x.to_string()).collect::<Vec<_>>());
+        // The default since 2026-12-05 (docs/validation.md, "The gate at the default case counts, ...").
         let p = r(&[]).unwrap();
-        assert!(!p.intent_gate);
+        assert!(p.intent_gate && p.intent_gate_stop && p.preserve_energy == 0.0 && p.stop_backoff == 3);
+        assert_eq!(p.safe_reply, "I'm sorry, but I can't help with that.");
         assert_eq!((p.intent_gate_z, p.intent_gate_l2, p.intent_gate_prose, p.intent_gate_positions), (12.0, 0.1, 4096, 16.0));
         assert_eq!(p.intent_gate_rounding, 100.0);
-        // The default null space shapes a hotspot edit: the gate needs it off.
-        let e = r(&["intent_gate=true"]).unwrap_err().to_string();
-        assert!(e.contains("preserve_energy > 0 shapes a hotspot edit") && e.contains("set it off"), "{e}");
-        let p = r(&["intent_gate=true", "preserve_energy=0"]).unwrap();
-        assert!(p.intent_gate);
+        // A null space shapes a hotspot edit: with the gate on it is an error that says how to get one.
+        let e = r(&["preserve_energy=0.9"]).unwrap_err().to_string();
+        assert!(e.contains("preserve_energy > 0 shapes a hotspot edit") && e.contains("intent_gate=false"), "{e}");
+        assert!(e.contains("config/presets/hotspot.toml"), "{e}");
+        let p = r(&["intent_gate=false", "preserve_energy=0.9"]).unwrap();
+        assert!(!p.intent_gate && p.preserve_energy == 0.9);
         for clash in ["edit_keys=true", "write_refusal=true", "norm_constraint=0.1", "quant_block=32"] {
-            let e = r(&["intent_gate=true", "preserve_energy=0", clash]).unwrap_err().to_string();
+            let e = r(&[clash]).unwrap_err().to_string();
             assert!(e.contains(clash.split(['=', ' ']).next().unwrap()), "{clash}: {e}");
+            assert!(r(&["intent_gate=false", clash]).is_ok(), "{clash}");
         }
         for bad in ["intent_gate_z=0", "intent_gate_z=nan", "intent_gate_positions=-1", "intent_gate_l2=-0.1"] {
             let e = r(&[bad]).unwrap_err().to_string();
@@ -691,17 +696,17 @@ mod tests {
         }
         // The gate's shaping keys need the gate; the gated stop needs the held-out stop.
         for bad in ["intent_gate_rounding=-1", "intent_gate_rounding=nan", "intent_gate_rounding=inf"] {
-            let e = r(&["intent_gate=true", "preserve_energy=0", bad]).unwrap_err().to_string();
+            let e = r(&[bad]).unwrap_err().to_string();
             assert!(e.contains("intent_gate_rounding must be >= 0 and finite"), "{bad}: {e}");
         }
-        for key in ["intent_gate_reply=true", "intent_gate_stop=true", "intent_gate_wrap=true", "intent_gate_prefill=true"] {
-            let e = r(&[key]).unwrap_err().to_string();
+        for key in ["intent_gate_reply=true", "intent_gate_wrap=true", "intent_gate_prefill=true"] {
+            let e = r(&["intent_gate=false", key]).unwrap_err().to_string();
             assert!(e.contains("set intent_gate=true too"), "{key}: {e}");
         }
-        let p = r(&["intent_gate=true", "preserve_energy=0", "intent_gate_reply=true", "intent_gate_stop=true"]).unwrap();
-        assert!(p.intent_gate_reply && p.intent_gate_stop && !r(&[]).unwrap().intent_gate_stop);
-        let e = r(&["intent_gate=true", "preserve_energy=0", "intent_gate_stop=true", "stop_probes=0"]).unwrap_err().to_string();
-        assert!(e.contains("intent_gate_stop") && e.contains("stop_probes = 0"), "{e}");
+        let p = r(&["intent_gate_reply=true"]).unwrap();
+        assert!(p.intent_gate_reply && p.intent_gate_stop);
+        // The default gated stop narrows what there is: without the gate or the held-out stop, nothing.
+        assert!(r(&["intent_gate=false"]).is_ok() && r(&["stop_probes=0"]).is_ok());
     }
 
     /// The held-out stop rule's default, and its shares are shares.
@@ -711,7 +716,7 @@ mod tests {
         // The default (docs/validation.md, "A stop decided by held-out prompts").
         let p = r(&[]).unwrap();
         assert_eq!((p.stop_probes, p.stop_probe_share, p.stop_drift, p.stop_benign_rise), (32, 1.0, 0.01, 0.1));
-        assert_eq!((p.stop_backoff, r(&["stop_backoff=2"]).unwrap().stop_backoff), (0, 2));
+        assert_eq!((p.stop_backoff, r(&["stop_backoff=2"]).unwrap().stop_backoff), (3, 2));
         let p = r(&["stop_probes=16", "stop_drift=0.02"]).unwrap();
         assert_eq!((p.stop_probes, p.stop_probe_share, p.stop_drift, p.stop_benign_rise), (16, 1.0, 0.02, 0.1));
         // `stop_probes=0` alone turns the rule off: its bounds read nothing then.
@@ -728,14 +733,14 @@ mod tests {
         assert!(e.contains("stop_drift >= 0") && e.contains("-1"), "{e}");
     }
 
-    /// The shipped intent-gate preset (config/presets/intent-gate.toml, for `pke edit --config`) resolves
-    /// on pke's defaults and turns the gate on with the settings it documents.
+    /// The shipped hotspot preset (config/presets/hotspot.toml, for `pke edit --config`) resolves on pke's
+    /// defaults and gives the hotspot edit that was the default until 2026-12-05.
     #[test]
-    fn the_intent_gate_preset_resolves() {
-        let path = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/presets/intent-gate.toml"));
+    fn the_hotspot_preset_resolves() {
+        let path = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/presets/hotspot.toml"));
         let p = EditParams::resolve(Method::Pke, Some(path), &[]).unwrap();
-        assert!(p.intent_gate && p.intent_gate_stop && p.preserve_energy == 0.0 && p.stop_backoff == 3);
-        assert_eq!(p.safe_reply, "I'm sorry, but I can't help with that.");
+        assert!(!p.intent_gate && !p.intent_gate_stop && p.preserve_energy == 0.9 && p.stop_backoff == 0);
+        assert_eq!(p.safe_reply, "", "each case's own refusal");
         assert_eq!(p.lr, EditParams::defaults(Method::Pke).lr, "the rest is pke's defaults");
     }
 }
