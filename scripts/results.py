@@ -209,7 +209,9 @@ def model_section(out, data, model):
             continue
         for ext in ("json", "md"):
             copy_relative(os.path.join(a, f"attack.{ext}"), os.path.join(data, f"results-attack-{model}-{meth}.{ext}"))
-        lines.append(f"#### Attacks on the {meth} edit")
+        # A run kept from before a default changed names what it attacked in OUT/attack-MODEL-METH/heading.
+        h = os.path.join(a, "heading")
+        lines.append("#### " + (read(h).strip() if os.path.exists(h) else f"Attacks on the {meth} edit"))
         lines.append("")
         # Which binary ran the attack (written by scripts/results.sh; by hand for a run kept from before).
         if os.path.exists(os.path.join(a, "provenance")):
@@ -227,6 +229,8 @@ def repeats_section(out, data, model):
     """The repeats run (scripts/results.sh step 3): its rows and its mean-and-spread table, as printed."""
     src = os.path.join(out, f"repeats-{model}")
     head = "#### How much the pke default depends on its cases (`--repeats`)"
+    if os.path.exists(os.path.join(src, "heading")):
+        head = "#### " + read(os.path.join(src, "heading")).strip()
     if not os.path.exists(os.path.join(src, "compare.json")):
         return f"{head}\n\nNot run in this generation (`RESULTS_REPEATS=0`, or not yet).\n"
     cj = json.load(open(os.path.join(src, "compare.json")))

@@ -160,8 +160,8 @@ fn locate_edit_apply_revert_end_to_end() {
     }
     assert_eq!(h["neurons"][0]["top"].as_array().unwrap().len(), 32);
     assert!(dir.path().join("loc/layers.svg").exists() && dir.path().join("loc/neurons.svg").exists());
-    // A retain file of one prompt per line (the null-space default generates each one's original reply:
-    // four keep the test short).
+    // A retain file of one prompt per line (the edit generates each one's original reply for its KL term and
+    // the intent gate reads them as benign prompts: four keep the test short).
     let retain = d("retain.txt");
     std::fs::write(
         &retain,
@@ -194,7 +194,8 @@ fn locate_edit_apply_revert_end_to_end() {
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["steps"].as_array().unwrap().len(), 2);
-    assert_eq!(v["changed_values"], 576 * 32);
+    // The default edit, the intent gate: one repurposed neuron's gate_proj and up_proj rows and down_proj column.
+    assert_eq!(v["changed_values"], 576 * 3);
     // The folder carries a model card: YAML header with the base model and the source's licence, what was
     // edited (tensor, columns, hashes) and, with no evaluation run, how to run one.
     let card = std::fs::read_to_string(dir.path().join("edited/README.md")).unwrap();
@@ -204,7 +205,8 @@ fn locate_edit_apply_revert_end_to_end() {
         "- pke\n",
         "| method | `pke` |",
         "model.layers.",
-        "mlp.down_proj.weight` | 32 columns",
+        "mlp.down_proj.weight` | 1 columns",
+        "mlp.gate_proj.weight` | 1 rows",
         "| edit cases | 2 |",
         &delta_sha,
         "No evaluation was run",

@@ -99,8 +99,9 @@ const WATCH_PER_PARAM_S: f64 = 2.6e-8;
 pub fn plan(m: &PlanModel, method: Method, cases: usize, steps: usize, device: &str, devices: usize, available: Option<u64>) -> Plan {
     let devices = devices.max(1);
     let f32_bytes = m.n_params as f64 * 4.0;
-    // The trained tensors: pke trains the change of the hotspot columns (10% of one layer's down_proj by
-    // default), the other methods one layer's whole down_proj.
+    // The trained tensors: pke's hotspot edit (config/presets/hotspot.toml) trains the change of 10% of one
+    // layer's down_proj columns, its default intent gate one column (the plan keeps the larger, an upper
+    // bound of a few MB), the other methods one layer's whole down_proj.
     let trained = match method {
         Method::Pke => (m.hidden * m.ff.div_ceil(10)) as f64 * 4.0,
         _ => (m.hidden * m.ff) as f64 * 4.0,

@@ -102,7 +102,13 @@ pub fn run(a: Args) -> Result<ExitCode> {
         println!("hotspot: layer {} ({}), {} of {} neurons of down_proj", n.layer, h.architecture, n.k, n.width);
     }
 
-    println!("\n== 2/4 edit: PKE on the hotspot columns only (NLL of the refusal + KL on benign answers)");
+    if params.intent_gate {
+        println!(
+            "\n== 2/4 edit: PKE's intent gate at the hotspot layer (one neuron reads intent; only its output column learns the refusal, NLL + KL on benign answers)"
+        );
+    } else {
+        println!("\n== 2/4 edit: PKE on the hotspot columns only (NLL of the refusal + KL on benign answers)");
+    }
     let bar = super::progress_bar(params.steps as u64, "editing");
     let outcome = compute_delta(&ck.model, &ck.tok, &cases, &h, Method::Pke, &params, |d, n, s| {
         bar.set_length(n as u64);

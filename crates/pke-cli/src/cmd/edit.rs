@@ -31,7 +31,8 @@ pub struct Args {
     model: String,
     #[command(flatten)]
     cases: super::cases::CaseArgs,
-    /// pke (hotspot columns, KL with gradient), dinm (EasyEdit-faithful), ft-l, ga.
+    /// pke (the intent gate at the located layer by default, or its hotspot columns with
+    /// --config config/presets/hotspot.toml; KL with gradient), dinm (EasyEdit-faithful), ft-l, ga.
     #[arg(long, default_value = "pke")]
     method: String,
     /// hotspots.json from `pke locate`; without it, locate runs first with the options below.

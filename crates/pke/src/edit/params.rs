@@ -630,7 +630,11 @@ mod tests {
     /// The null space's refinements need the null space, and `preserve_last` is a share.
     #[test]
     fn null_space_refinements_are_checked() {
-        let r = |o: &[&str]| EditParams::resolve(Method::Pke, None, &o.iter().map(|x| x.to_string()).collect::<Vec<_>>());
+        // On the hotspot edit's null space (the gate, pke's default, has none).
+        let r = |o: &[&str]| {
+            let o: Vec<String> = ["intent_gate=false", "preserve_energy=0.9"].iter().chain(o).map(|x| x.to_string()).collect();
+            EditParams::resolve(Method::Pke, None, &o)
+        };
         let p = r(&["preserve_text=2048", "preserve_last=0.5"]).unwrap();
         assert_eq!((p.preserve_text, p.preserve_last), (2048, 0.5));
         let e = r(&["preserve_energy=0", "preserve_text=2048"]).unwrap_err().to_string();

@@ -95,7 +95,7 @@ fn shaped_requant_hides_the_rounding_from_benign_inputs() {
     let (h, _) = pke::locate::locate(&base.model, &base.tok, &cases, &s, None, |_, _| {}).unwrap();
     let p = EditParams::resolve(
         Method::Pke,
-        None,
+        Some(&crate::common::hotspot()),
         &["steps=5".into(), "stop_nll=0".into(), "stop_probes=4".into(), "stop_prose_tokens=256".into()],
     )
     .unwrap();

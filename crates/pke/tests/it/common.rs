@@ -46,3 +46,11 @@ pub fn f64s(v: &serde_json::Value) -> Vec<f64> {
 pub fn u32s(v: &serde_json::Value) -> Vec<u32> {
     v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
 }
+
+/// config/presets/hotspot.toml: pke's hotspot edit (the top share of the located `down_proj` columns in
+/// the null space of benign keys; the default until 2026-12-05, when the intent gate became it). The tests
+/// of the hotspot mechanics resolve their parameters on it: `EditParams::resolve(Method::Pke,
+/// Some(&hotspot()), ...)`.
+pub fn hotspot() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../config/presets/hotspot.toml")
+}

@@ -64,8 +64,8 @@ fn compare_runs_each_arm_on_the_same_sets() {
     assert!(v.report.kl_to_base.is_none() && v.report.rouge_l_to_base.is_none() && v.changed_values == 0);
     let width = ck.model.spec.intermediate_size;
     let hidden = ck.model.spec.hidden_size;
-    let k = (0.10 * width as f64).ceil() as usize;
-    assert_eq!(c.rows[1].changed_values, k * hidden, "pke edits only the hotspot columns");
+    // pke's default, the intent gate: one repurposed neuron's gate_proj and up_proj rows and down_proj column.
+    assert_eq!(c.rows[1].changed_values, 3 * hidden, "pke edits one neuron");
     assert_eq!(c.rows[2].changed_values, width * hidden, "ga edits the whole down_proj");
     for r in &c.rows[1..] {
         assert!(r.edit_seconds > 0.0 && r.locate_seconds > 0.0);

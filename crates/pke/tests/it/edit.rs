@@ -37,7 +37,7 @@ fn pke_edit_invariants_on_smollm2() {
     // keep the test short.
     let p = EditParams::resolve(
         Method::Pke,
-        None,
+        Some(&crate::common::hotspot()),
         &["steps=3".into(), "lr=1e-3".into(), "stop_probes=4".into(), "stop_prose_tokens=256".into()],
     )
     .unwrap();
@@ -131,7 +131,12 @@ fn dinm_edits_the_whole_layer_and_ga_runs() {
         }
     }
     // The same bound on a hotspot-column edit, whose trained tensor is the columns' change alone.
-    let p = EditParams::resolve(Method::Pke, None, &["steps=2".into(), "norm_constraint=1e-3".into(), "stop_probes=0".into()]).unwrap();
+    let p = EditParams::resolve(
+        Method::Pke,
+        Some(&crate::common::hotspot()),
+        &["steps=2".into(), "norm_constraint=1e-3".into(), "stop_probes=0".into()],
+    )
+    .unwrap();
     let retain = crate::common::small_retain();
     let out = compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, Some(&retain), |_, _, _| {}).unwrap();
     let t = &out.delta.tensors[0];
@@ -151,15 +156,20 @@ fn nan_loss_is_a_clear_error() {
     w[3][7] = f32::NAN;
     broken.set(&name, candle_core::Tensor::new(w, broken.device()).unwrap()).unwrap();
     // Unprojected: the first step's loss is the first thing the NaN reaches.
-    let p = EditParams::resolve(Method::Pke, None, &["steps=2".into(), "preserve_energy=0".into(), "stop_probes=0".into()]).unwrap();
+    let p = EditParams::resolve(
+        Method::Pke,
+        Some(&crate::common::hotspot()),
+        &["steps=2".into(), "preserve_energy=0".into(), "stop_probes=0".into()],
+    )
+    .unwrap();
     let e = compute_delta(&broken, &ck.tok, &cases, &h, Method::Pke, &p, |_, _, _| {}).unwrap_err().to_string();
     assert!(e.contains("non-finite") && e.contains("nothing was written"), "{e}");
     // The held-out stop scores its prose on the original weights first: it stops there.
-    let p = EditParams::resolve(Method::Pke, None, &["steps=2".into(), "preserve_energy=0".into()]).unwrap();
+    let p = EditParams::resolve(Method::Pke, Some(&crate::common::hotspot()), &["steps=2".into(), "preserve_energy=0".into()]).unwrap();
     let e = compute_delta(&broken, &ck.tok, &cases, &h, Method::Pke, &p, |_, _, _| {}).unwrap_err().to_string();
     assert!(e.contains("non-finite") && e.contains("held-out prose"), "{e}");
     // The null space first generates the original replies to the benign prompts: it stops there.
-    let p = EditParams::resolve(Method::Pke, None, &["steps=2".into(), "stop_probes=0".into()]).unwrap();
+    let p = EditParams::resolve(Method::Pke, Some(&crate::common::hotspot()), &["steps=2".into(), "stop_probes=0".into()]).unwrap();
     let e = compute_delta(&broken, &ck.tok, &cases, &h, Method::Pke, &p, |_, _, _| {}).unwrap_err().to_string();
     assert!(e.contains("non-finite") && e.contains("NaN logits"), "{e}");
 }
@@ -207,7 +217,7 @@ fn stop_nll_ends_the_edit_once_every_case_has_taken_it() {
         // The held-out stop off: this test is about the NLL stop alone.
         let mut o: Vec<String> = vec!["steps=6".into(), "lr=5e-3".into(), "preserve_energy=0".into(), "stop_probes=0".into()];
         o.extend(extra.iter().map(|s| s.to_string()));
-        let p = EditParams::resolve(Method::Pke, None, &o).unwrap();
+        let p = EditParams::resolve(Method::Pke, Some(&crate::common::hotspot()), &o).unwrap();
         compute_delta(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, |_, _, _| {}).unwrap()
     };
     let full = run(&[]);
@@ -252,7 +262,7 @@ fn cases_per_step_trains_the_cases_in_turn_and_the_stop_waits_for_all() {
     let run = |cases: &[EditCase], extra: &[&str]| {
         let mut o: Vec<String> = vec!["steps=4".into(), "lr=5e-3".into(), "preserve_energy=0".into(), "stop_probes=0".into()];
         o.extend(extra.iter().map(|s| s.to_string()));
-        let p = EditParams::resolve(Method::Pke, None, &o).unwrap();
+        let p = EditParams::resolve(Method::Pke, Some(&crate::common::hotspot()), &o).unwrap();
         compute_delta(&ck.model, &ck.tok, cases, &h, Method::Pke, &p, |_, _, _| {}).unwrap()
     };
     // A threshold above every starting NLL: all cases per step stop before any update; one case per step
@@ -287,7 +297,7 @@ const UNBOUNDED: [&str; 5] = ["lr=5e-2", "preserve_energy=0", "warmup_steps=0", 
 fn watched_edit(cases: &[EditCase], h: &pke::locate::Hotspots, opts: &[&str], extra: &[String]) -> pke::edit::EditOutcome {
     let ck = crate::common::smollm2();
     let o: Vec<String> = opts.iter().map(|s| s.to_string()).chain(extra.iter().cloned()).collect();
-    let p = EditParams::resolve(Method::Pke, None, &o).unwrap();
+    let p = EditParams::resolve(Method::Pke, Some(&crate::common::hotspot()), &o).unwrap();
     compute_delta_with(&ck.model, &ck.tok, cases, h, Method::Pke, &p, Some(&crate::common::small_retain()), |_, _, _| {}).unwrap()
 }
 
@@ -357,7 +367,7 @@ fn held_out_probes_hold_the_stop_back_and_a_drifting_step_is_taken_back() {
         assert!(diff == 0.0, "{}: taken back to {diff} off the shorter edit", x.name);
     }
     // More probes than AdvBench holds past the cases: a clear error, before any reply is generated.
-    let p = EditParams::resolve(Method::Pke, None, &["stop_probes=1000".to_string()]).unwrap();
+    let p = EditParams::resolve(Method::Pke, Some(&crate::common::hotspot()), &["stop_probes=1000".to_string()]).unwrap();
     let e = compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, Some(&retain), |_, _, _| {}).unwrap_err().to_string();
     assert!(e.contains("stop_probes = 1000") && e.contains("AdvBench holds only 420"), "{e}");
 }
@@ -376,7 +386,7 @@ fn warmup_scales_the_first_updates() {
             "preserve_energy=0".into(),
             "stop_probes=0".into(),
         ];
-        let p = EditParams::resolve(Method::Pke, None, &o).unwrap();
+        let p = EditParams::resolve(Method::Pke, Some(&crate::common::hotspot()), &o).unwrap();
         let out = compute_delta(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, |_, _, _| {}).unwrap();
         let t = &out.delta.tensors[0];
         (&t.after - &t.before).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
@@ -401,7 +411,7 @@ fn retain_term_keeps_the_lookalike_replies_closer() {
             "preserve_energy=0".into(),
             "stop_probes=0".into(),
         ];
-        let p = EditParams::resolve(Method::Pke, None, &o).unwrap();
+        let p = EditParams::resolve(Method::Pke, Some(&crate::common::hotspot()), &o).unwrap();
         compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, Some(&retain), |_, _, _| {}).unwrap()
     };
     // A negligible weight logs the term without steering; a real weight keeps the replies closer.
@@ -413,26 +423,31 @@ fn retain_term_keeps_the_lookalike_replies_closer() {
     assert!(a > 0.0 && b < 0.8 * a, "retain KL with the term {b} < 0.8 x without {a}");
     assert!(keep.delta.metadata["retain"].contains("user retain set, 3 prompts"), "{:?}", keep.delta.metadata.get("retain"));
     // Off (and unprojected): nothing is generated or logged.
-    let p = EditParams::resolve(Method::Pke, None, &["steps=1".into(), "preserve_energy=0".into(), "stop_probes=0".into()]).unwrap();
+    let p = EditParams::resolve(
+        Method::Pke,
+        Some(&crate::common::hotspot()),
+        &["steps=1".into(), "preserve_energy=0".into(), "stop_probes=0".into()],
+    )
+    .unwrap();
     let off = compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, Some(&[]), |_, _, _| {}).unwrap();
     assert!(off.log.iter().all(|s| s.retain_kl == 0.0) && !off.delta.metadata.contains_key("retain"));
     // Bad retain input: an empty set, a prompt too long for the context.
     let p = EditParams::resolve(
         Method::Pke,
-        None,
+        Some(&crate::common::hotspot()),
         &["steps=1".into(), "retain_weight=1".into(), "preserve_energy=0".into(), "stop_probes=0".into()],
     )
     .unwrap();
     let e = compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, Some(&[]), |_, _, _| {}).unwrap_err().to_string();
     assert!(e.contains("retain set has no prompts"), "{e}");
     // The default's held-out stop answers benign retain prompts too: without any, a clear error.
-    let p = EditParams::resolve(Method::Pke, None, &["steps=1".into()]).unwrap();
+    let p = EditParams::resolve(Method::Pke, Some(&crate::common::hotspot()), &["steps=1".into()]).unwrap();
     let e = compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, Some(&[]), |_, _, _| {}).unwrap_err().to_string();
     assert!(e.contains("stop_probes > 0 needs benign prompts"), "{e}");
     let long = vec![pke::edit::Probe { benign: "word ".repeat(9000), ..retain[0].clone() }];
     let e = compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, Some(&long), |_, _, _| {}).unwrap_err().to_string();
     assert!(e.contains("retain prompt 1") && e.contains("8192"), "{e}");
-    let e = EditParams::resolve(Method::Pke, None, &["retain_weight=-1".into()]).unwrap_err().to_string();
+    let e = EditParams::resolve(Method::Pke, Some(&crate::common::hotspot()), &["retain_weight=-1".into()]).unwrap_err().to_string();
     assert!(e.contains("retain_weight"), "{e}");
 }
 
@@ -453,7 +468,7 @@ fn benign_refusal_hinge_holds_the_refusal_openings_down_on_benign_prompts() {
             "preserve_energy=0".into(),
             "stop_probes=0".into(),
         ];
-        let p = EditParams::resolve(Method::Pke, None, &o).unwrap();
+        let p = EditParams::resolve(Method::Pke, Some(&crate::common::hotspot()), &o).unwrap();
         compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, Some(&retain), |_, _, _| {}).unwrap()
     };
     // Unchanged weights at step 0: the hinge reads exactly the margin.
@@ -463,7 +478,7 @@ fn benign_refusal_hinge_holds_the_refusal_openings_down_on_benign_prompts() {
     let first = |o: &[&str]| {
         let mut o: Vec<String> = o.iter().map(|x| x.to_string()).collect();
         o.extend(["steps=1".into(), "preserve_energy=0".into(), "stop_probes=0".into()]);
-        let p = EditParams::resolve(Method::Pke, None, &o).unwrap();
+        let p = EditParams::resolve(Method::Pke, Some(&crate::common::hotspot()), &o).unwrap();
         let d = compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, Some(&retain), |_, _, _| {}).unwrap().delta;
         d.tensors[0].after.flatten_all().unwrap().to_vec1::<f32>().unwrap()
     };
@@ -485,12 +500,17 @@ fn benign_refusal_hinge_holds_the_refusal_openings_down_on_benign_prompts() {
     let mild = run("1", "0");
     assert!(mild.log.last().unwrap().nll_safe < mild.log[0].nll_safe - 0.5, "{:?}", nll(&mild));
     // Off: nothing logged. On without benign prompts: a clear error.
-    let p = EditParams::resolve(Method::Pke, None, &["steps=2".into(), "preserve_energy=0".into(), "stop_probes=0".into()]).unwrap();
+    let p = EditParams::resolve(
+        Method::Pke,
+        Some(&crate::common::hotspot()),
+        &["steps=2".into(), "preserve_energy=0".into(), "stop_probes=0".into()],
+    )
+    .unwrap();
     let off = compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, Some(&[]), |_, _, _| {}).unwrap();
     assert!(off.log.iter().all(|s| s.benign_refusal == 0.0));
     let p = EditParams::resolve(
         Method::Pke,
-        None,
+        Some(&crate::common::hotspot()),
         &["steps=1".into(), "benign_refusal_weight=1".into(), "preserve_energy=0".into(), "stop_probes=0".into()],
     )
     .unwrap();
@@ -508,12 +528,12 @@ fn twin_cases_train_the_harmful_twins_as_extra_cases() {
     assert_eq!(twins[0].prompt, retain[0].harmful.clone().unwrap());
     assert!(twins[0].locality_prompt.is_none() && twins[0].safe_response.contains("can't"));
     let o = vec!["steps=4".to_string(), "stop_nll=0".into(), "stop_probes=0".into(), "twin_cases=3".into()];
-    let p = EditParams::resolve(Method::Pke, None, &o).unwrap();
+    let p = EditParams::resolve(Method::Pke, Some(&crate::common::hotspot()), &o).unwrap();
     let with = compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, Some(&retain), |_, _, _| {}).unwrap();
     assert_eq!(with.delta.metadata["twin_cases"], "3");
     assert_eq!(with.delta.metadata["n_cases"], "2");
     // The twins are trained: their refusal NLL falls more than without them (averaged with the cases').
-    let off = EditParams::resolve(Method::Pke, None, &o[..3]).unwrap();
+    let off = EditParams::resolve(Method::Pke, Some(&crate::common::hotspot()), &o[..3]).unwrap();
     let without = compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::Pke, &off, Some(&retain), |_, _, _| {}).unwrap();
     assert!(!without.delta.metadata.contains_key("twin_cases"));
     assert_ne!(with.log[0].nll_safe, without.log[0].nll_safe, "step 0 averages over 5 cases, not 2");
@@ -555,8 +575,10 @@ fn safe_reply_replaces_every_case_s_own_refusal() {
     let ck = crate::common::smollm2();
     let cases = pke::data::sets::builtin_cases("advbench", 2).unwrap();
     assert_ne!(cases[0].safe_response, cases[1].safe_response, "the built-in cases rotate their refusals");
-    let own = EditParams::defaults(Method::Pke);
-    assert!(own.safe_reply.is_empty(), "off by default");
+    // The hotspot preset keeps each case's own; the default (the gate) trains one.
+    let own = EditParams::resolve(Method::Pke, Some(&crate::common::hotspot()), &[]).unwrap();
+    assert!(own.safe_reply.is_empty(), "off in the hotspot preset");
+    assert_eq!(EditParams::defaults(Method::Pke).safe_reply, "I'm sorry, but I can't help with that.");
     let one = EditParams { safe_reply: "I can't help with that.".into(), ..own.clone() };
     let (a0, a1) = (
         training_labels(&ck.tok, &cases[0], true, &own, Method::Pke).unwrap(),
@@ -571,7 +593,7 @@ fn safe_reply_replaces_every_case_s_own_refusal() {
     // The given text, then the end-of-turn token (target_eos is on by default).
     assert_eq!(ck.tok.decode(&b0[..b0.len() - 1], true).unwrap().trim(), "I can't help with that.");
     assert_eq!(*b0.last().unwrap(), ck.tok.stop_token_ids()[0]);
-    let e = EditParams::resolve(Method::Pke, None, &["safe_reply=\"  \"".into()]).unwrap_err().to_string();
+    let e = EditParams::resolve(Method::Pke, Some(&crate::common::hotspot()), &["safe_reply=\"  \"".into()]).unwrap_err().to_string();
     assert!(e.contains("safe_reply") && e.contains("blank"), "{e}");
 }
 
@@ -595,8 +617,12 @@ fn edit_keys_trains_the_hotspot_neurons_input_rows_and_round_trips() {
     let ck = crate::common::smollm2();
     let (cases, h) = smol_setup(2);
     let before = bits(&ck.model);
-    let p = EditParams::resolve(Method::Pke, None, &["steps=3".into(), "lr=1e-3".into(), "edit_keys=true".into(), "stop_probes=0".into()])
-        .unwrap();
+    let p = EditParams::resolve(
+        Method::Pke,
+        Some(&crate::common::hotspot()),
+        &["steps=3".into(), "lr=1e-3".into(), "edit_keys=true".into(), "stop_probes=0".into()],
+    )
+    .unwrap();
     let retain = crate::common::small_retain();
     let out = compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, Some(&retain), |_, _, _| {}).unwrap();
     let hot = h.neuron_indices(11).unwrap();
@@ -670,7 +696,7 @@ fn direction_term_pushes_harmful_cases_along_the_direction_and_holds_the_benign_
             "stop_probes=0".into(),
         ]
     };
-    let p = EditParams::resolve(Method::Pke, None, &o("1")).unwrap();
+    let p = EditParams::resolve(Method::Pke, Some(&crate::common::hotspot()), &o("1")).unwrap();
     let out = compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, Some(&retain), |_, _, _| {}).unwrap();
     let first = out.log[0].direction;
     let last = out.log.last().unwrap().direction;
@@ -679,7 +705,7 @@ fn direction_term_pushes_harmful_cases_along_the_direction_and_holds_the_benign_
     assert!(first > 0.1 && first.is_finite(), "{first}");
     assert!(last < 0.5 * first, "the direction term should fall: {first} -> {last}");
     // Off: logged as 0.
-    let p = EditParams::resolve(Method::Pke, None, &["steps=1".into(), "stop_probes=0".into()]).unwrap();
+    let p = EditParams::resolve(Method::Pke, Some(&crate::common::hotspot()), &["steps=1".into(), "stop_probes=0".into()]).unwrap();
     let off = compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, Some(&retain), |_, _, _| {}).unwrap();
     assert!(off.log.iter().all(|s| s.direction == 0.0));
     // A pke hyper-parameter: other methods do not take it.
@@ -703,31 +729,40 @@ fn recovery_term_trains_the_refusal_after_a_compliant_opening() {
         "preserve_energy=0".into(),
         "stop_probes=0".into(),
     ];
-    let p = EditParams::resolve(Method::Pke, None, &o).unwrap();
+    let p = EditParams::resolve(Method::Pke, Some(&crate::common::hotspot()), &o).unwrap();
     let out = compute_delta(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, |_, _, _| {}).unwrap();
     let (first, last) = (out.log[0].nll_recover, out.log.last().unwrap().nll_recover);
     assert!(first > 0.5 && first.is_finite(), "{first}");
     assert!(last < 0.7 * first, "the recovery NLL should fall: {first} -> {last}");
     // Off (unprojected: the projection does not touch the term's logging, and would first generate the
     // 48 built-in retain replies).
-    let p = EditParams::resolve(Method::Pke, None, &["steps=1".into(), "preserve_energy=0".into(), "stop_probes=0".into()]).unwrap();
+    let p = EditParams::resolve(
+        Method::Pke,
+        Some(&crate::common::hotspot()),
+        &["steps=1".into(), "preserve_energy=0".into(), "stop_probes=0".into()],
+    )
+    .unwrap();
     let off = compute_delta(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, |_, _, _| {}).unwrap();
     assert!(off.log.iter().all(|s| s.nll_recover == 0.0));
     for bad in ["prefill_weight=-1", "prefill_weight=nan"] {
-        let e = EditParams::resolve(Method::Pke, None, &[bad.into()]).unwrap_err().to_string();
+        let e = EditParams::resolve(Method::Pke, Some(&crate::common::hotspot()), &[bad.into()]).unwrap_err().to_string();
         assert!(e.contains("prefill_weight must be >= 0"), "{bad}: {e}");
     }
-    let e = EditParams::resolve(Method::Pke, None, &["prefill_weight=1".into(), "prefill_tokens=0".into()]).unwrap_err().to_string();
+    let e = EditParams::resolve(Method::Pke, Some(&crate::common::hotspot()), &["prefill_weight=1".into(), "prefill_tokens=0".into()])
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("prefill_tokens >= 1"), "{e}");
     // Given openings replace the cases' own: another recovery sequence, trained the same way.
     let mut o2 = o.to_vec();
     o2.push(r#"prefill_openings=["Certainly! Here are the steps:", "Of course. First,"]"#.into());
-    let p = EditParams::resolve(Method::Pke, None, &o2).unwrap();
+    let p = EditParams::resolve(Method::Pke, Some(&crate::common::hotspot()), &o2).unwrap();
     let given = compute_delta(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, |_, _, _| {}).unwrap();
     let (g0, g1) = (given.log[0].nll_recover, given.log.last().unwrap().nll_recover);
     assert!((g0 - first).abs() > 1e-3, "own openings {first}, given {g0}");
     assert!(g1 < 0.7 * g0, "the recovery NLL after the given openings should fall: {g0} -> {g1}");
-    let e = EditParams::resolve(Method::Pke, None, &[r#"prefill_openings=["Sure", "  "]"#.into()]).unwrap_err().to_string();
+    let e = EditParams::resolve(Method::Pke, Some(&crate::common::hotspot()), &[r#"prefill_openings=["Sure", "  "]"#.into()])
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("prefill_openings: opening 2 is empty"), "{e}");
     // Depths of the case's own reply, one per step in turn (sorted): with a step too small to move the
     // weights, step 0 reads the 1-token opening and step 1 the default 6-token one, as the first run did.
@@ -735,16 +770,20 @@ fn recovery_term_trains_the_refusal_after_a_compliant_opening() {
     o3.push("prefill_depths=[6, 1]".into());
     o3.push("lr=1e-12".into());
     o3[0] = "steps=2".into();
-    let p = EditParams::resolve(Method::Pke, None, &o3).unwrap();
+    let p = EditParams::resolve(Method::Pke, Some(&crate::common::hotspot()), &o3).unwrap();
     let depths = compute_delta(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, |_, _, _| {}).unwrap();
     let (d1, d6) = (depths.log[0].nll_recover, depths.log[1].nll_recover);
     assert!((d6 - first).abs() < 1e-3 * first, "depth 6 at step 1 {d6} vs the default's first step {first}");
     assert!((d1 - first).abs() > 1e-2, "depth 1 at step 0 {d1} should differ from depth 6's {first}");
-    let e = EditParams::resolve(Method::Pke, None, &["prefill_depths=[2, 0]".into()]).unwrap_err().to_string();
+    let e = EditParams::resolve(Method::Pke, Some(&crate::common::hotspot()), &["prefill_depths=[2, 0]".into()]).unwrap_err().to_string();
     assert!(e.contains("prefill_depths: every depth must be at least 1"), "{e}");
-    let e = EditParams::resolve(Method::Pke, None, &["prefill_depths=[2]".into(), r#"prefill_openings=["Sure"]"#.into()])
-        .unwrap_err()
-        .to_string();
+    let e = EditParams::resolve(
+        Method::Pke,
+        Some(&crate::common::hotspot()),
+        &["prefill_depths=[2]".into(), r#"prefill_openings=["Sure"]"#.into()],
+    )
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("exclude each other"), "{e}");
 }
 
@@ -768,7 +807,7 @@ fn preserve_energy_keeps_the_benign_layer_output() {
             "stop_probes=0".into(),
         ];
         o.extend(extra.iter().map(|x| x.to_string()));
-        let p = EditParams::resolve(Method::Pke, None, &o).unwrap();
+        let p = EditParams::resolve(Method::Pke, Some(&crate::common::hotspot()), &o).unwrap();
         compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, Some(&retain), |_, _, _| {}).unwrap()
     };
     let free = run(&[]);
@@ -859,7 +898,7 @@ fn preserve_energy_keeps_the_benign_layer_output() {
         Method::Pke,
         &EditParams::resolve(
             Method::Pke,
-            None,
+            Some(&crate::common::hotspot()),
             &["steps=1".into(), "retain_tokens=8".into(), "preserve_text=100000000".into(), "stop_probes=0".into()],
         )
         .unwrap(),
@@ -870,7 +909,7 @@ fn preserve_energy_keeps_the_benign_layer_output() {
     .to_string();
     assert!(e.contains("preserve_text = 100000000 tokens, but the prose passages hold only"), "{e}");
     // With the sink free, the refusal's first token is learned about as well as without the projection.
-    let p = EditParams::resolve(Method::Pke, None, &[]).unwrap();
+    let p = EditParams::resolve(Method::Pke, Some(&crate::common::hotspot()), &[]).unwrap();
     let first = |d: Option<&WeightDelta>| {
         let mut m = ck.clone();
         if let Some(d) = d {
@@ -896,7 +935,7 @@ fn preserve_energy_keeps_the_benign_layer_output() {
     let (gs, gf) = (first(Some(&ts.delta)) - l0, first(Some(&tf.delta)) - l0);
     eprintln!("first refusal token log-prob gain: no projection {:.2}, sink protected {gs:.2}, sink free {gf:.2}; {s}", lf - l0);
     assert!(gf > 3.0 * gs.max(0.0) && gf > 1.0, "sink protected {gs} vs free {gf}");
-    let e = EditParams::resolve(Method::Pke, None, &["preserve_energy=1".into()]).unwrap_err().to_string();
+    let e = EditParams::resolve(Method::Pke, Some(&crate::common::hotspot()), &["preserve_energy=1".into()]).unwrap_err().to_string();
     assert!(e.contains("preserve_energy must be in [0, 1)"), "{e}");
 }
 
@@ -916,7 +955,7 @@ fn quant_block_keeps_the_blocks_of_the_source_type() {
             .map(|x| x.to_string())
             .collect();
         o.extend(extra.iter().map(|x| x.to_string()));
-        let p = EditParams::resolve(Method::Pke, None, &o).unwrap();
+        let p = EditParams::resolve(Method::Pke, Some(&crate::common::hotspot()), &o).unwrap();
         let out = compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, Some(&retain), |_, _, _| {}).unwrap();
         let mut m = ck.model.clone();
         out.delta.apply(&mut m, false).unwrap();
@@ -962,7 +1001,7 @@ fn quant_block_keeps_the_blocks_of_the_source_type() {
     let (ef, ek) = (requant_error(&wf), requant_error(&wk));
     eprintln!("Q4_1 round trip, unedited columns: relative error {ef:.2e} unbounded, {ek:.2e} with quant_block=32");
     assert!(ef > 1e-3 && ek < 1e-3 * ef.max(1e-3) + 1e-6, "unbounded {ef}, bounded {ek}");
-    let p = EditParams::resolve(Method::Pke, None, &["quant_block=7".into(), "stop_probes=0".into()]).unwrap();
+    let p = EditParams::resolve(Method::Pke, Some(&crate::common::hotspot()), &["quant_block=7".into(), "stop_probes=0".into()]).unwrap();
     let e = compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, Some(&retain), |_, _, _| {}).unwrap_err().to_string();
     assert!(e.contains("quant_block = 7 does not divide the 1536 input columns"), "{e}");
 }
@@ -1007,7 +1046,7 @@ fn write_refusal_changes_every_column_along_the_refusal_direction() {
         let mut o: Vec<String> =
             ["steps=2", "lr=0.1", "warmup_steps=0", "stop_probes=0", "stop_nll=0"].iter().map(|s| s.to_string()).collect();
         o.extend(extra.iter().map(|s| s.to_string()));
-        let p = EditParams::resolve(Method::Pke, None, &o).unwrap();
+        let p = EditParams::resolve(Method::Pke, Some(&crate::common::hotspot()), &o).unwrap();
         compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::Pke, &p, Some(&retain), |_, _, _| {}).unwrap()
     };
     // The refusal direction after block 11, computed here from the same prompts: harmful minus harmless mean
@@ -1060,9 +1099,18 @@ fn gate_summary(out: &pke::edit::EditOutcome) -> pke::edit::gate::GateSummary {
     serde_json::from_str::<Vec<pke::edit::gate::GateSummary>>(&out.delta.metadata["intent_gate"]).unwrap().remove(0)
 }
 
-/// A gated edit of `steps` updates without either stop, the gate's prose cut to 512 tokens, and `extra`.
+/// A gated edit of `steps` updates without either stop, the gate's prose cut to 512 tokens, each case's own
+/// refusal (the gate's tests were measured on them; the default trains one), and `extra`.
 fn gate_params(steps: usize, extra: &[&str]) -> EditParams {
-    let base = ["stop_nll=0", "stop_probes=0", "preserve_energy=0", "intent_gate=true", "intent_gate_prose=512"];
+    let base = [
+        "stop_nll=0",
+        "stop_probes=0",
+        "preserve_energy=0",
+        "intent_gate=true",
+        "intent_gate_prose=512",
+        "intent_gate_stop=false",
+        "safe_reply=\"\"",
+    ];
     let o: Vec<String> = std::iter::once(format!("steps={steps}")).chain(base.iter().chain(extra).map(|x| x.to_string())).collect();
     EditParams::resolve(Method::Pke, None, &o).unwrap()
 }

@@ -88,7 +88,7 @@ fn native_locate_and_edit_agree_with_float32_on_smollm2() {
     assert!(overlap >= 0.99, "top-{} overlap {overlap}", a.len());
 
     // The same hotspot, 3 steps each.
-    let p = EditParams::resolve(Method::Pke, None, &["steps=3".into(), "stop_probes=0".into()]).unwrap();
+    let p = EditParams::resolve(Method::Pke, Some(&crate::common::hotspot()), &["steps=3".into(), "stop_probes=0".into()]).unwrap();
     let name = down_proj_name(l);
     let retain = crate::common::small_retain();
     let delta = |m: &Decoder| {
