@@ -192,6 +192,9 @@ fn locate_edit_apply_revert_end_to_end() {
         "--json",
     ]);
     assert_eq!(code, 0, "{err}");
+    // Two cases and four plain retain prompts (no harmful twins) fit a read that opens on none of the four
+    // held-out requests: the default gated stop says so and waits for all of them, and the edit goes on.
+    assert!(err.contains("opens on none of the 4 held-out harmful requests") && err.contains("waits for all of them instead"), "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["steps"].as_array().unwrap().len(), 2);
     // The default edit, the intent gate: one repurposed neuron's gate_proj and up_proj rows and down_proj column.

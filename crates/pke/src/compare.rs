@@ -169,6 +169,9 @@ pub struct CompareRow {
     /// A null-space edit's projection per edited layer (what it leaves free; empty otherwise).
     #[serde(default)]
     pub preserve: Vec<crate::edit::preserve::PreserveSummary>,
+    /// An intent-gated edit's read per edited layer (where it fires; empty otherwise), from the delta.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gate: Vec<crate::edit::gate::GateSummary>,
     /// How the edit ended ([`crate::edit::describe_stop`]; empty for vanilla) and its per-step log.
     #[serde(default)]
     pub stop: String,
@@ -443,6 +446,7 @@ pub fn compare_with(
                 report: r,
                 rates: vec![],
                 preserve: vec![],
+                gate: vec![],
                 stop: String::new(),
                 edit_log: vec![],
             });
@@ -498,6 +502,7 @@ pub fn compare_with(
                 report: rep,
                 rates: vec![],
                 preserve: outcome.preserve.clone(),
+                gate: outcome.delta.metadata.get("intent_gate").and_then(|j| serde_json::from_str(j).ok()).unwrap_or_default(),
                 stop: crate::edit::describe_stop(&outcome.log, &params),
                 edit_log: outcome.log.clone(),
             });
@@ -690,6 +695,11 @@ pub fn markdown(c: &Comparison) -> String {
     if !ns.is_empty() {
         s += "\nNull-space edits (how far the edit cases stand apart from the benign retain prompts in the edited neurons; docs/validation.md, \"Why the precise edit is narrow\"):\n\n";
         s += &ns.concat();
+    }
+    let gates: Vec<String> = c.rows.iter().flat_map(|r| r.gate.iter().map(move |g| format!("- {}: {}\n", r.label, g.describe()))).collect();
+    if !gates.is_empty() {
+        s += "\nIntent gates (where each gated edit's read fires, on its training prompts and held-out prose; docs/architecture.md):\n\n";
+        s += &gates.concat();
     }
     s += "\nHyper-parameters per method:\n\n";
     for a in &c.settings.arms {

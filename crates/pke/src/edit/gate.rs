@@ -573,8 +573,10 @@ pub(crate) fn fit_read(groups: &[(&[Vec<f32>], f64, f64)], l2: f64, noise: &[f64
 /// `intent_gate_stop`: which of `prompts` (token ids as the edit encodes them; `what` names them) open any
 /// of `gates` at their last token, the gate neuron's activation there at least [`STOP_OPEN_SHARE`] of its
 /// activation at the median case (SiLU(z) z / (z_median SiLU(z_median)), `z_median` = `intent_gate_z`),
-/// read with the rows as the edit sets them; and "k of n", which is printed. None opening is a clear
-/// error: the stop could never read the edit on them.
+/// read with the rows as the edit sets them; and "k of n", which is printed. Where none opens (a read fitted
+/// on too few prompts, e.g. a small retain file without harmful twins), the stop could never read the edit on
+/// them: a warning says so and none is left out (the plain held-out stop), since the gate is the default and
+/// its edit still learns the cases.
 pub(crate) fn stop_filter(model: &Decoder, gates: &[Gate], prompts: &[Vec<u32>], z_median: f64, what: &str) -> Result<(Vec<bool>, String)> {
     let mut open = vec![false; prompts.len()];
     for g in gates {
@@ -587,10 +589,12 @@ pub(crate) fn stop_filter(model: &Decoder, gates: &[Gate], prompts: &[Vec<u32>],
     }
     let kept = open.iter().filter(|o| **o).count();
     if kept == 0 {
-        return Err(Error::Input(format!(
-            "intent_gate_stop: the gate opens on none of the {} {what}, so the stop could never read the edit on them; set intent_gate_stop=false or fit the read on more prompts",
+        eprintln!(
+            "warning: intent gate stop: the gate opens on none of the {} {what}, so the edit is unlikely to refuse them; \
+             the stop waits for all of them instead. Fit the read on more prompts (more cases, or a retain set with harmful twins)",
             open.len()
-        )));
+        );
+        return Ok((vec![true; open.len()], format!("0 of {} (none left out)", open.len())));
     }
     let k = format!("{kept} of {}", open.len());
     eprintln!("intent gate stop: the gate opens on {k} {what}; the stop waits for those");

@@ -92,9 +92,12 @@ fn compare_runs_each_arm_on_the_same_sets() {
     let md = markdown(&c);
     assert!(md.contains("95% Wilson intervals") && md.contains("p vs pke"), "{md}");
     assert!(md.contains("ASR per harm category"), "{md}");
-    // The null-space default reports what its projection left free; the other arms have none.
-    assert_eq!(c.rows.iter().map(|r| r.preserve.len()).collect::<Vec<_>>(), [0, 1, 0]);
-    assert!(md.contains("- pke: null space at layer 11:") && md.contains("separation"), "{md}");
+    // The gated default reports where its read fires (from the delta); the other arms have no gate, and
+    // none has a null space.
+    assert_eq!(c.rows.iter().map(|r| r.gate.len()).collect::<Vec<_>>(), [0, 1, 0]);
+    assert_eq!(c.rows[1].gate[0].layer, 11);
+    assert!(md.contains("- pke: intent gate: neuron") && md.contains("of layer 11 repurposed"), "{md}");
+    assert!(c.rows.iter().all(|r| r.preserve.is_empty()));
     for l in labels {
         assert!(md.contains(&format!("| {l} |")), "{md}");
     }
