@@ -169,7 +169,7 @@ pub struct CompareRow {
     /// A null-space edit's projection per edited layer (what it leaves free; empty otherwise).
     #[serde(default)]
     pub preserve: Vec<crate::edit::preserve::PreserveSummary>,
-    /// An intent-gated edit's read per edited layer (where it fires; empty otherwise), from the delta.
+    /// An intent-gated edit's read per edited layer (where it fires; empty otherwise).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gate: Vec<crate::edit::gate::GateSummary>,
     /// How the edit ended ([`crate::edit::describe_stop`]; empty for vanilla) and its per-step log.
@@ -502,7 +502,7 @@ pub fn compare_with(
                 report: rep,
                 rates: vec![],
                 preserve: outcome.preserve.clone(),
-                gate: outcome.delta.metadata.get("intent_gate").and_then(|j| serde_json::from_str(j).ok()).unwrap_or_default(),
+                gate: outcome.gates.clone(),
                 stop: crate::edit::describe_stop(&outcome.log, &params),
                 edit_log: outcome.log.clone(),
             });

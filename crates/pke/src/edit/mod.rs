@@ -150,6 +150,9 @@ pub struct EditOutcome {
     pub setup_seconds: f64,
     /// Per edited `down_proj` of a null-space edit, what the projection leaves free (empty when off).
     pub preserve: Vec<preserve::PreserveSummary>,
+    /// Per edited layer of an intent-gated edit, where its read fires (empty when off; also in the delta's
+    /// `intent_gate` metadata).
+    pub gates: Vec<gate::GateSummary>,
 }
 
 impl EditOutcome {
@@ -1381,11 +1384,12 @@ pub fn compute_delta_with(
         "hotspots".into(),
         serde_json::to_string(&hotspots.chosen_layers.iter().map(|l| (l, hotspots.neuron_indices(*l))).collect::<Vec<_>>())?,
     );
+    let gates: Vec<gate::GateSummary> = gates.into_iter().map(|g| g.summary).collect();
     if !gates.is_empty() {
         // The neurons that changed are the gates', not the located hotspots.
-        let edited: Vec<(usize, Option<Vec<usize>>)> = gates.iter().map(|g| (g.summary.layer, Some(vec![g.summary.neuron]))).collect();
+        let edited: Vec<(usize, Option<Vec<usize>>)> = gates.iter().map(|g| (g.layer, Some(vec![g.neuron]))).collect();
         metadata.insert("hotspots".into(), serde_json::to_string(&edited)?);
-        metadata.insert("intent_gate".into(), serde_json::to_string(&gates.iter().map(|g| &g.summary).collect::<Vec<_>>())?);
+        metadata.insert("intent_gate".into(), serde_json::to_string(&gates)?);
         // The cases and held-out harmful requests the stop waited for, of those it holds.
         for (key, k) in gate_stop {
             metadata.insert(key.into(), k);
@@ -1413,7 +1417,7 @@ pub fn compute_delta_with(
         metadata.insert("preserve".into(), serde_json::to_string(&preserve)?);
     }
     metadata.insert("pke_version".into(), env!("CARGO_PKG_VERSION").into());
-    Ok(EditOutcome { delta: WeightDelta { tensors, metadata }, log, seconds: t0.elapsed().as_secs_f64(), setup_seconds, preserve })
+    Ok(EditOutcome { delta: WeightDelta { tensors, metadata }, log, seconds: t0.elapsed().as_secs_f64(), setup_seconds, preserve, gates })
 }
 
 #[cfg(test)]

@@ -627,14 +627,16 @@ mod tests {
         assert!(!EditParams::defaults(Method::Pke).quirk_inert_kl);
     }
 
+    /// config/presets/hotspot.toml, the hotspot edit (the default until 2026-12-05).
+    fn hotspot_preset() -> &'static std::path::Path {
+        std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/presets/hotspot.toml"))
+    }
+
     /// The null space's refinements need the null space, and `preserve_last` is a share.
     #[test]
     fn null_space_refinements_are_checked() {
         // On the hotspot edit's null space (the gate, pke's default, has none).
-        let r = |o: &[&str]| {
-            let o: Vec<String> = ["intent_gate=false", "preserve_energy=0.9"].iter().chain(o).map(|x| x.to_string()).collect();
-            EditParams::resolve(Method::Pke, None, &o)
-        };
+        let r = |o: &[&str]| EditParams::resolve(Method::Pke, Some(hotspot_preset()), &o.iter().map(|x| x.to_string()).collect::<Vec<_>>());
         let p = r(&["preserve_text=2048", "preserve_last=0.5"]).unwrap();
         assert_eq!((p.preserve_text, p.preserve_last), (2048, 0.5));
         let e = r(&["preserve_energy=0", "preserve_text=2048"]).unwrap_err().to_string();
@@ -741,8 +743,7 @@ mod tests {
     /// defaults and gives the hotspot edit that was the default until 2026-12-05.
     #[test]
     fn the_hotspot_preset_resolves() {
-        let path = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/presets/hotspot.toml"));
-        let p = EditParams::resolve(Method::Pke, Some(path), &[]).unwrap();
+        let p = EditParams::resolve(Method::Pke, Some(hotspot_preset()), &[]).unwrap();
         assert!(!p.intent_gate && !p.intent_gate_stop && p.preserve_energy == 0.9 && p.stop_backoff == 0);
         assert_eq!(p.safe_reply, "", "each case's own refusal");
         assert_eq!(p.lr, EditParams::defaults(Method::Pke).lr, "the rest is pke's defaults");
