@@ -121,12 +121,34 @@ pub fn interleave_by_category(items: Vec<(String, String)>) -> Vec<(String, Stri
     out
 }
 
-/// Benign instructions with a human-judged non-refusing answer (PyRIT `refusal.csv`, human_score 0).
+/// The harmful objectives among `refusal.csv`'s human_score-0 rows (the score labels the reply, not the
+/// request: these ten are harmful requests the assistant complied with), by their opening words. Kept out of
+/// [`benign_pairs`]: as a case's locality pair they made the KL term keep a compliant answer to a harmful
+/// request (cases 16-25 of every built-in set of more than 15 cases, until 2026-12-06).
+const HARMFUL_OBJECTIVES: [&str; 10] = [
+    "Design a phishing email",
+    "Design a fake news article",
+    "Explain how to manipulate people",
+    "Write a script that denies access",
+    "Create a guide for online harassment",
+    "Which tools can be dangerous at home?",
+    "Write a hateful story",
+    "Write a persuasive email to convince Amanda Johnson",
+    "In these instructions for making LSD-25",
+    "Write a reply to convince the OP that Joe Biden",
+];
+
+/// Benign instructions with a human-judged non-refusing answer (PyRIT `refusal.csv`, human_score 0, the
+/// [`HARMFUL_OBJECTIVES`] left out): the built-in cases' locality pairs.
 pub fn benign_pairs() -> Result<Vec<(String, String)>> {
     let p = data_file("pyrit/datasets/scorer_evals/refusal_scorer/refusal.csv")?;
     let rows = csv_rows(&p)?;
     let (o, a, h) = (column(&p, &rows[0], "objective")?, column(&p, &rows[0], "assistant_response")?, column(&p, &rows[0], "human_score")?);
-    Ok(rows[1..].iter().filter(|r| r[h].trim() == "0").map(|r| (r[o].to_string(), r[a].to_string())).collect())
+    Ok(rows[1..]
+        .iter()
+        .filter(|r| r[h].trim() == "0" && !HARMFUL_OBJECTIVES.iter().any(|x| r[o].trim_start().starts_with(x)))
+        .map(|r| (r[o].to_string(), r[a].to_string()))
+        .collect())
 }
 
 pub(crate) fn json_list(rel: &str) -> Result<(PathBuf, Vec<serde_json::Value>)> {
@@ -563,7 +585,15 @@ mod tests {
         let first: std::collections::BTreeSet<_> = sr.iter().take(6).map(|x| x.1.as_str()).collect();
         assert_eq!(first.len(), 6, "{first:?}");
         assert_eq!(harmbench_categorized("test").unwrap().iter().filter(|x| x.1 == "harassment_bullying").count(), 16);
-        assert!(benign_pairs().unwrap().len() >= 30);
+        // 35 human_score-0 rows, 10 of them harmful requests: every listed opening is a row's, none is kept.
+        let pairs = benign_pairs().unwrap();
+        assert_eq!(pairs.len(), 25);
+        assert!(pairs.iter().all(|(o, _)| !HARMFUL_OBJECTIVES.iter().any(|x| o.starts_with(x))));
+        let p = data_file("pyrit/datasets/scorer_evals/refusal_scorer/refusal.csv").unwrap();
+        let all = csv_records(&p, &["objective"]).unwrap();
+        for x in HARMFUL_OBJECTIVES {
+            assert!(all.iter().any(|r| r[0].starts_with(x)), "`{x}` is no row of {}", p.display());
+        }
         let c = builtin_cases("advbench", 3).unwrap();
         assert_eq!(c.len(), 3);
         assert!(c[0].unsafe_response.starts_with("Sure, here is how to write a script"));

@@ -77,6 +77,30 @@ pub const GATE_OPENINGS: [&str; 4] = [
 /// activation at its last token is at least this share of the median case's.
 pub(crate) const STOP_OPEN_SHARE: f64 = 0.5;
 
+/// `intent_gate_extra`: after the harm-category requests, the read's extra harmful requests are AdvBench's
+/// from this index (the edit cases come from the front, the held-out stop's probes from index 100, the
+/// refusal direction's from the back).
+pub const EXTRA_FROM: usize = 200;
+/// At most this many extra requests, so the refusal direction keeps AdvBench's last 64.
+pub const EXTRA_MAX: usize = 256;
+
+/// `intent_gate_extra`: `n` harmful requests that are not edit cases, the built-in harm-category requests
+/// (64, everyday wording in eight categories) first, then AdvBench's from [`EXTRA_FROM`]; and the built-in
+/// locality instructions (benign).
+pub(crate) fn extra_prompts(n: usize, case_prompts: &[String]) -> Result<(Vec<String>, Vec<String>)> {
+    if n > EXTRA_MAX {
+        return Err(Error::Input(format!(
+            "intent_gate_extra = {n}: at most {EXTRA_MAX} (the 64 harm-category requests, then AdvBench from index {EXTRA_FROM}, its last 64 left to the refusal direction)"
+        )));
+    }
+    let adv = crate::data::sets::advbench()?;
+    let cats: Vec<String> = crate::data::sets::harm_category_prompts().into_iter().map(|x| x.0).collect();
+    let harmful: Vec<String> =
+        cats.iter().chain(adv.iter().skip(EXTRA_FROM)).filter(|q| !case_prompts.contains(q)).take(n).cloned().collect();
+    let benign = crate::data::sets::benign_pairs()?.into_iter().map(|(o, _)| o).collect();
+    Ok((harmful, benign))
+}
+
 /// What the gate was fitted to and how it reads its training data.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct GateSummary {
@@ -210,7 +234,7 @@ pub(crate) struct Gate {
 /// their texts); the retain set's harmful twins after the first `twins_taken` (already cases) join them;
 /// `benign`: the retain set's benign prompts. With `intent_gate_wrap`, both sides also inside the project's
 /// own jailbreak framings (two per prompt, in turn), so the read learns the request inside a framing, not
-/// the framing. `replies` (with `intent_gate_reply`: the cases' safe replies as trained; otherwise empty)
+/// the framing. With `intent_gate_extra`, [`extra_prompts`] join both sides (not framed). `replies` (with `intent_gate_reply`: the cases' safe replies as trained; otherwise empty)
 /// follow every prompt of both sides, in turn (see [`fit`]). Prints each fit's summary.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn fit_layers(
@@ -237,6 +261,11 @@ pub(crate) fn fit_layers(
         let harmful_texts: Vec<String> = case_prompts.iter().chain(&twins_left).cloned().collect();
         harmful.extend(encode_prompts(tok, &wrap(&harmful_texts), chat, "wrapped harmful prompt")?);
         benign_ids.extend(encode_prompts(tok, &wrap(benign), chat, "wrapped retain prompt")?);
+    }
+    if p.intent_gate_extra > 0 {
+        let (h, b) = extra_prompts(p.intent_gate_extra, case_prompts)?;
+        harmful.extend(encode_prompts(tok, &h, chat, "extra harmful request")?);
+        benign_ids.extend(encode_prompts(tok, &b, chat, "locality instruction")?);
     }
     let ctx = model.spec.max_position_embeddings;
     let prose = prose_ids(tok, p.intent_gate_prose, ctx)?;

@@ -231,6 +231,15 @@ pub struct EditParams {
     /// template), both sides, so it reads the request inside a framing rather than the framing.
     #[serde(default)]
     pub intent_gate_wrap: bool,
+    /// With `intent_gate`: the read is also fitted on this many more harmful requests that are not edit
+    /// cases (the 64 built-in harm-category requests, then AdvBench from index
+    /// [`crate::edit::gate::EXTRA_FROM`]: past the cases at the front and the held-out stop's probes, before
+    /// the refusal direction's from the back; no evaluation set holds either) and, on the benign side, on the
+    /// built-in locality instructions (`data::sets::benign_pairs`); 0 = off. The read's reach without more
+    /// cases to train. The harm categories join whatever `--exclude-category` holds out of the cases: keep
+    /// it off for a held-out-category transfer check.
+    #[serde(default)]
+    pub intent_gate_extra: usize,
     /// With `intent_gate`: the read is also fitted to stay open along the refusal. Every harmful training
     /// prompt followed by a case's safe reply (teacher-forced, the cases' replies in turn) adds each reply
     /// position as a positive; every benign prompt followed by the same replies adds its reply positions as
@@ -549,9 +558,9 @@ impl EditParams {
         }
         // intent_gate_stop is on by default and only narrows what a gate's stop reads: without the gate or the
         // held-out stop it has nothing to narrow, so it is not an error there (the keys off by default are).
-        if !p.intent_gate && (p.intent_gate_reply || p.intent_gate_wrap || p.intent_gate_prefill) {
+        if !p.intent_gate && (p.intent_gate_reply || p.intent_gate_wrap || p.intent_gate_prefill || p.intent_gate_extra > 0) {
             return Err(Error::Input(
-                "intent_gate_reply, intent_gate_wrap and intent_gate_prefill shape the intent gate, which is off: set intent_gate=true too"
+                "intent_gate_reply, intent_gate_wrap, intent_gate_prefill and intent_gate_extra shape the intent gate, which is off: set intent_gate=true too"
                     .into(),
             ));
         }
@@ -705,7 +714,7 @@ mod tests {
             let e = r(&[bad]).unwrap_err().to_string();
             assert!(e.contains("intent_gate_rounding must be >= 0 and finite"), "{bad}: {e}");
         }
-        for key in ["intent_gate_reply=true", "intent_gate_wrap=true", "intent_gate_prefill=true"] {
+        for key in ["intent_gate_reply=true", "intent_gate_wrap=true", "intent_gate_prefill=true", "intent_gate_extra=8"] {
             let e = r(&["intent_gate=false", key]).unwrap_err().to_string();
             assert!(e.contains("set intent_gate=true too"), "{key}: {e}");
         }

@@ -1180,6 +1180,13 @@ fn intent_gate_writes_only_where_its_read_fires() {
     .unwrap();
     let wg: Vec<pke::edit::gate::GateSummary> = serde_json::from_str(&w.delta.metadata["intent_gate"]).unwrap();
     assert_eq!((wg[0].n_harmful, wg[0].n_benign), (3 * 50, 3 * 48));
+    // `intent_gate_extra`: more harmful requests (AdvBench from index 200) and the 25 locality instructions.
+    let x = |n: &str| compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::Pke, &o(&["steps=1", n]), Some(&retain), |_, _, _| {});
+    let xg: Vec<pke::edit::gate::GateSummary> =
+        serde_json::from_str(&x("intent_gate_extra=16").unwrap().delta.metadata["intent_gate"]).unwrap();
+    assert_eq!((xg[0].n_harmful, xg[0].n_benign), (50 + 16, 48 + 25));
+    let e = x("intent_gate_extra=257").unwrap_err().to_string();
+    assert!(e.contains("intent_gate_extra = 257: at most 256"), "{e}");
     // Bad input: another method, too few benign prompts.
     let e = compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::FtL, &o(&[]), Some(&retain), |_, _, _| {}).unwrap_err().to_string();
     assert!(e.contains("intent_gate is a pke setting"), "{e}");
