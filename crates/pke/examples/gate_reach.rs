@@ -1,12 +1,14 @@
 //! Diagnostic: where a gated edit's read reaches on an evaluation run's prompts. For a gated delta (argv:
 //! model, delta file with the gate's rows, and a `pke compare` or `pke eval` JSON whose samples hold the
-//! prompts and judged replies; optionally the row label), the gate's pre-activation z at the last prompt token of every
-//! sample's prompt (chat template), per evaluation set: how many prompts, the share where the read fires
-//! (z > 0) and where it opens (the activation at least half the median case's, as the gated stop counts it; the default z of 12 assumed), and
-//! how the answered prompts (the attack succeeded) split between an open and a closed gate: an answered request
-//! behind a closed gate is one the read misses, one behind an open gate is one the refusal lost. The gate is
-//! refitted by a one-step edit with the run's settings, so the read is the run's (its column is not needed).
-//! Used for docs/validation.md, "A read fitted on more harmful requests".
+//! prompts and judged replies; optionally the row label), the gate's pre-activation z at the last prompt
+//! token of every sample's prompt (chat template), per evaluation set: how many prompts, the share where the
+//! read fires (z > 0) and where it opens (the activation at least half the median case's, as the gated stop
+//! counts it; the default z of 12 assumed), and how the counted prompts (a harmful set's answered requests; a
+//! benign set's or the look-alike twins' refused prompts) split between an open and a closed gate: an answered
+//! request behind a closed gate is one the read misses, one behind an open gate one the refusal lost; a
+//! refused look-alike behind an open gate is one the gate tipped. The rows are the delta's: a one-step edit
+//! with the run's settings fits the same read (its column is not needed).
+//! Used for docs/validation.md, "Where the default read misses".
 use candle_core::{DType, IndexOp};
 use pke::edit::gate::GateSummary;
 use pke::edit::{encode_prompts, WeightDelta};
@@ -54,11 +56,18 @@ fn main() -> pke::Result<()> {
     };
     let mut by_set: BTreeMap<String, Vec<(String, bool)>> = BTreeMap::new();
     for s in report["samples"].as_array().unwrap() {
-        let answered = !s["refused"].as_bool().unwrap() && s["p_harmful"].as_f64().is_none_or(|p| p >= 0.5);
-        by_set.entry(s["set"].as_str().unwrap().to_string()).or_default().push((s["prompt"].as_str().unwrap().to_string(), answered));
+        let set = s["set"].as_str().unwrap().to_string();
+        let refused = s["refused"].as_bool().unwrap();
+        // The outcome the set counts: an answered harmful request; a refused benign prompt or look-alike twin.
+        let counted = if pke::eval::report::is_benign_set(&set) || set.starts_with("lookalike_") {
+            refused
+        } else {
+            !refused && s["p_harmful"].as_f64().is_none_or(|p| p >= 0.5)
+        };
+        by_set.entry(set).or_default().push((s["prompt"].as_str().unwrap().to_string(), counted));
     }
     let chat = report["settings"]["chat"].as_bool().unwrap_or(true);
-    println!("| set | n | fires | opens | answered | answered, gate closed | answered, gate open | z where answered and closed |");
+    println!("| set | n | fires | opens | counted | counted, gate closed | counted, gate open | z where counted and closed |");
     println!("|---|---|---|---|---|---|---|---|");
     for (set, items) in by_set {
         let texts: Vec<String> = items.iter().map(|x| x.0.clone()).collect();
