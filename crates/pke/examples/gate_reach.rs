@@ -8,7 +8,9 @@
 //! request behind a closed gate is one the read misses, one behind an open gate one the refusal lost; a
 //! refused look-alike behind an open gate is one the gate tipped. The rows are the delta's: a one-step edit
 //! with the run's settings fits the same read (its column is not needed).
-//! Used for docs/validation.md, "Where the default read misses".
+//! Given a `.txt` file instead of a run (the evaluation's perplexity plays), it counts the positions of the
+//! text's first 4,096 tokens where the read fires and opens. Used for docs/validation.md, "Where the default
+//! read misses" and "The gate at layer 14".
 use candle_core::{DType, IndexOp};
 use pke::edit::gate::GateSummary;
 use pke::edit::{encode_prompts, WeightDelta};
@@ -34,7 +36,7 @@ fn act(z: f64) -> f64 {
 fn main() -> pke::Result<()> {
     let a: Vec<String> = std::env::args().collect();
     if a.len() < 4 {
-        return Err(bad("usage: gate_reach MODEL DELTA RUN.json [ROW_LABEL]".into()));
+        return Err(bad("usage: gate_reach MODEL DELTA RUN.json [ROW_LABEL] | gate_reach MODEL DELTA TEXT.txt".into()));
     }
     let mut ck = Checkpoint::open(&a[1])?;
     let delta = WeightDelta::load(std::path::Path::new(&a[2]))?;
@@ -42,6 +44,29 @@ fn main() -> pke::Result<()> {
     let gates: Vec<GateSummary> = serde_json::from_str(meta).map_err(|e| bad(format!("{}: {e}", a[2])))?;
     delta.apply(&mut ck.model, false)?;
     let text = std::fs::read_to_string(&a[3]).map_err(|e| bad(format!("{}: {e}", a[3])))?;
+    // A plain text (the evaluation's perplexity plays): where the read fires along its first 4,096 tokens.
+    if a[3].ends_with(".txt") {
+        let ids: Vec<u32> = ck.tok.encode(&text, true)?.into_iter().take(4096).collect();
+        for g in &gates {
+            let mut cap = Capture::new([Site::MlpIn(g.layer)]);
+            cap.stop = Some(g.layer);
+            ck.model.forward_with(&Input::single(&ids), &mut cap, None)?;
+            let x = cap.get(Site::MlpIn(g.layer)).unwrap().i(0)?.to_dtype(DType::F32)?;
+            let row = ck.model.get(&format!("model.layers.{}.mlp.gate_proj.weight", g.layer))?.to_dtype(DType::F32)?.get(g.neuron)?;
+            let z = x.matmul(&row.unsqueeze(1)?)?.flatten_all()?.to_vec1::<f32>()?;
+            let fires = z.iter().filter(|z| **z > 0.0).count();
+            let opens = z.iter().filter(|z| act(**z as f64) >= OPEN_SHARE * act(Z_MEDIAN)).count();
+            let mean_act: f64 = z.iter().map(|z| act(*z as f64).max(0.0)).sum::<f64>() / z.len() as f64 / act(Z_MEDIAN);
+            println!(
+                "layer {} neuron {}: {} tokens of {}; fires at {fires}, opens at {opens}; mean activation {mean_act:.4} of the median case's",
+                g.layer,
+                g.neuron,
+                ids.len(),
+                a[3]
+            );
+        }
+        return Ok(());
+    }
     let run: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(format!("{}: {e}", a[3])))?;
     let report = match run.get("rows") {
         Some(rows) => {
