@@ -3,7 +3,7 @@
 //! prompts and judged replies; optionally the row label), the gate's pre-activation z at the last prompt
 //! token of every sample's prompt (chat template), per evaluation set: how many prompts, the share where the
 //! read fires (z > 0) and where it opens (the activation at least half the median case's, as the gated stop
-//! counts it; the default z of 12 assumed), and how the counted prompts (a harmful set's answered requests; a
+//! counts it, at the delta's `intent_gate_z`), and how the counted prompts (a harmful set's answered requests; a
 //! benign set's or the look-alike twins' refused prompts) split between an open and a closed gate: an answered
 //! request behind a closed gate is one the read misses, one behind an open gate one the refusal lost; a
 //! refused look-alike behind an open gate is one the gate tipped. The rows are the delta's: a one-step edit
@@ -11,26 +11,14 @@
 //! Given a `.txt` file instead of a run (the evaluation's perplexity plays), it counts the positions of the
 //! text's first 4,096 tokens where the read fires and opens. Used for docs/validation.md, "Where the default
 //! read misses" and "The gate at layer 14".
-use candle_core::{DType, IndexOp};
-use pke::edit::gate::GateSummary;
+use candle_core::DType;
+use pke::edit::gate::{activation_share, capture, opens, GateSummary};
 use pke::edit::{encode_prompts, WeightDelta};
 use pke::io::checkpoint::Checkpoint;
-use pke::model::Input;
-use pke::trace::{Capture, Site};
 use std::collections::BTreeMap;
 
 fn bad(m: String) -> pke::Error {
     pke::Error::Input(m)
-}
-
-/// The median case's pre-activation (`intent_gate_z`'s default) and the share of its activation at which the
-/// gated stop counts a request as one the gate opens on (`edit::gate::STOP_OPEN_SHARE`).
-const Z_MEDIAN: f64 = 12.0;
-const OPEN_SHARE: f64 = 0.5;
-
-/// The gate neuron's activation for pre-activation z, as a share of the median case's: SiLU(z) z / z_median.
-fn act(z: f64) -> f64 {
-    z * z / (1.0 + (-z).exp()) / Z_MEDIAN
 }
 
 fn main() -> pke::Result<()> {
@@ -42,23 +30,28 @@ fn main() -> pke::Result<()> {
     let delta = WeightDelta::load(std::path::Path::new(&a[2]))?;
     let meta = delta.metadata.get("intent_gate").ok_or_else(|| bad(format!("{}: no intent gate in the delta's metadata", a[2])))?;
     let gates: Vec<GateSummary> = serde_json::from_str(meta).map_err(|e| bad(format!("{}: {e}", a[2])))?;
+    // The read's scale: the median case's pre-activation the edit set (`intent_gate_z`).
+    let hparams: serde_json::Value = serde_json::from_str(delta.metadata.get("hparams").map_or("{}", String::as_str))
+        .map_err(|e| bad(format!("{}: hparams: {e}", a[2])))?;
+    let z_median = hparams["intent_gate_z"].as_f64().ok_or_else(|| bad(format!("{}: no intent_gate_z in the delta's hparams", a[2])))?;
     delta.apply(&mut ck.model, false)?;
+    // Each gate's row of `gate_proj` as the delta left it.
+    let rows: Vec<candle_core::Tensor> = gates
+        .iter()
+        .map(|g| Ok(ck.model.get(&format!("model.layers.{}.mlp.gate_proj.weight", g.layer))?.to_dtype(DType::F32)?.get(g.neuron)?))
+        .collect::<pke::Result<_>>()?;
     let text = std::fs::read_to_string(&a[3]).map_err(|e| bad(format!("{}: {e}", a[3])))?;
     // A plain text (the evaluation's perplexity plays): where the read fires along its first 4,096 tokens.
     if a[3].ends_with(".txt") {
         let ids: Vec<u32> = ck.tok.encode(&text, true)?.into_iter().take(4096).collect();
-        for g in &gates {
-            let mut cap = Capture::new([Site::MlpIn(g.layer)]);
-            cap.stop = Some(g.layer);
-            ck.model.forward_with(&Input::single(&ids), &mut cap, None)?;
-            let x = cap.get(Site::MlpIn(g.layer)).unwrap().i(0)?.to_dtype(DType::F32)?;
-            let row = ck.model.get(&format!("model.layers.{}.mlp.gate_proj.weight", g.layer))?.to_dtype(DType::F32)?.get(g.neuron)?;
+        for (g, row) in gates.iter().zip(&rows) {
+            let (x, _) = capture(&ck.model, &ids, g.layer)?;
             let z = x.matmul(&row.unsqueeze(1)?)?.flatten_all()?.to_vec1::<f32>()?;
             let fires = z.iter().filter(|z| **z > 0.0).count();
-            let opens = z.iter().filter(|z| act(**z as f64) >= OPEN_SHARE * act(Z_MEDIAN)).count();
-            let mean_act: f64 = z.iter().map(|z| act(*z as f64).max(0.0)).sum::<f64>() / z.len() as f64 / act(Z_MEDIAN);
+            let open = z.iter().filter(|z| opens(**z as f64, z_median)).count();
+            let mean_act: f64 = z.iter().map(|z| activation_share(*z as f64, z_median)).sum::<f64>() / z.len() as f64;
             println!(
-                "layer {} neuron {}: {} tokens of {}; fires at {fires}, opens at {opens}; mean activation {mean_act:.4} of the median case's",
+                "layer {} neuron {}: {} tokens of {}; fires at {fires}, opens at {open}; mean activation {mean_act:.4} of the median case's",
                 g.layer,
                 g.neuron,
                 ids.len(),
@@ -97,22 +90,18 @@ fn main() -> pke::Result<()> {
     for (set, items) in by_set {
         let texts: Vec<String> = items.iter().map(|x| x.0.clone()).collect();
         let ids = encode_prompts(&ck.tok, &texts, chat, "sample prompt")?;
-        let (mut fires, mut opens, mut ans, mut ans_closed, mut ans_open) = (0, 0, 0, 0, 0);
+        let (mut fires, mut n_open, mut ans, mut ans_closed, mut ans_open) = (0, 0, 0, 0, 0);
         let mut closed_z = Vec::new();
         for (ids, (_, answered)) in ids.iter().zip(&items) {
             // The highest z of the edit's gates (one per edited layer).
             let mut z = f64::NEG_INFINITY;
-            for g in &gates {
-                let mut cap = Capture::new([Site::MlpIn(g.layer)]);
-                cap.stop = Some(g.layer);
-                ck.model.forward_with(&Input::single(ids), &mut cap, None)?;
-                let x = cap.get(Site::MlpIn(g.layer)).unwrap().i(0)?.to_dtype(DType::F32)?.get(ids.len() - 1)?;
-                let row = ck.model.get(&format!("model.layers.{}.mlp.gate_proj.weight", g.layer))?.to_dtype(DType::F32)?.get(g.neuron)?;
-                z = z.max((x * row)?.sum_all()?.to_scalar::<f32>()? as f64);
+            for (g, row) in gates.iter().zip(&rows) {
+                let (x, _) = capture(&ck.model, ids, g.layer)?;
+                z = z.max((x.get(ids.len() - 1)? * row)?.sum_all()?.to_scalar::<f32>()? as f64);
             }
-            let open = act(z) >= OPEN_SHARE * act(Z_MEDIAN);
+            let open = opens(z, z_median);
             fires += (z > 0.0) as usize;
-            opens += open as usize;
+            n_open += open as usize;
             if *answered {
                 ans += 1;
                 if open {
@@ -127,7 +116,7 @@ fn main() -> pke::Result<()> {
         let sh = |k: usize| format!("{:.2}", k as f64 / n as f64);
         closed_z.sort_by(f64::total_cmp);
         let zs: Vec<String> = closed_z.iter().map(|z| format!("{z:.1}")).collect();
-        println!("| {set} | {n} | {} | {} | {} | {ans_closed} | {ans_open} | {} |", sh(fires), sh(opens), sh(ans), zs.join(" "));
+        println!("| {set} | {n} | {} | {} | {} | {ans_closed} | {ans_open} | {} |", sh(fires), sh(n_open), sh(ans), zs.join(" "));
     }
     Ok(())
 }

@@ -75,7 +75,7 @@ pub const GATE_OPENINGS: [&str; 4] = [
 
 /// `intent_gate_stop`: a held-out request counts as one the gate opens on when the gate neuron's
 /// activation at its last token is at least this share of the median case's.
-pub(crate) const STOP_OPEN_SHARE: f64 = 0.5;
+pub const STOP_OPEN_SHARE: f64 = 0.5;
 
 /// `intent_gate_extra`: after the harm-category requests, the read's extra harmful requests are AdvBench's
 /// from this index (the edit cases come from the front, the held-out stop's probes from index 100, the
@@ -322,7 +322,7 @@ fn open_all<'a>(tok: &Tok, chat: bool, texts: impl IntoIterator<Item = &'a Strin
 }
 
 /// The MLP input at `layer` (every position) and the layer's MLP activation, for one sequence.
-fn capture(model: &Decoder, ids: &[u32], layer: usize) -> Result<(Tensor, Tensor)> {
+pub fn capture(model: &Decoder, ids: &[u32], layer: usize) -> Result<(Tensor, Tensor)> {
     let mut cap = Capture::new([Site::MlpIn(layer), Site::MlpAct(layer)]);
     cap.stop = Some(layer);
     model.forward_with(&Input::single(ids), &mut cap, None)?;
@@ -613,7 +613,7 @@ pub(crate) fn stop_filter(model: &Decoder, gates: &[Gate], prompts: &[Vec<u32>],
         for (o, ids) in open.iter_mut().zip(prompts) {
             let (x, _) = capture(model, ids, g.summary.layer)?;
             let z = dot(&row, &x.get(ids.len() - 1)?.to_vec1::<f32>()?);
-            *o |= silu(z) * z / (z_median * silu(z_median)) >= STOP_OPEN_SHARE;
+            *o |= opens(z, z_median);
         }
     }
     let kept = open.iter().filter(|o| **o).count();
@@ -637,6 +637,18 @@ fn share(v: &[f64]) -> f64 {
     } else {
         v.iter().filter(|x| **x > 0.0).count() as f64 / v.len() as f64
     }
+}
+
+/// The gate neuron's activation at pre-activation `z` as a share of its activation at the median case's
+/// `z_median` (SiLU(z) z over the same at `z_median`: the `up_proj` row is the read over `z_median`).
+pub fn activation_share(z: f64, z_median: f64) -> f64 {
+    silu(z) * z / (z_median * silu(z_median))
+}
+
+/// Whether the gate counts as open at pre-activation `z` (its activation at least [`STOP_OPEN_SHARE`] of the
+/// median case's): what `intent_gate_stop` waits for.
+pub fn opens(z: f64, z_median: f64) -> bool {
+    activation_share(z, z_median) >= STOP_OPEN_SHARE
 }
 
 fn silu(x: f64) -> f64 {
