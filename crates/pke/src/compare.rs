@@ -492,7 +492,7 @@ pub fn compare_with(
             rows.push(CompareRow {
                 label,
                 method: Some(method),
-                layers: hotspots.chosen_layers.clone(),
+                layers: outcome.layers.clone(),
                 changed_values: outcome.delta.n_values(),
                 locate_seconds: *locate_seconds,
                 edit_seconds: outcome.seconds,
@@ -893,7 +893,7 @@ pub fn per_instance(
             let post = judge_all(generate_suffixed(&edited, &inputs(c), suffix, eval, &mut |_| {})?)?;
             records.push(InstanceRecord {
                 case_id: c.id.clone(),
-                layers: h.chosen_layers,
+                layers: outcome.layers.clone(),
                 time,
                 vanilla: vanilla[i].clone(),
                 edited: post,

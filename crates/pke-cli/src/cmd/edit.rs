@@ -144,7 +144,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         super::print_json(&serde_json::json!({
             "method": method.to_string(), "hparams": params, "steps": outcome.log, "seconds": outcome.seconds, "setup_seconds": outcome.setup_seconds, "locate_seconds": locate_seconds,
             "edited_tensors": delta.names(), "changed_values": delta.n_values(), "preserve": outcome.preserve,
-            "delta": a.delta, "hf_folder": a.output.out, "gguf": a.output.gguf, "chosen_layers": hotspots.chosen_layers,
+            "delta": a.delta, "hf_folder": a.output.out, "gguf": a.output.gguf, "chosen_layers": outcome.layers, "intent_gate_scan": outcome.layer_scan,
         }))?;
     } else {
         for s in &outcome.log {
@@ -180,7 +180,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
             "{} edit of {} on layer(s) {:?}: {} values changed in {:.1} s ({:.1} s of it before the first step)",
             method,
             a.model,
-            hotspots.chosen_layers,
+            outcome.layers,
             delta.n_values(),
             outcome.seconds,
             outcome.setup_seconds

@@ -510,7 +510,7 @@ pub(crate) fn fit(
 /// Per input coordinate, the variance the int8 kernel's rounding of the input adds to it: its 32-block's
 /// rounding step (the block's largest magnitude over 127) squared over 12, the mean over `rows`. Zero for
 /// a hidden size no kernel takes (not a multiple of 32).
-fn rounding_noise<'a>(rows: impl Iterator<Item = &'a Vec<f32>>) -> Vec<f64> {
+pub(crate) fn rounding_noise<'a>(rows: impl Iterator<Item = &'a Vec<f32>>) -> Vec<f64> {
     let mut sum: Vec<f64> = Vec::new();
     let mut n = 0usize;
     for r in rows {

@@ -4,6 +4,7 @@
 
 pub mod delta;
 pub mod gate;
+pub mod gate_scan;
 pub mod params;
 pub mod preserve;
 pub mod select;
@@ -153,6 +154,10 @@ pub struct EditOutcome {
     /// Per edited layer of an intent-gated edit, where its read fires (empty when off; also in the delta's
     /// `intent_gate` metadata).
     pub gates: Vec<gate::GateSummary>,
+    /// The layers edited: the located ones, or the one `intent_gate_scan` chose.
+    pub layers: Vec<usize>,
+    /// With `intent_gate_scan`: every candidate layer's reach (also in the delta's metadata).
+    pub layer_scan: Option<gate_scan::LayerScan>,
 }
 
 impl EditOutcome {
@@ -915,7 +920,6 @@ pub fn compute_delta_with(
     if p.intent_gate && method != Method::Pke {
         return Err(Error::Input(format!("intent_gate is a pke setting; {method} edits whole layers")));
     }
-    let mut targets = edit_targets(model, hotspots, method, p)?;
     let owned_retain;
     let retain_set: &[Probe] = match retain {
         Some(r) => r,
@@ -944,6 +948,39 @@ pub fn compute_delta_with(
     } else {
         vec![]
     };
+    // `intent_gate_scan`: the gate's layer chosen by how each candidate's read generalizes; the rest of the
+    // edit (its resume point, the watch, the targets) follows the chosen layer.
+    let scanned;
+    let (hotspots, layer_scan) = if p.intent_gate && p.intent_gate_scan {
+        let case_prompts: Vec<String> = cases.iter().chain(&twins).map(|c| c.prompt.clone()).collect();
+        let harmful = encode_prompts(tok, &case_prompts, chat, "edit case")?;
+        let located = *hotspots.chosen_layers.iter().min().ok_or_else(|| Error::Input("the hotspots name no layer".into()))?;
+        let retain_left: Vec<Probe> = retain_set.iter().filter(|x| x.harmful.is_some()).skip(twins.len()).cloned().collect();
+        let scan = gate_scan::scan(
+            model,
+            tok,
+            chat,
+            &harmful,
+            &case_prompts,
+            &retain_left,
+            &if p.layers.is_empty() { gate_scan::candidates(model.spec.n_layers) } else { p.layers.clone() },
+            located,
+            p,
+        )?;
+        eprintln!(
+            "intent gate scan (the read cross-fitted at each layer, open shares on prompts it was not fitted on):\n{}",
+            scan.markdown()
+        );
+        eprintln!("intent gate scan: layer {} chosen (located: {located})", scan.chosen);
+        let mut h = hotspots.clone();
+        h.chosen_layers = vec![scan.chosen];
+        scanned = h;
+        (&scanned, Some(scan))
+    } else {
+        (hotspots, None)
+    };
+    // With a scanned gate the targets are the gate's own (below); the located neurons of another layer are not used.
+    let mut targets = if layer_scan.is_some() { vec![] } else { edit_targets(model, hotspots, method, p)? };
     let seqs: Vec<CaseSeqs> =
         cases.iter().chain(&twins).enumerate().map(|(i, c)| prepare(tok, i, c, chat, p, method)).collect::<Result<_>>()?;
     let l0 = *hotspots.chosen_layers.iter().min().expect("non-empty");
@@ -1390,6 +1427,9 @@ pub fn compute_delta_with(
         let edited: Vec<(usize, Option<Vec<usize>>)> = gates.iter().map(|g| (g.layer, Some(vec![g.neuron]))).collect();
         metadata.insert("hotspots".into(), serde_json::to_string(&edited)?);
         metadata.insert("intent_gate".into(), serde_json::to_string(&gates)?);
+        if let Some(scan) = &layer_scan {
+            metadata.insert("intent_gate_scan".into(), serde_json::to_string(scan)?);
+        }
         // The cases and held-out harmful requests the stop waited for, of those it holds.
         for (key, k) in gate_stop {
             metadata.insert(key.into(), k);
@@ -1417,7 +1457,16 @@ pub fn compute_delta_with(
         metadata.insert("preserve".into(), serde_json::to_string(&preserve)?);
     }
     metadata.insert("pke_version".into(), env!("CARGO_PKG_VERSION").into());
-    Ok(EditOutcome { delta: WeightDelta { tensors, metadata }, log, seconds: t0.elapsed().as_secs_f64(), setup_seconds, preserve, gates })
+    Ok(EditOutcome {
+        delta: WeightDelta { tensors, metadata },
+        log,
+        seconds: t0.elapsed().as_secs_f64(),
+        setup_seconds,
+        preserve,
+        gates,
+        layers: hotspots.chosen_layers.clone(),
+        layer_scan,
+    })
 }
 
 #[cfg(test)]

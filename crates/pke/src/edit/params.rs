@@ -240,6 +240,14 @@ pub struct EditParams {
     /// it off for a held-out-category transfer check.
     #[serde(default)]
     pub intent_gate_extra: usize,
+    /// With `intent_gate`: the gate's layer is chosen by a scan of the middle half of the layers instead of
+    /// the located layer (`edit::gate_scan`): at each, the read is cross-fitted on two folds of the retain
+    /// pairs and scored on what it was not fitted on (the other fold's twins and look-alikes, the built-in
+    /// harm-category requests and locality instructions, plain and inside the project's framings, held-out
+    /// prose); the layer where the most harmful and the fewest benign prompts open the gate wins. With a
+    /// `layers` list, the scan chooses one of those. The scan's table goes into the delta's metadata.
+    #[serde(default)]
+    pub intent_gate_scan: bool,
     /// With `intent_gate`: the read is also fitted to stay open along the refusal. Every harmful training
     /// prompt followed by a case's safe reply (teacher-forced, the cases' replies in turn) adds each reply
     /// position as a positive; every benign prompt followed by the same replies adds its reply positions as
@@ -558,9 +566,11 @@ impl EditParams {
         }
         // intent_gate_stop is on by default and only narrows what a gate's stop reads: without the gate or the
         // held-out stop it has nothing to narrow, so it is not an error there (the keys off by default are).
-        if !p.intent_gate && (p.intent_gate_reply || p.intent_gate_wrap || p.intent_gate_prefill || p.intent_gate_extra > 0) {
+        if !p.intent_gate
+            && (p.intent_gate_reply || p.intent_gate_wrap || p.intent_gate_prefill || p.intent_gate_extra > 0 || p.intent_gate_scan)
+        {
             return Err(Error::Input(
-                "intent_gate_reply, intent_gate_wrap, intent_gate_prefill and intent_gate_extra shape the intent gate, which is off: set intent_gate=true too"
+                "intent_gate_reply, intent_gate_wrap, intent_gate_prefill, intent_gate_extra and intent_gate_scan shape the intent gate, which is off: set intent_gate=true too"
                     .into(),
             ));
         }
@@ -714,7 +724,9 @@ mod tests {
             let e = r(&[bad]).unwrap_err().to_string();
             assert!(e.contains("intent_gate_rounding must be >= 0 and finite"), "{bad}: {e}");
         }
-        for key in ["intent_gate_reply=true", "intent_gate_wrap=true", "intent_gate_prefill=true", "intent_gate_extra=8"] {
+        for key in
+            ["intent_gate_reply=true", "intent_gate_wrap=true", "intent_gate_prefill=true", "intent_gate_extra=8", "intent_gate_scan=true"]
+        {
             let e = r(&["intent_gate=false", key]).unwrap_err().to_string();
             assert!(e.contains("set intent_gate=true too"), "{key}: {e}");
         }

@@ -1195,6 +1195,42 @@ fn intent_gate_writes_only_where_its_read_fires() {
     assert!(e.contains("at least 2 harmful and 2 benign prompts; got 3 and 1"), "{e}");
 }
 
+/// `intent_gate_scan`: the gate's layer is chosen by how each candidate's read, cross-fitted on two folds of
+/// the retain pairs, opens on prompts it was not fitted on. On SmolLM2, layer 14's read opens on fewer framed
+/// benign instructions than layer 11's (measured: 0.14 against 0.48 at the default case count, both
+/// reaching as far), so it scores higher; the edit then sits at the chosen layer, and the scan's table is in the delta.
+#[test]
+fn intent_gate_scan_chooses_the_layer_whose_read_generalizes() {
+    let ck = crate::common::smollm2();
+    // As `pke edit -m smollm2 --builtin advbench:8 --chat` scans: the chat template, 8 cases, the default prose
+    // (without the template the two reads open on a third as many held-out requests).
+    let (cases, mut h) = smol_setup(8);
+    h.settings.chat = true;
+    let retain = pke::edit::builtin_retain();
+    let o = gate_params(1, &["intent_gate_scan=true", "layers=[11, 14]", "intent_gate_prose=4096"]);
+    let out = compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::Pke, &o, Some(&retain), |_, _, _| {}).unwrap();
+    let scan = out.layer_scan.clone().expect("a scanned edit reports its scan");
+    assert_eq!(scan.layers.iter().map(|r| r.layer).collect::<Vec<_>>(), vec![11, 14]);
+    assert_eq!(scan.located, 11);
+    for r in &scan.layers {
+        let shares = [r.twins, r.requests, r.framed, r.lookalikes, r.locality, r.locality_framed, r.prose];
+        assert!(shares.iter().all(|v| (0.0..=1.0).contains(v)), "{r:?}");
+        let want = (r.twins + r.requests + r.framed) / 3.0 - (r.lookalikes + r.locality + r.locality_framed + r.prose) / 4.0;
+        assert!((r.score - want).abs() < 1e-12, "{r:?}");
+    }
+    let (l11, l14) = (&scan.layers[0], &scan.layers[1]);
+    assert!(l14.score > l11.score && l14.locality_framed < l11.locality_framed, "{}", scan.markdown());
+    assert_eq!(scan.chosen, 14);
+    assert_eq!(out.layers, vec![14]);
+    assert_eq!(gate_summary(&out).layer, 14);
+    assert!(out.delta.names().iter().all(|n| n.starts_with("model.layers.14.")), "{:?}", out.delta.names());
+    let meta: pke::edit::gate_scan::LayerScan = serde_json::from_str(&out.delta.metadata["intent_gate_scan"]).unwrap();
+    assert_eq!(meta, scan);
+    // Bad input: two folds need at least 4 retain pairs with a harmful twin.
+    let e = compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::Pke, &o, Some(&retain[..3]), |_, _, _| {}).unwrap_err().to_string();
+    assert!(e.contains("intent_gate_scan") && e.contains("at least 4 (got 3)"), "{e}");
+}
+
 /// `intent_gate_reply`: the read is fitted to stay open along a refusal after a harmful request and closed
 /// along the same words after a benign one, so the gate neuron fires through the case's safe reply (the
 /// plain gate fires at the last prompt token alone). `intent_gate_stop`: the held-out stop counts only the
