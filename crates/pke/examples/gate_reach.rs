@@ -41,21 +41,29 @@ fn main() -> pke::Result<()> {
         .map(|g| Ok(ck.model.get(&format!("model.layers.{}.mlp.gate_proj.weight", g.layer))?.to_dtype(DType::F32)?.get(g.neuron)?))
         .collect::<pke::Result<_>>()?;
     let text = std::fs::read_to_string(&a[3]).map_err(|e| bad(format!("{}: {e}", a[3])))?;
-    // A plain text (the evaluation's perplexity plays): where the read fires along its first 4,096 tokens.
+    // A plain text (the evaluation's perplexity plays): where the read fires along its first 4,096 tokens, and
+    // the neuron's actual activation there (SiLU of the gate row's read times the up row's, over the median
+    // case's SiLU(z_median) z_median / z_median): with `intent_gate_end` the up row is the end read.
     if a[3].ends_with(".txt") {
         let ids: Vec<u32> = ck.tok.encode(&text, true)?.into_iter().take(4096).collect();
         for (g, row) in gates.iter().zip(&rows) {
-            let (x, _) = capture(&ck.model, &ids, g.layer)?;
+            let (x, act) = capture(&ck.model, &ids, g.layer)?;
             let z = x.matmul(&row.unsqueeze(1)?)?.flatten_all()?.to_vec1::<f32>()?;
+            let a_real = act.narrow(1, g.neuron, 1)?.flatten_all()?.to_vec1::<f32>()?;
             let fires = z.iter().filter(|z| **z > 0.0).count();
-            let open = z.iter().filter(|z| opens(**z as f64, z_median)).count();
+            let open: Vec<usize> = (0..z.len()).filter(|&t| opens(z[t] as f64, z_median)).collect();
             let mean_act: f64 = z.iter().map(|z| activation_share(*z as f64, z_median)).sum::<f64>() / z.len() as f64;
+            let full = z_median / (1.0 + (-z_median).exp());
+            let real_open: f64 = open.iter().map(|&t| a_real[t] as f64 / full).sum::<f64>() / open.len().max(1) as f64;
+            let real_mean: f64 = a_real.iter().map(|v| (*v as f64 / full).abs()).sum::<f64>() / a_real.len() as f64;
             println!(
-                "layer {} neuron {}: {} tokens of {}; fires at {fires}, opens at {open}; mean activation {mean_act:.4} of the median case's",
+                "layer {} neuron {}: {} tokens of {}; fires at {fires}, opens at {}; mean activation as the plain gate's {mean_act:.4} of the median case's; \
+                 the neuron's own activation: mean {real_open:.3} of the median case's where the read opens, mean |activation| {real_mean:.4} over all",
                 g.layer,
                 g.neuron,
                 ids.len(),
-                a[3]
+                a[3],
+                open.len()
             );
         }
         return Ok(());

@@ -21,6 +21,13 @@
 //! - its `down_proj` column starts at zero and is the only weight trained: the edit learns what to write
 //!   (the refusal) and the gate decides where.
 //!
+//! With `intent_gate_end` (chat prompts) the `up_proj` row is not the read again but a read of the prompt's
+//! end: ridge least squares to the read's value over the median case's at every training prompt's last token
+//! where the read fires, zero at every other position. The neuron's activation SiLU(z) x up then is the plain
+//! gate's where a prompt ends and small where the read fires elsewhere: on Macbeth's first 4,096 tokens, at
+//! the 42 where SmolLM2's layer-14 read opens, the plain gate's neuron reaches 2.1 times its activation at the
+//! median case, the end-read neuron 0.56 (`examples/gate_reach`).
+//!
 //! The read is fitted without an intercept (the layer has no bias); the normed input's near-constant
 //! part plays that role. The fit's shares above the threshold are reported and recorded in the delta.
 //!
@@ -58,6 +65,10 @@ use crate::{Error, Result};
 /// Iterations of the read's fit (Adam on the logistic loss, standardized inputs).
 const FIT_STEPS: usize = 600;
 const FIT_LR: f64 = 0.02;
+
+/// `intent_gate_end`: the end read's ridge penalty on standardized inputs (1e-3 and 1e-5 fit SmolLM2's
+/// layer 14 alike: the solve is well posed; the read's own `intent_gate_l2` is a logistic fit's).
+const END_L2: f64 = 1e-3;
 
 /// The type the summary's quantized read rounds the gate row to (then to Q8_0, as pke's int8 kernel
 /// repacks it): a common 4-bit type whose blocks (32 values) fit every supported model's hidden size.
@@ -139,6 +150,20 @@ pub struct GateSummary {
     /// Q8_0 blocks. None where the hidden size is not a multiple of 32.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quantized: Option<QuantRead>,
+    /// With `intent_gate_end`: how the `up_proj` row's read of the prompt's end reads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end: Option<EndRead>,
+}
+
+/// The `up_proj` row's read of the prompt's end (`intent_gate_end`): fitted to be the gate's read over the
+/// median case's at every training prompt's last token and zero elsewhere.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct EndRead {
+    /// Its mean value at the harmful training prompts' last token (the plain gate's: the mean of z / z_median).
+    pub cases: f64,
+    /// Its RMS at every other position fitted on (prompts' inner tokens, book prose) and on held-out prose.
+    pub positions_rms: f64,
+    pub heldout_rms: f64,
 }
 
 /// How the gate's read fires when a quantized model computes it (see [`GateSummary::quantized`]).
@@ -218,7 +243,12 @@ impl GateSummary {
                 q.z_median
             ),
             None => String::new(),
-        }
+        } + &self.end.as_ref().map_or(String::new(), |e| {
+            format!(
+                "; its up_proj row reads the prompt's end: {:.2} at the cases' last token on average, RMS {:.3} at the other positions fitted on and {:.3} on held-out prose (the neuron's activation there is computed with it)",
+                e.cases, e.positions_rms, e.heldout_rms
+            )
+        })
     }
 }
 
@@ -250,6 +280,17 @@ pub(crate) fn fit_layers(
     replies: &[Vec<u32>],
     p: &EditParams,
 ) -> Result<(Vec<Gate>, Vec<EditTarget>)> {
+    if p.intent_gate_end && !chat {
+        return Err(Error::Input(
+            "intent_gate_end reads the end of the prompt where the chat template's generation prompt closes it: use chat prompts (--chat)"
+                .into(),
+        ));
+    }
+    if p.intent_gate_end && (p.intent_gate_reply || p.intent_gate_prefill) {
+        return Err(Error::Input(
+            "intent_gate_end keeps the gate neuron silent past the prompt's end; intent_gate_reply and intent_gate_prefill open it there: choose one".into(),
+        ));
+    }
     let twins_left: Vec<String> = retain.iter().filter_map(|x| x.harmful.clone()).skip(twins_taken).collect();
     harmful.extend(encode_prompts(tok, &twins_left, chat, "retain harmful twin")?);
     let mut benign_ids = encode_prompts(tok, benign, chat, "retain prompt")?;
@@ -385,10 +426,17 @@ pub(crate) fn fit(
     let mut benign_reply_rows: Vec<Vec<f32>> = Vec::new();
     // The positions of a followed prompt that predict its reply's second token onward.
     let reply_span = |ids: &[u32], seq: &[u32]| ids.len()..seq.len() - 1;
+    // `intent_gate_end`: the harmful prompts' inner positions, where the end read is fitted to zero.
+    let mut inner_rows: Vec<Vec<f32>> = Vec::new();
     for (i, ids) in harmful.iter().enumerate() {
         let seq = followed(i, ids)?;
         let (x, _) = capture(model, &seq, layer)?;
         pos_rows.push(x.get(ids.len() - 1)?.to_vec1::<f32>()?);
+        if p.intent_gate_end {
+            for t in 0..ids.len() - 1 {
+                inner_rows.push(x.get(t)?.to_vec1::<f32>()?);
+            }
+        }
         for t in reply_span(ids, &seq) {
             reply_rows.push(x.get(t)?.to_vec1::<f32>()?);
         }
@@ -480,6 +528,48 @@ pub(crate) fn fit(
         held_rows.extend(x.to_vec2::<f32>()?);
     }
     let held: Vec<f64> = held_rows.iter().map(|r| dot(&w, r)).collect();
+    // `intent_gate_end`: the up_proj row as a read of the prompt's end; the activation on the positions the
+    // summary reports is then SiLU(z) times that read, over the median case's SiLU(z_median).
+    let end_row = if p.intent_gate_end {
+        // The ends where the gate fires (z > 0): where the neuron's activation is SiLU(z) times the end read.
+        let ends = |rows: &[Vec<f32>], l: &[f64]| -> (Vec<Vec<f32>>, Vec<f64>) {
+            rows.iter().zip(l).filter(|(_, l)| **l > 0.0).map(|(r, l)| (r.clone(), l / median)).unzip()
+        };
+        let (hr, hy) = ends(&pos_rows, lp);
+        let (br, by) = ends(&last_rows, lb);
+        let u = fit_linear(
+            &[
+                (&hr, hy, 1.0),
+                (&br, by, 1.0),
+                (&other_rows, vec![0.0; other_rows.len()], positions_weight),
+                (&inner_rows, vec![0.0; inner_rows.len()], 1.0),
+            ],
+            END_L2,
+        );
+        if !u.iter().all(|v| v.is_finite()) {
+            return Err(Error::NonFinite("the intent gate's end read is not finite; nothing was written".into()));
+        }
+        Some(u)
+    } else {
+        None
+    };
+    let (positions_leak, heldout_leak, end) = match &end_row {
+        Some(u) => {
+            let real = |rows: &[Vec<f32>], l: &[f64]| -> f64 {
+                let n = rows.len().max(1) as f64;
+                rows.iter().zip(l).map(|(r, l)| silu(scale * l) * dot(u, r) / silu(z_median)).sum::<f64>() / n
+            };
+            let rms = |rows: &[Vec<f32>]| (rows.iter().map(|r| dot(u, r).powi(2)).sum::<f64>() / rows.len().max(1) as f64).sqrt();
+            let cases = pos_rows.iter().map(|r| dot(u, r)).sum::<f64>() / pos_rows.len() as f64;
+            let inner_and_other: Vec<Vec<f32>> = other_rows.iter().chain(&inner_rows).cloned().collect();
+            (
+                real(&other_rows, lo),
+                real(&held_rows, &held),
+                Some(EndRead { cases, positions_rms: rms(&inner_and_other), heldout_rms: rms(&held_rows) }),
+            )
+        }
+        None => (mean_act(lo), mean_act(&held), None),
+    };
     let gate_row: Vec<f32> = w.iter().map(|a| (a * scale) as f32).collect();
     let quantized =
         quant_read(&gate_row, [&pos_rows, &last_rows, &other_rows], &held_rows, scale, &[lp, lb])?.map(|[h, b, o, held, z_shift]| {
@@ -497,14 +587,19 @@ pub(crate) fn fit(
         benign_fire: share(lb),
         positions_fire: share(lo),
         scale,
-        positions_leak: mean_act(lo),
-        heldout_leak: mean_act(&held),
+        positions_leak,
+        heldout_leak,
         heldout_fire: share(&held),
         reply: at_reply.map(|k| ReplyRead::of(&logits[k], &logits[k + 1], mean_act)),
         prefill: at_open.map(|k| ReplyRead::of(&logits[k], &logits[k + 1], mean_act)),
         quantized,
+        end,
     };
-    Ok(Gate { summary, gate_row, up_row: w.iter().map(|a| (a / median) as f32).collect() })
+    let up_row = match end_row {
+        Some(u) => u.iter().map(|a| *a as f32).collect(),
+        None => w.iter().map(|a| (a / median) as f32).collect(),
+    };
+    Ok(Gate { summary, gate_row, up_row })
 }
 
 /// Per input coordinate, the variance the int8 kernel's rounding of the input adds to it: its 32-block's
@@ -597,6 +692,71 @@ pub(crate) fn fit_read(groups: &[(&[Vec<f32>], f64, f64)], l2: f64, noise: &[f64
     }
     let logits = groups.iter().map(|(rows, ..)| rows.iter().map(|r| logit(&w, r)).collect()).collect();
     (w.iter().zip(&rms).map(|(a, s)| a / s).collect(), logits)
+}
+
+/// Ridge least squares without intercept on groups `(rows, targets, weight)`: a group weighs `weight` in
+/// all (its rows share it); inputs standardized by each coordinate's RMS over every row, penalty `l2` on the
+/// standardized weights. Solved exactly (normal equations, Cholesky). Returns the weights on the raw inputs.
+pub(crate) fn fit_linear(groups: &[(&[Vec<f32>], Vec<f64>, f64)], l2: f64) -> Vec<f64> {
+    let d = groups.iter().find_map(|(rows, ..)| rows.first()).map_or(0, |r| r.len());
+    let n_all = groups.iter().map(|(rows, ..)| rows.len()).sum::<usize>().max(1) as f64;
+    let mut rms = vec![0f64; d];
+    for r in groups.iter().flat_map(|(rows, ..)| rows.iter()) {
+        for (s, v) in rms.iter_mut().zip(r) {
+            *s += (*v as f64).powi(2);
+        }
+    }
+    for s in rms.iter_mut() {
+        *s = (*s / n_all).sqrt().max(1e-6);
+    }
+    // The lower triangle of X'WX and X'Wy on standardized inputs.
+    let mut g = vec![0f64; d * d];
+    let mut b = vec![0f64; d];
+    let mut x = vec![0f64; d];
+    for (rows, y, weight) in groups {
+        let c = weight / rows.len().max(1) as f64;
+        for (r, t) in rows.iter().zip(y) {
+            for ((xj, v), s) in x.iter_mut().zip(r).zip(&rms) {
+                *xj = *v as f64 / s;
+            }
+            for j in 0..d {
+                let cx = c * x[j];
+                b[j] += cx * t;
+                for (gk, xk) in g[j * d..j * d + j + 1].iter_mut().zip(&x[..=j]) {
+                    *gk += cx * xk;
+                }
+            }
+        }
+    }
+    for j in 0..d {
+        g[j * d + j] += l2;
+    }
+    let u = cholesky_solve(&mut g, &b, d);
+    u.iter().zip(&rms).map(|(a, s)| a / s).collect()
+}
+
+/// Solve A u = b for a symmetric positive definite A given by its lower triangle (row-major, d x d; it is
+/// overwritten by its Cholesky factor). A non-positive pivot gives NaNs, which the caller checks.
+fn cholesky_solve(a: &mut [f64], b: &[f64], d: usize) -> Vec<f64> {
+    for j in 0..d {
+        let s: f64 = a[j * d + j] - (0..j).map(|k| a[j * d + k] * a[j * d + k]).sum::<f64>();
+        let pivot = if s > 0.0 { s.sqrt() } else { f64::NAN };
+        a[j * d + j] = pivot;
+        for i in j + 1..d {
+            let s: f64 = a[i * d + j] - (0..j).map(|k| a[i * d + k] * a[j * d + k]).sum::<f64>();
+            a[i * d + j] = s / pivot;
+        }
+    }
+    // L y = b, then L' u = y.
+    let mut y = vec![0f64; d];
+    for i in 0..d {
+        y[i] = (b[i] - (0..i).map(|k| a[i * d + k] * y[k]).sum::<f64>()) / a[i * d + i];
+    }
+    let mut u = vec![0f64; d];
+    for i in (0..d).rev() {
+        u[i] = (y[i] - (i + 1..d).map(|k| a[k * d + i] * u[k]).sum::<f64>()) / a[i * d + i];
+    }
+    u
 }
 
 /// `intent_gate_stop`: which of `prompts` (token ids as the edit encodes them; `what` names them) open any
@@ -706,6 +866,24 @@ mod tests {
         assert!(share(&logits[0]) >= 0.9 && share(&logits[1]) <= 0.1 && share(&logits[2]) <= 0.02, "{w1:?}");
         assert!(w0[0].abs() > 100.0, "unpriced, the tiny coordinate carries the threshold: {w0:?}");
         assert!(w1[0].abs() < 0.1 * w0[0].abs() && (w1[1] * 5.0).abs() > (w1[0] * 0.01).abs(), "{w0:?} -> {w1:?}");
+    }
+
+    /// The exact ridge solve recovers a linear target through the standardization (small penalty), weighs
+    /// groups as told, and the end-read shape comes out: one value at the rows marked as ends, zero elsewhere.
+    #[test]
+    fn fit_linear_solves_weighted_ridge_least_squares() {
+        let mut noise = uniform(5);
+        let rows: Vec<Vec<f32>> = (0..200).map(|_| vec![1.0 + 0.1 * noise(), 10.0 * noise(), 0.01 * noise(), noise()]).collect();
+        let truth = [0.5, -0.2, 30.0, 2.0];
+        let y: Vec<f64> = rows.iter().map(|r| r.iter().zip(&truth).map(|(x, t)| *x as f64 * t).sum()).collect();
+        let u = super::fit_linear(&[(&rows, y, 1.0)], 1e-9);
+        for (a, t) in u.iter().zip(&truth) {
+            assert!((a - t).abs() < 1e-4 * t.abs().max(1.0), "{u:?}");
+        }
+        // Two groups with conflicting targets on the same rows: the fit lands at their weighted mean.
+        let ones = vec![vec![1.0f32]; 10];
+        let u = super::fit_linear(&[(&ones, vec![1.0; 10], 3.0), (&ones, vec![0.0; 10], 1.0)], 0.0);
+        assert!((u[0] - 0.75).abs() < 1e-12, "{u:?}");
     }
 
     /// The openings the read is fitted after hold one request each and none is (or holds) the prefill

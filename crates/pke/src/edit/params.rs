@@ -248,6 +248,15 @@ pub struct EditParams {
     /// `layers` list, the scan chooses one of those. The scan's table goes into the delta's metadata.
     #[serde(default)]
     pub intent_gate_scan: bool,
+    /// With `intent_gate` (chat prompts only): the repurposed neuron's `up_proj` row reads the end of the
+    /// prompt instead of repeating the gate's read: fitted by ridge least squares to equal the read's value
+    /// over the median case's (z / `intent_gate_z`) at every training prompt's last token where the read fires
+    /// (z > 0; elsewhere SiLU closes the neuron whatever the up read), harmful and benign, and zero at every
+    /// other position (the prompts' inner tokens, book prose). At a prompt's end the neuron
+    /// fires as the plain gate does (SiLU(z) z / z_median); elsewhere (prose, inside a prompt) the product
+    /// with a near-zero `up_proj` read keeps it silent even where the intent read fires.
+    #[serde(default)]
+    pub intent_gate_end: bool,
     /// With `intent_gate`: the read is also fitted to stay open along the refusal. Every harmful training
     /// prompt followed by a case's safe reply (teacher-forced, the cases' replies in turn) adds each reply
     /// position as a positive; every benign prompt followed by the same replies adds its reply positions as
@@ -567,10 +576,15 @@ impl EditParams {
         // intent_gate_stop is on by default and only narrows what a gate's stop reads: without the gate or the
         // held-out stop it has nothing to narrow, so it is not an error there (the keys off by default are).
         if !p.intent_gate
-            && (p.intent_gate_reply || p.intent_gate_wrap || p.intent_gate_prefill || p.intent_gate_extra > 0 || p.intent_gate_scan)
+            && (p.intent_gate_reply
+                || p.intent_gate_wrap
+                || p.intent_gate_prefill
+                || p.intent_gate_extra > 0
+                || p.intent_gate_scan
+                || p.intent_gate_end)
         {
             return Err(Error::Input(
-                "intent_gate_reply, intent_gate_wrap, intent_gate_prefill, intent_gate_extra and intent_gate_scan shape the intent gate, which is off: set intent_gate=true too"
+                "intent_gate_reply, intent_gate_wrap, intent_gate_prefill, intent_gate_extra, intent_gate_scan and intent_gate_end shape the intent gate, which is off: set intent_gate=true too"
                     .into(),
             ));
         }
@@ -724,9 +738,14 @@ mod tests {
             let e = r(&[bad]).unwrap_err().to_string();
             assert!(e.contains("intent_gate_rounding must be >= 0 and finite"), "{bad}: {e}");
         }
-        for key in
-            ["intent_gate_reply=true", "intent_gate_wrap=true", "intent_gate_prefill=true", "intent_gate_extra=8", "intent_gate_scan=true"]
-        {
+        for key in [
+            "intent_gate_reply=true",
+            "intent_gate_wrap=true",
+            "intent_gate_prefill=true",
+            "intent_gate_extra=8",
+            "intent_gate_scan=true",
+            "intent_gate_end=true",
+        ] {
             let e = r(&["intent_gate=false", key]).unwrap_err().to_string();
             assert!(e.contains("set intent_gate=true too"), "{key}: {e}");
         }

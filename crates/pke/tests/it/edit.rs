@@ -1231,6 +1231,64 @@ fn intent_gate_scan_chooses_the_layer_whose_read_generalizes() {
     assert!(e.contains("intent_gate_scan") && e.contains("at least 4 (got 3)"), "{e}");
 }
 
+/// `intent_gate_end`: the gate neuron's up_proj row reads the prompt's end instead of repeating the read, so
+/// on prose where the read fires (Macbeth, never fitted on) the neuron's activation is a fraction of the
+/// plain gate's, while at the cases' last token it stays near the plain gate's. Chat prompts only.
+#[test]
+fn intent_gate_end_keeps_the_neuron_quiet_where_the_read_fires_on_prose() {
+    let ck = crate::common::smollm2();
+    let (cases, mut h) = smol_setup(2);
+    h.settings.chat = true;
+    let retain = pke::edit::builtin_retain();
+    let run = |extra: &[&str]| {
+        compute_delta_with(&ck.model, &ck.tok, &cases, &h, Method::Pke, &gate_params(1, extra), Some(&retain), |_, _, _| {}).unwrap()
+    };
+    let (plain, end) = (run(&[]), run(&["intent_gate_end=true"]));
+    let g = gate_summary(&end);
+    let e = g.end.clone().expect("the end read's summary");
+    assert!(gate_summary(&plain).end.is_none());
+    assert_eq!((g.layer, g.neuron), (gate_summary(&plain).layer, gate_summary(&plain).neuron), "the same neuron, the same read");
+    assert!(e.cases > 0.7 && e.positions_rms < 0.25 * e.cases, "{e:?}");
+    // The neuron's activation along Macbeth's first 1,024 tokens and at the cases' last token, each edit applied.
+    let text = pke::data::sets::perplexity_text("macbeth_gut.txt").unwrap();
+    let ids: Vec<u32> = ck.tok.encode(&text, true).unwrap().into_iter().take(1024).collect();
+    let prompts = pke::edit::encode_prompts(&ck.tok, &cases.iter().map(|c| c.prompt.clone()).collect::<Vec<_>>(), true, "case").unwrap();
+    let acts = |out: &pke::edit::EditOutcome| -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let mut m = ck.model.clone();
+        out.delta.apply(&mut m, false).unwrap();
+        let (x, a) = pke::edit::gate::capture(&m, &ids, g.layer).unwrap();
+        let row = m.get(&format!("model.layers.{}.mlp.gate_proj.weight", g.layer)).unwrap().get(g.neuron).unwrap();
+        let z = x.matmul(&row.unsqueeze(1).unwrap()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let a = a.narrow(1, g.neuron, 1).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let at_end = prompts
+            .iter()
+            .map(|p| pke::edit::gate::capture(&m, p, g.layer).unwrap().1.get(p.len() - 1).unwrap().to_vec1::<f32>().unwrap()[g.neuron])
+            .collect();
+        (z, a, at_end)
+    };
+    let ((z, a_plain, end_plain), (z2, a_end, end_end)) = (acts(&plain), acts(&end));
+    assert_eq!(z, z2, "the gate row is the same read");
+    let fired: Vec<usize> = (0..z.len()).filter(|&t| z[t] > 0.0).collect();
+    assert!(!fired.is_empty(), "the read fires somewhere on Macbeth");
+    let mean = |a: &[f32]| fired.iter().map(|&t| a[t].abs() as f64).sum::<f64>() / fired.len() as f64;
+    assert!(mean(&a_end) < 0.5 * mean(&a_plain), "where the read fires: {} with the end read, {} without", mean(&a_end), mean(&a_plain));
+    for (e, p) in end_end.iter().zip(&end_plain) {
+        assert!(*p > 1.0 && *e > 0.6 * p, "at the cases' last token: {end_end:?} against {end_plain:?}");
+    }
+    // Bad input: prompts without the chat template; with a reply read that opens the neuron past the prompt.
+    let mut plain_h = h.clone();
+    plain_h.settings.chat = false;
+    let err = |hs: &pke::locate::Hotspots, extra: &[&str]| {
+        compute_delta_with(&ck.model, &ck.tok, &cases, hs, Method::Pke, &gate_params(1, extra), Some(&retain), |_, _, _| {})
+            .unwrap_err()
+            .to_string()
+    };
+    let e = err(&plain_h, &["intent_gate_end=true"]);
+    assert!(e.contains("intent_gate_end") && e.contains("--chat"), "{e}");
+    let e = err(&h, &["intent_gate_end=true", "intent_gate_reply=true"]);
+    assert!(e.contains("intent_gate_end") && e.contains("intent_gate_reply"), "{e}");
+}
+
 /// `intent_gate_reply`: the read is fitted to stay open along a refusal after a harmful request and closed
 /// along the same words after a benign one, so the gate neuron fires through the case's safe reply (the
 /// plain gate fires at the last prompt token alone). `intent_gate_stop`: the held-out stop counts only the
