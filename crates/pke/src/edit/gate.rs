@@ -694,10 +694,13 @@ pub(crate) fn fit_read(groups: &[(&[Vec<f32>], f64, f64)], l2: f64, noise: &[f64
     (w.iter().zip(&rms).map(|(a, s)| a / s).collect(), logits)
 }
 
+/// Rows, their targets and the group's weight in all, for [`fit_linear`].
+pub(crate) type TargetGroup<'a> = (&'a [Vec<f32>], Vec<f64>, f64);
+
 /// Ridge least squares without intercept on groups `(rows, targets, weight)`: a group weighs `weight` in
 /// all (its rows share it); inputs standardized by each coordinate's RMS over every row, penalty `l2` on the
 /// standardized weights. Solved exactly (normal equations, Cholesky). Returns the weights on the raw inputs.
-pub(crate) fn fit_linear(groups: &[(&[Vec<f32>], Vec<f64>, f64)], l2: f64) -> Vec<f64> {
+pub(crate) fn fit_linear(groups: &[TargetGroup], l2: f64) -> Vec<f64> {
     let d = groups.iter().find_map(|(rows, ..)| rows.first()).map_or(0, |r| r.len());
     let n_all = groups.iter().map(|(rows, ..)| rows.len()).sum::<usize>().max(1) as f64;
     let mut rms = vec![0f64; d];
