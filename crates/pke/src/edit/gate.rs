@@ -23,7 +23,9 @@
 //!
 //! With `intent_gate_end` (chat prompts) the `up_proj` row is not the read again but a read of the prompt's
 //! end: ridge least squares to the read's value over the median case's at every training prompt's last token
-//! where the read fires, zero at every other position. The neuron's activation SiLU(z) x up then is the plain
+//! and along the cases' refusals after the harmful ones (teacher-forced), where the read fires; zero at
+//! every other prompt position and on prose. (Fitted at the prompts' last token alone, the neuron wrote the
+//! refusal's first words and SmolLM2 went on with its own: "I'm sorry, but I'm not a helpful AI.", loops.) The neuron's activation SiLU(z) x up then is the plain
 //! gate's where a prompt ends and small where the read fires elsewhere: on Macbeth's first 4,096 tokens, at
 //! the 42 where SmolLM2's layer-14 read opens, the plain gate's neuron reaches 2.1 times its activation at the
 //! median case, the end-read neuron 0.56 (`examples/gate_reach`).
@@ -164,6 +166,11 @@ pub struct EndRead {
     /// Its RMS at every other position fitted on (prompts' inner tokens, book prose) and on held-out prose.
     pub positions_rms: f64,
     pub heldout_rms: f64,
+    /// Positions fitted as ends: prompts' last tokens and refusal positions where the read fires.
+    #[serde(default)]
+    pub n_ends: usize,
+    #[serde(default)]
+    pub n_reply_ends: usize,
 }
 
 /// How the gate's read fires when a quantized model computes it (see [`GateSummary::quantized`]).
@@ -245,8 +252,8 @@ impl GateSummary {
             None => String::new(),
         } + &self.end.as_ref().map_or(String::new(), |e| {
             format!(
-                "; its up_proj row reads the prompt's end: {:.2} at the cases' last token on average, RMS {:.3} at the other positions fitted on and {:.3} on held-out prose (the neuron's activation there is computed with it)",
-                e.cases, e.positions_rms, e.heldout_rms
+                "; its up_proj row reads the prompt's end ({} ends fitted, {} of them along the refusals): {:.2} at the cases' last token on average, RMS {:.3} at the other positions fitted on and {:.3} on held-out prose (the neuron's activation there is computed with it)",
+                e.n_ends, e.n_reply_ends, e.cases, e.positions_rms, e.heldout_rms
             )
         })
     }
@@ -286,9 +293,9 @@ pub(crate) fn fit_layers(
                 .into(),
         ));
     }
-    if p.intent_gate_end && (p.intent_gate_reply || p.intent_gate_prefill) {
+    if p.intent_gate_end && p.intent_gate_prefill {
         return Err(Error::Input(
-            "intent_gate_end keeps the gate neuron silent past the prompt's end; intent_gate_reply and intent_gate_prefill open it there: choose one".into(),
+            "intent_gate_end keeps the gate neuron silent past the prompt and its refusal; intent_gate_prefill opens it along compliant openings: choose one".into(),
         ));
     }
     let twins_left: Vec<String> = retain.iter().filter_map(|x| x.harmful.clone()).skip(twins_taken).collect();
@@ -488,7 +495,9 @@ pub(crate) fn fit(
     let mut groups = vec![(&pos_rows[..], 1.0, 1.0), (&last_rows[..], 0.0, 1.0), (&other_rows[..], 0.0, positions_weight)];
     // Where the reply and opening groups sit among the logits.
     let (mut at_reply, mut at_open) = (None, None);
-    if !replies.is_empty() {
+    // The reply positions join the read's fit with `intent_gate_reply`; with `intent_gate_end` alone they are
+    // read only for the end read's targets.
+    if !replies.is_empty() && p.intent_gate_reply {
         at_reply = Some(groups.len());
         groups.extend([(&reply_rows[..], 1.0, 1.0), (&benign_reply_rows[..], 0.0, 1.0)]);
     }
@@ -537,9 +546,14 @@ pub(crate) fn fit(
         };
         let (hr, hy) = ends(&pos_rows, lp);
         let (br, by) = ends(&last_rows, lb);
+        // Along the refusal after a harmful prompt the neuron keeps writing where the read fires (the rest
+        // of the refusal and its end-of-turn are learned there too): those positions are ends as well.
+        let lr: Vec<f64> = reply_rows.iter().map(|r| dot(&w, r)).collect();
+        let (rr, ry) = ends(&reply_rows, &lr);
         let u = fit_linear(
             &[
                 (&hr, hy, 1.0),
+                (&rr, ry, 1.0),
                 (&br, by, 1.0),
                 (&other_rows, vec![0.0; other_rows.len()], positions_weight),
                 (&inner_rows, vec![0.0; inner_rows.len()], 1.0),
@@ -549,12 +563,12 @@ pub(crate) fn fit(
         if !u.iter().all(|v| v.is_finite()) {
             return Err(Error::NonFinite("the intent gate's end read is not finite; nothing was written".into()));
         }
-        Some(u)
+        Some((u, hr.len() + rr.len() + br.len(), rr.len()))
     } else {
         None
     };
     let (positions_leak, heldout_leak, end) = match &end_row {
-        Some(u) => {
+        Some((u, n_ends, n_reply_ends)) => {
             let real = |rows: &[Vec<f32>], l: &[f64]| -> f64 {
                 let n = rows.len().max(1) as f64;
                 rows.iter().zip(l).map(|(r, l)| silu(scale * l) * dot(u, r) / silu(z_median)).sum::<f64>() / n
@@ -565,7 +579,13 @@ pub(crate) fn fit(
             (
                 real(&other_rows, lo),
                 real(&held_rows, &held),
-                Some(EndRead { cases, positions_rms: rms(&inner_and_other), heldout_rms: rms(&held_rows) }),
+                Some(EndRead {
+                    cases,
+                    positions_rms: rms(&inner_and_other),
+                    heldout_rms: rms(&held_rows),
+                    n_ends: *n_ends,
+                    n_reply_ends: *n_reply_ends,
+                }),
             )
         }
         None => (mean_act(lo), mean_act(&held), None),
@@ -596,7 +616,7 @@ pub(crate) fn fit(
         end,
     };
     let up_row = match end_row {
-        Some(u) => u.iter().map(|a| *a as f32).collect(),
+        Some((u, ..)) => u.iter().map(|a| *a as f32).collect(),
         None => w.iter().map(|a| (a / median) as f32).collect(),
     };
     Ok(Gate { summary, gate_row, up_row })

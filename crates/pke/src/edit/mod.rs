@@ -1012,7 +1012,7 @@ pub fn compute_delta_with(
             twins.len(),
             &benign_prompts,
             &hotspots.chosen_layers,
-            &if p.intent_gate_reply { prepared.iter().map(|c| c.safe.labels.clone()).collect() } else { vec![] },
+            &if p.intent_gate_reply || p.intent_gate_end { prepared.iter().map(|c| c.safe.labels.clone()).collect() } else { vec![] },
             p,
         )?;
         targets = gate_targets;

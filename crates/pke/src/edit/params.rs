@@ -250,9 +250,10 @@ pub struct EditParams {
     pub intent_gate_scan: bool,
     /// With `intent_gate` (chat prompts only): the repurposed neuron's `up_proj` row reads the end of the
     /// prompt instead of repeating the gate's read: fitted by ridge least squares to equal the read's value
-    /// over the median case's (z / `intent_gate_z`) at every training prompt's last token where the read fires
-    /// (z > 0; elsewhere SiLU closes the neuron whatever the up read), harmful and benign, and zero at every
-    /// other position (the prompts' inner tokens, book prose). At a prompt's end the neuron
+    /// over the median case's (z / `intent_gate_z`) at every training prompt's last token and along the cases'
+    /// refusals after the harmful prompts (teacher-forced), where the read fires (z > 0; elsewhere SiLU closes
+    /// the neuron whatever the up read), and zero at every other position (the prompts' inner tokens, book
+    /// prose). At a prompt's end the neuron
     /// fires as the plain gate does (SiLU(z) z / z_median); elsewhere (prose, inside a prompt) the product
     /// with a near-zero `up_proj` read keeps it silent even where the intent read fires.
     #[serde(default)]

@@ -1233,7 +1233,8 @@ fn intent_gate_scan_chooses_the_layer_whose_read_generalizes() {
 
 /// `intent_gate_end`: the gate neuron's up_proj row reads the prompt's end instead of repeating the read, so
 /// on prose where the read fires (Macbeth, never fitted on) the neuron's activation is a fraction of the
-/// plain gate's, while at the cases' last token it stays near the plain gate's. Chat prompts only.
+/// plain gate's, while at the cases' last token it stays near the plain gate's (and along their refusals,
+/// where the neuron writes the rest of the refusal). Chat prompts only.
 #[test]
 fn intent_gate_end_keeps_the_neuron_quiet_where_the_read_fires_on_prose() {
     let ck = crate::common::smollm2();
@@ -1275,7 +1276,7 @@ fn intent_gate_end_keeps_the_neuron_quiet_where_the_read_fires_on_prose() {
     for (e, p) in end_end.iter().zip(&end_plain) {
         assert!(*p > 1.0 && *e > 0.6 * p, "at the cases' last token: {end_end:?} against {end_plain:?}");
     }
-    // Bad input: prompts without the chat template; with a reply read that opens the neuron past the prompt.
+    // Bad input: prompts without the chat template; with a read that opens along compliant openings.
     let mut plain_h = h.clone();
     plain_h.settings.chat = false;
     let err = |hs: &pke::locate::Hotspots, extra: &[&str]| {
@@ -1285,8 +1286,8 @@ fn intent_gate_end_keeps_the_neuron_quiet_where_the_read_fires_on_prose() {
     };
     let e = err(&plain_h, &["intent_gate_end=true"]);
     assert!(e.contains("intent_gate_end") && e.contains("--chat"), "{e}");
-    let e = err(&h, &["intent_gate_end=true", "intent_gate_reply=true"]);
-    assert!(e.contains("intent_gate_end") && e.contains("intent_gate_reply"), "{e}");
+    let e = err(&h, &["intent_gate_end=true", "intent_gate_prefill=true"]);
+    assert!(e.contains("intent_gate_end") && e.contains("intent_gate_prefill"), "{e}");
 }
 
 /// `intent_gate_reply`: the read is fitted to stay open along a refusal after a harmful request and closed
