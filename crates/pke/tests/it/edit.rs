@@ -1268,7 +1268,10 @@ fn intent_gate_end_keeps_the_neuron_quiet_where_the_read_fires_on_prose() {
         (z, a, at_end)
     };
     let ((z, a_plain, end_plain), (z2, a_end, end_end)) = (acts(&plain), acts(&end));
-    assert_eq!(z, z2, "the gate row is the same read");
+    // The same read: the end edit captures the training prompts followed by their refusals, which moves the
+    // last prompt token's input by float rounding only (another sequence length, another matmul tiling).
+    let dz = z.iter().zip(&z2).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(dz < 0.05, "the gate row is the same read: z differs by up to {dz}");
     let fired: Vec<usize> = (0..z.len()).filter(|&t| z[t] > 0.0).collect();
     assert!(!fired.is_empty(), "the read fires somewhere on Macbeth");
     let mean = |a: &[f32]| fired.iter().map(|&t| a[t].abs() as f64).sum::<f64>() / fired.len() as f64;
