@@ -672,17 +672,8 @@ fn quant_read(row: &[f32], groups: [&[Vec<f32>]; 3], held: &[Vec<f32>], scale: f
 /// adds to the coordinate, so the penalty is the variance rounding adds to the logit). Adam, `FIT_STEPS`
 /// steps. Returns the weights on the raw inputs and each group's logits.
 pub(crate) fn fit_read(groups: &[(&[Vec<f32>], f64, f64)], l2: f64, noise: &[f64]) -> (Vec<f64>, Vec<Vec<f64>>) {
-    let d = groups.iter().find_map(|(rows, ..)| rows.first()).map_or(0, |r| r.len());
-    let n_all = groups.iter().map(|(rows, ..)| rows.len()).sum::<usize>().max(1) as f64;
-    let mut rms = vec![0f64; d];
-    for r in groups.iter().flat_map(|(rows, ..)| rows.iter()) {
-        for (s, v) in rms.iter_mut().zip(r) {
-            *s += (*v as f64).powi(2);
-        }
-    }
-    for s in rms.iter_mut() {
-        *s = (*s / n_all).sqrt().max(1e-6);
-    }
+    let rms = coordinate_rms(groups.iter().flat_map(|(rows, ..)| rows.iter()));
+    let d = rms.len();
     let standard =
         |rows: &[Vec<f32>]| -> Vec<Vec<f64>> { rows.iter().map(|r| r.iter().zip(&rms).map(|(x, s)| *x as f64 / s).collect()).collect() };
     let groups: Vec<(Vec<Vec<f64>>, f64, f64)> = groups.iter().map(|(rows, y, weight)| (standard(rows), *y, *weight)).collect();
@@ -714,6 +705,22 @@ pub(crate) fn fit_read(groups: &[(&[Vec<f32>], f64, f64)], l2: f64, noise: &[f64
     (w.iter().zip(&rms).map(|(a, s)| a / s).collect(), logits)
 }
 
+/// Each input coordinate's RMS over `rows` (at least 1e-6): the reads' standardization (not centred, as the
+/// reads have no intercept). Empty for no rows.
+fn coordinate_rms<'a>(rows: impl Iterator<Item = &'a Vec<f32>>) -> Vec<f64> {
+    let (mut sum, mut n) = (Vec::new(), 0usize);
+    for r in rows {
+        if sum.is_empty() {
+            sum = vec![0f64; r.len()];
+        }
+        for (s, v) in sum.iter_mut().zip(r) {
+            *s += (*v as f64).powi(2);
+        }
+        n += 1;
+    }
+    sum.iter().map(|s| (s / n.max(1) as f64).sqrt().max(1e-6)).collect()
+}
+
 /// Rows, their targets and the group's weight in all, for [`fit_linear`].
 pub(crate) type TargetGroup<'a> = (&'a [Vec<f32>], Vec<f64>, f64);
 
@@ -721,17 +728,8 @@ pub(crate) type TargetGroup<'a> = (&'a [Vec<f32>], Vec<f64>, f64);
 /// all (its rows share it); inputs standardized by each coordinate's RMS over every row, penalty `l2` on the
 /// standardized weights. Solved exactly (normal equations, Cholesky). Returns the weights on the raw inputs.
 pub(crate) fn fit_linear(groups: &[TargetGroup], l2: f64) -> Vec<f64> {
-    let d = groups.iter().find_map(|(rows, ..)| rows.first()).map_or(0, |r| r.len());
-    let n_all = groups.iter().map(|(rows, ..)| rows.len()).sum::<usize>().max(1) as f64;
-    let mut rms = vec![0f64; d];
-    for r in groups.iter().flat_map(|(rows, ..)| rows.iter()) {
-        for (s, v) in rms.iter_mut().zip(r) {
-            *s += (*v as f64).powi(2);
-        }
-    }
-    for s in rms.iter_mut() {
-        *s = (*s / n_all).sqrt().max(1e-6);
-    }
+    let rms = coordinate_rms(groups.iter().flat_map(|(rows, ..)| rows.iter()));
+    let d = rms.len();
     // The lower triangle of X'WX and X'Wy on standardized inputs.
     let mut g = vec![0f64; d * d];
     let mut b = vec![0f64; d];
