@@ -789,4 +789,14 @@ mod tests {
         assert_eq!(p.safe_reply, "", "each case's own refusal");
         assert_eq!(p.lr, EditParams::defaults(Method::Pke).lr, "the rest is pke's defaults");
     }
+
+    /// The shipped gate-scan preset (config/presets/gate-scan.toml) resolves on pke's defaults: the gate with
+    /// the layer scan, the end read and a 20-update floor.
+    #[test]
+    fn the_gate_scan_preset_resolves() {
+        let path = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/presets/gate-scan.toml"));
+        let p = EditParams::resolve(Method::Pke, Some(path), &[]).unwrap();
+        assert!(p.intent_gate && p.intent_gate_scan && p.intent_gate_end && p.min_steps == 20);
+        assert_eq!(p.lr, EditParams::defaults(Method::Pke).lr, "the rest is pke's defaults");
+    }
 }
