@@ -12,7 +12,7 @@
 //! text's first 4,096 tokens where the read fires and opens. Used for docs/validation.md, "Where the default
 //! read misses" and "The gate at layer 14".
 use candle_core::DType;
-use pke::edit::gate::{activation_share, capture, opens, GateSummary};
+use pke::edit::gate::{activation_share, capture, opens, silu, GateSummary};
 use pke::edit::{encode_prompts, WeightDelta};
 use pke::io::checkpoint::Checkpoint;
 use std::collections::BTreeMap;
@@ -53,7 +53,7 @@ fn main() -> pke::Result<()> {
             let fires = z.iter().filter(|z| **z > 0.0).count();
             let open: Vec<usize> = (0..z.len()).filter(|&t| opens(z[t] as f64, z_median)).collect();
             let mean_act: f64 = z.iter().map(|z| activation_share(*z as f64, z_median)).sum::<f64>() / z.len() as f64;
-            let full = z_median / (1.0 + (-z_median).exp());
+            let full = silu(z_median);
             let real_open: f64 = open.iter().map(|&t| a_real[t] as f64 / full).sum::<f64>() / open.len().max(1) as f64;
             let real_mean: f64 = a_real.iter().map(|v| (*v as f64 / full).abs()).sum::<f64>() / a_real.len() as f64;
             println!(

@@ -24,9 +24,8 @@
 //! With `intent_gate_end` (chat prompts) the `up_proj` row is not the read again but a read of the prompt's
 //! end: ridge least squares to the read's value over the median case's at every training prompt's last token
 //! and along the cases' refusals after the harmful ones (teacher-forced), where the read fires; zero at
-//! every other prompt position and on prose. (Fitted at the prompts' last token alone, the neuron wrote the
-//! refusal's first words and SmolLM2 went on with its own: "I'm sorry, but I'm not a helpful AI.", loops.) The neuron's activation SiLU(z) x up then is the plain
-//! gate's where a prompt ends and small where the read fires elsewhere: on Macbeth's first 4,096 tokens, at
+//! every other prompt position and on prose. The neuron's activation SiLU(z) x up then is the plain gate's
+//! where a prompt ends and small where the read fires elsewhere: on Macbeth's first 4,096 tokens, at
 //! the 42 where SmolLM2's layer-14 read opens, the plain gate's neuron reaches 2.1 times its activation at the
 //! median case, the end-read neuron 0.56 (`examples/gate_reach`).
 //!
@@ -158,7 +157,8 @@ pub struct GateSummary {
 }
 
 /// The `up_proj` row's read of the prompt's end (`intent_gate_end`): fitted to be the gate's read over the
-/// median case's at every training prompt's last token and zero elsewhere.
+/// median case's at the training prompts' last tokens (and the cases' refusal positions) where the read fires,
+/// and zero at the prompts' other positions and on prose.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct EndRead {
     /// Its mean value at the harmful training prompts' last token (the plain gate's: the mean of z / z_median).
@@ -463,7 +463,9 @@ pub(crate) fn fit(
     let mut use_n = 0usize;
     for (k, ids) in benign.iter().chain(prose).enumerate() {
         let is_prompt = k < benign.len();
-        let seq = if is_prompt { followed(k, ids)? } else { ids.clone() };
+        // Benign prompts are followed by the replies only where the read is fitted along them
+        // (`intent_gate_reply`); the end read takes the harmful side's refusals alone.
+        let seq = if is_prompt && p.intent_gate_reply { followed(k, ids)? } else { ids.clone() };
         let (x, a) = capture(model, &seq, layer)?;
         let rows = x.to_vec2::<f32>()?;
         for (t, r) in rows.into_iter().enumerate() {
@@ -506,11 +508,7 @@ pub(crate) fn fit(
         groups.extend([(&open_rows[0][..], 1.0, 1.0), (&open_rows[1][..], 0.0, 1.0)]);
     }
     // The rounding noise's price: each coordinate's block rounding variance over every row fitted on.
-    let noise: Vec<f64> = if p.intent_gate_rounding > 0.0 {
-        rounding_noise(groups.iter().flat_map(|(rows, ..)| rows.iter())).into_iter().map(|v| v * p.intent_gate_rounding).collect()
-    } else {
-        Vec::new()
-    };
+    let noise = read_noise(&groups, p.intent_gate_rounding);
     let (w, logits) = fit_read(&groups, l2, &noise);
     if !logits.iter().flatten().all(|v| v.is_finite()) {
         return Err(Error::NonFinite("the intent gate's read is not finite; nothing was written".into()));
@@ -573,16 +571,15 @@ pub(crate) fn fit(
                 let n = rows.len().max(1) as f64;
                 rows.iter().zip(l).map(|(r, l)| silu(scale * l) * dot(u, r) / silu(z_median)).sum::<f64>() / n
             };
-            let rms = |rows: &[Vec<f32>]| (rows.iter().map(|r| dot(u, r).powi(2)).sum::<f64>() / rows.len().max(1) as f64).sqrt();
+            let rms = |rows: &[&Vec<f32>]| (rows.iter().map(|r| dot(u, r).powi(2)).sum::<f64>() / rows.len().max(1) as f64).sqrt();
             let cases = pos_rows.iter().map(|r| dot(u, r)).sum::<f64>() / pos_rows.len() as f64;
-            let inner_and_other: Vec<Vec<f32>> = other_rows.iter().chain(&inner_rows).cloned().collect();
             (
                 real(&other_rows, lo),
                 real(&held_rows, &held),
                 Some(EndRead {
                     cases,
-                    positions_rms: rms(&inner_and_other),
-                    heldout_rms: rms(&held_rows),
+                    positions_rms: rms(&other_rows.iter().chain(&inner_rows).collect::<Vec<_>>()),
+                    heldout_rms: rms(&held_rows.iter().collect::<Vec<_>>()),
                     n_ends: *n_ends,
                     n_reply_ends: *n_reply_ends,
                 }),
@@ -622,10 +619,20 @@ pub(crate) fn fit(
     Ok(Gate { summary, gate_row, up_row })
 }
 
+/// `intent_gate_rounding`'s per-coordinate price for [`fit_read`]: `price` times [`rounding_noise`] over every
+/// row of `groups`; none (empty) at price 0.
+pub(crate) fn read_noise(groups: &[(&[Vec<f32>], f64, f64)], price: f64) -> Vec<f64> {
+    if price > 0.0 {
+        rounding_noise(groups.iter().flat_map(|(rows, ..)| rows.iter())).into_iter().map(|v| v * price).collect()
+    } else {
+        Vec::new()
+    }
+}
+
 /// Per input coordinate, the variance the int8 kernel's rounding of the input adds to it: its 32-block's
 /// rounding step (the block's largest magnitude over 127) squared over 12, the mean over `rows`. Zero for
 /// a hidden size no kernel takes (not a multiple of 32).
-pub(crate) fn rounding_noise<'a>(rows: impl Iterator<Item = &'a Vec<f32>>) -> Vec<f64> {
+fn rounding_noise<'a>(rows: impl Iterator<Item = &'a Vec<f32>>) -> Vec<f64> {
     let mut sum: Vec<f64> = Vec::new();
     let mut n = 0usize;
     for r in rows {
@@ -832,7 +839,9 @@ pub fn opens(z: f64, z_median: f64) -> bool {
     activation_share(z, z_median) >= STOP_OPEN_SHARE
 }
 
-fn silu(x: f64) -> f64 {
+/// SiLU, the gate's non-linearity: the neuron's activation at the median case is `silu(z_median)` times its
+/// `up_proj` read there (1 for the plain gate's up row over the median case's z).
+pub fn silu(x: f64) -> f64 {
     x * sigmoid(x)
 }
 

@@ -28,7 +28,7 @@ use candle_core::{DType, IndexOp};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::gate::{fit_read, opens, rounding_noise};
+use super::gate::{fit_read, opens, read_noise};
 use super::watch::wrap;
 use super::{encode_prompts, passage_ids, prose_ids, EditParams};
 use crate::data::probes::Probe;
@@ -91,14 +91,9 @@ pub fn candidates(n: usize) -> Vec<usize> {
     (n / 4..=(3 * n / 4).min(n.saturating_sub(1))).collect()
 }
 
-/// Rows captured at every candidate layer: per layer, the last token of each sequence, or every position.
-struct Rows {
-    /// [layer][sequence] -> the last position's input.
-    last: Vec<Vec<Vec<f32>>>,
-}
-
-/// The MLP input at the last token of each of `seqs`, at every layer of `layers` (one forward each).
-fn last_rows(model: &Decoder, seqs: &[Vec<u32>], layers: &[usize]) -> Result<Rows> {
+/// The MLP input at the last token of each of `seqs`, at every layer of `layers` (one forward each):
+/// [layer][sequence].
+fn last_rows(model: &Decoder, seqs: &[Vec<u32>], layers: &[usize]) -> Result<Vec<Vec<Vec<f32>>>> {
     let mut last = vec![Vec::with_capacity(seqs.len()); layers.len()];
     for ids in seqs {
         let cap = forward(model, ids, layers)?;
@@ -106,7 +101,7 @@ fn last_rows(model: &Decoder, seqs: &[Vec<u32>], layers: &[usize]) -> Result<Row
             last[k].push(get(&cap, l)?.get(ids.len() - 1)?.to_vec1::<f32>()?);
         }
     }
-    Ok(Rows { last })
+    Ok(last)
 }
 
 fn refs(v: &[Vec<f32>]) -> Vec<&Vec<f32>> {
@@ -212,11 +207,8 @@ pub fn scan(
         .par_iter()
         .map(|&(k, fold)| {
             let fitted = |i: &usize| i % 2 == fold;
-            let pos: Vec<Vec<f32>> = cases.last[k]
-                .iter()
-                .cloned()
-                .chain(twin_rows.last[k].iter().enumerate().filter(|(i, _)| fitted(i)).map(|x| x.1.clone()))
-                .collect();
+            let pos: Vec<Vec<f32>> =
+                cases[k].iter().cloned().chain(twin_rows[k].iter().enumerate().filter(|(i, _)| fitted(i)).map(|x| x.1.clone())).collect();
             let last: Vec<Vec<f32>> = benign_rows[k][0].iter().enumerate().filter(|(i, _)| fitted(i)).map(|x| x.1.clone()).collect();
             let other: Vec<Vec<f32>> = benign_rows[k][1]
                 .iter()
@@ -226,11 +218,7 @@ pub fn scan(
                 .chain(prose_rows[k][1].iter().cloned())
                 .collect();
             let groups = [(&pos[..], 1.0, 1.0), (&last[..], 0.0, 1.0), (&other[..], 0.0, p.intent_gate_positions)];
-            let noise: Vec<f64> = if p.intent_gate_rounding > 0.0 {
-                rounding_noise(groups.iter().flat_map(|(rows, ..)| rows.iter())).into_iter().map(|v| v * p.intent_gate_rounding).collect()
-            } else {
-                Vec::new()
-            };
+            let noise = read_noise(&groups, p.intent_gate_rounding);
             let (w, logits) = fit_read(&groups, p.intent_gate_l2, &noise);
             let mut lp = logits[0].clone();
             lp.sort_by(f64::total_cmp);
@@ -241,15 +229,15 @@ pub fn scan(
             }
             let scale = z_median / median;
             let out = |i: &usize| i % 2 != fold;
-            let held_twins: Vec<&Vec<f32>> = twin_rows.last[k].iter().enumerate().filter(|(i, _)| out(i)).map(|x| x.1).collect();
+            let held_twins: Vec<&Vec<f32>> = twin_rows[k].iter().enumerate().filter(|(i, _)| out(i)).map(|x| x.1).collect();
             let held_look: Vec<&Vec<f32>> = benign_rows[k][0].iter().enumerate().filter(|(i, _)| out(i)).map(|x| x.1).collect();
             Ok([
                 share_open(&w, scale, &held_twins),
-                share_open(&w, scale, &refs(&hh[0].last[k])),
-                share_open(&w, scale, &refs(&hh[1].last[k])),
+                share_open(&w, scale, &refs(&hh[0][k])),
+                share_open(&w, scale, &refs(&hh[1][k])),
                 share_open(&w, scale, &held_look),
-                share_open(&w, scale, &refs(&hb[0].last[k])),
-                share_open(&w, scale, &refs(&hb[1].last[k])),
+                share_open(&w, scale, &refs(&hb[0][k])),
+                share_open(&w, scale, &refs(&hb[1][k])),
                 share_open(&w, scale, &refs(&held_rows[k][1])),
             ])
         })

@@ -253,9 +253,9 @@ pub struct EditParams {
     /// over the median case's (z / `intent_gate_z`) at every training prompt's last token and along the cases'
     /// refusals after the harmful prompts (teacher-forced), where the read fires (z > 0; elsewhere SiLU closes
     /// the neuron whatever the up read), and zero at every other position (the prompts' inner tokens, book
-    /// prose). At a prompt's end the neuron
-    /// fires as the plain gate does (SiLU(z) z / z_median); elsewhere (prose, inside a prompt) the product
-    /// with a near-zero `up_proj` read keeps it silent even where the intent read fires.
+    /// prose). At a prompt's end the neuron fires as the plain gate does (SiLU(z) z / z_median); elsewhere
+    /// (prose, inside a prompt) the product with a near-zero `up_proj` read keeps it silent even where the
+    /// intent read fires.
     #[serde(default)]
     pub intent_gate_end: bool,
     /// With `intent_gate`: the read is also fitted to stay open along the refusal. Every harmful training
