@@ -21,6 +21,13 @@
 //! nearest the located one. The evaluation sets are never read. All candidate layers are captured in one
 //! forward pass per sequence; the fits (two per layer) run in parallel.
 //!
+//! The best layer replaces the located one only when it wins by more than `intent_gate_scan_z` standard
+//! errors of the score's difference ([`paired_se`]: the same prompts read at both layers, each prompt's
+//! open value the mean over the folds that held it out; the groups' paired variances weighted as the score
+//! weighs them). A few dozen prompts per group make a difference of a few points noise: on Qwen the scan's
+//! best layer, 12, won by 0.021 and answered more validation requests than the located 11
+//! (docs/validation.md, "The gate's layer chosen by a scan, ...").
+//!
 //! `intent_gate_reply` and `intent_gate_prefill` shape the edit's own fit but not the scan's (it reads the
 //! prompts' last tokens, where the gate decides first).
 
@@ -62,6 +69,15 @@ pub struct LayerScan {
     pub located: usize,
     pub chosen: usize,
     pub layers: Vec<LayerReach>,
+    /// The best-scoring layer, and the standard error of its score's difference to the located layer's
+    /// ([`paired_se`]; absent when the best is the located layer or the located layer was no candidate).
+    /// `chosen` is the best only where it wins by more than `z` standard errors.
+    #[serde(default)]
+    pub best: usize,
+    #[serde(default)]
+    pub se: Option<f64>,
+    #[serde(default)]
+    pub z: f64,
 }
 
 impl LayerScan {
@@ -82,8 +98,64 @@ impl LayerScan {
                 r.layer, r.score, r.twins, r.requests, r.framed, r.lookalikes, r.locality, r.locality_framed, r.prose
             );
         }
+        if let Some(se) = self.se {
+            let best = self.layers.iter().find(|r| r.layer == self.best).map_or(f64::NAN, |r| r.score);
+            let loc = self.layers.iter().find(|r| r.layer == self.located).map_or(f64::NAN, |r| r.score);
+            s += &format!(
+                "\nbest layer {} against the located {}: {:+.3} (standard error {:.3}, {:.1} SE; needed: more than {})\n",
+                self.best,
+                self.located,
+                best - loc,
+                se,
+                (best - loc) / se,
+                self.z
+            );
+        }
         s
     }
+}
+
+/// Per prompt (or prose position) of each of the seven groups, its open value at one layer: the mean over
+/// the folds that scored it (the retain twins and look-alikes are scored by one fold, the rest by both).
+type Items = [Vec<f64>; 7];
+
+/// The group weights of the score: +1/3 for each harmful group, -1/4 for each benign one.
+const WEIGHTS: [f64; 7] = [1.0 / 3.0, 1.0 / 3.0, 1.0 / 3.0, -0.25, -0.25, -0.25, -0.25];
+
+/// The standard error of the score difference between two layers read on the same prompts: each group's
+/// paired differences' variance over its count, weighted by the square of the group's weight in the score.
+pub fn paired_se(a: &Items, b: &Items) -> f64 {
+    let mut var = 0.0;
+    for g in 0..7 {
+        let d: Vec<f64> = a[g].iter().zip(&b[g]).map(|(x, y)| x - y).collect();
+        let n = d.len();
+        if n < 2 {
+            continue;
+        }
+        let mean = d.iter().sum::<f64>() / n as f64;
+        let v = d.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+        var += WEIGHTS[g].powi(2) * v / n as f64;
+    }
+    var.sqrt()
+}
+
+/// The scan's decision: the best-scoring layer (ties to the one nearest `located`), kept only where it beats
+/// the located layer by more than `z` paired standard errors (`z` = 0: the best, always).
+fn decide(reach: &[LayerReach], items: &[Items], located: usize, z: f64) -> (usize, usize, Option<f64>) {
+    let best = reach
+        .iter()
+        .max_by(|a, b| a.score.total_cmp(&b.score).then_with(|| b.layer.abs_diff(located).cmp(&a.layer.abs_diff(located))))
+        .map(|r| r.layer)
+        .expect("at least one candidate layer");
+    let (Some(kb), Some(kl)) = (reach.iter().position(|r| r.layer == best), reach.iter().position(|r| r.layer == located)) else {
+        return (best, best, None);
+    };
+    if kb == kl {
+        return (best, best, None);
+    }
+    let se = paired_se(&items[kb], &items[kl]);
+    let wins = reach[kb].score - reach[kl].score > z * se;
+    (if wins || z <= 0.0 { best } else { located }, best, Some(se))
 }
 
 /// The candidate layers for a model of `n` layers: the middle half, from n/4 to 3n/4.
@@ -102,10 +174,6 @@ fn last_rows(model: &Decoder, seqs: &[Vec<u32>], layers: &[usize]) -> Result<Vec
         }
     }
     Ok(last)
-}
-
-fn refs(v: &[Vec<f32>]) -> Vec<&Vec<f32>> {
-    v.iter().collect()
 }
 
 fn forward(model: &Decoder, ids: &[u32], layers: &[usize]) -> Result<Capture> {
@@ -194,16 +262,17 @@ pub fn scan(
     let owner: Vec<usize> = benign.iter().enumerate().flat_map(|(i, ids)| std::iter::repeat_n(i, ids.len() - 1)).collect();
 
     let z_median = p.intent_gate_z;
-    let share_open = |w: &[f64], scale: f64, rows: &[&Vec<f32>]| -> f64 {
-        if rows.is_empty() {
-            return 0.0;
-        }
-        rows.iter().filter(|r| opens(scale * dot(w, r), z_median)).count() as f64 / rows.len() as f64
+    // Each row's open value (1 or 0); NaN for the rows of `all` the fold fitted on (`held` false).
+    let open_values = |w: &[f64], scale: f64, rows: &[Vec<f32>], held: &dyn Fn(usize) -> bool| -> Vec<f64> {
+        rows.iter()
+            .enumerate()
+            .map(|(i, r)| if held(i) { f64::from(u8::from(opens(scale * dot(w, r), z_median))) } else { f64::NAN })
+            .collect()
     };
     let fits: Vec<(usize, usize)> = (0..layers.len()).flat_map(|k| [(k, 0), (k, 1)]).collect();
-    // Per (layer, fold): open shares [twins, requests, framed, look-alikes, locality, locality framed, prose]
-    // and how many held-out twins / look-alikes each fold scored (the folds differ by one at odd counts).
-    let scored: Vec<Result<[f64; 7]>> = fits
+    // Per (layer, fold): every row's open value in [twins, requests, framed, look-alikes, locality, locality
+    // framed, prose], NaN where the fold fitted on it (the folds differ by one at odd counts).
+    let scored: Vec<Result<Items>> = fits
         .par_iter()
         .map(|&(k, fold)| {
             let fitted = |i: &usize| i % 2 == fold;
@@ -223,29 +292,49 @@ pub fn scan(
             let mut lp = logits[0].clone();
             lp.sort_by(f64::total_cmp);
             let median = lp[lp.len() / 2];
-            if !(median > 0.0 && median.is_finite()) {
-                // A read that does not fire on its own median case opens nowhere: score it so.
-                return Ok([0.0; 7]);
-            }
-            let scale = z_median / median;
-            let out = |i: &usize| i % 2 != fold;
-            let held_twins: Vec<&Vec<f32>> = twin_rows[k].iter().enumerate().filter(|(i, _)| out(i)).map(|x| x.1).collect();
-            let held_look: Vec<&Vec<f32>> = benign_rows[k][0].iter().enumerate().filter(|(i, _)| out(i)).map(|x| x.1).collect();
+            // A read that does not fire on its own median case opens nowhere: score it so (scale 0 opens
+            // nothing).
+            let scale = if median > 0.0 && median.is_finite() { z_median / median } else { 0.0 };
+            let out = |i: usize| i % 2 != fold;
+            let all = |_: usize| true;
             Ok([
-                share_open(&w, scale, &held_twins),
-                share_open(&w, scale, &refs(&hh[0][k])),
-                share_open(&w, scale, &refs(&hh[1][k])),
-                share_open(&w, scale, &held_look),
-                share_open(&w, scale, &refs(&hb[0][k])),
-                share_open(&w, scale, &refs(&hb[1][k])),
-                share_open(&w, scale, &refs(&held_rows[k][1])),
+                open_values(&w, scale, &twin_rows[k], &out),
+                open_values(&w, scale, &hh[0][k], &all),
+                open_values(&w, scale, &hh[1][k], &all),
+                open_values(&w, scale, &benign_rows[k][0], &out),
+                open_values(&w, scale, &hb[0][k], &all),
+                open_values(&w, scale, &hb[1][k], &all),
+                open_values(&w, scale, &held_rows[k][1], &all),
             ])
         })
         .collect();
-    let scored: Vec<[f64; 7]> = scored.into_iter().collect::<Result<_>>()?;
+    let scored: Vec<Items> = scored.into_iter().collect::<Result<_>>()?;
+    // A fold's open share of a group: the mean over the rows it scored (0 where it scored none).
+    let share = |v: &[f64]| -> f64 {
+        let held: Vec<f64> = v.iter().copied().filter(|x| !x.is_nan()).collect();
+        if held.is_empty() {
+            0.0
+        } else {
+            held.iter().sum::<f64>() / held.len() as f64
+        }
+    };
     let mut out = Vec::new();
+    let mut items: Vec<Items> = Vec::new();
     for (k, &layer) in layers.iter().enumerate() {
-        let m: Vec<f64> = (0..7).map(|j| (scored[2 * k][j] + scored[2 * k + 1][j]) / 2.0).collect();
+        let m: Vec<f64> = (0..7).map(|j| (share(&scored[2 * k][j]) + share(&scored[2 * k + 1][j])) / 2.0).collect();
+        // Each row's value over the folds that scored it, for the paired standard error.
+        items.push(std::array::from_fn(|j| {
+            scored[2 * k][j]
+                .iter()
+                .zip(&scored[2 * k + 1][j])
+                .map(|(a, b)| match (a.is_nan(), b.is_nan()) {
+                    (false, false) => (a + b) / 2.0,
+                    (false, true) => *a,
+                    (true, false) => *b,
+                    (true, true) => 0.0,
+                })
+                .collect()
+        }));
         let score = (m[0] + m[1] + m[2]) / 3.0 - (m[3] + m[4] + m[5] + m[6]) / 4.0;
         out.push(LayerReach {
             layer,
@@ -259,17 +348,71 @@ pub fn scan(
             score,
         });
     }
-    let chosen = out
-        .iter()
-        .max_by(|a, b| a.score.total_cmp(&b.score).then_with(|| b.layer.abs_diff(located).cmp(&a.layer.abs_diff(located))))
-        .map(|r| r.layer)
-        .expect("at least one candidate layer");
-    Ok(LayerScan { located, chosen, layers: out })
+    let (chosen, best, se) = decide(&out, &items, located, p.intent_gate_scan_z);
+    Ok(LayerScan { located, chosen, layers: out, best, se, z: p.intent_gate_scan_z })
 }
 
 #[cfg(test)]
 mod tests {
-    use super::candidates;
+    use super::{candidates, decide, paired_se, Items, LayerReach};
+
+    fn reach(layer: usize, score: f64) -> LayerReach {
+        LayerReach {
+            layer,
+            twins: 0.0,
+            requests: 0.0,
+            framed: 0.0,
+            lookalikes: 0.0,
+            locality: 0.0,
+            locality_framed: 0.0,
+            prose: 0.0,
+            score,
+        }
+    }
+
+    /// Seven groups of `n` rows: the harmful ones open on the first `h` rows, the benign ones on the first `b`.
+    fn items(n: usize, h: usize, b: usize) -> Items {
+        std::array::from_fn(|g| (0..n).map(|i| f64::from(u8::from(i < if g < 3 { h } else { b }))).collect())
+    }
+
+    #[test]
+    fn the_paired_error_weighs_each_group_as_the_score_does() {
+        // Identical reads: no difference, no error.
+        assert_eq!(paired_se(&items(10, 4, 1), &items(10, 4, 1)), 0.0);
+        // One harmful group differs on 2 of 10 rows (d = 1, 1, 0 x 8): variance 0.1778, over 10, times 1/9.
+        let a = items(10, 4, 1);
+        let mut b = a.clone();
+        b[1][0] = 0.0;
+        b[1][1] = 0.0;
+        let want = ((8.0f64 * 0.2f64.powi(2) + 2.0 * 0.8f64.powi(2)) / 9.0 / 10.0 / 9.0).sqrt();
+        assert!((paired_se(&a, &b) - want).abs() < 1e-12, "{} vs {want}", paired_se(&a, &b));
+    }
+
+    #[test]
+    fn the_best_layer_replaces_the_located_one_only_by_a_clear_margin() {
+        // Layer 12 leads layer 11 by 0.02 with a paired error of ~0.05: the located 11 stays; at z = 0 the best wins.
+        let r = [reach(11, 0.58), reach(12, 0.60), reach(13, 0.40)];
+        let mut near = items(40, 20, 2);
+        near[0][20] = 1.0;
+        near[1][0] = 0.0;
+        near[1][21] = 1.0;
+        near[3][5] = 1.0;
+        let its = [items(40, 20, 2), near, items(40, 10, 2)];
+        let (chosen, best, se) = decide(&r, &its, 11, 2.0);
+        assert_eq!((chosen, best), (11, 12));
+        let se = se.unwrap();
+        assert!(se > 0.01 && 0.02 < 2.0 * se, "{se}");
+        assert_eq!(decide(&r, &its, 11, 0.0).0, 12);
+        // A lead many times its error: the best layer is chosen.
+        let r = [reach(11, 0.40), reach(14, 0.60)];
+        let its = [items(40, 20, 8), items(40, 30, 1)];
+        let (chosen, best, se) = decide(&r, &its, 11, 2.0);
+        assert_eq!((chosen, best), (14, 14));
+        assert!(0.2 > 2.0 * se.unwrap());
+        // The located layer best, or no candidate: no comparison.
+        assert_eq!(decide(&r, &its, 14, 2.0), (14, 14, None));
+        assert_eq!(decide(&r, &its, 9, 2.0), (14, 14, None));
+    }
 
     #[test]
     fn candidates_are_the_middle_half() {

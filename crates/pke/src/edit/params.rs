@@ -248,6 +248,11 @@ pub struct EditParams {
     /// `layers` list, the scan chooses one of those. The scan's table goes into the delta's metadata.
     #[serde(default)]
     pub intent_gate_scan: bool,
+    /// With `intent_gate_scan`: the best-scoring layer replaces the located one only where its score beats the
+    /// located layer's by more than this many standard errors of the paired difference
+    /// (`edit::gate_scan::paired_se`); 0 = the best layer always.
+    #[serde(default = "default_scan_z")]
+    pub intent_gate_scan_z: f64,
     /// With `intent_gate` (chat prompts only): the repurposed neuron's `up_proj` row reads the end of the
     /// prompt instead of repeating the gate's read: fitted by ridge least squares to equal the read's value
     /// over the median case's (z / `intent_gate_z`) at every training prompt's last token and along the cases'
@@ -397,6 +402,10 @@ pub struct EditParams {
 
 fn default_gate_z() -> f64 {
     12.0
+}
+
+fn default_scan_z() -> f64 {
+    2.0
 }
 
 fn default_gate_l2() -> f64 {
@@ -567,6 +576,9 @@ impl EditParams {
         let positive = |x: f64| x > 0.0 && x.is_finite();
         if !(p.intent_gate_rounding >= 0.0 && p.intent_gate_rounding.is_finite()) {
             return Err(Error::Input(format!("intent_gate_rounding must be >= 0 and finite, got {}", p.intent_gate_rounding)));
+        }
+        if !(p.intent_gate_scan_z >= 0.0 && p.intent_gate_scan_z.is_finite()) {
+            return Err(Error::Input(format!("intent_gate_scan_z must be >= 0 and finite, got {}", p.intent_gate_scan_z)));
         }
         if !(positive(p.intent_gate_z) && positive(p.intent_gate_positions) && p.intent_gate_l2 >= 0.0 && p.intent_gate_l2.is_finite()) {
             return Err(Error::Input(format!(

@@ -1220,7 +1220,10 @@ fn intent_gate_scan_chooses_the_layer_whose_read_generalizes() {
     }
     let (l11, l14) = (&scan.layers[0], &scan.layers[1]);
     assert!(l14.score > l11.score && l14.locality_framed < l11.locality_framed, "{}", scan.markdown());
-    assert_eq!(scan.chosen, 14);
+    // The lead is no noise: more than intent_gate_scan_z (2) standard errors of the paired difference.
+    let se = scan.se.expect("the best layer is not the located one: a paired error");
+    assert!(se > 0.0 && l14.score - l11.score > 2.0 * se, "{}", scan.markdown());
+    assert_eq!((scan.best, scan.chosen, scan.z), (14, 14, 2.0));
     assert_eq!(out.layers, vec![14]);
     assert_eq!(gate_summary(&out).layer, 14);
     assert!(out.delta.names().iter().all(|n| n.starts_with("model.layers.14.")), "{:?}", out.delta.names());
