@@ -335,7 +335,8 @@ pub fn scan(
                 })
                 .collect()
         }));
-        let score = (m[0] + m[1] + m[2]) / 3.0 - (m[3] + m[4] + m[5] + m[6]) / 4.0;
+        // The score weighs the groups as the paired error does (one table of weights for both).
+        let score: f64 = m.iter().zip(WEIGHTS).map(|(v, w)| v * w).sum();
         out.push(LayerReach {
             layer,
             twins: m[0],
