@@ -751,6 +751,10 @@ mod tests {
             let e = r(&[bad]).unwrap_err().to_string();
             assert!(e.contains("intent_gate_rounding must be >= 0 and finite"), "{bad}: {e}");
         }
+        for bad in ["intent_gate_scan_z=-1", "intent_gate_scan_z=nan", "intent_gate_scan_z=inf"] {
+            let e = r(&[bad]).unwrap_err().to_string();
+            assert!(e.contains("intent_gate_scan_z must be >= 0 and finite"), "{bad}: {e}");
+        }
         for key in [
             "intent_gate_reply=true",
             "intent_gate_wrap=true",
